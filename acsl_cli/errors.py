@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Anything a researcher can cause by bad input (a config value, a file) raises an
+``AcslError`` subclass with a one-line message naming the file or key. The CLI turns
+these into ``error: ...`` and exit code 2; library callers get ordinary exceptions.
+"""
+
+
+class AcslError(Exception):
+    """Base class of errors caused by user input, reported without a traceback."""
+
+
+class ConfigError(AcslError, ValueError):
+    """A bad configuration value: unknown name, out-of-range number, missing parameter."""
+
+
+class DataError(AcslError, ValueError):
+    """A bad or missing input file: annotations, images, results, checkpoints."""
