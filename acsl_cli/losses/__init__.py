@@ -1,1 +1,17 @@
-"""losses"""
+"""Classification losses for the RoI head, one module each, behind a registry.
+
+Adding a loss = one module here (decorated with ``@register_loss``) + one yaml in
+``conf/loss/`` + one import line below.
+"""
+
+from acsl_cli.losses.base import STAT_NAMES, ClassificationLoss
+from acsl_cli.losses.registry import available_losses, build_loss, loss_class, register_loss
+
+__all__ = [
+    "STAT_NAMES",
+    "ClassificationLoss",
+    "available_losses",
+    "build_loss",
+    "loss_class",
+    "register_loss",
+]

@@ -1,0 +1,50 @@
+"""Name -> loss class registry, keyed by the config name (``loss=NAME``)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from acsl_cli.errors import ConfigError
+from acsl_cli.losses.base import ClassificationLoss
+
+_LOSSES: dict[str, type[ClassificationLoss]] = {}
+T = TypeVar("T", bound=type[ClassificationLoss])
+
+
+def register_loss(name: str) -> Callable[[T], T]:
+    """Class decorator: make a loss selectable as ``loss=name``."""
+
+    def wrap(cls: T) -> T:
+        if name in _LOSSES:
+            raise RuntimeError(f"loss '{name}' registered twice")
+        cls.name = name
+        _LOSSES[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_losses() -> list[str]:
+    return sorted(_LOSSES)
+
+
+def loss_class(name: str) -> type[ClassificationLoss]:
+    if name not in _LOSSES:
+        raise ConfigError(f"unknown loss '{name}' (choose from {', '.join(available_losses())})")
+    return _LOSSES[name]
+
+
+def build_loss(name: str, **params: Any) -> ClassificationLoss:
+    """Build the loss registered as ``name`` with keyword ``params``.
+
+    Unknown parameters are an error rather than silently ignored, so a typo in a
+    config never changes an experiment without notice.
+    """
+    cls = loss_class(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ConfigError(f"loss '{name}' has no parameter(s) {', '.join(unknown)}")
+    return cls(**params)
