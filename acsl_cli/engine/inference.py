@@ -1,0 +1,79 @@
+"""Run detectors over a dataset and emit LVIS-format results.
+
+Several classifier heads share one pass of the frozen trunk: backbone, RPN, RoI features
+and box regression run once per batch, then each head scores the same RoIs with its own
+classifier and loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from acsl_cli.data.lvis_dataset import CategoryMap, collate
+from acsl_cli.engine import distributed as dist
+from acsl_cli.losses import ClassificationLoss
+from acsl_cli.progress import progress_bar
+
+Scorer = tuple[nn.Module, ClassificationLoss]  # (cls_score layer, loss that scores)
+
+
+def eval_subset(dataset: Dataset, max_images: int | None) -> Dataset:
+    if max_images is None or max_images >= len(dataset):
+        return dataset
+    return Subset(dataset, range(max_images))
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, dataset: Dataset, cmap: CategoryMap, device: str,
+    scorers: dict[str, Scorer] | None = None, batch_size: int = 8,
+    show_progress: bool = True,
+) -> dict[str, list[dict]]:
+    """LVIS results per scorer name; with ``scorers=None`` the model's own head ("model").
+
+    Under torchrun each rank takes every world_size-th image and the results are gathered,
+    so every rank returns the full list.
+    """
+    model.to(device).eval()
+    if scorers is None:
+        rh = model.roi_heads
+        scorers = {"model": (rh.box_predictor.cls_score, rh.cls_loss)}
+    shard = Subset(dataset, range(dist.rank(), len(dataset), dist.world_size()))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    results: dict[str, list[dict]] = {name: [] for name in scorers}
+    with progress_bar("eval", len(loader), show_progress and dist.is_main()) as bar:
+        for images, targets in loader:
+            images = [im.to(device) for im in images]
+            sizes = [tuple(im.shape[-2:]) for im in images]
+            images_t, _ = model.transform(images)
+            features = model.backbone(images_t.tensors)
+            proposals, _ = model.rpn(images_t, features)
+            rh = model.roi_heads
+            feats = rh.box_features(features, proposals, images_t.image_sizes)
+            box_regression = rh.box_predictor.bbox_pred(feats)
+            ids = [int(t["image_id"]) for t in targets]
+            for name, (layer, loss) in scorers.items():
+                dets = rh.detect(layer(feats), box_regression, proposals, images_t.image_sizes,
+                                 cls_loss=loss)
+                dets = model.transform.postprocess(dets, images_t.image_sizes, sizes)
+                results[name].extend(to_lvis(dets, ids, cmap))
+            bar.advance()
+    return {name: dist.all_gather_list(r) for name, r in results.items()}
+
+
+def to_lvis(dets: Sequence[dict], image_ids: Sequence[int], cmap: CategoryMap) -> list[dict]:
+    """torchvision detections (xyxy, labels 1..C) -> LVIS results (xywh, category ids)."""
+    out = []
+    for d, image_id in zip(dets, image_ids, strict=True):
+        boxes = d["boxes"].cpu()
+        boxes[:, 2:] -= boxes[:, :2]
+        for box, score, label in zip(boxes.tolist(), d["scores"].tolist(),
+                                     d["labels"].tolist(), strict=True):
+            out.append({"image_id": image_id, "category_id": cmap.category_id(label),
+                        "bbox": [round(v, 2) for v in box], "score": score})
+    return out
+

@@ -1,0 +1,98 @@
+"""Backbone registry: ``backbone=NAME`` -> a torchvision FPN backbone.
+
+``small`` is a ResNet-10 (one BasicBlock per stage) with a 64-channel FPN: it trains from
+scratch on the embedded benchmark within a CPU budget. ``r50`` / ``r101`` are the paper's
+ResNet-FPN backbones with frozen BatchNorm; their ImageNet weights come from a local file
+(``weights=/path/resnet50.pth``), from torchvision's download (``weights=DEFAULT``), or
+nowhere (``weights=null``, used by the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import get_model_weights, resnet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+from torchvision.ops import misc
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from acsl_cli.errors import ConfigError, DataError
+
+_BACKBONES: dict[str, Callable[[Any], nn.Module]] = {}
+
+
+def register_backbone(name: str):
+    def wrap(fn):
+        _BACKBONES[name] = fn
+        return fn
+
+    return wrap
+
+
+def build_backbone(cfg: Any) -> nn.Module:
+    """Build the backbone named ``cfg.name``; it exposes ``out_channels`` for FasterRCNN."""
+    name = cfg.get("name")
+    if name not in _BACKBONES:
+        choices = ', '.join(sorted(_BACKBONES))
+        raise ConfigError(f"unknown backbone '{name}' (choose from {choices})")
+    return _BACKBONES[name](cfg)
+
+
+@register_backbone("small")
+def small_resnet_fpn(cfg: Any) -> nn.Module:
+    body = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], norm_layer=nn.BatchNorm2d)
+    return BackboneWithFPN(
+        body,
+        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+        in_channels_list=[128, 256, 512],
+        out_channels=int(cfg.get("fpn_channels", 64)),
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def _resnet_fpn(arch: str, cfg: Any) -> nn.Module:
+    weights = cfg.get("weights")
+    trainable = int(cfg.get("trainable_layers", 3))
+    if weights in (None, "", "none", "null"):
+        return resnet_fpn_backbone(backbone_name=arch, weights=None, trainable_layers=trainable,
+                                   norm_layer=misc.FrozenBatchNorm2d)
+    if str(weights).upper() in ("DEFAULT", "IMAGENET1K_V1", "IMAGENET1K_V2"):
+        # torchvision's normal download path, for users with internet access
+        w = get_model_weights(arch).__members__[str(weights).upper()]
+        return resnet_fpn_backbone(backbone_name=arch, weights=w, trainable_layers=trainable)
+    path = Path(weights)
+    if not path.is_file():
+        raise DataError(f"{path}: backbone weights file not found")
+    model = resnet_fpn_backbone(backbone_name=arch, weights=None, trainable_layers=5,
+                                norm_layer=misc.FrozenBatchNorm2d)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
+        raise DataError(f"{path}: cannot load backbone weights ({e.__class__.__name__})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    missing, _ = model.body.load_state_dict(state, strict=False)
+    if missing:
+        raise DataError(f"{path}: not a {arch} state dict (missing {missing[0]}, ...)")
+    _freeze_stages(model.body, trainable)
+    return model
+
+
+def _freeze_stages(body: nn.Module, trainable_layers: int) -> None:
+    keep = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    for name, p in body.named_parameters():
+        if all(not name.startswith(k) for k in keep):
+            p.requires_grad_(False)
+
+
+@register_backbone("r50")
+def r50_fpn(cfg: Any) -> nn.Module:
+    return _resnet_fpn("resnet50", cfg)
+
+
+@register_backbone("r101")
+def r101_fpn(cfg: Any) -> nn.Module:
+    return _resnet_fpn("resnet101", cfg)

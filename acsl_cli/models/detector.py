@@ -1,0 +1,62 @@
+"""Config -> torchvision Faster R-CNN (FPN) with a loss-aware RoI head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+from acsl_cli.losses import ClassificationLoss
+from acsl_cli.models.backbones import build_backbone
+from acsl_cli.models.roi_heads import BoxPredictor, LossAwareRoIHeads
+
+
+def build_detector(
+    backbone_cfg: Any, num_classes: int, cls_loss: ClassificationLoss, min_size: int,
+    max_size: int,
+) -> FasterRCNN:
+    """Faster R-CNN + FPN; ``num_classes`` foreground classes, classifier width from the loss.
+
+    Test-time settings follow the paper: NMS 0.5, score threshold 0, 300 detections.
+    """
+    cfg = backbone_cfg
+    backbone = build_backbone(cfg)
+    sizes = tuple((int(s),) for s in cfg.anchor_sizes)
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    model = FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        box_predictor=BoxPredictor(cfg.representation_size, num_classes, 1),
+        box_score_thresh=0.0,
+        box_nms_thresh=0.5,
+        box_detections_per_img=300,
+        box_batch_size_per_image=cfg.roi_batch_size_per_image,
+        box_positive_fraction=0.25,
+        box_head=TwoMLPHead(backbone.out_channels * 7 * 7, cfg.representation_size),
+    )
+    old = model.roi_heads
+    model.roi_heads = LossAwareRoIHeads(
+        old.box_roi_pool,
+        old.box_head,
+        BoxPredictor(cfg.representation_size, num_classes, cls_loss.num_outputs(num_classes)),
+        fg_iou_thresh=0.5,
+        bg_iou_thresh=0.5,
+        batch_size_per_image=cfg.roi_batch_size_per_image,
+        positive_fraction=0.25,
+        bbox_reg_weights=None,
+        score_thresh=0.0,
+        nms_thresh=0.5,
+        detections_per_img=300,
+        cls_loss=cls_loss,
+        pre_nms_topk=int(cfg.get("pre_nms_topk", 10000)),
+    )
+    return model

@@ -1,0 +1,112 @@
+"""A Faster R-CNN box head whose classification loss and scoring belong to the loss.
+
+torchvision's ``RoIHeads`` hard-codes softmax cross-entropy and softmax scoring. Here the
+head delegates both to a ``ClassificationLoss``, so the detector never special-cases a
+loss: BCE/ACSL score with sigmoid, softmax CE with softmax, BAGS with its group merge.
+The pieces (``box_features``, ``classify``, ``detect``) are public so the stage-2 engine
+can run the frozen detector once and score several classifier heads on the same RoIs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
+
+from acsl_cli.losses import ClassificationLoss
+
+
+class BoxPredictor(nn.Module):
+    """``cls_score`` (width chosen by the loss) and class-specific ``bbox_pred`` (C+1)."""
+
+    def __init__(self, in_channels: int, num_classes: int, num_logits: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_logits)
+        self.bbox_pred = nn.Linear(in_channels, (num_classes + 1) * 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class LossAwareRoIHeads(RoIHeads):
+    """RoI box head: sampling and pooling from torchvision, loss and scoring from ``cls_loss``."""
+
+    def __init__(self, *args, cls_loss: ClassificationLoss, pre_nms_topk: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.cls_loss = cls_loss
+        self.pre_nms_topk = pre_nms_topk
+
+    def box_features(self, features, proposals, image_shapes) -> Tensor:
+        return self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            proposals, _, labels, regression_targets = self.select_training_samples(
+                proposals, targets
+            )
+        feats = self.box_features(features, proposals, image_shapes)
+        class_logits, box_regression = self.box_predictor(feats)
+        if self.training:
+            labels = torch.cat(labels)
+            losses = {
+                "loss_classifier": self.cls_loss(class_logits, labels),
+                "loss_box_reg": box_regression_loss(
+                    box_regression, labels, torch.cat(regression_targets)
+                ),
+            }
+            return [], losses
+        return self.detect(class_logits, box_regression, proposals, image_shapes), {}
+
+    def detect(
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        cls_loss: ClassificationLoss | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Scores from the loss, top-k before NMS, per-class NMS, top ``detections_per_img``.
+
+        The top-k keeps a 1231-way sigmoid head fast: with score threshold 0 every
+        (RoI, class) pair is a candidate, ~1.2M per image on LVIS. Only the kept pairs'
+        boxes are decoded.
+        """
+        scores_all = (cls_loss or self.cls_loss).scores(class_logits)
+        num_classes = scores_all.shape[1]
+        per_image = [len(p) for p in proposals]
+        results = []
+        for scores, deltas, props, shape in zip(
+            scores_all.split(per_image),
+            box_regression.split(per_image),
+            proposals,
+            image_shapes,
+            strict=True,
+        ):
+            flat = scores.flatten()
+            keep = flat > self.score_thresh
+            idx = torch.nonzero(keep).squeeze(1)
+            if idx.numel() > self.pre_nms_topk:
+                top = flat[idx].topk(self.pre_nms_topk).indices
+                idx = idx[top]
+            rois, cls = idx // num_classes, idx % num_classes
+            d = deltas.view(len(props), -1, 4)[rois, cls + 1]
+            boxes = self.box_coder.decode_single(d, props[rois])
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            sc, labels = flat[idx], cls + 1
+            ok = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, sc, labels = boxes[ok], sc[ok], labels[ok]
+            kept = box_ops.batched_nms(boxes, sc, labels, self.nms_thresh)
+            kept = kept[: self.detections_per_img]
+            results.append({"boxes": boxes[kept], "scores": sc[kept], "labels": labels[kept]})
+        return results
+
+
+def box_regression_loss(box_regression: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """Smooth-L1 on the positive RoIs' class-specific deltas, normalised by all RoIs."""
+    pos = torch.nonzero(labels > 0).squeeze(1)
+    deltas = box_regression.reshape(labels.shape[0], -1, 4)[pos, labels[pos]]
+    loss = F.smooth_l1_loss(deltas, targets[pos], beta=1 / 9, reduction="sum")
+    return loss / max(labels.numel(), 1)

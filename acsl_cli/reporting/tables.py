@@ -1,0 +1,85 @@
+"""Metrics tables: printed like the paper (percent, 2 decimals) and saved as JSON/CSV/MD."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+HEADLINE = ("AP", "APr", "APc", "APf")
+
+
+def pct(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def rich_table(rows: Mapping[str, Mapping[str, float]], title: str = "") -> Table:
+    t = Table(title=title or None)
+    t.add_column("model")
+    for k in METRIC_KEYS:
+        t.add_column(k, justify="right", style="bold" if k in HEADLINE else None)
+    for name, m in rows.items():
+        t.add_row(name, *(pct(m.get(k)) for k in METRIC_KEYS))
+    return t
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str] = METRIC_KEYS
+                   ) -> str:
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, m in rows.items():
+        lines.append(f"| {name} | " + " | ".join(pct(m.get(k)) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", *METRIC_KEYS])
+    for name, m in rows.items():
+        w.writerow([name, *(repr(float(m[k])) for k in METRIC_KEYS)])
+    return buf.getvalue()
+
+
+def metrics_json(m: Mapping[str, float]) -> dict[str, float | None]:
+    """Full-precision values in [0, 1]; undefined (no category with GT) becomes null."""
+    return {k: (None if math.isnan(m[k]) else float(m[k])) for k in METRIC_KEYS}
+
+
+def write_metrics(folder: Path, rows: Mapping[str, Mapping[str, float]]) -> None:
+    """metrics.json / metrics.csv / metrics.md for every evaluated model of a run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(
+        json.dumps({n: metrics_json(m) for n, m in rows.items()}, indent=2) + "\n")
+    (folder / "metrics.csv").write_text(csv_table(rows))
+    (folder / "metrics.md").write_text(markdown_table(rows))
+
+
+def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]]) -> None:
+    """One row per category with GT, one AP column per model."""
+    names = list(per_category)
+    by_cat: dict[int, dict] = {}
+    for name in names:
+        for row in per_category[name]:
+            entry = by_cat.setdefault(row["category_id"], {
+                "category_id": row["category_id"], "name": row["name"],
+                "frequency": row["frequency"], "num_gt": row["num_gt"]})
+            entry[name] = row["AP"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["category_id", "name", "frequency", "num_gt", *names])
+        for cid in sorted(by_cat):
+            e = by_cat[cid]
+            w.writerow([e["category_id"], e["name"], e["frequency"], e["num_gt"],
+                        *(repr(float(e.get(n, float("nan")))) for n in names)])
+
+
+def write_json(path: Path, m: Mapping[str, float]) -> None:
+    """The ``out=PATH`` file: one model's metrics."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics_json(m), indent=2) + "\n")
