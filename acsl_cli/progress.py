@@ -15,7 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console()  # results: stdout
+status = Console(stderr=True)  # progress bars: stderr, so stdout stays parseable
 
 
 class Bar:
@@ -54,7 +55,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     if not enabled:
         yield Bar(None, None)
         return
-    with Progress(*_columns(), console=console, transient=False) as p:
+    with Progress(*_columns(), console=status, transient=False) as p:
         yield Bar(p, p.add_task(description, total=total, info=""))
 
 
@@ -67,7 +68,7 @@ def progress_callback(description: str, enabled: bool = True):
         if not enabled:
             return
         if "p" not in state:
-            p = Progress(*_columns(), console=console)
+            p = Progress(*_columns(), console=status)
             p.start()
             state["p"], state["task"] = p, p.add_task(description, total=total, info="")
         state["p"].update(state["task"], completed=done, total=total)

@@ -1,0 +1,35 @@
+"""Sigmoid binary cross-entropy over all C + 1 columns (paper eq. 2-4): ACSL with W = 1."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from acsl_cli.losses.base import ClassificationLoss, check_labels
+from acsl_cli.losses.common import check_width, one_hot_targets, sigmoid_scores
+from acsl_cli.losses.registry import register_loss
+
+
+@register_loss("bce")
+class SigmoidBCE(ClassificationLoss):
+    """One-hot BCE (a background RoI has target 1 in column 0), summed, divided by N.
+
+    ``bg_factor`` only changes ``scores``: sigmoid(z_j) * (1 - sigmoid(z_bg)).
+    """
+
+    def __init__(self, num_classes: int | None = None, bg_factor: bool = False) -> None:
+        super().__init__(num_classes)
+        self.bg_factor = bool(bg_factor)
+
+    def _columns(self, logits: Tensor) -> int:
+        return logits.shape[1] if self.num_classes is None else self.num_classes + 1
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        check_labels(logits, labels, self._columns(logits))
+        target = one_hot_targets(labels, logits.shape[1], logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        return loss / logits.shape[0]
+
+    def scores(self, logits: Tensor) -> Tensor:
+        check_width(self.name, logits, self._columns(logits))
+        return sigmoid_scores(logits, self.bg_factor)

@@ -1,0 +1,95 @@
+"""Small pieces shared by the sigmoid-family losses (bce, acsl, eql, federated).
+
+Kept here so that every sigmoid loss scores detections and checks its statistics the
+same way; a difference there would show up as a metric difference between losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from acsl_cli.errors import ConfigError
+
+FREQUENCY_GROUPS = ("r", "c", "f")
+
+
+def sigmoid_scores(logits: Tensor, bg_factor: bool) -> Tensor:
+    """Per-class sigmoid scores with the background column dropped.
+
+    The authors score with ``sigmoid(z_j)`` alone; ``bg_factor`` multiplies by
+    ``1 - sigmoid(z_bg)`` so a confident background logit can veto all classes.
+    """
+    scores = torch.sigmoid(logits[:, 1:])
+    if bg_factor:
+        scores = scores * torch.sigmoid(-logits[:, :1])  # 1 - sigmoid(z) == sigmoid(-z)
+    return scores
+
+
+def one_hot_targets(labels: Tensor, num_columns: int, dtype: torch.dtype) -> Tensor:
+    """(N, num_columns) one-hot targets; a background RoI has its 1 in column 0."""
+    target = torch.zeros(labels.shape[0], num_columns, dtype=dtype, device=labels.device)
+    target[torch.arange(labels.shape[0], device=labels.device), labels] = 1
+    return target
+
+
+def resolve_num_classes(loss: str, num_classes: int | None, **stats: Sequence | None) -> int | None:
+    """Agree on C from ``num_classes`` and the length of every per-class statistic given.
+
+    A statistic of the wrong length would silently shift every class by one group, so a
+    mismatch is a configuration error rather than something to guess around.
+    """
+    found = num_classes
+    source = "num_classes"
+    for name, value in stats.items():
+        if value is None:
+            continue
+        if found is None:
+            found, source = len(value), name
+        elif len(value) != found:
+            raise ConfigError(
+                f"loss '{loss}': {name} has {len(value)} entries but {source} says {found} classes"
+            )
+    if found is not None and found < 1:
+        raise ConfigError(f"loss '{loss}': needs at least one foreground class, got {found}")
+    return found
+
+
+def check_width(loss: str, logits: Tensor, expected: int | None) -> None:
+    """Fail loudly when the classifier width does not match the configured classes."""
+    if logits.dim() != 2:
+        raise ValueError(f"loss '{loss}': expected 2-d logits, got {tuple(logits.shape)}")
+    if expected is not None and logits.shape[1] != expected:
+        raise ValueError(f"loss '{loss}': expected {expected} logit columns, got {logits.shape[1]}")
+
+
+def frequency_columns(loss: str, frequencies: Sequence[str]) -> dict[str, Tensor]:
+    """Logit columns (label = index + 1) of each frequency group 'r', 'c', 'f'."""
+    bad = sorted({str(f) for f in frequencies} - set(FREQUENCY_GROUPS))
+    if bad:
+        raise ConfigError(
+            f"loss '{loss}': frequencies must be 'r', 'c' or 'f', got {', '.join(bad)}"
+        )
+    return {
+        group: torch.tensor(
+            [i + 1 for i, f in enumerate(frequencies) if f == group], dtype=torch.long
+        )
+        for group in FREQUENCY_GROUPS
+    }
+
+
+def counts_tensor(loss: str, name: str, counts: Sequence[float]) -> Tensor:
+    """Per-class counts as a float64 tensor, rejecting negative values."""
+    values = torch.as_tensor(list(counts), dtype=torch.float64)
+    if values.numel() and bool((values < 0).any()):
+        raise ConfigError(f"loss '{loss}': {name} must be non-negative")
+    return values
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """CPU generator for a loss's random draws, so a run repeats exactly on any device."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(seed))
+    return generator

@@ -1,0 +1,103 @@
+"""Federated loss (Zhou et al., 2021): sigmoid BCE on a per-batch subset of classes.
+
+Beyond the paper; it shows that adding a loss is one module plus one yaml. Layout is the
+usual (N, C + 1) with column 0 = background, but the background column is unused: it gets
+weight 0 in the loss (so it keeps its stage-1 values; ``bg_factor`` scoring therefore
+reads an untrained-in-stage-2 logit). The loss is BCE over the foreground columns of the
+selected classes only, summed and divided by N; a background RoI has all-zero foreground
+targets. Selected classes = every class present in the batch's labels, plus classes
+sampled without replacement with probability proportional to ``image_count ** 0.5`` until
+``num_sample_classes`` are selected (all classes when C <= num_sample_classes; classes with
+0 train images are never sampled). Draws: one ``torch.multinomial`` per call from a CPU
+generator seeded with ``seed``, skipped when no sampling is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from acsl_cli.errors import ConfigError
+from acsl_cli.losses.base import ClassificationLoss, check_labels, require_stat
+from acsl_cli.losses.common import (
+    check_width,
+    counts_tensor,
+    make_generator,
+    resolve_num_classes,
+    sigmoid_scores,
+)
+from acsl_cli.losses.registry import register_loss
+
+#: Exponent of the image count in the class-sampling probability (Zhou et al.).
+FREQ_POWER = 0.5
+
+
+@register_loss("federated")
+class FederatedLoss(ClassificationLoss):
+    """Federated BCE; the background logit is not trained by this loss."""
+
+    needs: ClassVar[tuple[str, ...]] = ("image_counts",)
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        num_sample_classes: int = 50,
+        bg_factor: bool = False,
+        seed: int = 0,
+        image_counts: Sequence[int] | None = None,
+    ) -> None:
+        require_stat("image_counts", "federated", image_counts)
+        assert image_counts is not None
+        num_classes = resolve_num_classes("federated", num_classes, image_counts=image_counts)
+        super().__init__(num_classes)
+        if (
+            isinstance(num_sample_classes, bool)
+            or int(num_sample_classes) != num_sample_classes
+            or num_sample_classes < 1
+        ):
+            raise ConfigError(
+                f"loss 'federated': num_sample_classes must be a positive integer, "
+                f"got {num_sample_classes!r}"
+            )
+        self.num_sample_classes = int(num_sample_classes)
+        self.bg_factor = bool(bg_factor)
+        self.seed = int(seed)
+        self.generator = make_generator(seed)
+        weights = counts_tensor("federated", "image_counts", image_counts) ** FREQ_POWER
+        self.sample_weights = weights  # CPU: the draw happens on CPU
+
+    def select_classes(self, labels: Tensor) -> Tensor:
+        """Sorted foreground labels (1..C) whose columns enter this batch's loss (CPU)."""
+        assert self.num_classes is not None
+        present = torch.unique(labels.detach().cpu())
+        present = present[present > 0]
+        if self.num_classes <= self.num_sample_classes:
+            return torch.arange(1, self.num_classes + 1)
+        n_extra = self.num_sample_classes - present.numel()
+        weights = self.sample_weights.clone()
+        weights[present - 1] = 0
+        n_extra = min(n_extra, int((weights > 0).sum()))
+        if n_extra <= 0:
+            return present
+        extra = torch.multinomial(weights, n_extra, replacement=False, generator=self.generator)
+        return torch.sort(torch.cat([present, extra + 1])).values
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        assert self.num_classes is not None
+        check_labels(logits, labels, self.num_classes + 1)
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        selected = self.select_classes(labels).to(logits.device)
+        z = logits[:, selected]
+        target = (labels[:, None] == selected[None, :]).to(z.dtype)
+        loss = F.binary_cross_entropy_with_logits(z, target, reduction="sum")
+        return loss / logits.shape[0]
+
+    def scores(self, logits: Tensor) -> Tensor:
+        assert self.num_classes is not None
+        check_width(self.name, logits, self.num_classes + 1)
+        return sigmoid_scores(logits, self.bg_factor)
