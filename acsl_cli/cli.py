@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from acsl_cli import experiment
+from acsl_cli.engine.distributed import is_main
 from acsl_cli.errors import AcslError, ConfigError
 from acsl_cli.progress import console
 
@@ -54,6 +55,8 @@ def _kv(overrides: list[str] | None, key: str) -> str | None:
 def train(overrides: list[str] = OVERRIDES) -> None:
     """Stage 1 (or reuse) + stage 2 with the chosen loss + LVIS evaluation."""
     result = experiment.run_train(overrides or [])
+    if not is_main():
+        return
     experiment.print_metrics(result.metrics, "LVIS bbox metrics (%)")
     s1 = "reused" if result.stage1_reused else "trained"
     console.print(f"stage 1 {s1}: {result.stage1_dir}")
@@ -66,6 +69,8 @@ def sweep(overrides: list[str] = OVERRIDES) -> None:
     """Comma lists: loss/xi values become heads of one stage-2 pass; other keys
     (e.g. seed=0,1,2) become separate runs. Prints the mean over those runs."""
     result = experiment.run_sweep(overrides or [])
+    if not is_main():
+        return
     experiment.print_metrics(result.mean, f"mean over {result.num_runs} run(s) (%)")
     console.print(f"sweep directory: {result.folder}")
 
@@ -83,6 +88,8 @@ def eval_(overrides: list[str] = OVERRIDES) -> None:
         title = Path(dets).name
     else:
         raise ConfigError("acsl eval needs ckpt=PATH, or dets=RESULTS.json ann=ANN.json")
+    if not is_main():
+        return
     experiment.print_metrics({title: metrics}, "LVIS bbox metrics (%)")
     if out:
         from acsl_cli.reporting.tables import write_json

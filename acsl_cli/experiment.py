@@ -92,20 +92,32 @@ def head_name(loss_node: Any) -> str:
     return name
 
 
+def slug(name: str) -> str:
+    """Folder-safe form of a row name: 'acsl xi=0.7' -> 'acsl_xi0.7'."""
+    return name.replace(" ", "_").replace("=", "")
+
+
 def data_root(cfg: DictConfig) -> Path:
     return Path(cfg.output_root) / "cache" / "data"
 
 
 def load_data(cfg: DictConfig) -> DatasetBundle:
+    """Datasets; under torchrun rank 0 generates the benchmark while the others wait."""
+    if not dist.is_main():
+        dist.barrier()
     with progress_callback("generating benchmark", cfg.progress and dist.is_main()) as tick:
-        return build_datasets(cfg.dataset, data_root(cfg), tick)
+        data = build_datasets(cfg.dataset, data_root(cfg), tick)
+    if dist.is_main():
+        dist.barrier()
+    return data
 
 
 def stage1_key(cfg: DictConfig) -> str:
     s = cfg.schedule
     node = {
         "version": STAGE1_VERSION,
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "dataset": {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+                    if k != "loss_defaults"},
         "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
         "schedule": {"batch_size": s.batch_size, "flip": s.flip, "max_iters": s.max_iters,
                      "stage1": OmegaConf.to_container(s.stage1, resolve=True)},
@@ -159,10 +171,16 @@ def stage1(cfg: DictConfig, data: DatasetBundle, device: str):
         log.info("stage 1: reusing %s", folder)
         return model, folder, saved, True
     sched = StageSchedule.from_cfg(cfg.schedule.stage1)
-    train = Transformed(data.train, RandomHorizontalFlip(cfg.schedule.flip, cfg.seed))
-    loader = train_loader(train, cfg.schedule.batch_size, cfg.seed, cfg.schedule.workers)
+    flip = RandomHorizontalFlip(cfg.schedule.flip, cfg.seed)
+    loader = train_loader(Transformed(data.train, flip), cfg.schedule.batch_size, cfg.seed,
+                          cfg.schedule.workers)
+    generators = [flip.generator]
+    if getattr(loader.sampler, "generator", None) is not None:
+        generators.append(loader.sampler.generator)
+    resume = folder.with_name(folder.name + ".resume.pt")
     t0 = time.time()
-    history = train_detector(model, loader, sched, device, cfg.schedule.max_iters, cfg.progress)
+    history = train_detector(model, loader, sched, device, cfg.schedule.max_iters, cfg.progress,
+                             resume=resume, generators=generators)
     log.info("stage 1: trained in %.1f s", time.time() - t0)
     metrics, per_cat = evaluate(cfg, data, model, None, device)
     saved = {"metrics": metrics["model"], "per_category": per_cat["model"],
@@ -176,6 +194,7 @@ def stage1(cfg: DictConfig, data: DatasetBundle, device: str):
         (tmp / "metrics.json").write_text(json.dumps(saved))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+        resume.unlink(missing_ok=True)
     dist.barrier()
     return model, folder, saved, False
 
@@ -217,7 +236,7 @@ def run_train(overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
     t0 = time.time()
     names = [head_name(c.loss) for c in head_cfgs]
     run_name = cfg.run_name or (time.strftime("%Y%m%d-%H%M%S") + "-" +
-                                ("sweep" if len(names) > 1 else names[0].replace(" ", "-")))
+                                ("sweep" if len(names) > 1 else slug(names[0])))
     runs = Path(cfg.output_root) / "runs"
     final = runs / run_name
     tmp = runs / f".{run_name}.partial"
@@ -246,7 +265,7 @@ def run_train(overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
             (tmp / "config.yaml").write_text(config_mod.to_yaml(cfg))
             (tmp / "stage1").write_text(str(s1_dir.resolve()) + "\n")
             for h, hc in zip(heads, head_cfgs, strict=True):
-                _save_head(tmp / "heads" / h.name.replace(" ", "_"), hc, data, model, h)
+                _save_head(tmp / "heads" / slug(h.name), hc, data, model, h)
             write_metrics(tmp, rows)
             write_per_category(tmp / "per_category_ap.csv", per_cat)
             if cfg.out:

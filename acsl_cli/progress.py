@@ -16,6 +16,8 @@ from rich.progress import (
 )
 
 console = Console()  # results: stdout
+if not console.is_terminal:  # piped or captured: do not wrap tables at 80 columns
+    console = Console(width=160)
 status = Console(stderr=True)  # progress bars: stderr, so stdout stays parseable
 
 

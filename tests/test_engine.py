@@ -1,0 +1,135 @@
+"""Schedules, the stage-1 cache key, and the shared-pass stage 2."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from acsl_cli import config as config_mod
+from acsl_cli import experiment
+from acsl_cli.engine.finetune import finetune_heads, new_head
+from acsl_cli.engine.lr_schedule import learning_rate
+from acsl_cli.engine.train import StageSchedule, train_loader
+
+TINY = ["dataset.num_classes=8", "dataset.max_images_per_class=12",
+        "dataset.val_instances_per_class=2", "schedule=smoke", "progress=false"]
+
+
+def test_learning_rate_warmup_and_steps():
+    # warm-up: linear from ratio * lr at it 0 to lr at warmup_iters; steps at 50% and 75%
+    lr = lambda it: learning_rate(it, 100, 0.02, 10, 0.1, [0.5, 0.75])  # noqa: E731
+    assert lr(0) == pytest.approx(0.002)
+    assert lr(5) == pytest.approx(0.02 * (0.1 + 0.9 * 0.5))
+    assert lr(10) == pytest.approx(0.02)
+    assert lr(49) == pytest.approx(0.02)
+    assert lr(50) == pytest.approx(0.002)
+    assert lr(75) == pytest.approx(0.0002)
+
+
+def test_stage1_key_ignores_stage2_settings(tmp_path):
+    base = [f"output_root={tmp_path}"]
+    key = experiment.stage1_key(config_mod.load_config(base))
+    for same in (["loss=bce"], ["xi=0.3"], ["schedule.stage2.lr=0.5"], ["run_name=x"],
+                 ["dataset.loss_defaults.eql_lambda=0.5"]):
+        assert experiment.stage1_key(config_mod.load_config(base + same)) == key, same
+    for other in (["seed=1"], ["schedule.stage1.lr=0.01"], ["dataset.num_classes=30"],
+                  ["backbone.fpn_channels=32"]):
+        assert experiment.stage1_key(config_mod.load_config(base + other)) != key, other
+
+
+def test_expand_heads_products_only_where_they_apply():
+    cfgs = experiment.expand_heads(["loss=bce,acsl", "xi=0.3,0.7"])
+    assert [experiment.head_name(c.loss) for c in cfgs] == ["bce", "acsl xi=0.3", "acsl xi=0.7"]
+    with pytest.raises(Exception, match="sweep"):
+        experiment.expand_heads(["seed=0,1"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cfg = config_mod.load_config(TINY + [f"output_root={tmp_path_factory.mktemp('o')}"])
+    data = experiment.load_data(cfg)
+    ce = experiment.make_loss(OmegaConf.create({"name": "softmax_ce"}), data.cmap.num_classes,
+                              data.stats.as_params(), 0)
+    torch.manual_seed(0)
+    model = experiment.build_model(cfg, data, ce)
+    return cfg, data, model
+
+
+def _heads(cfg, data, model, names):
+    heads = []
+    for n in names:
+        c = config_mod.load_config(TINY + [f"loss={n}"])
+        loss = experiment.make_loss(c.loss, data.cmap.num_classes, data.stats.as_params(), 0)
+        heads.append(new_head(n, loss, model, data.cmap.num_classes))
+    return heads
+
+
+def _finetune(cfg, data, model, heads):
+    torch.manual_seed(123)
+    loader = train_loader(data.train, 4, seed=5)
+    sched = StageSchedule.from_cfg(cfg.schedule.stage2)
+    finetune_heads(model, heads, loader, sched, "cpu", max_iters=3, show_progress=False)
+
+
+def test_stage2_trains_only_the_heads_and_keeps_bn_statistics(tiny):
+    cfg, data, model = tiny
+    model = copy.deepcopy(model)
+    model.train()  # as after stage 1: BatchNorm in train mode
+    before = copy.deepcopy(model.state_dict())
+    heads = _heads(cfg, data, model, ["bce"])
+    w0 = heads[0].classifier.weight.detach().clone()
+    _finetune(cfg, data, model, heads)
+    after = model.state_dict()
+    for k, v in before.items():  # weights and BN running stats alike
+        assert torch.equal(v, after[k]), k
+    assert not torch.equal(w0, heads[0].classifier.weight)
+    assert len(heads[0].history) == 3
+
+
+def test_heads_sharing_a_pass_train_exactly_as_alone(tiny):
+    cfg, data, model = tiny
+    together = _heads(cfg, data, copy.deepcopy(model), ["bce", "acsl", "softmax_ce"])
+    _finetune(cfg, data, copy.deepcopy(model), together)
+    for i, name in enumerate(["bce", "acsl", "softmax_ce"]):
+        alone = _heads(cfg, data, copy.deepcopy(model), [name])
+        _finetune(cfg, data, copy.deepcopy(model), alone)
+        assert torch.allclose(alone[0].classifier.weight, together[i].classifier.weight,
+                              atol=1e-6), name
+        assert [h["loss"] for h in alone[0].history] == pytest.approx(
+            [h["loss"] for h in together[i].history], rel=1e-5)
+
+
+def test_interrupted_stage1_resumes_exactly(tiny, tmp_path):
+    """Two epochs in one go == one epoch, stop, resume for the second."""
+    from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
+    from acsl_cli.engine.train import train_detector
+
+    cfg, data, model0 = tiny
+    sched = StageSchedule(epochs=2, lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_iters=0,
+                          warmup_ratio=1.0, steps=[], grad_clip=35.0)
+
+    def fresh(resume, epochs):
+        torch.manual_seed(7)
+        flip = RandomHorizontalFlip(0.5, seed=3)
+        loader = train_loader(Transformed(data.train, flip), 4, seed=5)
+        gens = [flip.generator, loader.sampler.generator]
+        s = StageSchedule(**{**sched.__dict__, "epochs": epochs})
+        return train_detector(model, loader, s, "cpu", None, False, resume, gens)
+
+    model = copy.deepcopy(model0)
+    straight = fresh(None, 2)
+    w_straight = copy.deepcopy(model.state_dict())
+
+    resume = tmp_path / "stage1.resume.pt"
+    model = copy.deepcopy(model0)
+    first = fresh(resume, 1)
+    assert resume.is_file() and len(first) == len(straight) // 2
+    torch.manual_seed(999)  # the resumed process starts with other RNG state
+    model = copy.deepcopy(model0)  # and with fresh weights: all must come from the file
+    both = fresh(resume, 2)
+    assert [h["loss"] for h in both] == pytest.approx([h["loss"] for h in straight], rel=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v.float(), w_straight[k].float(), atol=1e-5), k
