@@ -66,8 +66,7 @@ def train(overrides: list[str] = OVERRIDES) -> None:
 @app.command(context_settings=EXTRA)
 @user_errors
 def sweep(overrides: list[str] = OVERRIDES) -> None:
-    """Comma lists: loss/xi values become heads of one stage-2 pass; other keys
-    (e.g. seed=0,1,2) become separate runs. Prints the mean over those runs."""
+    """Comma lists: loss/xi values share one stage-2 pass, other keys (seed=0,1,2) are runs."""
     result = experiment.run_sweep(overrides or [])
     if not is_main():
         return
@@ -78,7 +77,7 @@ def sweep(overrides: list[str] = OVERRIDES) -> None:
 @app.command(name="eval", context_settings=EXTRA)
 @user_errors
 def eval_(overrides: list[str] = OVERRIDES) -> None:
-    """Evaluate ``ckpt=PATH`` (config saved beside it) or ``dets=RESULTS.json ann=ANN.json``."""
+    """Evaluate ckpt=PATH (with the config saved beside it) or dets=RESULTS.json ann=ANN.json."""
     ckpt, dets, ann, out = (_kv(overrides, k) for k in ("ckpt", "dets", "ann", "out"))
     if ckpt and not dets:
         metrics = experiment.run_eval_checkpoint(ckpt, overrides or [])

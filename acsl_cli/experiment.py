@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from acsl_cli import config as config_mod
@@ -202,6 +204,21 @@ def stage1(cfg: DictConfig, data: DatasetBundle, device: str):
 # ---------------------------------------------------------------- commands
 
 
+def sweep_values(override: str) -> tuple[str, list[str] | None]:
+    """(key, values) of a Hydra choice sweep like ``xi=0.1,0.3``; values None otherwise.
+
+    Hydra's own grammar decides, so ``loss.bins=[10,100]`` stays one list value.
+    """
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+    except HydraException as e:
+        raise ConfigError(f"bad override '{override}': {' '.join(str(e).split())}") from None
+    key = parsed.get_key_element()
+    if not parsed.is_sweep_override():
+        return key, None
+    return key, list(parsed.sweep_string_iterator())
+
+
 def expand_heads(overrides: list[str]) -> list[DictConfig]:
     """Configs of every stage-2 head: the product of comma lists in head overrides.
 
@@ -210,13 +227,13 @@ def expand_heads(overrides: list[str]) -> list[DictConfig]:
     """
     fixed, varying = [], []
     for o in overrides:
-        key, _, value = o.partition("=")
-        if key.split(".")[0] in HEAD_KEYS and "," in value:
-            varying.append([f"{key}={v}" for v in value.split(",")])
-        elif "," in value:
-            raise ConfigError(f"{key}: a list of values needs 'acsl sweep', not 'acsl train'")
-        else:
+        key, values = sweep_values(o)
+        if values is None:
             fixed.append(o)
+        elif key.split(".")[0] in HEAD_KEYS:
+            varying.append([f"{key}={v}" for v in values])
+        else:
+            raise ConfigError(f"{key}: a list of values needs 'acsl sweep', not 'acsl train'")
     configs, seen = [], set()
     for combo in itertools.product(*varying):
         c = config_mod.load_config(fixed + list(combo))
@@ -356,9 +373,9 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
 
     outer, inner = [], []
     for o in overrides:
-        key, _, value = o.partition("=")
-        if "," in value and key.split(".")[0] not in HEAD_KEYS:
-            outer.append([f"{key}={v}" for v in value.split(",")])
+        key, values = sweep_values(o)
+        if values is not None and key.split(".")[0] not in HEAD_KEYS:
+            outer.append([f"{key}={v}" for v in values])
         else:
             inner.append(o)
     for combo in itertools.product(*outer):  # validate every run's config before any work

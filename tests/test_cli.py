@@ -88,7 +88,8 @@ def test_eval_results_file_perfect_detections_give_ap_1(tmp_path):
 
 
 def _bad(args: list[str], tmp_path: Path, expect: str) -> None:
-    res = CliRunner().invoke(app, [*args, f"output_root={tmp_path / 'outputs'}"])
+    out = f"output_root={tmp_path / 'outputs'}"
+    res = CliRunner().invoke(app, [*args, out, "progress=false"])
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
@@ -109,6 +110,8 @@ def _bad(args: list[str], tmp_path: Path, expect: str) -> None:
         (["train", "dataset=coco_format", "dataset.train_ann=/no/such.json",
           "dataset.val_ann=/no/v.json", "dataset.train_images=/x", "dataset.val_images=/x"],
          "/no/such.json: annotation file not found"),
+        (["train", "schedule=smoke", "loss=bags", "loss.bins=[10,100,1000]"],
+         "no class has a train instance count in bin [1000, inf)"),
         (["eval"], "needs ckpt=PATH"),
         (["eval", "ckpt=/no/such.pt"], "/no/such.pt: checkpoint not found"),
     ],
