@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -42,7 +43,13 @@ from acsl_cli.evaluation import evaluate_lvis, load_detections
 from acsl_cli.losses import STAT_NAMES, ClassificationLoss, build_loss, loss_class
 from acsl_cli.models.detector import build_detector
 from acsl_cli.progress import console, progress_callback
-from acsl_cli.reporting.tables import rich_table, write_json, write_metrics, write_per_category
+from acsl_cli.reporting.tables import (
+    markdown_mean_std,
+    rich_table,
+    write_json,
+    write_metrics,
+    write_per_category,
+)
 
 log = logging.getLogger("acsl")
 STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are not reused
@@ -369,8 +376,6 @@ class SweepResult:
 def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     """``acsl sweep``: one run per combination of non-head comma lists (e.g. seeds), each
     with all head combinations in one stage-2 pass; then mean and std over runs."""
-    import statistics
-
     outer, inner = [], []
     for o in overrides:
         key, values = sweep_values(o)
@@ -387,14 +392,16 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     rows = list(runs[0].metrics)
     mean, std = {}, {}
     for row in rows:
-        vals = {k: [r.metrics[row][k] for r in runs] for k in runs[0].metrics[row]}
-        mean[row] = {k: statistics.fmean(v) for k, v in vals.items()}
-        std[row] = {k: (statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in vals.items()}
+        vals = {k: np.array([float(r.metrics[row][k]) for r in runs])
+                for k in runs[0].metrics[row]}
+        mean[row] = {k: float(v.mean()) for k, v in vals.items()}
+        std[row] = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in vals.items()}
     folder = runs[0].run_dir.parent / f"{stamp}-sweep"
     if dist.is_main():
         folder.mkdir(parents=True, exist_ok=True)
         write_metrics(folder, mean)
         (folder / "std.json").write_text(json.dumps(std, indent=2))
+        (folder / "summary.md").write_text(markdown_mean_std(mean, std, len(runs)))
         (folder / "runs.txt").write_text("\n".join(
             f"{' '.join(c)}\t{r.run_dir}" for c, r in
             zip(itertools.product(*outer), runs, strict=True)) + "\n")

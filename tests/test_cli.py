@@ -139,3 +139,24 @@ def test_checkpoint_for_other_classes_is_rejected(smoke_run, tmp_path):
     corrupt = tmp_path / "c.pt"
     corrupt.write_bytes(b"garbage")
     _bad(["eval", f"ckpt={corrupt}"], tmp_path, "not a readable checkpoint")
+
+
+def test_sweep_runs_each_seed_and_averages(tmp_path):
+    from tests.test_engine import TINY
+
+    res = CliRunner().invoke(app, ["sweep", *TINY, "seed=0,1", "loss=bce,acsl",
+                                   f"output_root={tmp_path}"])
+    assert res.exit_code == 0, res.output
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if "sweep-" in p.name)
+    assert len(runs) == 2
+    per_run = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    assert list(per_run[0]) == ["stage1 (softmax CE)", "bce", "acsl xi=0.7"]
+    assert per_run[0]["stage1 (softmax CE)"] != per_run[1]["stage1 (softmax CE)"]  # 2 seeds
+    summary = next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("-sweep"))
+    mean = json.loads((summary / "metrics.json").read_text())
+    for row in mean:
+        for k, v in mean[row].items():
+            vals = [r[row][k] for r in per_run]
+            if v is not None:
+                assert v == pytest.approx(sum(vals) / 2)
+    assert "±" in (summary / "summary.md").read_text()

@@ -83,3 +83,16 @@ def write_json(path: Path, m: Mapping[str, float]) -> None:
     """The ``out=PATH`` file: one model's metrics."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics_json(m), indent=2) + "\n")
+
+
+def markdown_mean_std(mean: Mapping[str, Mapping[str, float]],
+                      std: Mapping[str, Mapping[str, float]], runs: int,
+                      keys: Sequence[str] = HEADLINE) -> str:
+    """A sweep's table: mean ± sample std over runs, in percent."""
+    lines = [f"| model (mean ± std over {runs} runs) | " + " | ".join(keys) + " |",
+             "|---" * (len(keys) + 1) + "|"]
+    for name, m in mean.items():
+        cells = [f"{pct(m[k])} ± {pct(std[name][k])}" if not math.isnan(m[k]) else "-"
+                 for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
