@@ -96,13 +96,13 @@ def head_name(loss_node: Any) -> str:
     name = loss_node.name
     if "xi" in loss_node:
         name += f" xi={loss_node.xi}"
-    if "bg_mode" in loss_node and loss_node.bg_mode != "adaptive":
+    if "bg_mode" in loss_node:
         name += f" bg={loss_node.bg_mode}"
     return name
 
 
 def slug(name: str) -> str:
-    """Folder-safe form of a row name: 'acsl xi=0.7' -> 'acsl_xi0.7'."""
+    """Folder-safe form of a row name: 'acsl xi=0.7 bg=official' -> 'acsl_xi0.7_bgofficial'."""
     return name.replace(" ", "_").replace("=", "")
 
 

@@ -40,11 +40,11 @@ def test_smoke_train_writes_a_complete_run(smoke_run):
                  "per_category_ap.csv"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert list(metrics) == ["stage1 (softmax CE)", "acsl xi=0.7"]
+    assert list(metrics) == ["stage1 (softmax CE)", "acsl xi=0.7 bg=official"]
     for row in metrics.values():
         assert set(row) == METRICS
         assert all(v is None or 0.0 <= v <= 1.0 for v in row.values())
-    assert json.loads(out.read_text()) == metrics["acsl xi=0.7"]
+    assert json.loads(out.read_text()) == metrics["acsl xi=0.7 bg=official"]
     ckpts = list(run.glob("heads/*/checkpoint.pt"))
     assert len(ckpts) == 1 and (ckpts[0].parent / "config.yaml").is_file()
     assert "APr" in proc.stdout and "run directory" in proc.stdout
@@ -150,7 +150,7 @@ def test_sweep_runs_each_seed_and_averages(tmp_path):
     runs = sorted(p for p in (tmp_path / "runs").iterdir() if "sweep-" in p.name)
     assert len(runs) == 2
     per_run = [json.loads((r / "metrics.json").read_text()) for r in runs]
-    assert list(per_run[0]) == ["stage1 (softmax CE)", "bce", "acsl xi=0.7"]
+    assert list(per_run[0]) == ["stage1 (softmax CE)", "bce", "acsl xi=0.7 bg=official"]
     assert per_run[0]["stage1 (softmax CE)"] != per_run[1]["stage1 (softmax CE)"]  # 2 seeds
     summary = next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("-sweep"))
     mean = json.loads((summary / "metrics.json").read_text())

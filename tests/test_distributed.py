@@ -23,6 +23,6 @@ def test_torchrun_two_processes_write_one_run(tmp_path):
     runs = list((tmp_path / "outputs" / "runs").iterdir())
     assert [r.name for r in runs] == ["ddp"]  # rank 1 wrote nothing of its own
     metrics = json.loads((runs[0] / "metrics.json").read_text())
-    assert list(metrics) == ["stage1 (softmax CE)", "bce", "acsl xi=0.7"]
+    assert list(metrics) == ["stage1 (softmax CE)", "bce", "acsl xi=0.7 bg=official"]
     # the run table is printed once, by rank 0
     assert proc.stdout.count("run directory") == 1

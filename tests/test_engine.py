@@ -42,7 +42,8 @@ def test_stage1_key_ignores_stage2_settings(tmp_path):
 
 def test_expand_heads_products_only_where_they_apply():
     cfgs = experiment.expand_heads(["loss=bce,acsl", "xi=0.3,0.7"])
-    assert [experiment.head_name(c.loss) for c in cfgs] == ["bce", "acsl xi=0.3", "acsl xi=0.7"]
+    assert [experiment.head_name(c.loss) for c in cfgs] == [
+        "bce", "acsl xi=0.3 bg=official", "acsl xi=0.7 bg=official"]
     with pytest.raises(Exception, match="sweep"):
         experiment.expand_heads(["seed=0,1"])
 
