@@ -277,6 +277,9 @@ def run_train(overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
         losses = [make_loss(c.loss, C, stats, cfg.seed) for c in head_cfgs]  # fail fast
         model, s1_dir, s1, reused = stage1(cfg, data, device)
         heads = [new_head(n, loss, model, C) for n, loss in zip(names, losses, strict=True)]
+        # Stage 2 must not depend on whether stage 1 was trained in this process or loaded
+        # from the cache (training consumes the global RNG that RoI sampling uses).
+        torch.manual_seed(cfg.seed + 1)
         train = Transformed(data.train, RandomHorizontalFlip(cfg.schedule.flip, cfg.seed + 1))
         loader = train_loader(train, cfg.schedule.batch_size, cfg.seed + 1, cfg.schedule.workers)
         finetune_heads(model, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
