@@ -330,7 +330,8 @@ def run_eval_checkpoint(ckpt_path: str | Path, overrides: list[str] | tuple[str,
     """``acsl eval ckpt=PATH``: evaluate with the config saved beside the checkpoint."""
     ckpt_path = Path(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
-    saved = OmegaConf.create(ckpt["config"])
+    beside = ckpt_path.parent / "config.yaml"
+    saved = OmegaConf.load(beside) if beside.is_file() else OmegaConf.create(ckpt["config"])
     cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist([o for o in overrides
                                                          if not o.startswith("ckpt=")]))
     device = setup_torch(cfg)
@@ -379,10 +380,12 @@ class SweepResult:
 def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     """``acsl sweep``: one run per combination of non-head comma lists (e.g. seeds), each
     with all head combinations in one stage-2 pass; then mean and std over runs."""
-    outer, inner = [], []
+    outer, inner, out = [], [], None
     for o in overrides:
         key, values = sweep_values(o)
-        if values is not None and key.split(".")[0] not in HEAD_KEYS:
+        if key == "out":  # the sweep's mean goes there, not each run's metrics
+            out = o.split("=", 1)[1]
+        elif values is not None and key.split(".")[0] not in HEAD_KEYS:
             outer.append([f"{key}={v}" for v in values])
         else:
             inner.append(o)
@@ -405,6 +408,8 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
         write_metrics(folder, mean)
         (folder / "std.json").write_text(json.dumps(std, indent=2))
         (folder / "summary.md").write_text(markdown_mean_std(mean, std, len(runs)))
+        if out:
+            write_json(Path(out), mean[rows[-1]])
         (folder / "runs.txt").write_text("\n".join(
             f"{' '.join(c)}\t{r.run_dir}" for c, r in
             zip(itertools.product(*outer), runs, strict=True)) + "\n")

@@ -145,7 +145,7 @@ def test_sweep_runs_each_seed_and_averages(tmp_path):
     from tests.test_engine import TINY
 
     res = CliRunner().invoke(app, ["sweep", *TINY, "seed=0,1", "loss=bce,acsl",
-                                   f"output_root={tmp_path}"])
+                                   f"output_root={tmp_path}", f"out={tmp_path / 'm.json'}"])
     assert res.exit_code == 0, res.output
     runs = sorted(p for p in (tmp_path / "runs").iterdir() if "sweep-" in p.name)
     assert len(runs) == 2
@@ -160,3 +160,4 @@ def test_sweep_runs_each_seed_and_averages(tmp_path):
             if v is not None:
                 assert v == pytest.approx(sum(vals) / 2)
     assert "±" in (summary / "summary.md").read_text()
+    assert json.loads((tmp_path / "m.json").read_text()) == mean["acsl xi=0.7 bg=official"]
