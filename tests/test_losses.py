@@ -76,13 +76,14 @@ def test_all_losses_registered_with_valid_needs_and_yaml():
 
 
 def test_yaml_interpolations():
-    acsl_cfg = OmegaConf.load(ROOT / "conf" / "loss" / "acsl.yaml")
-    eql_cfg = OmegaConf.load(ROOT / "conf" / "loss" / "eql.yaml")
-    root = OmegaConf.create({"xi": 0.7, "dataset": {"eql_lambda": 0.0011}})
-    root.loss = acsl_cfg
-    assert root.loss.xi == 0.7
-    root.loss = eql_cfg
-    assert root.loss.lambda_ == 0.0011
+    """Composed configs: xi from the top level, dataset-dependent defaults per dataset."""
+    from acsl_cli.config import load_config
+
+    assert load_config(["loss=acsl", "xi=0.3"]).loss.xi == 0.3
+    assert load_config(["loss=eql", "dataset=lvis_v1"]).loss.lambda_ == 0.0011
+    assert load_config(["loss=eql", "dataset=lvis_v0.5"]).loss.lambda_ == 0.00177
+    assert list(load_config(["loss=bags", "dataset=lvis_v1"]).loss.bins) == [10, 100, 1000]
+    assert list(load_config(["loss=bags"]).loss.bins) == [10, 100]  # synthetic: max 400
 
 
 def test_build_loss_rejects_unknown_params_and_names():
