@@ -34,10 +34,6 @@ class Bar:
                          for k, v in fields.items())
         self._progress.update(self._task, advance=n, info=info)
 
-    def set_total(self, total: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, total=total)
-
 
 def _columns() -> tuple:
     return (
