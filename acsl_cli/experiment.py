@@ -226,10 +226,12 @@ def sweep_values(override: str) -> tuple[str, list[str] | None]:
     return key, list(parsed.sweep_string_iterator())
 
 
-def expand_heads(overrides: list[str]) -> list[DictConfig]:
-    """Configs of every stage-2 head: the product of comma lists in head overrides.
+def expand_heads(overrides: list[str]) -> list[tuple[str, DictConfig]]:
+    """(row name, config) of every stage-2 head: the product of comma lists in head overrides.
 
-    ``loss=bce,acsl xi=0.3,0.7`` gives bce (xi does not apply) and acsl at both xi.
+    ``loss=bce,acsl xi=0.3,0.7`` gives bce (xi does not apply) and acsl at both xi. Heads
+    whose loss configs are identical are kept once; heads that share a name but differ in
+    some ``loss.*`` value get that value appended (``... bg_factor=True``).
     Non-head keys with comma lists are rejected here; ``sweep`` loops over those.
     """
     fixed, varying = [], []
@@ -244,21 +246,27 @@ def expand_heads(overrides: list[str]) -> list[DictConfig]:
     configs, seen = [], set()
     for combo in itertools.product(*varying):
         c = config_mod.load_config(fixed + list(combo))
+        node = OmegaConf.to_container(c.loss, resolve=True)
+        key = json.dumps(node, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            configs.append((node, c))
+    names = []
+    for node, c in configs:
         name = head_name(c.loss)
-        if name not in seen:
-            seen.add(name)
-            configs.append(c)
-    return configs
+        twins = [n for n, o in configs if head_name(o.loss) == name and n is not node]
+        extra = sorted(k for k in node if any(t.get(k) != node[k] for t in twins))
+        names.append(" ".join([name, *(f"{k}={node[k]}" for k in extra)]))
+    return list(zip(names, (c for _, c in configs), strict=True))
 
 
 def run_train(overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
     """``acsl train``: stage 1 (or reuse) + stage-2 head(s) + evaluation + reports."""
     overrides = list(overrides)
-    head_cfgs = expand_heads(overrides)
+    names, head_cfgs = zip(*expand_heads(overrides), strict=True)
     cfg = head_cfgs[0]
     device = setup_torch(cfg)
     t0 = time.time()
-    names = [head_name(c.loss) for c in head_cfgs]
     run_name = cfg.run_name or (time.strftime("%Y%m%d-%H%M%S") + "-" +
                                 ("sweep" if len(names) > 1 else slug(names[0])))
     runs = Path(cfg.output_root) / "runs"

@@ -41,11 +41,16 @@ def test_stage1_key_ignores_stage2_settings(tmp_path):
 
 
 def test_expand_heads_products_only_where_they_apply():
-    cfgs = experiment.expand_heads(["loss=bce,acsl", "xi=0.3,0.7"])
-    assert [experiment.head_name(c.loss) for c in cfgs] == [
+    heads = experiment.expand_heads(["loss=bce,acsl", "xi=0.3,0.7"])
+    assert [name for name, _ in heads] == [
         "bce", "acsl xi=0.3 bg=official", "acsl xi=0.7 bg=official"]
     with pytest.raises(Exception, match="sweep"):
         experiment.expand_heads(["seed=0,1"])
+    # a loss.* list makes heads too, named by what tells them apart
+    heads = experiment.expand_heads(["loss=acsl", "loss.bg_factor=true,false"])
+    assert [name for name, _ in heads] == ["acsl xi=0.7 bg=official bg_factor=True",
+                                           "acsl xi=0.7 bg=official bg_factor=False"]
+    assert [c.loss.bg_factor for _, c in heads] == [True, False]
 
 
 @pytest.fixture(scope="module")
