@@ -307,13 +307,12 @@ def run_train(overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
                 write_json(Path(cfg.out), rows[names[-1]])
             log.info("run finished in %.1f s", time.time() - t0)
     except BaseException:
-        if handler:
-            logging.getLogger("acsl").removeHandler(handler)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if handler:
-        logging.getLogger("acsl").removeHandler(handler)
-        handler.close()
+    finally:
+        if handler:
+            logging.getLogger("acsl").removeHandler(handler)
+            handler.close()
     if dist.is_main():
         tmp.rename(final)
     return RunResult(final, rows, per_cat, s1_dir, reused, time.time() - t0)

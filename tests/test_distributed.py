@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-
-import pytest
 
 from tests.test_engine import TINY
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and sys.executable is None,
-                    reason="torchrun not available")
 def test_torchrun_two_processes_write_one_run(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "acsl_cli", "train", *TINY, "device=cpu", "run_name=ddp",

@@ -123,9 +123,3 @@ def finetune_heads(
     for h in heads:
         h.classifier.eval()
 
-
-def install_head(model: nn.Module, head: ClassifierHead) -> nn.Module:
-    """Make ``model`` the detector of ``head``: its classifier layer and its scoring."""
-    model.roi_heads.box_predictor.cls_score = head.classifier
-    model.roi_heads.cls_loss = head.loss
-    return model

@@ -27,7 +27,8 @@ class ClassificationLoss(nn.Module):
 
     #: Config name in the registry; set by ``@register_loss``.
     name: ClassVar[str] = ""
-    #: Which of ``STAT_NAMES`` this loss needs; the engine passes exactly these.
+    #: Which of ``STAT_NAMES`` this loss reads (documentation and tests); the engine passes
+    #: every statistic the constructor accepts.
     needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int | None = None) -> None:

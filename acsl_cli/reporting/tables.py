@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+from acsl_cli.evaluation import METRIC_KEYS
+
 HEADLINE = ("AP", "APr", "APc", "APf")
 
 
