@@ -20,9 +20,15 @@ GROUPS = ("dataset", "backbone", "loss", "schedule")
 
 
 def config_dir() -> Path:
-    """``conf/`` beside the package (repo checkout / editable install), or $ACSL_CONF."""
+    """The config groups: $ACSL_CONF, else ``acsl_cli/conf`` (installed wheel), else the
+    checkout's top-level ``conf/`` (editable install, running from the repo)."""
     env = os.environ.get("ACSL_CONF")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+    here = Path(__file__).resolve().parent
+    if env:
+        path = Path(env)
+    else:
+        path = next((p for p in (here / "conf", here.parent / "conf")
+                     if (p / "config.yaml").is_file()), here / "conf")
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path}: no config.yaml (set ACSL_CONF to the conf/ folder)")
     return path
