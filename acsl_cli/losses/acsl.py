@@ -42,12 +42,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.losses.base import ClassificationLoss, check_labels, require_stat
+from acsl_cli.losses.base import ClassificationLoss, check_labels
 from acsl_cli.losses.common import (
     check_width,
     frequency_columns,
-    make_generator,
-    resolve_num_classes,
     sigmoid_scores,
 )
 from acsl_cli.losses.registry import register_loss
@@ -140,6 +138,7 @@ class ACSL(ClassificationLoss):
     """
 
     needs: ClassVar[tuple[str, ...]] = ("frequencies",)
+    seeded: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -156,15 +155,11 @@ class ACSL(ClassificationLoss):
             raise ConfigError(
                 f"loss 'acsl': bg_mode must be one of {', '.join(BG_MODES)}, got {bg_mode!r}"
             )
-        if bg_mode == "official":
-            require_stat("frequencies", "acsl", frequencies)
-        num_classes = resolve_num_classes("acsl", num_classes, frequencies=frequencies)
-        super().__init__(num_classes)
+        super().__init__(num_classes, seed, required=self.needs_for(bg_mode),
+                         frequencies=frequencies)
         self.xi = float(xi)
         self.bg_mode = bg_mode
         self.bg_factor = bool(bg_factor)
-        self.seed = int(seed)
-        self.generator = make_generator(seed)
         self._columns: dict[str, Tensor] = {}
         if bg_mode == "official" and frequencies is not None:
             self._columns = frequency_columns("acsl", frequencies)

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.losses.base import ClassificationLoss, check_labels, require_stat
-from acsl_cli.losses.common import counts_tensor, make_generator, resolve_num_classes
+from acsl_cli.losses.base import ClassificationLoss, check_labels
+from acsl_cli.losses.common import counts_tensor
 from acsl_cli.losses.registry import register_loss
 
 #: Std of the normal init of logits that have no stage-1 counterpart ("others", G0 fg).
@@ -80,6 +80,7 @@ class BalancedGroupSoftmax(ClassificationLoss):
     """BAGS; the classifier width and layout are fixed by the classes' instance counts."""
 
     needs: ClassVar[tuple[str, ...]] = ("instance_counts",)
+    seeded: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -89,18 +90,14 @@ class BalancedGroupSoftmax(ClassificationLoss):
         seed: int = 0,
         instance_counts: Sequence[int] | None = None,
     ) -> None:
-        require_stat("instance_counts", "bags", instance_counts)
+        super().__init__(num_classes, seed, instance_counts=instance_counts)
         assert instance_counts is not None
-        num_classes = resolve_num_classes("bags", num_classes, instance_counts=instance_counts)
-        super().__init__(num_classes)
         if isinstance(others_ratio, bool) or int(others_ratio) != others_ratio or others_ratio < 1:
             raise ConfigError(
                 f"loss 'bags': others_ratio must be a positive integer, got {others_ratio!r}"
             )
         self.bins = _check_bins(bins)
         self.others_ratio = int(others_ratio)
-        self.seed = int(seed)
-        self.generator = make_generator(seed)
 
         groups = assign_groups(instance_counts, self.bins)
         self.num_groups = len(self.bins) + 2  # G0 plus one per bin interval

@@ -7,7 +7,9 @@ how logits become per-class scores at inference.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +18,30 @@ from acsl_cli.errors import ConfigError
 
 #: Dataset statistics a loss may ask for, all indexed by foreground label - 1 (length C).
 STAT_NAMES = ("frequencies", "image_counts", "instance_counts", "num_images")
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What the pipeline knows that a loss may need: classes, train statistics, seed.
+
+    Every loss is built from one of these (``build_loss(name, context, **params)``); a
+    loss takes the statistics it declares in ``needs`` and the seed if it is ``seeded``.
+    """
+
+    num_classes: int
+    seed: int = 0
+    frequencies: tuple[str, ...] | None = None
+    image_counts: tuple[int, ...] | None = None
+    instance_counts: tuple[int, ...] | None = None
+    num_images: int | None = None
+
+    def kwargs_for(self, cls: type[ClassificationLoss]) -> dict[str, Any]:
+        """Constructor arguments ``cls`` takes from the context."""
+        out: dict[str, Any] = {"num_classes": self.num_classes}
+        out.update({k: getattr(self, k) for k in cls.needs})
+        if cls.seeded:
+            out["seed"] = self.seed
+        return out
 
 
 class ClassificationLoss(nn.Module):
@@ -27,13 +53,27 @@ class ClassificationLoss(nn.Module):
 
     #: Config name in the registry; set by ``@register_loss``.
     name: ClassVar[str] = ""
-    #: Which of ``STAT_NAMES`` this loss reads (documentation and tests); the engine passes
-    #: every statistic the constructor accepts.
+    #: Which of ``STAT_NAMES`` this loss reads: the one declaration of a loss's needs. The
+    #: constructor takes each as a keyword; ``LossContext`` passes exactly these.
     needs: ClassVar[tuple[str, ...]] = ()
+    #: Whether the loss makes random draws (it then takes ``seed`` and owns a generator).
+    seeded: ClassVar[bool] = False
 
-    def __init__(self, num_classes: int | None = None) -> None:
+    def __init__(self, num_classes: int | None = None, seed: int | None = None,
+                 required: Sequence[str] | None = None, **stats: Any) -> None:
+        """The shared prologue: required statistics present, C agreed, generator seeded.
+
+        ``required`` defaults to ``needs``; ``stats`` are the statistics given.
+        """
         super().__init__()
-        self.num_classes = num_classes
+        for name in self.needs if required is None else required:
+            require_stat(name, self.name, stats.get(name))
+        per_class = {k: v for k, v in stats.items() if k != "num_images"}
+        self.num_classes = _resolve_num_classes(self.name, num_classes, per_class)
+        if self.seeded:
+            self.seed = int(seed or 0)
+            self.generator = torch.Generator(device="cpu")
+            self.generator.manual_seed(self.seed)
 
     def num_outputs(self, num_classes: int) -> int:
         """Width of the classifier layer for ``num_classes`` foreground classes."""
@@ -66,3 +106,25 @@ def check_labels(logits: Tensor, labels: Tensor, num_columns: int) -> None:
         )
     if logits.shape[1] != num_columns:
         raise ValueError(f"expected {num_columns} logit columns, got {logits.shape[1]}")
+
+
+def _resolve_num_classes(loss: str, num_classes: int | None,
+                         stats: dict[str, Sequence | None]) -> int | None:
+    """Agree on C from ``num_classes`` and the length of every per-class statistic given.
+
+    A statistic of the wrong length would silently shift every class by one group, so a
+    mismatch is a configuration error rather than something to guess around.
+    """
+    found, source = num_classes, "num_classes"
+    for name, value in stats.items():
+        if value is None:
+            continue
+        if found is None:
+            found, source = len(value), name
+        elif len(value) != found:
+            raise ConfigError(
+                f"loss '{loss}': {name} has {len(value)} entries but {source} says {found} classes"
+            )
+    if found is not None and found < 1:
+        raise ConfigError(f"loss '{loss}': needs at least one foreground class, got {found}")
+    return found

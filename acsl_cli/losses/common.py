@@ -35,28 +35,6 @@ def one_hot_targets(labels: Tensor, num_columns: int, dtype: torch.dtype) -> Ten
     return target
 
 
-def resolve_num_classes(loss: str, num_classes: int | None, **stats: Sequence | None) -> int | None:
-    """Agree on C from ``num_classes`` and the length of every per-class statistic given.
-
-    A statistic of the wrong length would silently shift every class by one group, so a
-    mismatch is a configuration error rather than something to guess around.
-    """
-    found = num_classes
-    source = "num_classes"
-    for name, value in stats.items():
-        if value is None:
-            continue
-        if found is None:
-            found, source = len(value), name
-        elif len(value) != found:
-            raise ConfigError(
-                f"loss '{loss}': {name} has {len(value)} entries but {source} says {found} classes"
-            )
-    if found is not None and found < 1:
-        raise ConfigError(f"loss '{loss}': needs at least one foreground class, got {found}")
-    return found
-
-
 def check_width(loss: str, logits: Tensor, expected: int | None) -> None:
     """Fail loudly when the classifier width does not match the configured classes."""
     if logits.dim() != 2:
@@ -86,10 +64,3 @@ def counts_tensor(loss: str, name: str, counts: Sequence[float]) -> Tensor:
     if values.numel() and bool((values < 0).any()):
         raise ConfigError(f"loss '{loss}': {name} must be non-negative")
     return values
-
-
-def make_generator(seed: int) -> torch.Generator:
-    """CPU generator for a loss's random draws, so a run repeats exactly on any device."""
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(int(seed))
-    return generator

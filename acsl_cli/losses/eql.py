@@ -23,12 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.losses.base import ClassificationLoss, check_labels, require_stat
+from acsl_cli.losses.base import ClassificationLoss, check_labels
 from acsl_cli.losses.common import (
     check_width,
     counts_tensor,
     one_hot_targets,
-    resolve_num_classes,
     sigmoid_scores,
 )
 from acsl_cli.losses.registry import register_loss
@@ -48,11 +47,8 @@ class EqualizationLoss(ClassificationLoss):
         image_counts: Sequence[int] | None = None,
         num_images: int | None = None,
     ) -> None:
-        require_stat("image_counts", "eql", image_counts)
-        require_stat("num_images", "eql", num_images)
+        super().__init__(num_classes, image_counts=image_counts, num_images=num_images)
         assert image_counts is not None and num_images is not None
-        num_classes = resolve_num_classes("eql", num_classes, image_counts=image_counts)
-        super().__init__(num_classes)
         if isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)) or lambda_ < 0:
             raise ConfigError(f"loss 'eql': lambda_ must be a number >= 0, got {lambda_!r}")
         if int(num_images) <= 0:

@@ -22,12 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.losses.base import ClassificationLoss, check_labels, require_stat
+from acsl_cli.losses.base import ClassificationLoss, check_labels
 from acsl_cli.losses.common import (
     check_width,
     counts_tensor,
-    make_generator,
-    resolve_num_classes,
     sigmoid_scores,
 )
 from acsl_cli.losses.registry import register_loss
@@ -41,6 +39,7 @@ class FederatedLoss(ClassificationLoss):
     """Federated BCE; the background logit is not trained by this loss."""
 
     needs: ClassVar[tuple[str, ...]] = ("image_counts",)
+    seeded: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -50,10 +49,8 @@ class FederatedLoss(ClassificationLoss):
         seed: int = 0,
         image_counts: Sequence[int] | None = None,
     ) -> None:
-        require_stat("image_counts", "federated", image_counts)
+        super().__init__(num_classes, seed, image_counts=image_counts)
         assert image_counts is not None
-        num_classes = resolve_num_classes("federated", num_classes, image_counts=image_counts)
-        super().__init__(num_classes)
         if (
             isinstance(num_sample_classes, bool)
             or int(num_sample_classes) != num_sample_classes
@@ -65,8 +62,6 @@ class FederatedLoss(ClassificationLoss):
             )
         self.num_sample_classes = int(num_sample_classes)
         self.bg_factor = bool(bg_factor)
-        self.seed = int(seed)
-        self.generator = make_generator(seed)
         weights = counts_tensor("federated", "image_counts", image_counts) ** FREQ_POWER
         self.sample_weights = weights  # CPU: the draw happens on CPU
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.losses.base import ClassificationLoss
+from acsl_cli.losses.base import ClassificationLoss, LossContext
 
 _LOSSES: dict[str, type[ClassificationLoss]] = {}
 T = TypeVar("T", bound=type[ClassificationLoss])
@@ -36,13 +36,18 @@ def loss_class(name: str) -> type[ClassificationLoss]:
     return _LOSSES[name]
 
 
-def build_loss(name: str, **params: Any) -> ClassificationLoss:
+def build_loss(name: str, context: LossContext | None = None, **params: Any
+               ) -> ClassificationLoss:
     """Build the loss registered as ``name`` with keyword ``params``.
 
+    With a ``context``, the loss also gets the number of classes, the statistics it
+    declares in ``needs`` and the seed if it is ``seeded`` (explicit ``params`` win).
     Unknown parameters are an error rather than silently ignored, so a typo in a
     config never changes an experiment without notice.
     """
     cls = loss_class(name)
+    if context is not None:
+        params = {**context.kwargs_for(cls), **params}
     accepted = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(params) - set(accepted))
     if unknown:
