@@ -1,8 +1,13 @@
-"""The ``acsl`` command: thin wrappers that compose config and call ``acsl_cli.experiment``."""
+"""The ``acsl`` command: thin wrappers that plan from overrides and call the pipeline.
+
+Heavy modules (torch, the pipeline) are imported inside the commands that need them, so
+``acsl --help``, ``acsl --version``, ``acsl losses`` and ``acsl eval dets=...`` start fast.
+"""
 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +15,8 @@ from typing import Any
 
 import typer
 
-from acsl_cli import experiment
-from acsl_cli.engine.distributed import is_main
-from acsl_cli.errors import AcslError, ConfigError
-from acsl_cli.progress import console
+from acsl_cli import __version__
+from acsl_cli.errors import AcslError
 
 app = typer.Typer(
     add_completion=False,
@@ -24,40 +27,89 @@ app = typer.Typer(
 )
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. loss=acsl xi=0.7 seed=1")
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM (timeout, Slurm, docker stop), raised in the main thread like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def one_line(error: BaseException) -> str:
+    """The message of a user error as one line, also when a DataLoader worker raised it
+    (torch then wraps the worker's traceback into the message)."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    if not lines:
+        return error.__class__.__name__
+    last = lines[-1]
+    if len(lines) > 1 and ": " in last and "Error" in last.split(": ", 1)[0]:
+        return last.split(": ", 1)[1]
+    return " ".join(lines)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input -> one line ``error: ...`` on stderr and exit code 2, no traceback."""
+    """Bad input -> one line ``error: ...`` and exit 2; a diverged run -> exit 1; Ctrl-C
+    -> 130 and SIGTERM -> 143, each with one line and nothing half-written left."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
         except AcslError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            typer.echo(f"error: {one_line(e)}", err=True)
+            raise typer.Exit(getattr(e, "exit_code", EXIT_USER_ERROR)) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+            typer.echo("interrupted: nothing half-written was left behind", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Terminated:
+            typer.echo("terminated (SIGTERM): nothing half-written was left behind", err=True)
+            raise typer.Exit(EXIT_TERMINATED) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
 
-def _kv(overrides: list[str] | None, key: str) -> str | None:
-    for o in overrides or []:
-        if o.startswith(f"{key}="):
-            return o.split("=", 1)[1]
-    return None
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"acsl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Train and compare long-tail detection losses on torchvision Faster R-CNN."""
+
+
+def _print_table(rows: dict, title: str, note: str = "") -> None:
+    from acsl_cli.progress import console
+    from acsl_cli.reporting.tables import rich_table
+
+    console.print(rich_table(rows, title, note))
 
 
 @app.command(context_settings=EXTRA)
 @user_errors
 def train(overrides: list[str] = OVERRIDES) -> None:
-    """Stage 1 (or reuse) + stage 2 with the chosen loss + LVIS evaluation."""
-    result = experiment.run_train(overrides or [])
+    """Stage 1 (or reuse) + stage 2 with the chosen loss(es) + LVIS evaluation.
+
+    Example: acsl train loss=acsl xi=0.7 seed=1
+    """
+    from acsl_cli.engine.distributed import is_main
+    from acsl_cli.pipeline.train import run_train
+    from acsl_cli.progress import console
+
+    result = run_train(overrides or [])
     if not is_main():
         return
-    experiment.print_metrics(result.metrics, "LVIS bbox metrics (%)")
+    _print_table(result.metrics, "LVIS bbox metrics (%)")
     s1 = "reused" if result.stage1_reused else "trained"
     console.print(f"stage 1 {s1}: {result.stage1_dir}")
     console.print(f"run directory: {result.run_dir}  ({result.seconds:.0f} s)")
@@ -66,44 +118,69 @@ def train(overrides: list[str] = OVERRIDES) -> None:
 @app.command(context_settings=EXTRA)
 @user_errors
 def sweep(overrides: list[str] = OVERRIDES) -> None:
-    """Comma lists: loss/xi values share one stage-2 pass, other keys (seed=0,1,2) are runs."""
-    result = experiment.run_sweep(overrides or [])
+    """Comma lists: loss/xi values share one stage-2 pass, other keys (seed=0,1,2) are runs.
+
+    Example: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7
+    """
+    from acsl_cli.engine.distributed import is_main
+    from acsl_cli.pipeline.sweep import run_sweep
+    from acsl_cli.progress import console
+
+    result = run_sweep(overrides or [])
     if not is_main():
         return
-    experiment.print_metrics(result.mean, f"mean over {result.num_runs} run(s) (%)")
+    _print_table(result.mean, f"mean over {result.num_runs} run(s) (%)")
     console.print(f"sweep directory: {result.folder}")
 
 
 @app.command(name="eval", context_settings=EXTRA)
 @user_errors
 def eval_(overrides: list[str] = OVERRIDES) -> None:
-    """Evaluate ckpt=PATH (with the config saved beside it) or dets=RESULTS.json ann=ANN.json."""
-    ckpt, dets, ann, out = (_kv(overrides, k) for k in ("ckpt", "dets", "ann", "out"))
-    if ckpt and not dets:
-        metrics = experiment.run_eval_checkpoint(ckpt, overrides or [])
-        title = Path(ckpt).parent.name
-    elif dets and ann and not ckpt:
-        metrics = experiment.run_eval_results(dets, ann)
-        title = Path(dets).name
-    else:
-        raise ConfigError("acsl eval needs ckpt=PATH, or dets=RESULTS.json ann=ANN.json")
-    if not is_main():
-        return
-    experiment.print_metrics({title: metrics}, "LVIS bbox metrics (%)")
-    if out:
-        from acsl_cli.reporting.tables import write_json
+    """Evaluate ckpt=PATH (with the config saved beside it) or dets=RESULTS.json ann=ANN.json.
 
-        write_json(Path(out), metrics)
-        console.print(f"metrics written to {out}")
+    Examples: acsl eval ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt dataset.seed=0 ;
+    acsl eval dets=results.json ann=lvis_v0.5_val.json [train_ann=train.json] out=m.json
+    """
+    from acsl_cli.plan import plan_eval
+    from acsl_cli.progress import console
+
+    plan = plan_eval(overrides or [])
+    if plan.out:
+        from acsl_cli.pipeline.rundir import check_out_file
+
+        check_out_file(Path(plan.out))
+    note = ""
+    if plan.ckpt:
+        from acsl_cli.engine.distributed import is_main
+        from acsl_cli.pipeline.evaluate import run_eval_checkpoint
+
+        metrics = run_eval_checkpoint(plan)
+        title = Path(plan.ckpt).parent.name
+        if not is_main():
+            return
+    else:
+        from acsl_cli.evaluation.results import evaluate_results_file
+
+        result = evaluate_results_file(plan.dets, plan.ann, plan.train_ann)
+        metrics, title, note = result.metrics, Path(plan.dets).name, result.groups_note or ""
+    _print_table({title: metrics}, "LVIS bbox metrics (%)", note)
+    if plan.out:
+        from acsl_cli.pipeline.preflight import write_out
+
+        write_out(plan.out, metrics, None)
+        console.print(f"metrics written to {plan.out}")
 
 
 @app.command()
+@user_errors
 def losses() -> None:
-    """List the registered losses."""
-    from acsl_cli.losses import available_losses
+    """List the losses and presets that loss=NAME accepts (conf/loss/*.yaml)."""
+    from acsl_cli.config import available, config_dir
 
-    for name in available_losses():
-        typer.echo(name)
+    for name in available("loss"):
+        first = (config_dir() / "loss" / f"{name}.yaml").read_text().splitlines()[:1]
+        about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        typer.echo(f"{name:<16}{about}")
 
 
 def main() -> None:

@@ -1,22 +1,30 @@
-"""Compose the Hydra config from ``conf/`` plus command-line overrides, and validate it.
+"""The one reader of command lines: Hydra overrides -> a validated config.
 
-Validation happens before anything is written, so a bad value never leaves a
-half-written run behind.
+Every command goes through here (``eval ckpt=`` too, which starts from the config saved
+beside the checkpoint instead of ``conf/``), so a typo or a value of the wrong type gives
+the same one-line error everywhere, before anything is written.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError
 
 GROUPS = ("dataset", "backbone", "loss", "schedule")
+__all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "parse_overrides",
+           "to_yaml", "validate"]
 
 
 def config_dir() -> Path:
@@ -38,19 +46,59 @@ def available(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
-def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose ``conf/config.yaml`` with Hydra overrides (``key=value``) and validate it."""
-    overrides = list(overrides)
-    for o in overrides:
-        if "=" not in o:
-            raise ConfigError(f"override '{o}' is not of the form key=value")
-        key, value = o.split("=", 1)
-        key = key.lstrip("+~")
-        if key in GROUPS and value not in available(key):
-            raise ConfigError(f"unknown {key} '{value}' (choose from {', '.join(available(key))})")
+@dataclass(frozen=True)
+class Override:
+    """One ``key=value`` argument as Hydra reads it."""
+
+    text: str
+    key: str
+    value: Any  # typed (int, float, bool, str, list, None); for a sweep, the raw text
+    sweep: list[str] | None  # the values of a comma list ``key=a,b``, else None
+
+    @property
+    def root(self) -> str:
+        return self.key.split(".")[0]
+
+
+def parse_overrides(args: Sequence[str]) -> list[Override]:
+    """Parse ``key=value`` arguments with Hydra's grammar; one-line ConfigError if bad."""
+    parser = OverridesParser.create()
+    out = []
+    for text in args:
+        if "=" not in text:
+            raise ConfigError(f"argument '{text}' is not of the form key=value")
+        try:
+            parsed = parser.parse_override(text)
+        except HydraException as e:
+            raise ConfigError(f"bad override '{text}': {' '.join(str(e).split())}") from None
+        key = parsed.get_key_element().lstrip("+~")
+        if parsed.is_sweep_override():
+            out.append(Override(text, key, text.split("=", 1)[1],
+                                list(parsed.sweep_string_iterator())))
+        else:
+            out.append(Override(text, key, parsed.value(), None))
+    return out
+
+
+def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -> DictConfig:
+    """Compose ``conf/config.yaml`` (or update ``base``) with overrides, then validate.
+
+    With ``base`` (a saved run's config) a group choice such as ``dataset=lvis_v0.5``
+    replaces that whole group with ``conf/``'s, and ``key=value`` updates one value, as
+    Hydra would; keys that do not exist are errors in both cases.
+    """
+    parsed = parse_overrides(overrides)
+    for o in parsed:
+        if o.sweep is not None:
+            raise ConfigError(f"{o.key}: a list of values needs 'acsl sweep' or head keys")
+        if o.key in GROUPS and o.value not in available(o.key):
+            raise ConfigError(
+                f"unknown {o.key} '{o.value}' (choose from {', '.join(available(o.key))})")
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+        if base is None:
+            cfg = _compose([o.text for o in parsed])
+        else:
+            cfg = _update(base, parsed)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(str(e).split())
@@ -59,24 +107,24 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return cfg
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that must fail fast with a one-line message naming the key."""
-    xi = cfg.get("xi")
-    if not isinstance(xi, (int, float)) or not 0 < float(xi) < 1:
-        raise ConfigError(f"xi={xi}: must be a number strictly between 0 and 1")
-    if not isinstance(cfg.get("seed"), int):
-        raise ConfigError(f"seed={cfg.get('seed')}: must be an integer")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device={cfg.device}: choose auto, cpu or cuda")
-    missing = OmegaConf.missing_keys(cfg)
-    if missing:
-        raise ConfigError(f"missing value for {', '.join(sorted(missing))}")
-    for stage in ("stage1", "stage2"):
-        s = cfg.schedule[stage]
-        if s.epochs < 1 or s.lr <= 0:
-            raise ConfigError(f"schedule.{stage}: epochs must be >= 1 and lr > 0")
-    if cfg.schedule.batch_size < 1:
-        raise ConfigError("schedule.batch_size must be >= 1")
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _update(base: DictConfig, parsed: list[Override]) -> DictConfig:
+    cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+    groups = [o for o in parsed if o.key in GROUPS]
+    if groups:
+        fresh = _compose([o.text for o in groups])
+        for o in groups:
+            cfg[o.key] = fresh[o.key]
+    OmegaConf.set_struct(cfg, True)
+    for o in parsed:
+        if o.key not in GROUPS:
+            OmegaConf.update(cfg, o.key, o.value, merge=False, force_add=o.text[0] == "+")
+    OmegaConf.set_struct(cfg, False)
+    return cfg
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -16,3 +16,9 @@ class ConfigError(AcslError, ValueError):
 
 class DataError(AcslError, ValueError):
     """A bad or missing input file: annotations, images, results, checkpoints."""
+
+
+class TrainingDiverged(AcslError, FloatingPointError):
+    """A loss became non-finite or exploded: the run stops (exit code 1), nothing is saved."""
+
+    exit_code = 1

@@ -9,10 +9,13 @@ import torch
 from omegaconf import OmegaConf
 
 from acsl_cli import config as config_mod
-from acsl_cli import experiment
-from acsl_cli.engine.finetune import finetune_heads, new_head
-from acsl_cli.engine.lr_schedule import learning_rate
-from acsl_cli.engine.train import StageSchedule, train_loader
+from acsl_cli.engine.loaders import train_loader
+from acsl_cli.engine.schedule import StageSchedule, learning_rate
+from acsl_cli.engine.stage2 import finetune_heads, new_head
+from acsl_cli.errors import ConfigError
+from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss
+from acsl_cli.pipeline.stage1 import stage1_key
+from acsl_cli.plan import plan_train
 
 TINY = ["dataset.num_classes=8", "dataset.max_images_per_class=12",
         "dataset.val_instances_per_class=2", "schedule=smoke", "progress=false"]
@@ -31,36 +34,36 @@ def test_learning_rate_warmup_and_steps():
 
 def test_stage1_key_ignores_stage2_settings(tmp_path):
     base = [f"output_root={tmp_path}"]
-    key = experiment.stage1_key(config_mod.load_config(base))
+    key = stage1_key(config_mod.load_config(base))
     for same in (["loss=bce"], ["xi=0.3"], ["schedule.stage2.lr=0.5"], ["run_name=x"],
                  ["dataset.loss_defaults.eql_lambda=0.5"]):
-        assert experiment.stage1_key(config_mod.load_config(base + same)) == key, same
+        assert stage1_key(config_mod.load_config(base + same)) == key, same
     for other in (["seed=1"], ["schedule.stage1.lr=0.01"], ["dataset.num_classes=30"],
                   ["backbone.fpn_channels=32"]):
-        assert experiment.stage1_key(config_mod.load_config(base + other)) != key, other
+        assert stage1_key(config_mod.load_config(base + other)) != key, other
 
 
 def test_expand_heads_products_only_where_they_apply():
-    heads = experiment.expand_heads(["loss=bce,acsl", "xi=0.3,0.7"])
-    assert [name for name, _ in heads] == [
+    heads = plan_train(["loss=bce,acsl", "xi=0.3,0.7"]).heads
+    assert [h.label for h in heads] == [
         "bce", "acsl xi=0.3 bg=official", "acsl xi=0.7 bg=official"]
-    with pytest.raises(Exception, match="sweep"):
-        experiment.expand_heads(["seed=0,1"])
+    assert [h.id for h in heads] == ["bce", "acsl_xi0.3_bgofficial", "acsl_xi0.7_bgofficial"]
+    with pytest.raises(ConfigError, match="sweep"):
+        plan_train(["seed=0,1"])
     # a loss.* list makes heads too, named by what tells them apart
-    heads = experiment.expand_heads(["loss=acsl", "loss.bg_factor=true,false"])
-    assert [name for name, _ in heads] == ["acsl xi=0.7 bg=official bg_factor=True",
-                                           "acsl xi=0.7 bg=official bg_factor=False"]
-    assert [c.loss.bg_factor for _, c in heads] == [True, False]
+    heads = plan_train(["loss=acsl", "loss.bg_factor=true,false"]).heads
+    assert [h.label for h in heads] == ["acsl xi=0.7 bg=official bg_factor=True",
+                                        "acsl xi=0.7 bg=official bg_factor=False"]
+    assert [h.cfg.loss.bg_factor for h in heads] == [True, False]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     cfg = config_mod.load_config(TINY + [f"output_root={tmp_path_factory.mktemp('o')}"])
-    data = experiment.load_data(cfg)
-    ce = experiment.make_loss(OmegaConf.create({"name": "softmax_ce"}), data.cmap.num_classes,
-                              data.stats.as_params(), 0)
+    data = load_data(cfg)
+    ce = make_loss(OmegaConf.create({"name": "softmax_ce"}), loss_context(data, 0))
     torch.manual_seed(0)
-    model = experiment.build_model(cfg, data, ce)
+    model = build_model(cfg, data, ce)
     return cfg, data, model
 
 
@@ -68,7 +71,7 @@ def _heads(cfg, data, model, names):
     heads = []
     for n in names:
         c = config_mod.load_config(TINY + [f"loss={n}"])
-        loss = experiment.make_loss(c.loss, data.cmap.num_classes, data.stats.as_params(), 0)
+        loss = make_loss(c.loss, loss_context(data, 0))
         heads.append(new_head(n, loss, model, data.cmap.num_classes))
     return heads
 
@@ -111,7 +114,7 @@ def test_heads_sharing_a_pass_train_exactly_as_alone(tiny):
 def test_interrupted_stage1_resumes_exactly(tiny, tmp_path):
     """Two epochs in one go == one epoch, stop, resume for the second."""
     from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
-    from acsl_cli.engine.train import train_detector
+    from acsl_cli.engine.stage1 import train_detector
 
     cfg, data, model0 = tiny
     sched = StageSchedule(epochs=2, lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_iters=0,

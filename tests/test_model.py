@@ -113,3 +113,19 @@ def test_backbone_errors(tmp_path):
         build_backbone(backbone_cfg("r50", weights=str(bad)))
     with pytest.raises(ConfigError, match="unknown backbone"):
         build_backbone(OmegaConf.create({"name": "vgg"}))
+
+
+def test_default_weights_offline_is_one_line(monkeypatch, tmp_path):
+    """``backbone.weights=DEFAULT`` uses torchvision's download; offline that is one line."""
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(DataError, match="cannot download resnet50 weights") as err:
+        build_backbone(OmegaConf.create({"name": "r50", "weights": "DEFAULT"}))
+    assert "\n" not in str(err.value) and "backbone.weights=/path/resnet50.pth" in str(err.value)

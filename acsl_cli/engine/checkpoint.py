@@ -1,10 +1,17 @@
-"""Checkpoints: atomic writes, validated reads, and the stage-1 cache key."""
+"""Checkpoints and state files: atomic writes, reads that never run code, the cache key.
+
+Every read uses ``torch.load(..., weights_only=True)``: a checkpoint is untrusted input,
+and a pickle can run arbitrary code on load. What we store is only tensors, numbers,
+strings, lists and dicts, which that loader accepts.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pickle
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +22,41 @@ from acsl_cli.errors import DataError
 FORMAT = "acsl-detector/1"
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temp file and rename, so a crash never leaves a truncated checkpoint."""
+def save_state_file(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a per-process temp name, then rename: never a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state_file(path: str | Path) -> Any:
+    """Read a file written by ``save_state_file``; anything else is a one-line DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(f"{path}: refused to load: it holds Python objects other than "
+                        "tensors, numbers, strings, lists and dicts (a pickle that could "
+                        "run code)") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
+        raise DataError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    save_state_file(path, {"format": FORMAT, **payload})
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
-        raise DataError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
+    ckpt = load_state_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DataError(f"{path}: not an acsl detector checkpoint")
     return ckpt

@@ -7,7 +7,7 @@ classifier and loss.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,10 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from acsl_cli.data.lvis_dataset import CategoryMap, collate
 from acsl_cli.engine import distributed as dist
-from acsl_cli.losses import ClassificationLoss
+from acsl_cli.models.trunk import FrozenTrunk, Scorer
 from acsl_cli.progress import progress_bar
-
-Scorer = tuple[nn.Module, ClassificationLoss]  # (cls_score layer, loss that scores)
 
 
 def eval_subset(dataset: Dataset, max_images: int | None) -> Dataset:
@@ -29,8 +27,8 @@ def eval_subset(dataset: Dataset, max_images: int | None) -> Dataset:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, dataset: Dataset, cmap: CategoryMap, device: str,
-    scorers: dict[str, Scorer] | None = None, batch_size: int = 8,
+    model: FrozenTrunk | nn.Module, dataset: Dataset, cmap: CategoryMap, device: str,
+    scorers: Mapping[str, Scorer] | None = None, batch_size: int = 8,
     show_progress: bool = True,
 ) -> dict[str, list[dict]]:
     """LVIS results per scorer name; with ``scorers=None`` the model's own head ("model").
@@ -38,29 +36,18 @@ def predict(
     Under torchrun each rank takes every world_size-th image and the results are gathered,
     so every rank returns the full list.
     """
-    model.to(device).eval()
-    if scorers is None:
-        rh = model.roi_heads
-        scorers = {"model": (rh.box_predictor.cls_score, rh.cls_loss)}
+    trunk = model if isinstance(model, FrozenTrunk) else FrozenTrunk(model)
+    trunk.detector.to(device).eval()
+    names = list(scorers) if scorers is not None else ["model"]
     shard = Subset(dataset, range(dist.rank(), len(dataset), dist.world_size()))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    results: dict[str, list[dict]] = {name: [] for name in scorers}
+    results: dict[str, list[dict]] = {name: [] for name in names}
     with progress_bar("eval", len(loader), show_progress and dist.is_main()) as bar:
         for images, targets in loader:
-            images = [im.to(device) for im in images]
-            sizes = [tuple(im.shape[-2:]) for im in images]
-            images_t, _ = model.transform(images)
-            features = model.backbone(images_t.tensors)
-            proposals, _ = model.rpn(images_t, features)
-            rh = model.roi_heads
-            feats = rh.box_features(features, proposals, images_t.image_sizes)
-            box_regression = rh.box_predictor.bbox_pred(feats)
             ids = [int(t["image_id"]) for t in targets]
-            for name, (layer, loss) in scorers.items():
-                dets = rh.detect(layer(feats), box_regression, proposals, images_t.image_sizes,
-                                 cls_loss=loss)
-                dets = model.transform.postprocess(dets, images_t.image_sizes, sizes)
-                results[name].extend(to_lvis(dets, ids, cmap))
+            dets = trunk.detect([im.to(device) for im in images], scorers)
+            for name in names:
+                results[name].extend(to_lvis(dets[name], ids, cmap))
             bar.advance()
     return {name: dist.all_gather_list(r) for name, r in results.items()}
 
@@ -76,4 +63,3 @@ def to_lvis(dets: Sequence[dict], image_ids: Sequence[int], cmap: CategoryMap) -
             out.append({"image_id": image_id, "category_id": cmap.category_id(label),
                         "bbox": [round(v, 2) for v in box], "score": score})
     return out
-

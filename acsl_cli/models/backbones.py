@@ -63,7 +63,14 @@ def _resnet_fpn(arch: str, cfg: Any) -> nn.Module:
     if str(weights).upper() in ("DEFAULT", "IMAGENET1K_V1", "IMAGENET1K_V2"):
         # torchvision's normal download path, for users with internet access
         w = get_model_weights(arch).__members__[str(weights).upper()]
-        return resnet_fpn_backbone(backbone_name=arch, weights=w, trainable_layers=trainable)
+        try:
+            return resnet_fpn_backbone(backbone_name=arch, weights=w,
+                                       trainable_layers=trainable)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; bad download: Runtime
+            reason = " ".join(str(getattr(e, "reason", e)).split())[:160]
+            raise DataError(
+                f"backbone.weights={weights}: cannot download {arch} weights ({reason}); "
+                f"offline, pass a local file: backbone.weights=/path/{arch}.pth") from None
     path = Path(weights)
     if not path.is_file():
         raise DataError(f"{path}: backbone weights file not found")

@@ -3,8 +3,8 @@
 torchvision's ``RoIHeads`` hard-codes softmax cross-entropy and softmax scoring. Here the
 head delegates both to a ``ClassificationLoss``, so the detector never special-cases a
 loss: BCE/ACSL score with sigmoid, softmax CE with softmax, BAGS with its group merge.
-The pieces (``box_features``, ``classify``, ``detect``) are public so the stage-2 engine
-can run the frozen detector once and score several classifier heads on the same RoIs.
+The pieces (``box_features``, ``detect``) are public so ``models.trunk.FrozenTrunk`` can
+run the frozen detector once and score several classifier heads on the same RoIs.
 """
 
 from __future__ import annotations
@@ -58,23 +58,23 @@ class LossAwareRoIHeads(RoIHeads):
                 ),
             }
             return [], losses
-        return self.detect(class_logits, box_regression, proposals, image_shapes), {}
+        scores = self.cls_loss.scores(class_logits)
+        return self.detect(scores, box_regression, proposals, image_shapes), {}
 
     def detect(
         self,
-        class_logits: Tensor,
+        scores_all: Tensor,
         box_regression: Tensor,
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
-        cls_loss: ClassificationLoss | None = None,
     ) -> list[dict[str, Tensor]]:
-        """Scores from the loss, top-k before NMS, per-class NMS, top ``detections_per_img``.
+        """Top-k before NMS, per-class NMS, top ``detections_per_img``.
 
-        The top-k keeps a 1231-way sigmoid head fast: with score threshold 0 every
+        ``scores_all`` (N, C) come from a loss's ``scores``: the head never special-cases a
+        loss. The top-k keeps a 1231-way sigmoid head fast: with score threshold 0 every
         (RoI, class) pair is a candidate, ~1.2M per image on LVIS. Only the kept pairs'
         boxes are decoded.
         """
-        scores_all = (cls_loss or self.cls_loss).scores(class_logits)
         num_classes = scores_all.shape[1]
         per_image = [len(p) for p in proposals]
         results = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,16 +11,22 @@ from pathlib import Path
 from rich.table import Table
 
 from acsl_cli.evaluation import METRIC_KEYS
+from acsl_cli.files import atomic_write_json, atomic_write_text
 
 HEADLINE = ("AP", "APr", "APc", "APf")
 
 
-def pct(v: float) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+def pct(v: float | None) -> str:
+    return "-" if _undefined(v) else f"{100 * v:.2f}"
 
 
-def rich_table(rows: Mapping[str, Mapping[str, float]], title: str = "") -> Table:
-    t = Table(title=title or None)
+def _undefined(v: float | None) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def rich_table(rows: Mapping[str, Mapping[str, float]], title: str = "", note: str = ""
+               ) -> Table:
+    t = Table(title=title or None, caption=note or None)
     t.add_column("model")
     for k in METRIC_KEYS:
         t.add_column(k, justify="right", style="bold" if k in HEADLINE else None)
@@ -30,11 +35,13 @@ def rich_table(rows: Mapping[str, Mapping[str, float]], title: str = "") -> Tabl
     return t
 
 
-def markdown_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str] = METRIC_KEYS
-                   ) -> str:
+def markdown_table(rows: Mapping[str, Mapping[str, float]], keys: Sequence[str] = METRIC_KEYS,
+                   note: str = "") -> str:
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, m in rows.items():
         lines.append(f"| {name} | " + " | ".join(pct(m.get(k)) for k in keys) + " |")
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -43,22 +50,22 @@ def csv_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     w = csv.writer(buf)
     w.writerow(["model", *METRIC_KEYS])
     for name, m in rows.items():
-        w.writerow([name, *(repr(float(m[k])) for k in METRIC_KEYS)])
+        w.writerow([name, *("" if _undefined(m[k]) else repr(float(m[k])) for k in METRIC_KEYS)])
     return buf.getvalue()
 
 
 def metrics_json(m: Mapping[str, float]) -> dict[str, float | None]:
     """Full-precision values in [0, 1]; undefined (no category with GT) becomes null."""
-    return {k: (None if math.isnan(m[k]) else float(m[k])) for k in METRIC_KEYS}
+    return {k: (None if _undefined(m[k]) else float(m[k])) for k in METRIC_KEYS}
 
 
-def write_metrics(folder: Path, rows: Mapping[str, Mapping[str, float]]) -> None:
-    """metrics.json / metrics.csv / metrics.md for every evaluated model of a run."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(
-        json.dumps({n: metrics_json(m) for n, m in rows.items()}, indent=2) + "\n")
-    (folder / "metrics.csv").write_text(csv_table(rows))
-    (folder / "metrics.md").write_text(markdown_table(rows))
+def write_metrics(folder: Path, rows: Mapping[str, Mapping[str, float]], note: str = ""
+                  ) -> None:
+    """metrics.json / metrics.csv / metrics.md for every evaluated model of a run; ``note``
+    (e.g. the frequency-group sizes) goes under the Markdown table."""
+    atomic_write_json(folder / "metrics.json", {n: metrics_json(m) for n, m in rows.items()})
+    atomic_write_text(folder / "metrics.csv", csv_table(rows))
+    atomic_write_text(folder / "metrics.md", markdown_table(rows, note=note))
 
 
 def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]]) -> None:
@@ -71,19 +78,19 @@ def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]]
                 "category_id": row["category_id"], "name": row["name"],
                 "frequency": row["frequency"], "num_gt": row["num_gt"]})
             entry[name] = row["AP"]
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["category_id", "name", "frequency", "num_gt", *names])
-        for cid in sorted(by_cat):
-            e = by_cat[cid]
-            w.writerow([e["category_id"], e["name"], e["frequency"], e["num_gt"],
-                        *(repr(float(e.get(n, float("nan")))) for n in names)])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["category_id", "name", "frequency", "num_gt", *names])
+    for cid in sorted(by_cat):
+        e = by_cat[cid]
+        w.writerow([e["category_id"], e["name"], e["frequency"], e["num_gt"],
+                    *(repr(float(e.get(n, float("nan")))) for n in names)])
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_json(path: Path, m: Mapping[str, float]) -> None:
-    """The ``out=PATH`` file: one model's metrics."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics_json(m), indent=2) + "\n")
+    """The ``out=PATH`` file: one model's metrics (strict JSON, null where undefined)."""
+    atomic_write_json(path, metrics_json(m))
 
 
 def markdown_mean_std(mean: Mapping[str, Mapping[str, float]],
@@ -93,7 +100,7 @@ def markdown_mean_std(mean: Mapping[str, Mapping[str, float]],
     lines = [f"| model (mean ± std over {runs} runs) | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 1) + "|"]
     for name, m in mean.items():
-        cells = [f"{pct(m[k])} ± {pct(std[name][k])}" if not math.isnan(m[k]) else "-"
+        cells = [f"{pct(m[k])} ± {pct(std[name][k])}" if not _undefined(m[k]) else "-"
                  for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

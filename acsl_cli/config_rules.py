@@ -1,0 +1,166 @@
+"""Types and ranges of every config value, checked before any work starts.
+
+A rule per key path: ints are ints (not bools, not floats), floats are finite numbers,
+counts are positive. Each failure is one ``ConfigError`` line naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from acsl_cli.errors import ConfigError
+
+Rule = Callable[[str, Any], None]
+
+
+def _fail(key: str, value: Any, what: str) -> None:
+    raise ConfigError(f"{key}={value!r}: must be {what}")
+
+
+def integer(lo: int | None = None, hi: int | None = None, null: bool = False) -> Rule:
+    def check(key: str, v: Any) -> None:
+        if v is None and null:
+            return
+        rng = f" >= {lo}" if lo is not None and hi is None else (
+            f" in [{lo}, {hi}]" if lo is not None else "")
+        if isinstance(v, bool) or not isinstance(v, int):
+            _fail(key, v, f"an integer{rng}" + (" or null" if null else ""))
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            _fail(key, v, f"an integer{rng}")
+    return check
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+           hi_open: bool = False) -> Rule:
+    def check(key: str, v: Any) -> None:
+        lo_s = f"{'>' if lo_open else '>='} {lo}" if lo is not None else ""
+        hi_s = f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""
+        what = "a finite number" + (f" {lo_s}" if lo_s else "") + (
+            f"{' and' if lo_s else ''} {hi_s}" if hi_s else "")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            _fail(key, v, what)
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            _fail(key, v, what)
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            _fail(key, v, what)
+    return check
+
+
+def boolean(key: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        _fail(key, v, "true or false")
+
+
+def text(null: bool = False) -> Rule:
+    def check(key: str, v: Any) -> None:
+        if v is None and null:
+            return
+        if not isinstance(v, str) or not v or "\0" in v:
+            _fail(key, v, "a non-empty string" + (" or null" if null else ""))
+    return check
+
+
+def choice(*options: str) -> Rule:
+    def check(key: str, v: Any) -> None:
+        if v not in options:
+            _fail(key, v, "one of " + ", ".join(options))
+    return check
+
+
+def list_of(rule: Rule, nonempty: bool = False) -> Rule:
+    def check(key: str, v: Any) -> None:
+        if not isinstance(v, list) or (nonempty and not v):
+            _fail(key, v, "a " + ("non-empty " if nonempty else "") + "list")
+        for i, x in enumerate(v):
+            rule(f"{key}[{i}]", x)
+    return check
+
+
+TOP = {
+    "xi": number(0, 1, lo_open=True, hi_open=True),
+    "seed": integer(0),
+    "device": choice("auto", "cpu", "cuda"),
+    "output_root": text(),
+    "run_name": text(null=True),
+    "out": text(null=True),
+    "ckpt": text(null=True),
+    "dets": text(null=True),
+    "ann": text(null=True),
+    "train_ann": text(null=True),
+    "progress": boolean,
+}
+STAGE = {
+    "epochs": integer(1),
+    "lr": number(0, lo_open=True),
+    "momentum": number(0, 1, hi_open=True),
+    "weight_decay": number(0),
+    "warmup_iters": integer(0),
+    "warmup_ratio": number(0, 1, lo_open=True),
+    "steps": list_of(number(0, 1, lo_open=True, hi_open=True)),
+    "grad_clip": number(0),
+}
+SCHEDULE = {
+    "batch_size": integer(1),
+    "workers": integer(0),
+    "flip": number(0, 1),
+    "max_iters": integer(1, null=True),
+    "eval_max_images": integer(1, null=True),
+}
+DATASET = {"min_size": integer(1), "max_size": integer(1), "kind": choice("synthetic", "lvis")}
+SYNTHETIC = {
+    "seed": integer(0),
+    "num_classes": integer(2, 60),
+    "image_size": integer(32, 1024),
+    "max_images_per_class": integer(1, 100_000),
+    "objects_per_image": integer(1, 20),
+    "val_instances_per_class": integer(1, 10_000),
+    "min_object_size": integer(4),
+    "max_object_size": integer(4),
+    "colour_jitter": integer(0, 255),
+    "distractors": integer(0, 20),
+}
+BACKBONE = {
+    "anchor_sizes": list_of(integer(1), nonempty=True),
+    "representation_size": integer(1),
+    "rpn_pre_nms_top_n_train": integer(1),
+    "rpn_post_nms_top_n_train": integer(1),
+    "rpn_pre_nms_top_n_test": integer(1),
+    "rpn_post_nms_top_n_test": integer(1),
+    "roi_batch_size_per_image": integer(1),
+    "pre_nms_topk": integer(1),
+    "trainable_layers": integer(0, 5),
+    "fpn_channels": integer(1),
+}
+
+
+def _apply(node: Any, prefix: str, rules: dict[str, Rule]) -> None:
+    for key, rule in rules.items():
+        if key in node:
+            value = node[key]
+            if isinstance(value, (ListConfig, DictConfig)):
+                value = OmegaConf.to_container(value, resolve=True)
+            rule(f"{prefix}{key}", value)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value that steers a run; the first problem is a one-line ConfigError."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"missing value for {', '.join(sorted(missing))}")
+    _apply(cfg, "", TOP)
+    _apply(cfg.schedule, "schedule.", SCHEDULE)
+    for stage in ("stage1", "stage2"):
+        _apply(cfg.schedule[stage], f"schedule.{stage}.", STAGE)
+    _apply(cfg.dataset, "dataset.", DATASET)
+    if cfg.dataset.get("kind") == "synthetic":
+        d = cfg.dataset
+        _apply(d, "dataset.", SYNTHETIC)
+        if not d.min_object_size <= d.max_object_size <= d.image_size:
+            raise ConfigError(
+                f"dataset.min_object_size={d.min_object_size}, max_object_size="
+                f"{d.max_object_size}: need min <= max <= image_size ({d.image_size})")
+    _apply(cfg.backbone, "backbone.", BACKBONE)

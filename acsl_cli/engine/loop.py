@@ -1,0 +1,150 @@
+"""The one training loop: both stages are a ``Step`` run by ``fit``.
+
+``fit`` owns what the stages share: the iteration count and learning rate, the loss
+guard (non-finite or exploding losses stop the run with one line), logging, the progress
+bar, and resumable state. With ``resume=PATH`` the state after every epoch (the step's
+weights and optimizers, iteration, history, and the RNG states of torch and of the given
+generators: sampler order, flips, loss draws) is written there, and a later call with the
+same file continues exactly where it stopped. A step keeps only its own arithmetic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from acsl_cli.engine import distributed as dist
+from acsl_cli.engine.checkpoint import load_state_file, save_state_file
+from acsl_cli.engine.loaders import stage_iters, to_device
+from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.errors import DataError, TrainingDiverged
+from acsl_cli.progress import progress_bar
+
+log = logging.getLogger("acsl")
+
+
+class Step(Protocol):
+    """One stage's training step over a batch, plus the state that resuming needs."""
+
+    stage: str  # "stage 1" / "stage 2", for messages
+
+    def __call__(self, images: list, targets: list, it: int, lr: float, guard: LossGuard
+                 ) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class LossGuard:
+    """Stops training when a loss is not finite or explodes.
+
+    Exploding means: more than ``factor`` times the median of its last ``window`` values,
+    once ``warmup`` values have been seen (a median ignores single spikes, and a real
+    divergence grows by orders of magnitude within a few iterations).
+    """
+
+    def __init__(self, stage: str, factor: float = 20.0, window: int = 100, warmup: int = 20
+                 ) -> None:
+        self.stage, self.factor, self.warmup = stage, factor, warmup
+        self.epoch = 0
+        self._recent: dict[str, deque[float]] = {}
+        self._window = window
+
+    def check(self, track: str, value: float, it: int) -> None:
+        """Raise ``TrainingDiverged`` naming stage, track (head) and iteration."""
+        where = f"{self.stage}{', head ' + track if track else ''}"
+        when = f"at iteration {it + 1} (epoch {self.epoch + 1})"
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{where}: loss is {value} {when}; training stopped")
+        recent = self._recent.setdefault(track, deque(maxlen=self._window))
+        if len(recent) >= self.warmup:
+            median = sorted(recent)[len(recent) // 2]
+            if median > 0 and value > self.factor * median:
+                raise TrainingDiverged(
+                    f"{where}: loss exploded to {value:.4g} {when}, more than "
+                    f"{self.factor:g} x its running median {median:.4g}; training stopped"
+                )
+        recent.append(value)
+
+
+def fit(
+    step: Step, loader: DataLoader, sched: StageSchedule, device: str,
+    max_iters: int | None = None, show_progress: bool = True, resume: Path | None = None,
+    generators: Sequence[torch.Generator] = (), bar_label: str | None = None,
+) -> list[dict[str, float]]:
+    """Run ``step`` over ``sched.epochs`` epochs of ``loader``; returns the history rows."""
+    start_epoch, it, history = 0, 0, []
+    if resume is not None and resume.is_file():
+        restored = _restore(resume, step, generators)
+        if restored is not None:
+            start_epoch, it, history = restored
+    total = stage_iters(loader, sched.epochs, max_iters)
+    guard = LossGuard(step.stage)
+    label = bar_label or step.stage
+    with progress_bar(label, total, show_progress and dist.is_main()) as bar:
+        bar.advance(it)
+        for epoch in range(start_epoch, sched.epochs):
+            guard.epoch = epoch
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
+            for images, targets in loader:
+                if it >= total:
+                    break
+                lr = sched.lr_at(it, total)
+                images, targets = to_device(images, targets, device)
+                losses = step(images, targets, it, lr, guard)
+                history.append({"iter": it, "epoch": epoch, "lr": lr, **losses})
+                shown = {"loss": losses.get("loss", next(iter(losses.values())))} \
+                    if "loss" in losses or len(losses) == 1 else {}
+                bar.advance(lr=lr, epoch=f"{epoch + 1}/{sched.epochs}", **shown)
+                if it % 50 == 0 or it == total - 1:
+                    log.info("%s it %d/%d epoch %d lr %.5g %s", step.stage.replace(" ", ""),
+                             it + 1, total, epoch + 1, lr,
+                             " ".join(f"{k} {v:.5g}" for k, v in losses.items()))
+                it += 1
+            if resume is not None and dist.is_main():
+                save_state_file(resume, {
+                    "step": step.state_dict(), "epoch": epoch + 1, "iter": it,
+                    "history": history, "torch_rng": torch.get_rng_state(),
+                    "generators": [g.get_state() for g in generators],
+                })
+            if it >= total:
+                break
+    return history
+
+
+def _restore(path: Path, step: Step, generators: Sequence[torch.Generator]
+             ) -> tuple[int, int, list] | None:
+    """Apply a resume file; an unreadable or foreign one is reported, removed and ignored."""
+    try:
+        state = load_state_file(path)
+        ok = (isinstance(state, dict) and {"step", "epoch", "iter", "history", "torch_rng",
+                                           "generators"} <= state.keys()
+              and len(state["generators"]) == len(generators))
+        if not ok:
+            raise DataError(f"{path}: not a resume file of this stage")
+    except DataError as e:
+        log.warning("%s; starting the stage afresh", e)
+        path.unlink(missing_ok=True)
+        return None
+    try:
+        step.load_state_dict(state["step"])
+        for g, g_state in zip(generators, state["generators"], strict=True):
+            g.set_state(g_state)
+        torch.set_rng_state(state["torch_rng"])
+        start = (int(state["epoch"]), int(state["iter"]), list(state["history"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        path.unlink(missing_ok=True)
+        raise DataError(f"{path}: resume state does not fit this run "
+                        f"({e.__class__.__name__}); removed it, run again") from None
+    log.info("%s: resuming from %s at epoch %d (iteration %d)", step.stage, path,
+             start[0] + 1, start[1])
+    return start

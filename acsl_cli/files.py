@@ -1,0 +1,58 @@
+"""Writing files safely when several processes share ``outputs/`` and any may be killed.
+
+Every write goes to a temp name unique to this process in the target's folder, then is
+renamed into place: a reader sees the old file or the new one, never half of one. Temp
+names carry host and pid, so a later process can tell those of dead processes and remove
+them (``pipeline.rundir.clean_stale``). JSON is strict: undefined numbers become null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+
+def tmp_name(path: Path, suffix: str = "tmp") -> Path:
+    """``<dir>/.<name>.<host>-<pid>-<random6>.<suffix>``: unique per process and call."""
+    path = Path(path)
+    host = socket.gethostname().replace(".", "_").replace("-", "_") or "host"
+    return path.with_name(f".{path.name}.{host}-{os.getpid()}-{secrets.token_hex(3)}.{suffix}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (nested in dicts, lists, tuples) set to None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Strict JSON (``allow_nan=False``; nan/inf written as null), atomically."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")

@@ -1,0 +1,66 @@
+"""Config -> the objects a run is made of: device, datasets, losses, detector."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from acsl_cli.data.build import DatasetBundle, build_datasets
+from acsl_cli.engine import distributed as dist
+from acsl_cli.losses import ClassificationLoss, LossContext, build_loss
+from acsl_cli.models.detector import build_detector
+from acsl_cli.pipeline.rundir import FileLock
+from acsl_cli.progress import progress_callback, status
+
+
+def setup_torch(cfg: DictConfig) -> str:
+    """The device, the process group under torchrun, and the global seed."""
+    device = dist.resolve_device(cfg.device)
+    dist.init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    return device
+
+
+def data_root(cfg: DictConfig) -> Path:
+    return Path(cfg.output_root) / "cache" / "data"
+
+
+def load_data(cfg: DictConfig) -> DatasetBundle:
+    """Datasets. Generating the embedded benchmark is serialised by a lock file (other
+    processes wait, then reuse it); under torchrun rank 0 works while the others wait."""
+    if not dist.is_main():
+        dist.barrier()
+    generated = cfg.dataset.get("kind") == "synthetic"
+    lock = FileLock(data_root(cfg) / "generate", on_wait=_waiting) if generated else None
+    with lock or nullcontext(), progress_callback(
+            "generating benchmark", cfg.progress and dist.is_main()) as tick:
+        data = build_datasets(cfg.dataset, data_root(cfg), tick)
+    if dist.is_main():
+        dist.barrier()
+    return data
+
+
+def _waiting(message: str) -> None:
+    if dist.is_main():
+        status.print(f"[dim]{message}[/dim]")
+
+
+def loss_context(data: DatasetBundle, seed: int) -> LossContext:
+    s = data.stats
+    return LossContext(data.cmap.num_classes, seed, tuple(s.frequencies), tuple(s.image_counts),
+                       tuple(s.instance_counts), s.num_images)
+
+
+def make_loss(node: Any, context: LossContext) -> ClassificationLoss:
+    """A loss from a ``loss`` config node (its name plus parameters) and the context."""
+    params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
+    return build_loss(node.name, context, **params)
+
+
+def build_model(cfg: DictConfig, data: DatasetBundle, loss: ClassificationLoss):
+    return build_detector(cfg.backbone, data.cmap.num_classes, loss, cfg.dataset.min_size,
+                          cfg.dataset.max_size)

@@ -1,0 +1,59 @@
+"""Evaluation entry points: score heads on val, or a saved checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from acsl_cli import config as config_mod
+from acsl_cli.data.build import DatasetBundle
+from acsl_cli.data.lvis_dataset import subset_gt
+from acsl_cli.engine.checkpoint import check_classes, load_checkpoint
+from acsl_cli.engine.inference import eval_subset, predict
+from acsl_cli.errors import DataError
+from acsl_cli.evaluation import evaluate_lvis
+from acsl_cli.models.trunk import Scorer
+from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss, setup_torch
+from acsl_cli.plan import EvalPlan, saved_config
+
+log = logging.getLogger("acsl")
+
+
+def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, Scorer] | None,
+             device: str) -> tuple[dict[str, dict], dict[str, list]]:
+    """Predict on val (or its first ``eval_max_images``) and score with LVIS rules."""
+    val = eval_subset(data.val, cfg.schedule.eval_max_images)
+    results = predict(model, val, data.cmap, device, scorers, cfg.schedule.batch_size,
+                      cfg.progress)
+    gt = data.val_gt
+    if val is not data.val:
+        gt = subset_gt(gt, {data.val.images[i]["id"] for i in val.indices})
+    metrics, per_cat = {}, {}
+    for name, dets in results.items():
+        r = evaluate_lvis(gt, dets)
+        metrics[name], per_cat[name] = r.metrics, r.per_category
+    return metrics, per_cat
+
+
+def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
+    """``acsl eval ckpt=PATH``: evaluate with the config saved beside (or in) the checkpoint,
+    updated by the command's other overrides."""
+    assert plan.ckpt is not None
+    ckpt = load_checkpoint(plan.ckpt)
+    saved = saved_config(plan.ckpt) or OmegaConf.create(ckpt.get("config") or {})
+    cfg = config_mod.load_config(list(plan.overrides), base=saved)
+    device = setup_torch(cfg)
+    data = load_data(cfg)
+    check_classes(plan.ckpt, ckpt, list(data.cmap.category_ids))
+    loss = make_loss(OmegaConf.create(ckpt["loss"]), loss_context(data, cfg.seed))
+    model = build_model(cfg, data, loss)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise DataError(f"{plan.ckpt}: weights do not fit the configured detector ({first})"
+                        ) from None
+    metrics, _ = evaluate(cfg, data, model, None, device)
+    return metrics["model"]

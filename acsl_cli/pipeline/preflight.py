@@ -1,0 +1,61 @@
+"""Checks that run before any data generation or training, and the last write of a run.
+
+A mistake that would only surface after minutes of training (an unwritable ``out=``, a
+full disk, a ``run_name`` with a slash) fails first, in one line, with nothing written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from acsl_cli.errors import DataError
+from acsl_cli.pipeline.rundir import (
+    atomic_write_json,
+    check_free_disk,
+    check_out_file,
+    check_output_root,
+    check_run_name,
+)
+from acsl_cli.reporting.tables import metrics_json
+
+# Parameters of the detector without its class-dependent layers, per backbone (measured
+# from the built models); each class adds (1 + 4) x representation_size weights.
+BACKBONE_PARAMS = {"small": 5.9e6, "r50": 41.1e6, "r101": 60.1e6}
+BYTES_PER_PARAM = 4
+MARGIN = 1.25
+
+
+def checkpoint_bytes(cfg: DictConfig) -> int:
+    """Estimated size of one detector checkpoint of this config."""
+    d = cfg.dataset
+    classes = d.num_classes if d.get("kind") == "synthetic" else 1231
+    params = BACKBONE_PARAMS.get(cfg.backbone.name, 60.1e6)
+    params += (classes + 1) * 5 * cfg.backbone.representation_size
+    return int(params * BYTES_PER_PARAM)
+
+
+def disk_needed(cfg: DictConfig, num_heads: int) -> int:
+    """Stage-1 checkpoint + its resume file (weights and momentum) + one per head."""
+    return int(checkpoint_bytes(cfg) * (3 + num_heads) * MARGIN)
+
+
+def check_run(cfg: DictConfig, num_heads: int) -> None:
+    """Everything about paths and space that can be known before a run starts."""
+    check_output_root(Path(cfg.output_root))
+    if cfg.run_name:
+        check_run_name(cfg.run_name)
+    if cfg.out:
+        check_out_file(Path(cfg.out))
+    check_free_disk(Path(cfg.output_root), disk_needed(cfg, num_heads))
+
+
+def write_out(path: str | Path, metrics: Mapping[str, float], saved_run: Path | None) -> None:
+    """The ``out=`` file; if it cannot be written, the finished run is not lost."""
+    try:
+        atomic_write_json(Path(path), metrics_json(metrics))
+    except OSError as e:
+        where = f"; the run is saved in {saved_run}" if saved_run else ""
+        raise DataError(f"out={path}: cannot write ({e.strerror or e}){where}") from None

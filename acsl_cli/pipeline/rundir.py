@@ -1,0 +1,353 @@
+"""Files that stay consistent when several ``acsl`` processes share ``outputs/`` and any
+of them may be killed at any moment (Linux: ``fcntl.flock``, ``renameat2``).
+
+- Writes go to a per-process temp name and are renamed into place (``acsl_cli.files``).
+- ``RunDir``: a run is built in a hidden ``.partial`` folder and renamed when finished;
+  the rename never replaces another run and never throws the finished work away.
+- ``CacheEntry``: a cache folder that is complete or absent, and rebuilt when corrupt.
+- ``FileLock``: the kernel drops the lock when its holder dies, even by SIGKILL.
+- ``clean_stale``: temp names carry host and pid, so only dead processes' are removed.
+- Preflight checks turn a bad path into one ``ConfigError`` line before any work starts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+from acsl_cli.errors import ConfigError, DataError
+from acsl_cli.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    strict_json,
+    tmp_name,
+)
+
+__all__ = [
+    "CacheEntry", "FileLock", "RunDir", "atomic_write_bytes", "atomic_write_json",
+    "atomic_write_text", "check_free_disk", "check_out_file", "check_output_root",
+    "check_run_name", "clean_stale", "default_run_name", "rename_noreplace", "strict_json",
+    "tmp_name",
+]
+
+log = logging.getLogger("acsl")
+# ``.<name>.<host>-<pid>-<hex>.<tmp|partial>`` as made by ``tmp_name``; host has no . or -
+_STALE = re.compile(r"^\..+\.(?P<host>[^.-]+)-(?P<pid>\d+)-[0-9a-f]+\.(tmp|partial)$")
+
+
+def _host() -> str:
+    """This host as ``tmp_name`` writes it (a test checks that the two agree)."""
+    return socket.gethostname().replace(".", "_").replace("-", "_") or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder; a concurrent remover may get there first."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clean_stale(folder: Path) -> list[Path]:
+    """Remove temp files and partial folders of dead processes of this host in ``folder``
+    (not recursive): a killed process cannot clean up after itself."""
+    folder, host, removed = Path(folder), _host(), []
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        m = _STALE.match(entry.name)
+        if not m or m["host"] != host or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+            continue
+        _remove(entry)
+        if not os.path.lexists(entry):
+            removed.append(entry)
+    if removed:
+        log.info("removed %d leftover(s) of dead processes in %s", len(removed), folder)
+    return removed
+
+
+class FileLock:
+    """Exclusive ``flock`` on ``<path>.lock``: one process builds a shared thing, the
+    others wait. The kernel releases it when the holder dies, even by SIGKILL, so a lock
+    is never stuck; the lock file itself stays (deleting it would race)."""
+
+    def __init__(self, path: Path, on_wait: Callable[[str], None] | None = None) -> None:
+        self.target = Path(path)
+        self.path = self.target.with_name(self.target.name + ".lock")
+        self.on_wait = on_wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if self.on_wait is not None:
+                    self.on_wait(f"waiting for {self.target} ({self._owner(fd)})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {_host()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)  # before unlocking: the next owner writes its own pid
+            finally:
+                os.close(fd)  # releases the flock
+
+    @staticmethod
+    def _owner(fd: int) -> str:
+        """``locked by pid N`` from the lock file (best effort: it may be mid-rewrite)."""
+        try:
+            words = os.pread(fd, 200, 0).decode(errors="replace").split()
+        except OSError:
+            words = []
+        if not words or not words[0].isdigit():
+            return "locked by another process"
+        on = f" on {words[1]}" if len(words) > 1 and words[1] != _host() else ""
+        return f"locked by pid {words[0]}{on}"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename folder ``src`` to ``dst`` atomically unless ``dst`` exists (then
+    ``FileExistsError``): plain ``rename`` silently replaces an empty folder at ``dst``."""
+    fn = getattr(_libc, "renameat2", None)
+    if fn is not None:
+        if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: flag unsupported; fall back
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    os.mkdir(dst)  # claim the name (FileExistsError if taken), then replace the empty claim
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rmdir(dst)
+        raise
+
+
+class RunDir:
+    """One run's folder as a transaction: written under ``runs_root/.<name>.<host>-<pid>-
+    <hex>.partial`` and renamed to ``runs_root/<name>`` by ``commit``. An exception, or
+    leaving the ``with`` block without committing, removes it; a killed process's partial
+    folder is removed by the next ``open`` in the same ``runs_root``."""
+
+    def __init__(self, runs_root: Path, name: str) -> None:
+        check_run_name(name)
+        self.root = Path(runs_root)
+        self.name = name
+        self.final = self.root / name
+        self._partial: Path | None = None
+        self._committed: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where to write: the partial folder while open, the published one after commit."""
+        if self._committed is not None:
+            return self._committed
+        if self._partial is None:
+            raise RuntimeError(f"run folder {self.final} is not open")
+        return self._partial
+
+    def open(self) -> Path:
+        """Create the partial folder (idempotent) after removing dead processes' ones."""
+        if self._partial is None and self._committed is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            clean_stale(self.root)
+            partial = tmp_name(self.final, "partial")
+            partial.mkdir()
+            self._partial = partial
+        return self.path
+
+    def commit(self) -> Path:
+        """Publish the folder and return where it went: ``<name>``, or ``<name>-<hex>`` if
+        that is taken, or as a last resort a visible ``<name>-unfinalised-<hex>``."""
+        if self._committed is not None:
+            return self._committed
+        partial = self.path
+        tries = [self.name] + [f"{self.name}-{secrets.token_hex(2)}" for _ in range(3)]
+        tries.append(f"{self.name}-unfinalised-{secrets.token_hex(2)}")
+        error: OSError | None = None
+        for name in tries:
+            try:
+                rename_noreplace(partial, self.root / name)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                error = e
+                continue
+            self._committed, self._partial = self.root / name, None
+            if name != self.name:
+                why = f"({error.strerror or error})" if error else "(the name is taken)"
+                log.warning("run folder %s not used %s: saved as %s", self.final, why,
+                            self._committed)
+            return self._committed
+        log.error("run folder %s could not be published (%s): it is left in %s", self.final,
+                  error.strerror if error else "every name is taken", partial)
+        self._committed, self._partial = partial, None
+        return partial
+
+    def abort(self) -> None:
+        """Remove the partial folder (a committed folder is kept)."""
+        partial, self._partial = self._partial, None
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.abort()
+
+
+class CacheEntry:
+    """A cache folder that is complete or absent: built in a temp folder, published by one
+    rename, moved aside and rebuilt when found corrupt. Hold a ``FileLock`` on ``folder``
+    while checking, building and publishing."""
+
+    def __init__(self, folder: Path, required: Sequence[str]) -> None:
+        self.folder = Path(folder)
+        self.required = tuple(required)
+
+    def _missing(self, folder: Path) -> list[str]:
+        return [f for f in self.required
+                if not (folder / f).is_file() or (folder / f).stat().st_size == 0]
+
+    def complete(self) -> bool:
+        """All required files present and non-empty (dead builders' temp folders beside
+        it are removed on the way)."""
+        clean_stale(self.folder.parent)
+        return self.folder.is_dir() and not self._missing(self.folder)
+
+    def invalidate(self, reason: str) -> None:
+        """Report the entry in one line and remove it, so that it is rebuilt."""
+        log.warning("cache entry %s is corrupt (%s): rebuilding", self.folder, reason)
+        self._discard()
+
+    def publish(self, tmp_folder: Path) -> Path:
+        """Rename a fully written ``tmp_folder`` into place, replacing what was there."""
+        tmp_folder = Path(tmp_folder)
+        missing = self._missing(tmp_folder)
+        if missing:
+            raise DataError(f"{tmp_folder / missing[0]}: missing or empty, not publishing")
+        self._discard()
+        os.rename(tmp_folder, self.folder)
+        return self.folder
+
+    def _discard(self) -> None:
+        """Rename aside first: if killed while deleting, ``clean_stale`` finishes the job."""
+        if not os.path.lexists(self.folder):
+            return
+        aside = tmp_name(self.folder)
+        os.rename(self.folder, aside)
+        _remove(aside)
+
+
+def default_run_name(label: str, seed: int) -> str:
+    """``YYYYmmdd-HHMMSS-ffffff-s<seed>-<label>-<hex4>``: sorts by time, and distinct per
+    call even within one microsecond or across processes."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip(".-")[:60].rstrip(".-") or "run"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return f"{stamp}-s{seed}-{slug}-{secrets.token_hex(2)}"
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_write(folder: Path, key: str, shown: Path) -> None:
+    """Create and remove a temp file in ``folder``: the only sure test (root ignores
+    permission bits; read-only mounts and /proc do not)."""
+    probe = tmp_name(folder / "write-test")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{key}={shown}: {folder} is not writable ({e.strerror or e})") from None
+
+
+def check_output_root(path: Path, key: str = "output_root") -> None:
+    """An existing or creatable, writable directory (it is created here)."""
+    path = Path(path)
+    found = _nearest_existing(path)
+    if not found.is_dir():
+        where = "" if found == Path(os.path.abspath(path)) else f"{found} "
+        raise ConfigError(f"{key}={path}: {where}is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{key}={path}: cannot be created ({e.strerror or e})") from None
+    _probe_write(path, key, path)
+
+
+def check_out_file(path: Path, key: str = "out") -> None:
+    """A file that can be written later: not a directory, and its nearest existing
+    ancestor is a writable directory. Nothing is left behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{key}={path}: is a directory, not a file")
+    found = _nearest_existing(path.parent)
+    if not found.is_dir():
+        raise ConfigError(f"{key}={path}: {found} is not a directory")
+    _probe_write(found, key, path)
+
+
+def check_run_name(name: str, key: str = "run_name") -> None:
+    """One plain, visible folder name."""
+    bad = (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".")
+           or any(c in name for c in "/\\\0") or len(name) > 200)
+    if bad:
+        raise ConfigError(f"{key}={name!r}: must be one folder name (no '/', '\\', leading "
+                          "'.' or NUL; at most 200 characters)")
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def check_free_disk(path: Path, needed_bytes: int, key: str = "output_root") -> None:
+    """Enough free space where ``path`` is (or will be) for ``needed_bytes``."""
+    free = shutil.disk_usage(_nearest_existing(Path(path))).free
+    if free < needed_bytes:
+        raise ConfigError(f"{key}={path}: needs about {_size(needed_bytes)} free, "
+                          f"has {_size(free)}")

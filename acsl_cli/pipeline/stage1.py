@@ -1,0 +1,141 @@
+"""Stage 1 as a cache: the softmax-CE detector is trained once per config and reused.
+
+The entry ``outputs/cache/stage1/<key>/`` is keyed by a hash of everything that shapes
+stage 1. Building it is serialised by a lock file, so concurrent runs of the same key
+train it once (the others wait and reuse it); it is written to a temp folder and renamed
+into place, so it is either complete or absent; a corrupt entry (truncated checkpoint,
+unreadable metrics) is reported in one line and rebuilt. Training resumes per epoch from
+``<key>.resume.pt`` after an interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from acsl_cli import config as config_mod
+from acsl_cli.data.build import DatasetBundle
+from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
+from acsl_cli.engine import distributed as dist
+from acsl_cli.engine.checkpoint import config_hash, load_checkpoint, save_checkpoint
+from acsl_cli.engine.loaders import loader_generators, train_loader
+from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.engine.stage1 import train_detector
+from acsl_cli.errors import DataError
+from acsl_cli.pipeline.build import build_model, loss_context, make_loss
+from acsl_cli.pipeline.evaluate import evaluate
+from acsl_cli.pipeline.rundir import CacheEntry, FileLock, atomic_write_json, tmp_name
+from acsl_cli.progress import status
+
+log = logging.getLogger("acsl")
+STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are not reused
+CE_NODE = {"name": "softmax_ce"}
+FILES = ("checkpoint.pt", "config.yaml", "history.json", "metrics.json")
+
+
+@dataclass
+class Stage1Result:
+    model: nn.Module
+    folder: Path
+    metrics: dict[str, float]
+    per_category: list[dict]
+    reused: bool
+
+
+def stage1_key(cfg: DictConfig) -> str:
+    s = cfg.schedule
+    node = {
+        "version": STAGE1_VERSION,
+        "dataset": {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+                    if k != "loss_defaults"},
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "schedule": {"batch_size": s.batch_size, "flip": s.flip, "max_iters": s.max_iters,
+                     "stage1": OmegaConf.to_container(s.stage1, resolve=True)},
+        "seed": cfg.seed,
+        "world_size": dist.world_size(),
+    }
+    return config_hash(node)
+
+
+def checkpoint_payload(cfg: DictConfig, data: DatasetBundle, state: dict, loss_node) -> dict:
+    """What a detector checkpoint holds: tensors, the label map, the loss, the config."""
+    return {
+        "model": state,
+        "category_ids": list(data.cmap.category_ids),
+        "loss": OmegaConf.to_container(OmegaConf.create(loss_node), resolve=True),
+        "config": config_mod.to_yaml(cfg),
+    }
+
+
+def train_or_load_stage1(cfg: DictConfig, data: DatasetBundle, device: str) -> Stage1Result:
+    """The stage-1 detector of ``cfg``: from the cache, or trained and cached."""
+    folder = Path(cfg.output_root) / "cache" / "stage1" / stage1_key(cfg)
+    ce = make_loss(OmegaConf.create(CE_NODE), loss_context(data, cfg.seed))
+    model = build_model(cfg, data, ce)
+    entry = CacheEntry(folder, FILES)
+    lock = FileLock(folder, on_wait=_waiting) if dist.is_main() else nullcontext()
+    with lock:
+        dist.barrier()  # the other ranks wait until rank 0 holds the lock
+        if entry.complete():
+            try:
+                ckpt = load_checkpoint(folder / "checkpoint.pt")
+                model.load_state_dict(ckpt["model"])
+                saved = json.loads((folder / "metrics.json").read_text())
+                metrics = {k: _nan(v) for k, v in saved["metrics"].items()}
+                per_cat = [{**r, "AP": _nan(r["AP"])} for r in saved["per_category"]]
+                log.info("stage 1: reusing %s", folder)
+                return Stage1Result(model, folder, metrics, per_cat, True)
+            except (DataError, OSError, ValueError, KeyError, RuntimeError) as e:
+                if dist.is_main():
+                    entry.invalidate(" ".join(str(e).split())[:200])
+                dist.barrier()
+        result = _train(cfg, data, model, device, folder, entry)
+        dist.barrier()
+    return result
+
+
+def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, folder: Path,
+           entry: CacheEntry) -> Stage1Result:
+    sched = StageSchedule.from_cfg(cfg.schedule.stage1)
+    flip = RandomHorizontalFlip(cfg.schedule.flip, cfg.seed)
+    loader = train_loader(Transformed(data.train, flip), cfg.schedule.batch_size, cfg.seed,
+                          cfg.schedule.workers)
+    resume = folder.with_name(folder.name + ".resume.pt")
+    t0 = time.time()
+    history = train_detector(model, loader, sched, device, cfg.schedule.max_iters, cfg.progress,
+                             resume=resume, generators=loader_generators(loader))
+    log.info("stage 1: trained in %.1f s", time.time() - t0)
+    metrics, per_cat = evaluate(cfg, data, model, None, device)
+    saved = {"metrics": metrics["model"], "per_category": per_cat["model"],
+             "train_seconds": time.time() - t0}
+    if dist.is_main():
+        tmp = tmp_name(folder)
+        try:
+            save_checkpoint(tmp / "checkpoint.pt",
+                            checkpoint_payload(cfg, data, model.state_dict(), CE_NODE))
+            (tmp / "config.yaml").write_text(config_mod.to_yaml(cfg))
+            atomic_write_json(tmp / "history.json", history)
+            atomic_write_json(tmp / "metrics.json", saved)
+            entry.publish(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        resume.unlink(missing_ok=True)
+    return Stage1Result(model, folder, saved["metrics"], saved["per_category"], False)
+
+
+def _waiting(message: str) -> None:
+    status.print(f"[dim]{message}: another acsl process is training this stage 1[/dim]")
+
+
+def _nan(value: float | None) -> float:
+    """Strict JSON stores undefined metrics as null; in memory they are nan."""
+    return math.nan if value is None else float(value)

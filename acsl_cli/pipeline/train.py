@@ -1,0 +1,143 @@
+"""``acsl train``: data -> stage 1 (cached) -> stage-2 heads in one frozen pass ->
+evaluation -> reports, all written into a run folder that appears only when complete."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from acsl_cli import config as config_mod
+from acsl_cli.data.build import DatasetBundle
+from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
+from acsl_cli.engine import distributed as dist
+from acsl_cli.engine.checkpoint import save_checkpoint
+from acsl_cli.engine.loaders import train_loader
+from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.engine.stage2 import ClassifierHead, finetune_heads, new_head
+from acsl_cli.models.trunk import FrozenTrunk
+from acsl_cli.pipeline.build import load_data, loss_context, make_loss, setup_torch
+from acsl_cli.pipeline.evaluate import evaluate
+from acsl_cli.pipeline.preflight import check_run, write_out
+from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
+from acsl_cli.pipeline.stage1 import checkpoint_payload, train_or_load_stage1
+from acsl_cli.plan import HeadSpec, RunPlan, plan_train
+from acsl_cli.reporting.tables import write_metrics, write_per_category
+
+log = logging.getLogger("acsl")
+STAGE1_ROW = "stage1 (softmax CE)"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, dict[str, float]]  # row label -> metrics, stage-1 baseline first
+    per_category: dict[str, list[dict]] = field(default_factory=dict)
+    stage1_dir: Path | None = None
+    stage1_reused: bool = False
+    seconds: float = 0.0
+
+
+def run_train(overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
+    """``acsl train OVERRIDES``."""
+    return train(plan_train(list(overrides)))
+
+
+def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
+    """Run one plan: every check first, then the pipeline, then the run folder appears."""
+    cfg = plan.cfg
+    check_run(cfg, len(plan.heads))
+    device = setup_torch(cfg)
+    t0 = time.time()
+    label = "sweep" if len(plan.heads) > 1 else plan.heads[0].id
+    name = run_name or cfg.run_name or default_run_name(label, cfg.seed)
+    with run_folder(cfg, name) as run:
+        data = load_data(cfg)
+        log.info("%s", getattr(data, "groups_note", ""))
+        context = loss_context(data, cfg.seed)
+        losses = [make_loss(h.cfg.loss, context) for h in plan.heads]  # fail fast
+        s1 = train_or_load_stage1(cfg, data, device)
+        trunk = FrozenTrunk(s1.model)
+        C = data.cmap.num_classes
+        heads = [new_head(h.id, loss, trunk, C) for h, loss in zip(plan.heads, losses,
+                                                                     strict=True)]
+        # Stage 2 must not depend on whether stage 1 was trained in this process or loaded
+        # from the cache (training consumes the global RNG that RoI sampling uses).
+        torch.manual_seed(cfg.seed + 1)
+        flip = RandomHorizontalFlip(cfg.schedule.flip, cfg.seed + 1)
+        loader = train_loader(Transformed(data.train, flip), cfg.schedule.batch_size,
+                              cfg.seed + 1, cfg.schedule.workers)
+        finetune_heads(trunk, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
+                       device, cfg.schedule.max_iters, cfg.progress)
+        metrics, per_cat = evaluate(
+            cfg, data, trunk, {h.name: (h.classifier, h.loss) for h in heads}, device)
+        rows = {STAGE1_ROW: s1.metrics, **{h.label: metrics[h.id] for h in plan.heads}}
+        per_cat = {STAGE1_ROW: s1.per_category,
+                   **{h.label: per_cat[h.id] for h in plan.heads}}
+        if run is not None:
+            _write_run(run.path, cfg, plan, data, trunk, heads, rows, per_cat, s1.folder)
+            log.info("run finished in %.1f s", time.time() - t0)
+            final = run.commit()
+        else:
+            final = Path(cfg.output_root) / "runs" / name
+    if dist.is_main() and cfg.out:
+        write_out(cfg.out, rows[plan.heads[-1].label], final)
+    return RunResult(final, rows, per_cat, s1.folder, s1.reused, time.time() - t0)
+
+
+@contextmanager
+def run_folder(cfg: DictConfig, name: str):
+    """Rank 0's run folder (``None`` on other ranks) with ``train.log`` attached; it is
+    removed if anything fails before ``commit``."""
+    if not dist.is_main():
+        yield None
+        return
+    run = RunDir(Path(cfg.output_root) / "runs", name)
+    with run:
+        run.open()
+        handler = _log_to(run.path / "train.log")
+        try:
+            yield run
+        finally:
+            logging.getLogger("acsl").removeHandler(handler)
+            handler.close()
+
+
+def _write_run(folder: Path, cfg: DictConfig, plan: RunPlan, data: DatasetBundle,
+               trunk: FrozenTrunk, heads: list[ClassifierHead], rows: dict, per_cat: dict,
+               stage1_dir: Path) -> None:
+    record: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
+    record["heads"] = {h.id: {"label": h.label,
+                              "loss": OmegaConf.to_container(h.cfg.loss, resolve=True)}
+                       for h in plan.heads}
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(record)))
+    atomic_write_text(folder / "stage1", str(stage1_dir.resolve()) + "\n")
+    for spec, head in zip(plan.heads, heads, strict=True):
+        _save_head(folder / "heads" / spec.id, spec, data, trunk, head)
+    write_metrics(folder, rows, note=getattr(data, "groups_note", ""))
+    write_per_category(folder / "per_category_ap.csv", per_cat)
+
+
+def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, trunk: FrozenTrunk,
+               head: ClassifierHead) -> None:
+    """A self-contained detector checkpoint for one head, with its config beside it."""
+    state = trunk.state_dict_with(head.classifier)
+    save_checkpoint(folder / "checkpoint.pt",
+                    checkpoint_payload(spec.cfg, data, state, spec.cfg.loss))
+    atomic_write_text(folder / "config.yaml", config_mod.to_yaml(spec.cfg))
+    atomic_write_json(folder / "history.json", head.history)
+
+
+def _log_to(path: Path) -> logging.Handler:
+    logger = logging.getLogger("acsl")
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return handler

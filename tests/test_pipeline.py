@@ -1,0 +1,101 @@
+"""What the pipeline promises between its rooms: cache-independent stage 2, sweep
+statistics, identical heads under DDP, one-line errors on every command's path."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from acsl_cli.cli import app
+from acsl_cli.pipeline.train import run_train
+from tests.test_engine import TINY
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_stage2_is_the_same_with_stage1_trained_or_loaded_from_the_cache(tmp_path):
+    args = [*TINY, f"output_root={tmp_path}", "loss=bce,acsl"]
+    first = run_train(args)
+    second = run_train(args)
+    assert not first.stage1_reused and second.stage1_reused
+    assert first.metrics == second.metrics  # every head, every metric, exactly
+    h1 = json.loads(next(first.run_dir.glob("heads/bce/history.json")).read_text())
+    h2 = json.loads(next(second.run_dir.glob("heads/bce/history.json")).read_text())
+    assert h1 == h2
+
+
+def test_sweep_std_is_the_sample_std_of_the_runs(tmp_path):
+    res = CliRunner().invoke(app, ["sweep", *TINY, "seed=0,1,2", "loss=bce",
+                                   f"output_root={tmp_path}"])
+    assert res.exit_code == 0, res.output
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if "-sweep-" in p.name)
+    per_run = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    summary = next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("-sweep"))
+    std = json.loads((summary / "std.json").read_text())
+    checked = 0
+    for row, metrics in std.items():
+        for k, v in metrics.items():
+            vals = [r[row][k] for r in per_run]
+            if any(x is None for x in vals):
+                assert v is None
+                continue
+            assert v == pytest.approx(statistics.stdev(vals), abs=1e-12)
+            checked += 1
+    assert checked >= 8
+    # strict JSON everywhere: undefined metrics (APl on 128-px images) are null, never NaN
+    def no_nan(c: str) -> None:
+        pytest.fail(f"non-strict JSON constant {c}")
+
+    for f in [summary / "std.json", summary / "metrics.json", runs[0] / "metrics.json"]:
+        json.loads(f.read_text(), parse_constant=no_nan)
+
+
+def _one_line_error(res, expect: str) -> None:
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
+
+
+@pytest.fixture(scope="module")
+def head_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("o")
+    res = run_train([*TINY, f"output_root={root}", "loss=bce"])
+    return root, next(res.run_dir.glob("heads/*/checkpoint.pt"))
+
+
+def test_eval_ckpt_goes_through_the_same_override_grammar(head_ckpt, tmp_path):
+    root, ckpt = head_ckpt
+    runner = CliRunner()
+    _one_line_error(runner.invoke(app, ["eval", f"ckpt={ckpt}", "dataset=lvis_v0.5",
+                                        "dataset.root=/no/lvis"]), "/no/lvis")
+    _one_line_error(runner.invoke(app, ["eval", f"ckpt={ckpt}", "seed=abc"]), "seed='abc'")
+    _one_line_error(runner.invoke(app, ["eval", f"ckpt={ckpt}", "nokey=1"]), "nokey")
+    _one_line_error(runner.invoke(app, ["train", "seed=abc"]), "seed='abc'")
+    _one_line_error(runner.invoke(app, ["train", "schedule.workers=1.5"]), "schedule.workers")
+    _one_line_error(runner.invoke(app, ["train", "schedule.stage2.lr=-1"]),
+                    "schedule.stage2.lr")
+    # and a good override still applies: same checkpoint, fewer val images
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["eval", f"ckpt={ckpt}", "schedule.eval_max_images=4",
+                              f"out={out}", "progress=false"])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(out.read_text())) >= {"AP", "APr"}
+
+
+def test_ddp_heads_end_identical_on_both_ranks(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "ddp_heads.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert a.keys() == b.keys() and len(a) == 2
+    for name in a:
+        assert torch.equal(a[name]["weight"], b[name]["weight"]), name
+        assert not torch.equal(a[name]["weight"], a[name]["start"]), name  # it did train
