@@ -35,12 +35,10 @@ from acsl_cli.files import (
     tmp_name,
 )
 
-__all__ = [
-    "CacheEntry", "FileLock", "RunDir", "atomic_write_bytes", "atomic_write_json",
-    "atomic_write_text", "check_free_disk", "check_out_file", "check_output_root",
-    "check_run_name", "clean_stale", "default_run_name", "rename_noreplace", "strict_json",
-    "tmp_name",
-]
+__all__ = ["CacheEntry", "FileLock", "RunDir", "atomic_write_bytes", "atomic_write_json",
+           "atomic_write_text", "check_free_disk", "check_out_file", "check_output_root",
+           "check_run_name", "clean_stale", "default_run_name", "rename_noreplace",
+           "strict_json", "tmp_name"]
 
 log = logging.getLogger("acsl")
 # ``.<name>.<host>-<pid>-<hex>.<tmp|partial>`` as made by ``tmp_name``; host has no . or -
@@ -54,11 +52,11 @@ def _host() -> str:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, owned by another user
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by another user
-        return True
+    except PermissionError:
+        pass
     return True
 
 
@@ -130,14 +128,9 @@ class FileLock:
     @staticmethod
     def _owner(fd: int) -> str:
         """``locked by pid N`` from the lock file (best effort: it may be mid-rewrite)."""
-        try:
-            words = os.pread(fd, 200, 0).decode(errors="replace").split()
-        except OSError:
-            words = []
-        if not words or not words[0].isdigit():
-            return "locked by another process"
-        on = f" on {words[1]}" if len(words) > 1 and words[1] != _host() else ""
-        return f"locked by pid {words[0]}{on}"
+        words = os.pread(fd, 200, 0).decode(errors="replace").split() + ["", ""]
+        on = f" on {words[1]}" if words[1] not in ("", _host()) else ""
+        return f"locked by pid {words[0] or '?'}{on}"
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -341,13 +334,10 @@ def check_run_name(name: str, key: str = "run_name") -> None:
                           "'.' or NUL; at most 200 characters)")
 
 
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
-
-
 def check_free_disk(path: Path, needed_bytes: int, key: str = "output_root") -> None:
     """Enough free space where ``path`` is (or will be) for ``needed_bytes``."""
     free = shutil.disk_usage(_nearest_existing(Path(path))).free
     if free < needed_bytes:
-        raise ConfigError(f"{key}={path}: needs about {_size(needed_bytes)} free, "
-                          f"has {_size(free)}")
+        size = [f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+                for n in (needed_bytes, free)]
+        raise ConfigError(f"{key}={path}: needs about {size[0]} free, has {size[1]}")
