@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from acsl_cli.data.groups import apply_train_info, train_category_info
 from acsl_cli.data.lvis_dataset import (
     LvisDetection,
     category_map,
@@ -25,8 +26,7 @@ from acsl_cli.data.synthetic import (
 )
 from acsl_cli.errors import DataError
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/data/lvis_v0.5_val_100.json"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"{FIXTURE} not present")
+FIXTURE = Path(__file__).resolve().parent / "data/lvis_v0.5_val_100.json"  # see data/README.md
 
 SMALL = SyntheticSpec(seed=3, max_images_per_class=150, val_instances_per_class=5)
 
@@ -100,7 +100,6 @@ def test_loader_yields_boxes_and_labels_from_the_json(small_set):
     assert target["labels"].tolist() == [ds.cmap.label(a["category_id"]) for a in anns]
 
 
-@needs_fixture
 def test_real_lvis_fixture_label_map_and_stats():
     data = read_annotations(FIXTURE)
     cmap = category_map(data)
@@ -137,6 +136,9 @@ def test_coco_format_file_gets_lvis_fields(tmp_path):
     data = read_annotations(p)
     assert data["images"][0]["neg_category_ids"] == [9]
     assert data["images"][1]["neg_category_ids"] == [7, 9]
+    # Reading never invents groups from the file itself; they come from a train split.
+    assert all("frequency" not in c and "image_count" not in c for c in data["categories"])
+    apply_train_info(data, train_category_info(data))  # this file as its own train split
     cats = {c["id"]: c for c in data["categories"]}
     assert cats[7]["image_count"] == 1 and cats[7]["frequency"] == "r"
     assert cats[9]["instance_count"] == 0

@@ -25,8 +25,8 @@ from acsl_cli.evaluation import (
     validate_detections,
 )
 
-# CI clones the repository beside a copy of shared/, so the data sits at <repo>/../shared.
-LVIS_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/lvis_v0.5_val_100.json"
+# Real LVIS v0.5 val annotations (CC BY 4.0), shipped with the tests: see tests/data/README.md.
+LVIS_SAMPLE = Path(__file__).resolve().parent / "data/lvis_v0.5_val_100.json"
 TOL = 1e-6
 
 
@@ -37,8 +37,6 @@ TOL = 1e-6
 
 @pytest.fixture(scope="module")
 def lvis_sample() -> dict:
-    if not LVIS_SAMPLE.is_file():
-        pytest.skip(f"LVIS sample annotations not found at {LVIS_SAMPLE}")
     return json.loads(LVIS_SAMPLE.read_text())
 
 

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from acsl_cli.data.groups import (
+    apply_train_info,
+    describe_groups,
+    never_in_train,
+    train_category_info,
+)
 from acsl_cli.data.lvis_dataset import (
     CategoryMap,
     CategoryStats,
@@ -23,12 +29,18 @@ DATASET_KINDS = ("synthetic", "lvis")
 
 @dataclass
 class DatasetBundle:
-    """Everything downstream needs: splits, the label map, train statistics, val GT."""
+    """Everything downstream needs: splits, the label map, train statistics, val GT.
+
+    ``groups_note`` is the one-line account of the frequency groups (from train) for logs
+    and reports; ``never_in_train`` lists category ids without a train image (rare, AP 0).
+    """
 
     train: LvisDetection
     val: LvisDetection
     cmap: CategoryMap
     stats: CategoryStats
+    groups_note: str = ""
+    never_in_train: tuple[int, ...] = ()
 
     @property
     def val_gt(self) -> dict:
@@ -43,7 +55,12 @@ def synthetic_spec(cfg: Any) -> SyntheticSpec:
 def build_datasets(
     cfg: Any, data_root: Path, progress: Callable[[int, int], None] | None = None
 ) -> DatasetBundle:
-    """Build train/val splits from a ``dataset`` config node."""
+    """Build train/val splits from a ``dataset`` config node.
+
+    Frequency groups and counts are computed once, from train, and written onto the
+    categories of BOTH splits: evaluation (APr/APc/APf), losses and reports then agree, and
+    a plain COCO-format val file cannot give groups from its own counts.
+    """
     kind = cfg.get("kind")
     if kind == "synthetic":
         folder = ensure_generated(synthetic_spec(cfg), Path(data_root), progress)
@@ -62,6 +79,11 @@ def build_datasets(
     cmap = category_map(train_data)
     if category_map(val_data) != cmap:
         raise ConfigError(f"{val_ann}: its categories differ from those of {train_ann}")
+    info = train_category_info(train_data)
+    for data in (train_data, val_data):
+        apply_train_info(data, info)
+    missing = never_in_train(info)
+    note = describe_groups({cid: str(row["frequency"]) for cid, row in info.items()}, missing)
     train = LvisDetection(train_ann, train_root, "train", cmap, train_data, cache_images=cache)
     val = LvisDetection(val_ann, val_root, "val", cmap, val_data, cache_images=cache)
-    return DatasetBundle(train, val, cmap, category_stats(train_data, cmap))
+    return DatasetBundle(train, val, cmap, category_stats(train_data, cmap), note, missing)

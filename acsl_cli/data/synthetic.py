@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from acsl_cli.data.groups import frequency_group  # re-exported: the one LVIS group rule
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 # (name, RGB). Neighbours in this list are deliberately close in colour space.
 COLOURS = (
@@ -86,13 +88,6 @@ def train_image_counts(spec: SyntheticSpec) -> list[int]:
     n = spec.num_classes
     top = math.log(spec.max_images_per_class)
     return [max(1, round(math.exp(top * (1 - r / (n - 1))))) for r in range(n)]
-
-
-def frequency_group(image_count: int) -> str:
-    """LVIS grouping by train image count: rare 1-10, common 11-100, frequent > 100."""
-    if image_count <= 10:
-        return "r"
-    return "c" if image_count <= 100 else "f"
 
 
 def _pack(slots: list[int], per_image: int, rng: np.random.Generator) -> list[list[int]]:

@@ -15,17 +15,20 @@ box ``w * h``; a ground-truth annotation id of 0 still counts as a match; a cate
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from os import PathLike
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from acsl_cli.errors import DataError
+from acsl_cli.evaluation.detections import (
+    Detections,
+    gt_ids,
+    load_detections,
+    parse_detections,
+    validate_detections,
+)
 
 METRIC_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 
@@ -38,8 +41,14 @@ RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 AREA_RANGES = np.array([[0.0, 1e10], [0.0, 32.0**2], [32.0**2, 96.0**2], [96.0**2, 1e10]])
 FREQUENCIES = ("r", "c", "f")
 
-_REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score")
-_MAX_LISTED_IDS = 5
+# Results files are read and checked in ``detections``; re-exported for existing imports.
+__all__ = [
+    "METRIC_KEYS",
+    "LvisEvalResult",
+    "evaluate_lvis",
+    "load_detections",
+    "validate_detections",
+]
 
 
 @dataclass(frozen=True)
@@ -48,151 +57,6 @@ class LvisEvalResult:
 
     metrics: dict[str, float]
     per_category: list[dict]
-
-
-# ---------------------------------------------------------------------------------------
-# Input checking and loading
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Detections:
-    image_ids: np.ndarray  # int64, (n,)
-    category_ids: np.ndarray  # int64, (n,)
-    boxes: np.ndarray  # float64, (n, 4) xywh
-    scores: np.ndarray  # float64, (n,)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, (float, np.floating))
-
-
-def _short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _entry_problem(entry: Any) -> str | None:
-    """Say what is wrong with one detection entry, or None if it is well formed."""
-    if not isinstance(entry, dict):
-        return f"is a {type(entry).__name__}, expected an object"
-    for key in _REQUIRED_KEYS:
-        if key not in entry:
-            return f"is missing key '{key}'"
-    for key in ("image_id", "category_id"):
-        if not _is_int(entry[key]):
-            return f"has {key} {_short_repr(entry[key])}, expected an integer"
-    if not _is_number(entry["score"]):
-        return f"has score {_short_repr(entry['score'])}, expected a number"
-    bbox = entry["bbox"]
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))):
-        return f"has bbox {_short_repr(bbox)}, expected [x, y, w, h] numbers"
-    return None
-
-
-def _malformed(detections: list, source: str) -> DataError:
-    """Find the first bad entry (slow path, only taken once something is known to be wrong)."""
-    for i, entry in enumerate(detections):
-        problem = _entry_problem(entry)
-        if problem is not None:
-            return DataError(f"{source}: detection {i} {problem}")
-    return DataError(
-        f"{source}: image_id/category_id must be 64-bit integers and bbox/score plain numbers"
-    )
-
-
-def _unknown_ids(ids: np.ndarray, known: np.ndarray, what: str, source: str) -> None:
-    unknown = np.setdiff1d(ids, known)
-    if unknown.size == 0:
-        return
-    count = int(np.isin(ids, unknown).sum())
-    listed = ", ".join(str(v) for v in unknown[:_MAX_LISTED_IDS])
-    more = f" (and {unknown.size - _MAX_LISTED_IDS} more)" if unknown.size > _MAX_LISTED_IDS else ""
-    raise DataError(
-        f"{source}: {count} detection(s) use {what} ids not in the ground truth: {listed}{more}"
-    )
-
-
-def _gt_ids(gt: dict, key: str) -> np.ndarray:
-    try:
-        return np.unique(np.array([item["id"] for item in gt[key]], dtype=np.int64))
-    except (KeyError, TypeError, ValueError) as err:
-        raise DataError(
-            f"ground truth: cannot read '{key}' ids ({type(err).__name__}: {err})"
-        ) from None
-
-
-def _parse_detections(gt: dict, detections: Any, source: str) -> _Detections:
-    """Validate detections against the ground truth and return them as arrays.
-
-    The common, valid case is checked with whole-array numpy operations (LVIS val results
-    hold 1.5M entries); the per-entry scan only runs to name the first bad entry.
-    """
-    if not isinstance(detections, list):
-        raise DataError(
-            f"{source}: detections must be a JSON list, got {type(detections).__name__}"
-        )
-    n = len(detections)
-    if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return _Detections(empty, empty.copy(), np.zeros((0, 4)), np.zeros(0))
-    try:
-        image_ids = np.array([d["image_id"] for d in detections])
-        category_ids = np.array([d["category_id"] for d in detections])
-        scores = np.array([d["score"] for d in detections])
-        boxes = np.array([d["bbox"] for d in detections])
-    except (KeyError, TypeError, IndexError, ValueError):
-        raise _malformed(detections, source) from None
-    well_typed = (
-        image_ids.dtype.kind in "iu"
-        and category_ids.dtype.kind in "iu"
-        and scores.dtype.kind in "iuf"
-        and scores.shape == (n,)
-        and boxes.dtype.kind in "iuf"
-        and boxes.shape == (n, 4)
-    )
-    if not well_typed:
-        raise _malformed(detections, source)
-    scores = scores.astype(np.float64)
-    boxes = boxes.astype(np.float64)
-    finite = np.isfinite(scores) & np.isfinite(boxes).all(axis=1)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise DataError(f"{source}: detection {i} has a non-finite score or bbox")
-    _unknown_ids(image_ids, _gt_ids(gt, "images"), "image", source)
-    _unknown_ids(category_ids, _gt_ids(gt, "categories"), "category", source)
-    return _Detections(image_ids.astype(np.int64), category_ids.astype(np.int64), boxes, scores)
-
-
-def validate_detections(gt: dict, detections: list, source: str) -> None:
-    """Raise DataError (one line naming ``source``) unless detections are LVIS results.
-
-    Checks: a list of objects with integer image_id/category_id, numeric score and 4-number
-    bbox, all finite, and every image and category id present in ``gt``.
-    """
-    _parse_detections(gt, detections, source)
-
-
-def load_detections(path: str | PathLike[str], gt: dict) -> list[dict]:
-    """Read a results JSON file and validate it against ``gt``; errors are one-line DataErrors."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read ({err})") from None
-    try:
-        detections = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"{path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})"
-        ) from None
-    validate_detections(gt, detections, str(path))
-    return detections
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,8 +102,8 @@ def _index_ground_truth(gt: dict) -> _GroundTruth:
     Like lvis-api (its get_ann_ids area filter), annotations with area <= 0 are dropped
     entirely: they neither count as GT nor make their category "present" in the image.
     """
-    image_ids = _gt_ids(gt, "images")
-    category_ids = _gt_ids(gt, "categories")
+    image_ids = gt_ids(gt, "images")
+    category_ids = gt_ids(gt, "categories")
     cat_by_id = {c["id"]: c for c in gt["categories"]}
     categories = [cat_by_id[int(c)] for c in category_ids]
     try:
@@ -290,7 +154,7 @@ class _Kept:
     ignored_if_unmatched: np.ndarray  # (k, A): outside the area range or not-exhaustive pair
 
 
-def _select_detections(g: _GroundTruth, dets: _Detections, max_dets: int) -> _Kept:
+def _select_detections(g: _GroundTruth, dets: Detections, max_dets: int) -> _Kept:
     """Apply lvis-api's result filtering: per-image top-``max_dets``, then federated rules.
 
     The cap comes first and spans all categories of an image; ties keep input order
@@ -487,7 +351,16 @@ def evaluate_lvis(
     is nan (lvis-api reports -1). ``per_category`` lists AP at IoU .50:.95, area all, for
     each category with GT.
     """
-    dets = _parse_detections(gt, detections, "detections")
+    return evaluate_parsed(gt, parse_detections(gt, detections, "detections"), max_dets, progress)
+
+
+def evaluate_parsed(
+    gt: dict,
+    dets: Detections,
+    max_dets: int = 300,
+    progress: Callable[[int, int], None] | None = None,
+) -> LvisEvalResult:
+    """``evaluate_lvis`` on detections already checked by ``parse_detections``."""
     g = _index_ground_truth(gt)
     kept = _select_detections(g, dets, max_dets)
 

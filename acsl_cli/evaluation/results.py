@@ -1,0 +1,77 @@
+"""Scoring a results file against an annotation file, without torch (``acsl eval dets=``).
+
+The one subtle part is the frequency groups: APr/APc/APf need the TRAIN split's groups.
+A real LVIS val file carries them in its categories; a plain COCO-format val file does not,
+and counting its own images would put classes in the wrong groups. So the groups come from
+``train_ann`` when given, else from the file's LVIS ``frequency`` fields, else they are
+undefined (nan) and ``groups_note`` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+from acsl_cli.data.annotations import read_annotations
+from acsl_cli.data.groups import (
+    apply_train_info,
+    describe_groups,
+    has_lvis_groups,
+    never_in_train,
+    train_category_info,
+)
+from acsl_cli.errors import DataError
+from acsl_cli.evaluation.detections import parse_detections, read_detections
+from acsl_cli.evaluation.lvis_eval import evaluate_parsed
+
+PathArg = str | PathLike[str]
+
+
+@dataclass(frozen=True)
+class ResultsEvaluation:
+    """LVIS metrics of a results file (nan where undefined) and how the groups were found."""
+
+    metrics: dict[str, float]
+    per_category: list[dict]
+    groups_note: str | None
+
+
+def _frequency_groups(gt: dict, ann_path: Path, train_ann: PathArg | None) -> str | None:
+    """Put the train groups on ``gt``'s categories, or drop them; returns a note or None."""
+    if train_ann is not None:
+        train = read_annotations(train_ann)
+        info = train_category_info(train)
+        missing = [c["id"] for c in gt["categories"] if c["id"] not in info]
+        if missing:
+            raise DataError(
+                f"{ann_path}: categories[]: id {missing[0]} is not a category of {train_ann}"
+            )
+        apply_train_info(gt, info)
+        groups = {cid: str(row["frequency"]) for cid, row in info.items()}
+        return describe_groups(groups, never_in_train(info))
+    if has_lvis_groups(gt):
+        return None
+    for cat in gt["categories"]:
+        cat.pop("frequency", None)  # partial or invented groups would be silently wrong
+    return (
+        f"{ann_path.name} has no LVIS frequency groups: APr/APc/APf are undefined "
+        "(pass train_ann=TRAIN.json to compute them from train image counts)"
+    )
+
+
+def evaluate_results_file(
+    dets_path: PathArg, ann_path: PathArg, train_ann: PathArg | None = None
+) -> ResultsEvaluation:
+    """Evaluate an LVIS results json on ``ann_path`` with LVIS rules.
+
+    Every problem with the three files is a one-line DataError naming the file. Group
+    metrics use ``train_ann``'s groups when given (frequency fields, else train image
+    counts), else the annotation file's LVIS ``frequency`` fields, else they are nan.
+    """
+    ann = Path(ann_path)
+    gt = read_annotations(ann)
+    note = _frequency_groups(gt, ann, train_ann)
+    dets = parse_detections(gt, read_detections(dets_path), str(dets_path))
+    result = evaluate_parsed(gt, dets)
+    return ResultsEvaluation(result.metrics, result.per_category, note)
