@@ -169,3 +169,105 @@ def test_missing_image_is_reported(small_set, tmp_path):
     data = json.loads((small_set / "val.json").read_text())
     with pytest.raises(DataError, match="image file .* not found"):
         LvisDetection(small_set / "val.json", tmp_path, "val", data=data)
+
+
+# ---------------------------------------------------------------------------------------
+# Strict annotation files: every rule is one line naming the file and the entry
+# ---------------------------------------------------------------------------------------
+
+
+def _valid_coco() -> dict:
+    return {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [0, 0, 5, 5], "area": 25},
+            {"id": 2, "image_id": 2, "category_id": 9, "bbox": [1, 1, 2, 2]},
+        ],
+        "categories": [{"id": 7, "name": "x"}, {"id": 9, "name": "y"}],
+    }
+
+
+def _set(path: str, value):
+    """A mutation that sets data[k0][k1]... = value, keys separated by '.'."""
+    def mutate(data: dict) -> dict:
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node = data
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        return data
+    return mutate
+
+
+def _nested(depth: int):
+    value: list = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+STRICT_CASES = [
+    (_set("images.1.id", 1), "images[1]: duplicate id 1"),
+    (_set("categories.1.id", 7), "categories[1]: duplicate id 7"),
+    (_set("images.0.id", 1.0), "images[0]: id 1.0 is not a 64-bit integer"),
+    (_set("images.0.id", "1"), "images[0]: id '1' is not a 64-bit integer"),
+    (_set("categories.0.id", True), "categories[0]: id True is not a 64-bit integer"),
+    (_set("images.0.id", 2**64), "images[0]: id 18446744073709551616 is not a 64-bit integer"),
+    (_set("images.0", {"file_name": "a.png"}), "images[0]: has no 'id'"),
+    (_set("images.0", 3), "images[0]: is an integer, expected an object"),
+    (_set("annotations.1", [1, 2]), "annotations[1]: is a list, expected an object"),
+    (_set("annotations.0.image_id", "1"), "annotations[0]: image_id '1' is not an integer"),
+    (_set("annotations.1.category_id", True),
+     "annotations[1]: category_id True is not an integer"),
+    (_set("annotations.0.image_id", 5), "annotations[0]: unknown image_id 5"),
+    (_set("annotations.1.category_id", 8), "annotations[1]: unknown category_id 8"),
+    (lambda d: (d["annotations"][1].pop("bbox"), d)[1], "annotations[1]: is missing 'bbox'"),
+    (_set("annotations.0.bbox", [0, 0, 5]),
+     "annotations[0]: bbox [0, 0, 5] is not [x, y, w, h] (4 finite numbers)"),
+    (_set("annotations.0.bbox", [0, 0, float("nan"), 5]),
+     "annotations[0]: bbox [0, 0, nan, 5] is not [x, y, w, h] (4 finite numbers)"),
+    (_set("annotations.1.bbox", [0, float("inf"), 1, 5]),
+     "annotations[1]: bbox [0, inf, 1, 5] is not [x, y, w, h] (4 finite numbers)"),
+    (_set("annotations.0.bbox", [0, 0, "5", 5]),
+     "annotations[0]: bbox [0, 0, '5', 5] is not [x, y, w, h] (4 finite numbers)"),
+    (_set("annotations.0.bbox", [0, True, 5, 5]),
+     "annotations[0]: bbox [0, True, 5, 5] is not [x, y, w, h] (4 finite numbers)"),
+    (_set("annotations.0.bbox", [0, 0, 5, -1]),
+     "annotations[0]: bbox [0, 0, 5, -1] has a negative width or height"),
+    (_set("annotations.0.bbox", _nested(200)),
+     "annotations[0]: bbox [[[...]]] is not [x, y, w, h] (4 finite numbers)"),
+    (_set("annotations.0.area", float("nan")), "annotations[0]: area nan is not a finite number"),
+    (_set("images.0.neg_category_ids", "7"),
+     "images[0]: neg_category_ids is a string, expected a list of category ids"),
+    (_set("images.1.neg_category_ids", [7, 8]),
+     "images[1]: neg_category_ids holds unknown category id 8"),
+    (_set("images.0.not_exhaustive_category_ids", [7.0]),
+     "images[0]: not_exhaustive_category_ids holds 7.0, expected category ids"),
+    (_set("images.0.not_exhaustive_category_ids", [True]),
+     "images[0]: not_exhaustive_category_ids holds True, expected category ids"),
+    (_set("categories.0.image_count", "5"),
+     "categories[0]: image_count '5' is not a count (an integer >= 0)"),
+    (_set("categories.1.frequency", 1), "categories[1]: frequency 1 is not a string"),
+    (_set("images.0.file_name", ["a.png"]), "images[0]: file_name ['a.png'] is not a string"),
+    (lambda d: [d], "expected a JSON object with images/annotations/categories, got a list"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), STRICT_CASES)
+def test_strict_annotation_rules(tmp_path, mutate, expected):
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps(mutate(_valid_coco())))  # NaN/Infinity written as JSON literals
+    with pytest.raises(DataError) as e:
+        read_annotations(p)
+    assert str(e.value) == f"{p}: {expected}"
+
+
+def test_valid_coco_file_passes_and_deep_json_is_a_data_error(tmp_path):
+    p = tmp_path / "ok.json"
+    p.write_text(json.dumps(_valid_coco()))
+    assert len(read_annotations(p)["annotations"]) == 2
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError) as e:
+        read_annotations(deep)
+    assert str(e.value) == f"{deep}: not valid JSON (nested too deeply)"

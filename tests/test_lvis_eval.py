@@ -385,6 +385,16 @@ def _data_error(func, *args) -> str:
         ([[1, 1, A, 0.5]], "detection 0 is a list"),
         ([_det(1, 1, A, 0.5), _det(1, 1, A, float("nan"))], "detection 1 has a non-finite"),
         ([_det(1, 1, [0, 0, float("inf"), 1], 0.5)], "detection 0 has a non-finite"),
+        # bools among ints would pass a numpy dtype check: the entry is still named
+        ([_det(1, 1, A, 0.5), _det(True, 1, A, 0.5)], "detection 1 has image_id True"),
+        ([_det(1, 1, A, 0.5), _det(1, 1, A, False)], "detection 1 has score False"),
+        ([_det(1, 1, A, 0.5), _det(1, 1, [0, True, 1, 1], 0.5)], "detection 1 has bbox [0, True"),
+        ([_det(1, 1, A, 0.5), _det(1.0, 1, A, 0.5)], "detection 1 has image_id 1.0"),
+        ([_det(2**70, 1, A, 0.5)], "detection 0 has image_id 1180591620717411303424"),
+        ([_det(1, 1, [0, 0, 10**400, 1], 0.5)], "detection 0 has a non-finite score or bbox"),
+        ([_det(1, 1, A, [[[[0.5]]]])], "detection 0 has score [[[...]]], expected a number"),
+        ([_det(1, 1, A, 0.5), None], "detection 1 is a NoneType, expected an object"),
+        ([_det(1, 1, (0, 0, 1, 1), 0.5), _det(1, 1, {"x": 0}, 0.5)], "detection 1 has bbox {'x"),
     ],
 )
 def test_validate_detections_errors(detections, expected):
@@ -425,3 +435,23 @@ def test_load_detections(tmp_path):
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps([_det(3, 1, A, 0.5)]))
     assert _data_error(load_detections, str(unknown), gt).startswith(f"{unknown}: 1 detection")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": NaN}]',
+         "detection 0 has a non-finite score or bbox"),
+        ('[{"image_id": 1, "category_id": 1, "bbox": [0, 0, Infinity, 1], "score": 1}]',
+         "detection 0 has a non-finite score or bbox"),
+        ('{"image_id": 1}', "detections must be a JSON list, got dict"),
+        ("7", "detections must be a JSON list, got int"),
+        ("[" * 100_000 + "]" * 100_000, "invalid JSON (nested too deeply)"),
+        ('[{"image_id": 1, "category_id": 1, "bbox": ' + "[" * 500 + "]" * 500
+         + ', "score": 1}]', "detection 0 has bbox [[[...]]], expected [x, y, w, h] numbers"),
+    ],
+)
+def test_load_detections_rejects_malformed_files(tmp_path, text, expected):
+    path = tmp_path / "dets.json"
+    path.write_text(text)
+    assert _data_error(load_detections, path, _gt([(1, 1, A)])) == f"{path}: {expected}"
