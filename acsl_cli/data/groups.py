@@ -8,6 +8,7 @@ COCO-format file does not, so they are counted from the train file's annotations
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 RARE_MAX = 10  # rare: at most 10 train images
@@ -25,19 +26,17 @@ def frequency_group(image_count: int) -> str:
 
 def train_image_counts(data: dict) -> dict[int, int]:
     """Number of images of ``data`` that contain each category (0 for absent ones)."""
-    pairs = {(a["image_id"], a["category_id"]) for a in data["annotations"]}
-    counts = {c["id"]: 0 for c in data["categories"]}
-    for _, cat in pairs:
-        counts[cat] += 1
-    return counts
+    anns = data["annotations"]
+    images, cats = [a["image_id"] for a in anns], [a["category_id"] for a in anns]
+    pairs = set(zip(images, cats, strict=True))
+    found = Counter(cat for _, cat in pairs)
+    return {c["id"]: found[c["id"]] for c in data["categories"]}
 
 
 def train_instance_counts(data: dict) -> dict[int, int]:
     """Number of annotations of each category in ``data``."""
-    counts = {c["id"]: 0 for c in data["categories"]}
-    for a in data["annotations"]:
-        counts[a["category_id"]] += 1
-    return counts
+    found = Counter([a["category_id"] for a in data["annotations"]])
+    return {c["id"]: found[c["id"]] for c in data["categories"]}
 
 
 def _all_have(categories: list[dict], key: str) -> bool:
@@ -51,24 +50,28 @@ def has_lvis_groups(data: dict) -> bool:
 
 
 def train_groups(train_data: dict) -> dict[int, str]:
-    """Group of every category: the file's LVIS ``frequency`` if all have one, else counted."""
-    if has_lvis_groups(train_data):
-        return {c["id"]: c["frequency"] for c in train_data["categories"]}
-    return {cid: frequency_group(n) for cid, n in train_image_counts(train_data).items()}
+    """Group of every category: the file's LVIS ``frequency`` if all have one, else from
+    train image counts (see ``train_category_info``).
+    """
+    return {cid: str(row["frequency"]) for cid, row in train_category_info(train_data).items()}
 
 
 def train_category_info(train_data: dict) -> dict[int, dict[str, object]]:
     """``frequency``, ``image_count``, ``instance_count`` of every category, from train.
 
-    Each field comes from the file when every category has it (LVIS), else from the
-    file's annotations; one rule for the whole file, never a per-category mix.
+    Each field comes from the file when every category has it (LVIS); otherwise counts
+    come from the file's annotations and the group from those image counts. One rule for
+    the whole file, never a per-category mix.
     """
     cats = train_data["categories"]
-    groups = train_groups(train_data)
     if _all_have(cats, "image_count"):
         images = {c["id"]: int(c["image_count"]) for c in cats}
     else:
         images = train_image_counts(train_data)
+    if has_lvis_groups(train_data):
+        groups = {c["id"]: c["frequency"] for c in cats}
+    else:
+        groups = {cid: frequency_group(n) for cid, n in images.items()}
     if _all_have(cats, "instance_count"):
         instances = {c["id"]: int(c["instance_count"]) for c in cats}
     else:
