@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from acsl_cli.cli import app
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/data/lvis_v0.5_val_100.json"
+FIXTURE = Path(__file__).resolve().parent / "data/lvis_v0.5_val_100.json"  # see data/README.md
 METRICS = {"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"}
 
 
@@ -72,7 +72,6 @@ def test_second_run_reuses_stage1_and_eval_ckpt_reproduces(smoke_run):
         assert (again[k] is None and saved[k] is None) or abs(again[k] - saved[k]) < 1e-9
 
 
-@pytest.mark.skipif(not FIXTURE.is_file(), reason="shared LVIS fixture not present")
 def test_eval_results_file_perfect_detections_give_ap_1(tmp_path):
     gt = json.loads(FIXTURE.read_text())
     dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
@@ -120,7 +119,6 @@ def test_bad_input_is_one_line_exit_2_nothing_written(args, expect, tmp_path):
     _bad(args, tmp_path, expect)
 
 
-@pytest.mark.skipif(not FIXTURE.is_file(), reason="shared LVIS fixture not present")
 def test_results_with_unknown_ids_are_rejected(tmp_path):
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],

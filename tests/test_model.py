@@ -14,7 +14,7 @@ from acsl_cli.losses import build_loss
 from acsl_cli.models.backbones import build_backbone
 from acsl_cli.models.detector import build_detector
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared/data/lvis_v0.5_val_100.json"
+FIXTURE = Path(__file__).resolve().parent / "data/lvis_v0.5_val_100.json"  # see data/README.md
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -27,7 +27,6 @@ def small_detector(num_classes: int, loss, **over):
     return build_detector(backbone_cfg(**over), num_classes, loss, 128, 128)
 
 
-@pytest.mark.skipif(not FIXTURE.is_file(), reason="shared LVIS fixture not present")
 def test_1231_way_head_on_real_lvis_categories():
     cmap = category_map(read_annotations(FIXTURE))
     loss = build_loss("acsl", num_classes=cmap.num_classes, xi=0.7)
@@ -57,7 +56,8 @@ def test_detection_scores_come_from_the_loss(loss_name):
     loss = build_loss(loss_name, num_classes=3)
     model = small_detector(3, loss)
     proposals, logits, deltas = _fixed_head_inputs(3)
-    dets = model.roi_heads.detect(logits, deltas, proposals, [(128, 128)])[0]
+    scores = model.roi_heads.cls_loss.scores(logits)  # what forward and FrozenTrunk pass
+    dets = model.roi_heads.detect(scores, deltas, proposals, [(128, 128)])[0]
     expected = torch.softmax(logits, 1)[:, 1:] if loss_name == "softmax_ce" \
         else torch.sigmoid(logits[:, 1:])
     # every (proposal, class) pair survives: boxes of different classes are not suppressed
@@ -75,7 +75,8 @@ def test_pre_nms_topk_caps_candidates():
     loss = build_loss("bce", num_classes=3)
     model = small_detector(3, loss, pre_nms_topk=2)
     proposals, logits, deltas = _fixed_head_inputs(3)
-    dets = model.roi_heads.detect(logits, deltas, proposals, [(128, 128)])[0]
+    scores = model.roi_heads.cls_loss.scores(logits)  # what forward and FrozenTrunk pass
+    dets = model.roi_heads.detect(scores, deltas, proposals, [(128, 128)])[0]
     expected = torch.sigmoid(logits[:, 1:]).flatten().topk(2).values
     assert torch.allclose(dets["scores"], expected)
 

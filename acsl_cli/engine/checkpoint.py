@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,13 @@ def load_state_file(path: str | Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise DataError(f"{path}: refused to load: it holds Python objects other than "
-                        "tensors, numbers, strings, lists and dicts (a pickle that could "
-                        "run code)") from None
+        raise DataError(f"{path}: not a readable checkpoint: it holds something other than "
+                        "tensors, numbers, strings, lists and dicts (nothing in it was run)"
+                        ) from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
         raise DataError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
 

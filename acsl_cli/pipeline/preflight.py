@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from acsl_cli.errors import DataError
+from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.pipeline.rundir import (
     atomic_write_json,
     check_free_disk,
@@ -47,6 +47,9 @@ def check_run(cfg: DictConfig, num_heads: int) -> None:
     check_output_root(Path(cfg.output_root))
     if cfg.run_name:
         check_run_name(cfg.run_name)
+        taken = Path(cfg.output_root) / "runs" / cfg.run_name
+        if taken.exists():
+            raise ConfigError(f"run_name={cfg.run_name}: {taken} already exists")
     if cfg.out:
         check_out_file(Path(cfg.out))
     check_free_disk(Path(cfg.output_root), disk_needed(cfg, num_heads))

@@ -50,7 +50,7 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     for run in plan.runs:
         check_run(run.cfg, len(run.heads))
     first = plan.runs[0].cfg
-    base = first.run_name or default_run_name("sweep", first.seed)
+    base = first.run_name or default_run_name("multi", first.seed)
     runs = [train(run, f"{base}-sweep-{i}") for i, run in enumerate(plan.runs)]
     mean, std = mean_std([r.metrics for r in runs])
     folder = runs[0].run_dir.parent / f"{base}-sweep"

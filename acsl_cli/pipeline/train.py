@@ -55,11 +55,11 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
     check_run(cfg, len(plan.heads))
     device = setup_torch(cfg)
     t0 = time.time()
-    label = "sweep" if len(plan.heads) > 1 else plan.heads[0].id
+    label = f"{len(plan.heads)}heads" if len(plan.heads) > 1 else plan.heads[0].id
     name = run_name or cfg.run_name or default_run_name(label, cfg.seed)
     with run_folder(cfg, name) as run:
         data = load_data(cfg)
-        log.info("%s", getattr(data, "groups_note", ""))
+        log.info("%s", data.groups_note)
         context = loss_context(data, cfg.seed)
         losses = [make_loss(h.cfg.loss, context) for h in plan.heads]  # fail fast
         s1 = train_or_load_stage1(cfg, data, device)
@@ -120,7 +120,7 @@ def _write_run(folder: Path, cfg: DictConfig, plan: RunPlan, data: DatasetBundle
     atomic_write_text(folder / "stage1", str(stage1_dir.resolve()) + "\n")
     for spec, head in zip(plan.heads, heads, strict=True):
         _save_head(folder / "heads" / spec.id, spec, data, trunk, head)
-    write_metrics(folder, rows, note=getattr(data, "groups_note", ""))
+    write_metrics(folder, rows, note=data.groups_note)
     write_per_category(folder / "per_category_ap.csv", per_cat)
 
 
