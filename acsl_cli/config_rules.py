@@ -92,7 +92,10 @@ TOP = {
     "ann": text(null=True),
     "train_ann": text(null=True),
     "progress": boolean,
+    "amp": choice("off", "bf16", "fp16"),
+    "init": text(null=True),
 }
+TEST = {"scales": list_of(integer(1), nonempty=True), "flip": boolean}
 STAGE = {
     "epochs": integer(1),
     "lr": number(0, lo_open=True),
@@ -152,6 +155,9 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"missing value for {', '.join(sorted(missing))}")
     _apply(cfg, "", TOP)
+    test = cfg.get("test")
+    if test is not None:
+        _apply({k: v for k, v in test.items() if v is not None}, "test.", TEST)
     _apply(cfg.schedule, "schedule.", SCHEDULE)
     for stage in ("stage1", "stage2"):
         _apply(cfg.schedule[stage], f"schedule.{stage}.", STAGE)

@@ -10,7 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from acsl_cli.data.build import DatasetBundle, build_datasets
+from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
 from acsl_cli.engine import distributed as dist
+from acsl_cli.engine.loaders import train_loader
 from acsl_cli.losses import ClassificationLoss, LossContext, build_loss
 from acsl_cli.models.detector import build_detector
 from acsl_cli.pipeline.rundir import FileLock
@@ -64,3 +66,10 @@ def make_loss(node: Any, context: LossContext) -> ClassificationLoss:
 def build_model(cfg: DictConfig, data: DatasetBundle, loss: ClassificationLoss):
     return build_detector(cfg.backbone, data.cmap.num_classes, loss, cfg.dataset.min_size,
                           cfg.dataset.max_size)
+
+
+def train_data_loader(cfg: DictConfig, data: DatasetBundle, seed: int):
+    """The training loader of a stage: flips and order drawn from ``seed``."""
+    flip = RandomHorizontalFlip(cfg.schedule.flip, seed)
+    return train_loader(Transformed(data.train, flip), cfg.schedule.batch_size, seed,
+                        cfg.schedule.workers)

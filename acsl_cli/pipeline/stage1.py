@@ -24,14 +24,13 @@ from torch import nn
 
 from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
-from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import config_hash, load_checkpoint, save_checkpoint
-from acsl_cli.engine.loaders import loader_generators, train_loader
+from acsl_cli.engine.loaders import loader_generators
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.stage1 import train_detector
 from acsl_cli.errors import DataError
-from acsl_cli.pipeline.build import build_model, loss_context, make_loss
+from acsl_cli.pipeline.build import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock, atomic_write_json, tmp_name
 from acsl_cli.progress import status
@@ -63,6 +62,14 @@ def stage1_key(cfg: DictConfig) -> str:
         "seed": cfg.seed,
         "world_size": dist.world_size(),
     }
+    # Options added later enter the key only when not at their default, so the caches of
+    # default runs keep their keys.
+    sampler = cfg.get("sampler")
+    if sampler is not None and sampler.get("name", "random") != "random":
+        node["sampler"] = OmegaConf.to_container(sampler, resolve=True)
+    for key, default in (("amp", "off"), ("init", None)):
+        if cfg.get(key, default) != default:
+            node[key] = cfg[key]
     return config_hash(node)
 
 
@@ -106,9 +113,7 @@ def train_or_load_stage1(cfg: DictConfig, data: DatasetBundle, device: str) -> S
 def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, folder: Path,
            entry: CacheEntry) -> Stage1Result:
     sched = StageSchedule.from_cfg(cfg.schedule.stage1)
-    flip = RandomHorizontalFlip(cfg.schedule.flip, cfg.seed)
-    loader = train_loader(Transformed(data.train, flip), cfg.schedule.batch_size, cfg.seed,
-                          cfg.schedule.workers)
+    loader = train_data_loader(cfg, data, cfg.seed)
     resume = folder.with_name(folder.name + ".resume.pt")
     t0 = time.time()
     history = train_detector(model, loader, sched, device, cfg.schedule.max_iters, cfg.progress,

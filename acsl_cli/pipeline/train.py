@@ -15,14 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
-from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import save_checkpoint
-from acsl_cli.engine.loaders import train_loader
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.stage2 import ClassifierHead, finetune_heads, new_head
 from acsl_cli.models.trunk import FrozenTrunk
-from acsl_cli.pipeline.build import load_data, loss_context, make_loss, setup_torch
+from acsl_cli.pipeline.build import (
+    load_data,
+    loss_context,
+    make_loss,
+    setup_torch,
+    train_data_loader,
+)
 from acsl_cli.pipeline.evaluate import evaluate
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
@@ -70,9 +74,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         # Stage 2 must not depend on whether stage 1 was trained in this process or loaded
         # from the cache (training consumes the global RNG that RoI sampling uses).
         torch.manual_seed(cfg.seed + 1)
-        flip = RandomHorizontalFlip(cfg.schedule.flip, cfg.seed + 1)
-        loader = train_loader(Transformed(data.train, flip), cfg.schedule.batch_size,
-                              cfg.seed + 1, cfg.schedule.workers)
+        loader = train_data_loader(cfg, data, cfg.seed + 1)
         finetune_heads(trunk, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
                        device, cfg.schedule.max_iters, cfg.progress)
         metrics, per_cat = evaluate(
