@@ -109,7 +109,7 @@ def train(overrides: list[str] = OVERRIDES) -> None:
     result = run_train(overrides or [])
     if not is_main():
         return
-    _print_table(result.metrics, "LVIS bbox metrics (%)")
+    _print_table(result.metrics, "LVIS bbox metrics (%)", result.groups_note)
     s1 = "reused" if result.stage1_reused else "trained"
     console.print(f"stage 1 {s1}: {result.stage1_dir}")
     console.print(f"run directory: {result.run_dir}  ({result.seconds:.0f} s)")

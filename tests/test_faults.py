@@ -167,3 +167,17 @@ def test_worker_errors_are_the_same_one_line(tmp_path):
         assert len(err.strip().splitlines()) == 1 and "cannot read image" in err, err
         lines.append(err.strip())
     assert lines[0] == lines[1]
+
+
+def test_a_damaged_benchmark_cache_is_regenerated(tmp_path):
+    root = tmp_path / "outputs"
+    rc, _, err = finish(acsl("train", *SMOKE, f"output_root={root}", cwd=tmp_path))
+    assert rc == 0, err
+    folder = next(root.glob("cache/data/*/train.json")).parent
+    victim = next(folder.rglob("*.png"))
+    victim.unlink()
+    rc, _, err = finish(acsl("train", *SMOKE, f"output_root={root}", cwd=tmp_path))
+    assert rc == 0, err[-2000:]
+    assert victim.is_file()
+    log = max((root / "runs").iterdir(), key=lambda p: p.stat().st_mtime) / "train.log"
+    assert "is corrupt" in log.read_text() and "not found" in log.read_text()

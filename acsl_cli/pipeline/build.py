@@ -9,13 +9,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from acsl_cli.data.build import DatasetBundle, build_datasets
+from acsl_cli.data.build import DatasetBundle, build_datasets, synthetic_spec
+from acsl_cli.data.synthetic import ensure_generated
 from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.loaders import train_loader
+from acsl_cli.errors import DataError
 from acsl_cli.losses import ClassificationLoss, LossContext, build_loss
 from acsl_cli.models.detector import build_detector
-from acsl_cli.pipeline.rundir import FileLock
+from acsl_cli.pipeline.rundir import CacheEntry, FileLock
 from acsl_cli.progress import progress_callback, status
 
 
@@ -40,7 +42,15 @@ def load_data(cfg: DictConfig) -> DatasetBundle:
     lock = FileLock(data_root(cfg) / "generate", on_wait=_waiting) if generated else None
     with lock or nullcontext(), progress_callback(
             "generating benchmark", cfg.progress and dist.is_main()) as tick:
-        data = build_datasets(cfg.dataset, data_root(cfg), tick)
+        try:
+            data = build_datasets(cfg.dataset, data_root(cfg), tick)
+        except DataError as e:
+            if not generated:
+                raise
+            # a damaged cache entry (missing image, broken json) is rebuilt, not kept
+            folder = ensure_generated(synthetic_spec(cfg.dataset), data_root(cfg))
+            CacheEntry(folder, ()).invalidate(" ".join(str(e).split()))
+            data = build_datasets(cfg.dataset, data_root(cfg), tick)
     if dist.is_main():
         dist.barrier()
     return data

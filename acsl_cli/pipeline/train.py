@@ -46,6 +46,7 @@ class RunResult:
     stage1_dir: Path | None = None
     stage1_reused: bool = False
     seconds: float = 0.0
+    groups_note: str = ""
 
 
 def run_train(overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
@@ -90,7 +91,8 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
             final = Path(cfg.output_root) / "runs" / name
     if dist.is_main() and cfg.out:
         write_out(cfg.out, rows[plan.heads[-1].label], final)
-    return RunResult(final, rows, per_cat, s1.folder, s1.reused, time.time() - t0)
+    return RunResult(final, rows, per_cat, s1.folder, s1.reused, time.time() - t0,
+                     data.groups_note)
 
 
 @contextmanager
