@@ -5,7 +5,7 @@ Adding a loss = one module here (decorated with ``@register_loss``) + one yaml i
 """
 
 # Importing a loss module registers it: a new loss adds its module name here.
-from acsl_cli.losses import acsl, bags, bce, eql, federated, softmax_ce  # noqa: F401
+from acsl_cli.losses import acsl, bags, bce, eql, eqlv2, federated, seesaw, softmax_ce  # noqa: F401
 from acsl_cli.losses.base import STAT_NAMES, ClassificationLoss, LossContext
 from acsl_cli.losses.registry import available_losses, build_loss, loss_class, register_loss
 
