@@ -113,6 +113,7 @@ SCHEDULE = {
     "max_iters": integer(1, null=True),
     "eval_max_images": integer(1, null=True),
 }
+SAMPLER = {"name": choice("random", "rfs", "class_aware"), "t": number(0, lo_open=True)}
 DATASET = {"min_size": integer(1), "max_size": integer(1), "kind": choice("synthetic", "lvis")}
 SYNTHETIC = {
     "seed": integer(0),
@@ -161,6 +162,7 @@ def validate(cfg: DictConfig) -> None:
     _apply(cfg.schedule, "schedule.", SCHEDULE)
     for stage in ("stage1", "stage2"):
         _apply(cfg.schedule[stage], f"schedule.{stage}.", STAGE)
+    _apply(cfg.get("sampler") or {}, "sampler.", SAMPLER)
     _apply(cfg.dataset, "dataset.", DATASET)
     if cfg.dataset.get("kind") == "synthetic":
         d = cfg.dataset

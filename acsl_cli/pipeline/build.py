@@ -79,7 +79,14 @@ def build_model(cfg: DictConfig, data: DatasetBundle, loss: ClassificationLoss):
 
 
 def train_data_loader(cfg: DictConfig, data: DatasetBundle, seed: int):
-    """The training loader of a stage: flips and order drawn from ``seed``."""
+    """The training loader of a stage: flips and order (``sampler``) drawn from ``seed``."""
+    from acsl_cli.data.samplers import make_sampler
+    from acsl_cli.data.stats import image_categories
+
     flip = RandomHorizontalFlip(cfg.schedule.flip, seed)
+    node = cfg.get("sampler")
+    name = "random" if node is None else node.name
+    sampler = None if name == "random" else make_sampler(
+        name, image_categories(data.train.data), seed, node.get("t"))
     return train_loader(Transformed(data.train, flip), cfg.schedule.batch_size, seed,
-                        cfg.schedule.workers)
+                        cfg.schedule.workers, sampler)
