@@ -28,6 +28,7 @@ from acsl_cli.data.stats import STATS_KEYS, image_categories
 from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
 from acsl_cli.engine.loaders import GroupedBatchSampler, loader_generators, train_loader
 from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.errors import DataError
 from tests.ddp_samplers import CATEGORIES as DDP_CATEGORIES
 from tests.test_engine import TINY, tiny  # noqa: F401 - tiny is a fixture
 
@@ -86,6 +87,8 @@ def test_samplers_are_seeded_and_epochs_differ():
     with pytest.raises(ValueError, match="annotated"):
         ClassAwareSampler([[], []])
     assert make_sampler("random", DDP_CATEGORIES, 0) is None
+    with pytest.raises(DataError, match="sampler=class_aware"):
+        make_sampler("class_aware", [[], []], 0)
 
 
 @pytest.mark.parametrize("world", [2, 3])

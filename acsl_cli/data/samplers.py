@@ -19,6 +19,7 @@ import torch.distributed as tdist
 from torch.utils.data import Sampler
 
 from acsl_cli.data.stats import repeat_factors, rfs_epoch_images
+from acsl_cli.errors import DataError
 
 __all__ = ["ClassAwareSampler", "RepeatFactorSampler", "repeat_factors", "rfs_epoch_images"]
 
@@ -146,5 +147,7 @@ def make_sampler(name: str, image_categories: Sequence[Sequence[int]], seed: int
             raise ValueError("repeat-factor sampling needs its threshold t")
         return RepeatFactorSampler.from_categories(image_categories, t, seed)
     if name == "class_aware":
+        if not any(image_categories):
+            raise DataError("sampler=class_aware: no train image has an annotation")
         return ClassAwareSampler(image_categories, seed)
     raise ValueError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
