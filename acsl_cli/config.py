@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError
 
-GROUPS = ("dataset", "backbone", "loss", "schedule")
+GROUPS = ("dataset", "backbone", "loss", "schedule", "sampler")
 __all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "parse_overrides",
            "to_yaml", "validate"]
 

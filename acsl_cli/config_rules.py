@@ -97,7 +97,7 @@ TOP = {
 }
 TEST = {"scales": list_of(integer(1), nonempty=True), "flip": boolean}
 STAGE = {
-    "epochs": integer(1),
+    "epochs": integer(0),
     "lr": number(0, lo_open=True),
     "momentum": number(0, 1, hi_open=True),
     "weight_decay": number(0),
@@ -162,6 +162,8 @@ def validate(cfg: DictConfig) -> None:
     _apply(cfg.schedule, "schedule.", SCHEDULE)
     for stage in ("stage1", "stage2"):
         _apply(cfg.schedule[stage], f"schedule.{stage}.", STAGE)
+    # stage 1 may have 0 epochs (the detector, e.g. from init=, is used as it is); stage 2 not
+    integer(1)("schedule.stage2.epochs", cfg.schedule.stage2.epochs)
     _apply(cfg.get("sampler") or {}, "sampler.", SAMPLER)
     _apply(cfg.dataset, "dataset.", DATASET)
     if cfg.dataset.get("kind") == "synthetic":

@@ -20,7 +20,8 @@ import torch
 
 from acsl_cli.errors import DataError
 
-FORMAT = "acsl-detector/1"
+FORMAT = "acsl-detector/1"  # a whole detector
+HEAD_FORMAT = "acsl-head/1"  # a stage-2 classifier + pointer to its stage-1 checkpoint
 
 
 def save_state_file(path: Path, payload: dict[str, Any]) -> None:
@@ -51,18 +52,41 @@ def load_state_file(path: str | Path) -> Any:
         raise DataError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    save_state_file(path, {"format": FORMAT, **payload})
+def save_checkpoint(path: Path, payload: dict[str, Any], fmt: str = FORMAT) -> None:
+    save_state_file(path, {"format": fmt, **payload})
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A detector or head checkpoint (``ckpt["format"]`` says which)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
     ckpt = load_state_file(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, HEAD_FORMAT):
         raise DataError(f"{path}: not an acsl detector checkpoint")
     return ckpt
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file: ties a lean head to the exact stage-1 checkpoint it was trained on."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_head_base(path: str | Path, head: dict[str, Any]) -> dict[str, Any]:
+    """The stage-1 checkpoint a lean head points to, checked against the recorded hash."""
+    ref = head.get("stage1") or {}
+    base = Path(str(ref.get("path", "")))
+    if not base.is_file():
+        raise DataError(f"{path}: its stage-1 checkpoint {base} is missing (a head checkpoint "
+                        "holds only the classifier; keep outputs/cache/stage1)")
+    if file_digest(base) != ref.get("sha256"):
+        raise DataError(f"{path}: its stage-1 checkpoint {base} has changed since the head "
+                        "was trained (sha256 differs)")
+    return load_checkpoint(base)
 
 
 def check_classes(path: str | Path, ckpt: dict[str, Any], category_ids: list[int]) -> None:

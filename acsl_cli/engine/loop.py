@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import load_state_file, save_state_file
-from acsl_cli.engine.loaders import stage_iters, to_device
+from acsl_cli.engine.loaders import set_epoch, stage_iters, to_device
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.errors import DataError, TrainingDiverged
 from acsl_cli.progress import progress_bar
@@ -93,8 +93,7 @@ def fit(
         bar.advance(it)
         for epoch in range(start_epoch, sched.epochs):
             guard.epoch = epoch
-            if isinstance(loader.sampler, DistributedSampler):
-                loader.sampler.set_epoch(epoch)
+            set_epoch(loader, epoch)
             for images, targets in loader:
                 if it >= total:
                     break

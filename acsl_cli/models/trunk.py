@@ -10,12 +10,13 @@ live model: a head is "installed" only in a state dict for saving.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
 
@@ -26,8 +27,10 @@ CLS_SCORE = "roi_heads.box_predictor.cls_score."
 class FrozenTrunk:
     """A Faster R-CNN whose parameters and BatchNorm statistics stay fixed."""
 
-    def __init__(self, detector: FasterRCNN) -> None:
+    def __init__(self, detector: FasterRCNN, scales: Sequence[int] | None = None,
+                 flip: bool = False) -> None:
         self.detector = detector
+        self.scales, self.flip = list(scales or []), bool(flip)
         freeze(detector)
 
     @property
@@ -57,10 +60,39 @@ class FrozenTrunk:
     def detect(self, images: list[Tensor], scorers: Mapping[str, Scorer] | None = None
                ) -> dict[str, list[dict[str, Tensor]]]:
         """Detections per scorer in original image coordinates; box regression, proposals
-        and features are computed once. ``scorers=None`` uses the detector's own head."""
+        and features are computed once. ``scorers=None`` uses the detector's own head.
+
+        With test ``scales`` and/or ``flip`` (set at construction), every variant is run and
+        each image's detections of all variants are merged before one final NMS.
+        """
         d = self.detector
         if scorers is None:
             scorers = {"model": (self.stage1_classifier, d.roi_heads.cls_loss)}
+        if not self.scales and not self.flip:
+            return self._detect_once(images, scorers)
+        t = d.transform
+        size0, max0 = t.min_size, t.max_size
+        parts: list[dict[str, list[dict[str, Tensor]]]] = []
+        try:
+            for scale in self.scales or [size0[-1]]:
+                t.min_size = (int(scale),)
+                t.max_size = int(round(max0 * scale / size0[-1]))
+                parts.append(self._detect_once(images, scorers))
+                if self.flip:
+                    flipped = self._detect_once([im.flip(-1) for im in images], scorers)
+                    parts.append({k: [_unflip(r, im.shape[-1]) for r, im in zip(v, images,
+                                                                                 strict=True)]
+                                  for k, v in flipped.items()})
+        finally:
+            t.min_size, t.max_size = size0, max0
+        rh = d.roi_heads
+        return {name: [merge_detections([p[name][i] for p in parts], rh.nms_thresh,
+                                        rh.detections_per_img) for i in range(len(images))]
+                for name in scorers}
+
+    def _detect_once(self, images: list[Tensor], scorers: Mapping[str, Scorer]
+                     ) -> dict[str, list[dict[str, Tensor]]]:
+        d = self.detector
         sizes = [tuple(im.shape[-2:]) for im in images]
         images_t, _ = d.transform(images)
         features = d.backbone(images_t.tensors)
@@ -77,10 +109,15 @@ class FrozenTrunk:
 
     def state_dict_with(self, classifier: nn.Module) -> dict[str, Any]:
         """The detector's state dict with ``classifier`` installed as its ``cls_score``."""
-        state = {k: v for k, v in self.detector.state_dict().items()
-                 if not k.startswith(CLS_SCORE)}
-        state.update({CLS_SCORE + k: v for k, v in classifier.state_dict().items()})
-        return state
+        return with_classifier(self.detector.state_dict(), classifier.state_dict())
+
+
+def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping[str, Any]
+                    ) -> dict[str, Any]:
+    """A detector state dict whose ``cls_score`` is replaced by ``classifier_state``."""
+    state = {k: v for k, v in detector_state.items() if not k.startswith(CLS_SCORE)}
+    state.update({CLS_SCORE + k: v for k, v in classifier_state.items()})
+    return state
 
 
 def freeze(model: nn.Module) -> None:
@@ -91,3 +128,19 @@ def freeze(model: nn.Module) -> None:
     """
     model.requires_grad_(False)
     model.eval()
+
+
+def _unflip(dets: dict[str, Tensor], width: int) -> dict[str, Tensor]:
+    boxes = dets["boxes"].clone()
+    boxes[:, [0, 2]] = width - dets["boxes"][:, [2, 0]]
+    return {**dets, "boxes": boxes}
+
+
+def merge_detections(parts: list[dict[str, Tensor]], nms_thresh: float, keep: int
+                     ) -> dict[str, Tensor]:
+    """One image's detections from several test variants -> per-class NMS -> top ``keep``."""
+    boxes = torch.cat([p["boxes"] for p in parts])
+    scores = torch.cat([p["scores"] for p in parts])
+    labels = torch.cat([p["labels"] for p in parts])
+    kept = box_ops.batched_nms(boxes, scores, labels, nms_thresh)[:keep]
+    return {"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]}

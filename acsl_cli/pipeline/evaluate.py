@@ -10,11 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
 from acsl_cli.data.lvis_dataset import subset_gt
-from acsl_cli.engine.checkpoint import check_classes, load_checkpoint
+from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_base
 from acsl_cli.engine.inference import eval_subset, predict
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation import evaluate_lvis
-from acsl_cli.models.trunk import Scorer
+from acsl_cli.models.trunk import FrozenTrunk, Scorer, with_classifier
 from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss, setup_torch
 from acsl_cli.plan import EvalPlan, saved_config
 
@@ -25,6 +25,8 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
              device: str) -> tuple[dict[str, dict], dict[str, list]]:
     """Predict on val (or its first ``eval_max_images``) and score with LVIS rules."""
     val = eval_subset(data.val, cfg.schedule.eval_max_images)
+    if not isinstance(model, FrozenTrunk):
+        model = test_trunk(cfg, model)
     results = predict(model, val, data.cmap, device, scorers, cfg.schedule.batch_size,
                       cfg.progress)
     gt = data.val_gt
@@ -35,6 +37,17 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
         r = evaluate_lvis(gt, dets)
         metrics[name], per_cat[name] = r.metrics, r.per_category
     return metrics, per_cat
+
+
+def test_trunk(cfg: DictConfig, model) -> FrozenTrunk:
+    """The frozen detector with the config's test-time variants (scales, flip)."""
+    test = cfg.get("test") or {}
+    return FrozenTrunk(model, test.get("scales"), bool(test.get("flip", False)))
+
+
+def multi_variant_test(cfg: DictConfig) -> bool:
+    test = cfg.get("test") or {}
+    return bool(test.get("scales")) or bool(test.get("flip", False))
 
 
 def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
@@ -49,8 +62,12 @@ def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
     check_classes(plan.ckpt, ckpt, list(data.cmap.category_ids))
     loss = make_loss(OmegaConf.create(ckpt["loss"]), loss_context(data, cfg.seed))
     model = build_model(cfg, data, loss)
+    state = ckpt.get("model")
+    if ckpt["format"] == HEAD_FORMAT:
+        base = load_head_base(plan.ckpt, ckpt)
+        state = with_classifier(base["model"], ckpt["classifier"])
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0][:160]
         raise DataError(f"{plan.ckpt}: weights do not fit the configured detector ({first})"

@@ -25,11 +25,21 @@ from torch import nn
 from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
 from acsl_cli.engine import distributed as dist
-from acsl_cli.engine.checkpoint import config_hash, load_checkpoint, save_checkpoint
+from acsl_cli.engine.checkpoint import (
+    HEAD_FORMAT,
+    config_hash,
+    file_digest,
+    load_checkpoint,
+    load_head_base,
+    load_state_file,
+    save_checkpoint,
+)
 from acsl_cli.engine.loaders import loader_generators
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.stage1 import train_detector
 from acsl_cli.errors import DataError
+from acsl_cli.models.init import detector_state, load_matching
+from acsl_cli.models.trunk import with_classifier
 from acsl_cli.pipeline.build import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock, atomic_write_json, tmp_name
@@ -67,9 +77,11 @@ def stage1_key(cfg: DictConfig) -> str:
     sampler = cfg.get("sampler")
     if sampler is not None and sampler.get("name", "random") != "random":
         node["sampler"] = OmegaConf.to_container(sampler, resolve=True)
-    for key, default in (("amp", "off"), ("init", None)):
-        if cfg.get(key, default) != default:
-            node[key] = cfg[key]
+    if cfg.get("amp", "off") != "off":
+        node["amp"] = cfg.amp
+    if cfg.get("init"):  # the file's content, not just its name
+        init = Path(cfg.init)
+        node["init"] = file_digest(init) if init.is_file() else str(init)
     return config_hash(node)
 
 
@@ -112,6 +124,8 @@ def train_or_load_stage1(cfg: DictConfig, data: DatasetBundle, device: str) -> S
 
 def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, folder: Path,
            entry: CacheEntry) -> Stage1Result:
+    if cfg.get("init"):
+        _apply_init(cfg.init, model)
     sched = StageSchedule.from_cfg(cfg.schedule.stage1)
     loader = train_data_loader(cfg, data, cfg.seed)
     resume = folder.with_name(folder.name + ".resume.pt")
@@ -135,6 +149,20 @@ def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, 
             shutil.rmtree(tmp, ignore_errors=True)
         resume.unlink(missing_ok=True)
     return Stage1Result(model, folder, saved["metrics"], saved["per_category"], False)
+
+
+def _apply_init(path: str, model: nn.Module) -> None:
+    """``init=PATH``: an acsl checkpoint (detector or lean head) or a torchvision state dict."""
+    obj = load_state_file(path)
+    if isinstance(obj, dict) and obj.get("format") == HEAD_FORMAT:
+        obj = with_classifier(load_head_base(path, obj)["model"], obj["classifier"])
+    report = load_matching(model, detector_state(obj, str(path)), str(path))
+    log.info("init from %s: %d tensors loaded", path, len(report.loaded))
+    if report.reinitialised:
+        log.info("init: re-initialised (not in the file or another shape): %s",
+                 ", ".join(report.reinitialised))
+    if report.unused:
+        log.info("init: not used (not in this detector): %s", ", ".join(report.unused))
 
 
 def _waiting(message: str) -> None:

@@ -16,10 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
 from acsl_cli.engine import distributed as dist
-from acsl_cli.engine.checkpoint import save_checkpoint
+from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.stage2 import ClassifierHead, finetune_heads, new_head
-from acsl_cli.models.trunk import FrozenTrunk
 from acsl_cli.pipeline.build import (
     load_data,
     loss_context,
@@ -27,7 +26,7 @@ from acsl_cli.pipeline.build import (
     setup_torch,
     train_data_loader,
 )
-from acsl_cli.pipeline.evaluate import evaluate
+from acsl_cli.pipeline.evaluate import evaluate, multi_variant_test, test_trunk
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
 from acsl_cli.pipeline.stage1 import checkpoint_payload, train_or_load_stage1
@@ -68,7 +67,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         context = loss_context(data, cfg.seed)
         losses = [make_loss(h.cfg.loss, context) for h in plan.heads]  # fail fast
         s1 = train_or_load_stage1(cfg, data, device)
-        trunk = FrozenTrunk(s1.model)
+        trunk = test_trunk(cfg, s1.model)
         C = data.cmap.num_classes
         heads = [new_head(h.id, loss, trunk, C) for h, loss in zip(plan.heads, losses,
                                                                      strict=True)]
@@ -78,13 +77,16 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         loader = train_data_loader(cfg, data, cfg.seed + 1)
         finetune_heads(trunk, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
                        device, cfg.schedule.max_iters, cfg.progress)
-        metrics, per_cat = evaluate(
-            cfg, data, trunk, {h.name: (h.classifier, h.loss) for h in heads}, device)
-        rows = {STAGE1_ROW: s1.metrics, **{h.label: metrics[h.id] for h in plan.heads}}
-        per_cat = {STAGE1_ROW: s1.per_category,
+        scorers = {h.name: (h.classifier, h.loss) for h in heads}
+        if multi_variant_test(cfg):  # the cached stage-1 row is single-scale: redo it
+            scorers[STAGE1_ROW] = (trunk.stage1_classifier, trunk.detector.roi_heads.cls_loss)
+        metrics, per_cat = evaluate(cfg, data, trunk, scorers, device)
+        s1_metrics = metrics.get(STAGE1_ROW, s1.metrics)
+        rows = {STAGE1_ROW: s1_metrics, **{h.label: metrics[h.id] for h in plan.heads}}
+        per_cat = {STAGE1_ROW: per_cat.get(STAGE1_ROW, s1.per_category),
                    **{h.label: per_cat[h.id] for h in plan.heads}}
         if run is not None:
-            _write_run(run.path, cfg, plan, data, trunk, heads, rows, per_cat, s1.folder)
+            _write_run(run.path, cfg, plan, data, heads, rows, per_cat, s1.folder)
             log.info("run finished in %.1f s", time.time() - t0)
             final = run.commit()
         else:
@@ -114,7 +116,7 @@ def run_folder(cfg: DictConfig, name: str):
 
 
 def _write_run(folder: Path, cfg: DictConfig, plan: RunPlan, data: DatasetBundle,
-               trunk: FrozenTrunk, heads: list[ClassifierHead], rows: dict, per_cat: dict,
+               heads: list[ClassifierHead], rows: dict, per_cat: dict,
                stage1_dir: Path) -> None:
     record: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     record["heads"] = {h.id: {"label": h.label,
@@ -122,18 +124,22 @@ def _write_run(folder: Path, cfg: DictConfig, plan: RunPlan, data: DatasetBundle
                        for h in plan.heads}
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(record)))
     atomic_write_text(folder / "stage1", str(stage1_dir.resolve()) + "\n")
+    ckpt = (stage1_dir / "checkpoint.pt").resolve()
+    pointer = {"path": str(ckpt), "sha256": file_digest(ckpt)}
     for spec, head in zip(plan.heads, heads, strict=True):
-        _save_head(folder / "heads" / spec.id, spec, data, trunk, head)
+        _save_head(folder / "heads" / spec.id, spec, data, head, pointer)
     write_metrics(folder, rows, note=data.groups_note)
     write_per_category(folder / "per_category_ap.csv", per_cat)
 
 
-def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, trunk: FrozenTrunk,
-               head: ClassifierHead) -> None:
-    """A self-contained detector checkpoint for one head, with its config beside it."""
-    state = trunk.state_dict_with(head.classifier)
-    save_checkpoint(folder / "checkpoint.pt",
-                    checkpoint_payload(spec.cfg, data, state, spec.cfg.loss))
+def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, head: ClassifierHead,
+               stage1: dict[str, str]) -> None:
+    """A lean head checkpoint (its classifier + a hashed pointer to the stage-1
+    checkpoint) with its config and history beside it."""
+    payload = checkpoint_payload(spec.cfg, data, {}, spec.cfg.loss)
+    del payload["model"]
+    payload.update(classifier=head.classifier.state_dict(), stage1=stage1)
+    save_checkpoint(folder / "checkpoint.pt", payload, HEAD_FORMAT)
     atomic_write_text(folder / "config.yaml", config_mod.to_yaml(spec.cfg))
     atomic_write_json(folder / "history.json", head.history)
 
