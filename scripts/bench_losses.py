@@ -1,15 +1,21 @@
 """Forward + backward wall time of every registered loss against plain sigmoid BCE.
 
 Run: ``.venv/bin/python scripts/bench_losses.py [--n 8192 --classes 1230 --repeats 7
---device cpu|cuda]``. Logits are N(-4, 2) so ACSL masks are as sparse as on a trained
-head, 25 % of the RoIs are foreground, and the dataset statistics are a synthetic
-LVIS-like long tail. Losses are timed round-robin (one repeat of each, then the next
-round) so that load from other processes hits all of them alike; the table reports the
-median per loss after one warm-up call.
+--device cpu|cuda --dtype float32|bfloat16|float16]``. Logits are N(-4, 2) so ACSL masks
+are as sparse as on a trained head, 25 % of the RoIs are foreground, and the dataset
+statistics are a synthetic LVIS-like long tail. Losses are timed round-robin (one repeat
+of each, then the next round) so that load from other processes hits all of them alike;
+the table reports the median per loss after one warm-up call. On CUDA every timing starts
+and ends with ``torch.cuda.synchronize()``, the losses and their buffers live on the
+device, and a column counts the host synchronisations of one forward (CUDA's sync debug
+mode). ``--dtype`` is the logits' dtype (what autocast hands the loss); the losses reduce
+in float32 whatever it is, and so does the BCE baseline.
 
-It also times an ACSL written as a per-class Python loop in the style of the authors'
-release (official background draws), checks it gives the vectorised loss's value and
-gradient for the same draws, and prints everything as a Markdown table.
+Besides the registered losses it times, for comparison, the formulations they replaced
+(BAGS with ``nonzero`` per group, Federated with advanced indexing), ACSL's other form
+(dense on CPU, gathered on CUDA) and an ACSL written as a per-class Python loop in the
+style of the authors' release (official background draws); it checks that each gives the
+loss's value and gradient, and prints everything as a Markdown table.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BASELINE = "BCE baseline (F.bce_with_logits, one-hot given)"
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
@@ -93,14 +103,44 @@ def acsl_release_style(
     return (weight * loss).sum() / n
 
 
+def bags_before(loss: torch.nn.Module, logits: Tensor, labels: Tensor) -> Tensor:
+    """BAGS as written before it was vectorised: ``nonzero`` per group (two syncs each)."""
+    logits = logits.float()
+    blocks = logits.split([stop - start for start, stop in loss.group_slices], dim=1)
+    total = F.cross_entropy(blocks[0], (labels > 0).long())
+    groups = loss.group_of_label(labels)
+    local = loss.label_local[labels]
+    for k in range(1, loss.num_groups):
+        is_pos = groups == k
+        pos = is_pos.nonzero().squeeze(1)
+        if pos.numel() == 0:
+            continue
+        available = (~is_pos).nonzero().squeeze(1)
+        n_sample = loss.others_sample_size(pos.numel(), available.numel())
+        pick = torch.randperm(available.numel(), generator=loss.generator)[:n_sample]
+        rows = torch.cat([pos, available[pick.to(logits.device)]])
+        target = torch.cat([local[pos], local.new_zeros(n_sample)])
+        total = total + F.cross_entropy(blocks[k][rows], target)
+    return total
+
+
+def federated_before(loss: torch.nn.Module, logits: Tensor, labels: Tensor) -> Tensor:
+    """Federated as written before: advanced indexing (backward: accumulating index_put)."""
+    selected = loss.select_classes(labels).to(logits.device)
+    z = logits[:, selected].float()
+    target = (labels[:, None] == selected[None, :]).to(z.dtype)
+    return F.binary_cross_entropy_with_logits(z, target, reduction="sum") / logits.shape[0]
+
+
 def make_batch(
-    n: int, width: int, num_classes: int, device: str, seed: int
+    n: int, width: int, num_classes: int, device: str, seed: int,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, width, generator=g) * 2.0 - 4.0
     labels = torch.randint(1, num_classes + 1, (n,), generator=g)
     labels[torch.rand(n, generator=g) >= 0.25] = 0
-    return logits.to(device), labels.to(device)
+    return logits.to(device=device, dtype=dtype), labels.to(device)
 
 
 def timed(fn: Callable[[], None], device: str) -> float:
@@ -126,19 +166,50 @@ def step(
     return run
 
 
+def with_attrs(module: torch.nn.Module, **attrs: object) -> torch.nn.Module:
+    """``module`` with attributes set (e.g. ACSL's ``dense`` form switch)."""
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    return module
+
+
+def host_syncs(fn: Callable[[], None], device: str) -> str:
+    """How many host synchronisations one call makes (CUDA only; "-" elsewhere)."""
+    if device != "cuda":
+        return "-"
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return str(sum("synchroniz" in str(w.message) for w in caught))
+
+
+def max_diff(a: Callable[[Tensor, Tensor], Tensor], b: Callable[[Tensor, Tensor], Tensor],
+             logits: Tensor, labels: Tensor) -> float:
+    """Max |difference| of value and gradient between two loss callables."""
+    za = logits.detach().clone().requires_grad_(True)
+    zb = logits.detach().clone().requires_grad_(True)
+    va, vb = a(za, labels), b(zb, labels)
+    va.backward()
+    vb.backward()
+    return max(abs(va.item() - vb.item()), (za.grad - zb.grad).abs().max().item())
+
+
 def check_release_style(args: argparse.Namespace, stats: dict[str, object]) -> float:
     """Max |difference| of value and gradient between the loop and the vectorised loss."""
     from acsl_cli.losses import build_loss
 
     logits, labels = make_batch(args.n, args.classes + 1, args.classes, args.device, seed=1)
     vectorised = build_loss("acsl", bg_mode="official", frequencies=stats["frequencies"], seed=5)
-    a = logits.clone().requires_grad_(True)
-    b = logits.clone().requires_grad_(True)
-    va = vectorised(a, labels)
-    va.backward()
-    vb = acsl_release_style(b, labels, 0.7, stats["frequencies"], torch.Generator().manual_seed(5))
-    vb.backward()
-    return max(abs(va.item() - vb.item()), (a.grad - b.grad).abs().max().item())
+    release_gen = torch.Generator().manual_seed(5)
+    return max_diff(
+        vectorised.to(args.device),
+        lambda z, y: acsl_release_style(z, y, 0.7, stats["frequencies"], release_gen),
+        logits, labels)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,59 +220,85 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", type=int, default=1230, help="foreground classes (C)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per loss")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                        help="dtype of the logits handed to the losses")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
 
-    n, c = args.n, args.classes
+    n, c, dev, dtype = args.n, args.classes, args.device, DTYPES[args.dtype]
     stats = synthetic_statistics(c)
-    logits, labels = make_batch(n, c + 1, c, args.device, seed=0)
-    onehot = torch.zeros_like(logits)
-    onehot[torch.arange(n, device=logits.device), labels] = 1
+    logits, labels = make_batch(n, c + 1, c, dev, seed=0, dtype=dtype)
+    onehot = torch.zeros(logits.shape, device=dev)
+    onehot[torch.arange(n, device=dev), labels] = 1
 
-    cases: dict[str, Callable[[], None]] = {}
-    cases["BCE baseline (F.bce_with_logits, one-hot given)"] = step(
-        lambda z, y: F.binary_cross_entropy_with_logits(z, onehot, reduction="sum") / n,
-        logits,
-        labels,
-    )
-    for name in available_losses():
+    def build(name: str, **params: object) -> torch.nn.Module:
         needs = {key: stats[key] for key in loss_class(name).needs}
-        loss = build_loss(name, **needs)
-        width = loss.num_outputs(c)
-        z = logits if width == c + 1 else make_batch(n, width, c, args.device, seed=0)[0]
-        cases[name] = step(loss, z, labels)
-    official = build_loss("acsl", bg_mode="official", frequencies=stats["frequencies"])
-    cases["acsl (bg_mode=official)"] = step(official, logits, labels)
-    release_gen = torch.Generator().manual_seed(0)
-    cases["acsl, per-class loop (release style)"] = step(
-        lambda z, y: acsl_release_style(z, y, 0.7, stats["frequencies"], release_gen),
-        logits,
-        labels,
-    )
+        return build_loss(name, num_classes=c, **needs, **params).to(dev)
 
+    cases: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Tensor]] = {}
+    cases[BASELINE] = (
+        lambda z, y: F.binary_cross_entropy_with_logits(z.float(), onehot, reduction="sum") / n,
+        logits)
+    for name in available_losses():
+        loss = build(name)
+        width = loss.num_outputs(c)
+        z = logits if width == c + 1 else make_batch(n, width, c, dev, seed=0, dtype=dtype)[0]
+        cases[name] = (loss, z)
+        if name == "bags":
+            cases["bags, before (nonzero per group)"] = (partial(bags_before, build(name)), z)
+        if name == "federated":
+            cases["federated, before (advanced indexing)"] = (
+                partial(federated_before, build(name)), z)
+    other_form = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
+    dense = other_form == "dense"
+    cases[f"acsl, {other_form} form"] = (with_attrs(build("acsl"), dense=dense), logits)
+    cases["acsl (bg_mode=official)"] = (build("acsl", bg_mode="official"), logits)
+    cases[f"acsl (bg_mode=official), {other_form} form"] = (
+        with_attrs(build("acsl", bg_mode="official"), dense=dense), logits)
+    release_gen = torch.Generator().manual_seed(0)
+    cases["acsl, per-class loop (release style)"] = (
+        lambda z, y: acsl_release_style(z.float(), y, 0.7, stats["frequencies"], release_gen),
+        logits)
+
+    runs = {key: step(fn, z, labels) for key, (fn, z) in cases.items()}
+    syncs = {key: host_syncs(lambda f=fn, z=z: f(z, labels), dev)
+             for key, (fn, z) in cases.items()}
     times: dict[str, list[float]] = {key: [] for key in cases}
-    for run in cases.values():  # warm-up
+    for run in runs.values():  # warm-up
         run()
     for _ in range(args.repeats):
-        for key, run in cases.items():
-            times[key].append(timed(run, args.device))
+        for key, run in runs.items():
+            times[key].append(timed(run, dev))
 
     medians = {key: statistics.median(values) for key, values in times.items()}
-    base = medians["BCE baseline (F.bce_with_logits, one-hot given)"]
-    device_name = (
-        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
-    )
-    print(
-        f"N={n} C={c} float32, forward+backward, median of {args.repeats} "
-        f"(torch {torch.__version__}, {device_name})\n"
-    )
-    print("| loss | ms (median) | x BCE |")
-    print("|---|---:|---:|")
+    base = medians[BASELINE]
+    device_name = torch.cuda.get_device_name() if dev == "cuda" \
+        else f"cpu x{torch.get_num_threads()}"
+    print(f"N={n} C={c} logits {args.dtype}, forward+backward, median of {args.repeats} "
+          f"(torch {torch.__version__}, {device_name})\n")
+    print("| loss | ms (median) | x BCE | host syncs / forward |")
+    print("|---|---:|---:|---:|")
     for key, value in medians.items():
-        print(f"| {key} | {value:.1f} | {value / base:.2f} |")
+        print(f"| {key} | {value:.1f} | {value / base:.2f} | {syncs[key]} |")
+
+    # fresh pairs built alike (same seeds, so the same draws on both sides)
+    acsl_form = {"dense": other_form == "dense"}
+    pairs = [
+        ("bags", build("bags"), partial(bags_before, build("bags")), cases["bags"][1]),
+        ("federated", build("federated"), partial(federated_before, build("federated")),
+         logits),
+        (f"acsl vs its {other_form} form", build("acsl"),
+         with_attrs(build("acsl"), **acsl_form), logits),
+        (f"acsl (bg_mode=official) vs its {other_form} form", build("acsl", bg_mode="official"),
+         with_attrs(build("acsl", bg_mode="official"), **acsl_form), logits),
+    ]
+    print()
+    for label, new, old, z in pairs:
+        what = label if " vs " in label else f"{label} vs before"
+        print(f"{what}: max |diff| of value and gradient {max_diff(new, old, z, labels):.2e}")
     diff = check_release_style(args, stats)
-    print(f"\nrelease-style loop vs vectorised acsl (official, same draws): max |diff| {diff:.2e}")
+    print(f"release-style loop vs vectorised acsl (official, same draws): max |diff| {diff:.2e}")
 
 
 if __name__ == "__main__":

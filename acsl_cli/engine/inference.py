@@ -3,6 +3,9 @@
 Several classifier heads share one pass of the frozen trunk: backbone, RPN, RoI features
 and box regression run once per batch, then each head scores the same RoIs with its own
 classifier and loss.
+
+With ``amp`` on, the trunk and the heads run under autocast; the losses score in float32
+and results are written from float32 boxes and scores.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from acsl_cli.data.lvis_dataset import CategoryMap, collate
 from acsl_cli.engine import distributed as dist
+from acsl_cli.engine.stage1 import MixedPrecision
 from acsl_cli.models.trunk import FrozenTrunk, Scorer
 from acsl_cli.progress import progress_bar
 
@@ -29,13 +33,14 @@ def eval_subset(dataset: Dataset, max_images: int | None) -> Dataset:
 def predict(
     model: FrozenTrunk | nn.Module, dataset: Dataset, cmap: CategoryMap, device: str,
     scorers: Mapping[str, Scorer] | None = None, batch_size: int = 8,
-    show_progress: bool = True,
+    show_progress: bool = True, amp: str = "off",
 ) -> dict[str, list[dict]]:
     """LVIS results per scorer name; with ``scorers=None`` the model's own head ("model").
 
     Under torchrun each rank takes every world_size-th image and the results are gathered,
     so every rank returns the full list.
     """
+    precision = MixedPrecision(amp, device)
     trunk = model if isinstance(model, FrozenTrunk) else FrozenTrunk(model)
     trunk.detector.to(device).eval()
     names = list(scorers) if scorers is not None else ["model"]
@@ -45,7 +50,8 @@ def predict(
     with progress_bar("eval", len(loader), show_progress and dist.is_main()) as bar:
         for images, targets in loader:
             ids = [int(t["image_id"]) for t in targets]
-            dets = trunk.detect([im.to(device) for im in images], scorers)
+            with precision.autocast():
+                dets = trunk.detect([im.to(device) for im in images], scorers)
             for name in names:
                 results[name].extend(to_lvis(dets[name], ids, cmap))
             bar.advance()
@@ -56,9 +62,9 @@ def to_lvis(dets: Sequence[dict], image_ids: Sequence[int], cmap: CategoryMap) -
     """torchvision detections (xyxy, labels 1..C) -> LVIS results (xywh, category ids)."""
     out = []
     for d, image_id in zip(dets, image_ids, strict=True):
-        boxes = d["boxes"].cpu()
+        boxes = d["boxes"].float().cpu()  # float32 already unless amp produced the boxes
         boxes[:, 2:] -= boxes[:, :2]
-        for box, score, label in zip(boxes.tolist(), d["scores"].tolist(),
+        for box, score, label in zip(boxes.tolist(), d["scores"].float().tolist(),
                                      d["labels"].tolist(), strict=True):
             out.append({"image_id": image_id, "category_id": cmap.category_id(label),
                         "bbox": [round(v, 2) for v in box], "score": score})

@@ -6,6 +6,10 @@ one pass: per batch the ``FrozenTrunk`` runs once, and each head trains its own
 ``cls_score`` on the same sampled RoIs. A sweep over six xi values costs about one
 stage-2 run, and every head sees exactly the same RoIs, which makes the comparison
 between losses a paired one.
+
+With ``amp`` on, the trunk pass and each head's forward and loss run under autocast (the
+losses reduce in float32); fp16 gives every head its own gradient scaler, so an overflow
+in one head skips only that head's step.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.loaders import loader_generators
 from acsl_cli.engine.loop import LossGuard, fit
 from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.engine.stage1 import MixedPrecision, optimizer_step
 from acsl_cli.losses import ClassificationLoss
 from acsl_cli.models.trunk import FrozenTrunk
 
@@ -56,7 +61,8 @@ class HeadsStep:
     stage = "stage 2"
 
     def __init__(self, trunk: FrozenTrunk, heads: list[ClassifierHead], sched: StageSchedule,
-                 device: str) -> None:
+                 device: str, amp: str = "off") -> None:
+        self.amp = MixedPrecision(amp, device)
         self.trunk, self.heads, self.grad_clip = trunk, heads, sched.grad_clip
         self.opts = []
         for h in heads:
@@ -65,40 +71,44 @@ class HeadsStep:
             self.opts.append(torch.optim.SGD(h.classifier.parameters(), lr=sched.lr,
                                              momentum=sched.momentum,
                                              weight_decay=sched.weight_decay))
+        self.scalers = [self.amp.new_scaler() for _ in heads]
 
     def __call__(self, images: list, targets: list, it: int, lr: float, guard: LossGuard
                  ) -> dict[str, float]:
-        feats, labels = self.trunk.sampled_rois(images, targets)
+        with self.amp.autocast():
+            feats, labels = self.trunk.sampled_rois(images, targets)
         row = {}
-        for h, opt in zip(self.heads, self.opts, strict=True):
+        for h, opt, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = h.loss(h.classifier(feats), labels)
-            guard.check(h.name, loss.item(), it)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            params = list(h.classifier.parameters())
-            dist.average_gradients(params)
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            opt.step()
+            with self.amp.autocast():
+                loss = h.loss(h.classifier(feats), labels)
+            guard.check(h.name, loss.item(), it)  # unscaled: a skipped fp16 step passes
+            optimizer_step(loss, opt, list(h.classifier.parameters()), self.grad_clip, scaler,
+                           reduce=dist.average_gradients)
             row[h.name] = loss.item()
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {h.name: {"classifier": h.classifier.state_dict(), "optimizer": o.state_dict()}
-                for h, o in zip(self.heads, self.opts, strict=True)}
+        state = {}
+        for h, o, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
+            state[h.name] = {"classifier": h.classifier.state_dict(), "optimizer": o.state_dict()}
+            if scaler is not None:
+                state[h.name]["scaler"] = scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for h, o in zip(self.heads, self.opts, strict=True):
+        for h, o, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
             h.classifier.load_state_dict(state[h.name]["classifier"])
             o.load_state_dict(state[h.name]["optimizer"])
+            if scaler is not None:
+                scaler.load_state_dict(state[h.name]["scaler"])
 
 
 def finetune_heads(
     trunk: FrozenTrunk | nn.Module, heads: list[ClassifierHead], loader: DataLoader,
     sched: StageSchedule, device: str, max_iters: int | None = None,
-    show_progress: bool = True, resume: Path | None = None,
+    show_progress: bool = True, resume: Path | None = None, amp: str = "off",
 ) -> None:
     """Train every head's classifier with its loss on the frozen trunk; fills histories.
 
@@ -110,7 +120,7 @@ def finetune_heads(
     generators = [g for h in heads if (g := getattr(h.loss, "generator", None)) is not None]
     generators += loader_generators(loader)
     label = f"stage 2 ({len(heads)} head{'s' * (len(heads) > 1)})"
-    history = fit(HeadsStep(trunk, heads, sched, device), loader, sched, device, max_iters,
+    history = fit(HeadsStep(trunk, heads, sched, device, amp), loader, sched, device, max_iters,
                   show_progress, resume, generators, bar_label=label)
     for h in heads:
         h.history = [{"iter": r["iter"], "epoch": r["epoch"], "lr": r["lr"], "loss": r[h.name]}

@@ -24,9 +24,17 @@ chosen positions among the background rows taken in batch order. ``official_back
 weights`` replays exactly these draws as a dense mask, for tests and for the benchmark.
 
 Speed: one custom autograd Function computes ``p`` once, turns it in place into the
-gradient buffer ``W * (p - t)`` and sums the loss only over the (sparse) kept entries, as
+gradient buffer ``W * (p - t)`` and sums the loss only over the kept entries, as
 ``softplus(z)`` off target and ``softplus(-z)`` on target (BCE = softplus(z) - z t), which
 stays exact for large ``|z|``. Backward is a single scale of the saved buffer (eq. 7).
+
+Two forms of the same arithmetic, chosen by device (``dense`` overrides it, for tests):
+on CPU the kept entries are gathered (``nonzero``) and only they pass through softplus,
+which is fastest there and is the reference result; on an accelerator a masked sum over
+the whole matrix avoids every host synchronisation in adaptive mode, and official mode
+syncs once, to count the background rows that the CPU draws need. The two agree to float
+rounding (the order of the sum differs); W and the gradient are the same.
+Half-precision logits are upcast to float32 first.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from acsl_cli.losses.common import (
     check_width,
     frequency_columns,
     sigmoid_scores,
+    upcast,
 )
 from acsl_cli.losses.registry import register_loss
 
@@ -98,23 +107,37 @@ class _ACSLFunction(torch.autograd.Function):
         logits: Tensor,
         labels: Tensor,
         threshold: float,
-        bg_rows: Tensor | None,
-        bg_blocks: list[tuple[Tensor, Tensor]],
+        background: tuple[Tensor, Any] | None,
+        dense: bool,
     ) -> Tensor:
         z = logits.contiguous()
         n = z.shape[0]
         rows = torch.arange(n, device=z.device)
         z_target = z[rows, labels]
         grad = torch.sigmoid(z)
-        F.threshold_(grad, threshold, 0.0)  # W * p off target: p where p >= xi, else 0
-        if bg_rows is not None:  # official mode: replace the adaptive background rows
-            grad.index_fill_(0, bg_rows, 0.0)
-            for block_rows, block_cols in bg_blocks:
-                r, c = block_rows[:, None], block_cols[None, :]
-                grad[r, c] = torch.sigmoid(z[r, c])
-        grad[rows, labels] = 0.0  # the target column is accounted for separately below
-        kept = grad.view(-1).nonzero().squeeze(1)
-        loss = F.softplus(z.view(-1)[kept]).sum() + F.softplus(-z_target).sum()
+        if dense:
+            if background is not None:  # official mode: W of the background rows given
+                is_bg, keep = background
+                p = grad.clone()
+                F.threshold_(grad, threshold, 0.0)
+                grad.masked_fill_(is_bg[:, None], 0.0)
+                grad = torch.where(keep, p, grad)
+            else:
+                F.threshold_(grad, threshold, 0.0)  # W * p off target: p where p >= xi
+            grad[rows, labels] = 0.0
+            off_target = F.softplus(z).masked_fill_(grad == 0, 0.0).sum()
+        else:
+            F.threshold_(grad, threshold, 0.0)  # W * p off target: p where p >= xi, else 0
+            if background is not None:  # official mode: replace the adaptive background rows
+                bg_rows, bg_blocks = background
+                grad.index_fill_(0, bg_rows, 0.0)
+                for block_rows, block_cols in bg_blocks:
+                    r, c = block_rows[:, None], block_cols[None, :]
+                    grad[r, c] = torch.sigmoid(z[r, c])
+            grad[rows, labels] = 0.0  # the target column is accounted for separately below
+            kept = grad.view(-1).nonzero().squeeze(1)
+            off_target = F.softplus(z.view(-1)[kept]).sum()
+        loss = off_target + F.softplus(-z_target).sum()
         grad[rows, labels] = torch.sigmoid(z_target) - 1.0
         ctx.save_for_backward(grad)
         ctx.n = n
@@ -139,6 +162,8 @@ class ACSL(ClassificationLoss):
 
     needs: ClassVar[tuple[str, ...]] = ("frequencies",)
     seeded: ClassVar[bool] = True
+    #: None: the sync-free dense form off CPU, the gathered form on CPU; a bool forces one.
+    dense: bool | None = None
 
     def __init__(
         self,
@@ -163,6 +188,12 @@ class ACSL(ClassificationLoss):
         self._columns: dict[str, Tensor] = {}
         if bg_mode == "official" and frequencies is not None:
             self._columns = frequency_columns("acsl", frequencies)
+            # (3, C + 1) column masks "f or background", "c", "r" for the dense form
+            masks = torch.zeros(3, len(frequencies) + 1, dtype=torch.bool)
+            masks[0, 0] = True
+            for i, group in enumerate("fcr"):
+                masks[i, self._columns[group]] = True
+            self.register_buffer("group_columns", masks, persistent=False)
 
     @classmethod
     def needs_for(cls, bg_mode: str = "adaptive") -> tuple[str, ...]:
@@ -178,24 +209,46 @@ class ACSL(ClassificationLoss):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         check_labels(logits, labels, self._width(logits))
+        logits = upcast(logits)  # the sums and the xi comparison want float32
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()  # the sums and the xi comparison want float32
-        bg_rows: Tensor | None = None
-        blocks: list[tuple[Tensor, Tensor]] = []
+        dense = logits.device.type != "cpu" if self.dense is None else self.dense
+        background: tuple[Tensor, Any] | None = None
         if self.bg_mode == "official":
-            device = logits.device
-            bg_rows = (labels == 0).nonzero().squeeze(1)
-            common, rare = draw_official_rows(bg_rows.numel(), self.generator)
-            cols = {k: v.to(device) for k, v in self._columns.items()}
-            blocks = [
-                (bg_rows, cols["f"]),
-                (bg_rows[common.to(device)], cols["c"]),
-                (bg_rows[rare.to(device)], cols["r"]),
-            ]
+            background = self._dense_background(labels) if dense else \
+                self._sparse_background(labels)
         threshold = _below(self.xi, logits.dtype)
-        return _ACSLFunction.apply(logits, labels, threshold, bg_rows, blocks)
+        return _ACSLFunction.apply(logits, labels, threshold, background, dense)
+
+    def _sparse_background(self, labels: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Background rows and the (rows, columns) blocks where their W is 1 (CPU form)."""
+        device = labels.device
+        bg_rows = (labels == 0).nonzero().squeeze(1)
+        common, rare = draw_official_rows(bg_rows.numel(), self.generator)
+        cols = {k: v.to(device) for k, v in self._columns.items()}
+        blocks = [
+            (bg_rows, cols["f"]),
+            (bg_rows[common.to(device)], cols["c"]),
+            (bg_rows[rare.to(device)], cols["r"]),
+        ]
+        return bg_rows, blocks
+
+    def _dense_background(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(N,) background mask and (N, C + 1) W of the background rows, from the same draws;
+        one host sync (the background count), no data-dependent shapes."""
+        device = labels.device
+        is_bg = labels == 0
+        n_bg = int(is_bg.sum())
+        common, rare = draw_official_rows(n_bg, self.generator)
+        drawn = torch.zeros(2, n_bg + 1, dtype=torch.bool, device=device)  # [:, n_bg]: fg
+        drawn[0, common.to(device, non_blocking=True)] = True  # no stream sync
+        drawn[1, rare.to(device, non_blocking=True)] = True
+        position = torch.where(is_bg, is_bg.cumsum(0) - 1, n_bg)  # rank among bg rows
+        common_row, rare_row = drawn[:, position]
+        masks = self.group_columns.to(device)
+        keep = masks[0][None, :] | (common_row[:, None] & masks[1][None, :]) \
+            | (rare_row[:, None] & masks[2][None, :])
+        return is_bg, keep & is_bg[:, None]
 
     def scores(self, logits: Tensor) -> Tensor:
         check_width(self.name, logits, self._width(logits))

@@ -24,6 +24,13 @@ with ``seed``; the first ``n_sample`` entries pick among the available rows in b
 
 Scores: softmax within each group; class score = p_group(class) * p_G0(foreground); the
 "others" probabilities are discarded; returned as (N, C) in label order.
+
+Speed: ``forward`` syncs with the host once (the per-group positive counts, which size the
+CPU draws) and has no data-dependent shapes besides: one batched stable argsort orders
+every group's rows as "positives, then others", each in batch order, so slices of it are
+exactly the rows the documented draws refer to. The per-group cross-entropies stay one
+call per group (the groups differ in width; padding them into one tensor would change the
+float rounding of every value). Half-precision logits are upcast to float32 first.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from torch import Tensor, nn
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import counts_tensor
+from acsl_cli.losses.common import counts_tensor, upcast
 from acsl_cli.losses.registry import register_loss
 
 #: Std of the normal init of logits that have no stage-1 counterpart ("others", G0 fg).
@@ -140,9 +147,10 @@ class BalancedGroupSoftmax(ClassificationLoss):
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         assert self.num_classes is not None
         check_labels(logits, labels, self.num_outputs(self.num_classes))
+        logits = upcast(logits)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
-        device = logits.device
+        device, n = logits.device, logits.shape[0]
         # split (not slicing) so backward assembles one gradient instead of a full-size
         # zero tensor per group
         sizes = [stop - start for start, stop in self.group_slices]
@@ -150,15 +158,21 @@ class BalancedGroupSoftmax(ClassificationLoss):
         total = F.cross_entropy(blocks[0], (labels > 0).long())
         groups = self.group_of_label(labels)
         local = self.label_local.to(device)[labels]
+        # positives per group; the one host sync (bincount on CUDA would add a second)
+        counts = torch.zeros(self.num_groups, dtype=torch.long, device=device)
+        counts = counts.scatter_add_(0, groups, torch.ones_like(groups)).tolist()
+        ks = torch.arange(1, self.num_groups, device=device)
+        # row k - 1: group k's positives, then its "others", each in batch order
+        orders = torch.argsort((groups[None, :] != ks[:, None]).to(torch.uint8), dim=1,
+                               stable=True)
         for k in range(1, self.num_groups):
-            is_pos = groups == k
-            pos = is_pos.nonzero().squeeze(1)
-            if pos.numel() == 0:
+            n_pos = counts[k]
+            if n_pos == 0:
                 continue
-            available = (~is_pos).nonzero().squeeze(1)
-            n_sample = self.others_sample_size(pos.numel(), available.numel())
-            pick = torch.randperm(available.numel(), generator=self.generator)[:n_sample]
-            rows = torch.cat([pos, available[pick.to(device)]])
+            n_sample = self.others_sample_size(n_pos, n - n_pos)
+            pick = torch.randperm(n - n_pos, generator=self.generator)[:n_sample]
+            pos, available = orders[k - 1, :n_pos], orders[k - 1, n_pos:]
+            rows = torch.cat([pos, available[pick.to(device, non_blocking=True)]])
             target = torch.cat([local[pos], local.new_zeros(n_sample)])
             total = total + F.cross_entropy(blocks[k][rows], target)
         return total
@@ -170,6 +184,7 @@ class BalancedGroupSoftmax(ClassificationLoss):
                 f"loss 'bags': expected (N, {self.num_outputs(self.num_classes)}) logits, "
                 f"got {tuple(logits.shape)}"
             )
+        logits = upcast(logits)
         probs = torch.empty_like(logits)
         for start, stop in self.group_slices:
             probs[:, start:stop] = F.softmax(logits[:, start:stop], dim=1)

@@ -1,4 +1,8 @@
-"""Sigmoid binary cross-entropy over all C + 1 columns (paper eq. 2-4): ACSL with W = 1."""
+"""Sigmoid binary cross-entropy over all C + 1 columns (paper eq. 2-4): ACSL with W = 1.
+
+Half-precision logits are reduced in float32 (``upcast``): the float16 sum overflows at
+LVIS size. No host synchronisation in ``forward``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import check_width, one_hot_targets, sigmoid_scores
+from acsl_cli.losses.common import check_width, one_hot_targets, sigmoid_scores, upcast
 from acsl_cli.losses.registry import register_loss
 
 
@@ -26,6 +30,7 @@ class SigmoidBCE(ClassificationLoss):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         check_labels(logits, labels, self._columns(logits))
+        logits = upcast(logits)
         target = one_hot_targets(labels, logits.shape[1], logits.dtype)
         loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
         return loss / logits.shape[0]

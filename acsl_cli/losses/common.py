@@ -14,6 +14,17 @@ from torch import Tensor
 from acsl_cli.errors import ConfigError
 
 FREQUENCY_GROUPS = ("r", "c", "f")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def upcast(logits: Tensor) -> Tensor:
+    """float16/bfloat16 logits as float32, anything else unchanged (the same tensor).
+
+    Losses reduce over N x (C + 1) terms: in float16 a sum at LVIS size overflows (max
+    65504) and bfloat16 keeps 3 digits. float32 and float64 inputs pass through untouched,
+    so full-precision results stay bit-identical.
+    """
+    return logits.float() if logits.dtype in HALF_DTYPES else logits
 
 
 def sigmoid_scores(logits: Tensor, bg_factor: bool) -> Tensor:
@@ -22,6 +33,7 @@ def sigmoid_scores(logits: Tensor, bg_factor: bool) -> Tensor:
     The authors score with ``sigmoid(z_j)`` alone; ``bg_factor`` multiplies by
     ``1 - sigmoid(z_bg)`` so a confident background logit can veto all classes.
     """
+    logits = upcast(logits)
     scores = torch.sigmoid(logits[:, 1:])
     if bg_factor:
         scores = scores * torch.sigmoid(-logits[:, :1])  # 1 - sigmoid(z) == sigmoid(-z)

@@ -11,6 +11,8 @@ fraction of train images containing class j, f_j = image_count_j / num_images, i
 ``lambda_``. The background column has f = 1 and is never a tail column. Loss =
 sum(w * BCE) / N. So tail columns get no negative gradient from foreground RoIs of other
 classes, background RoIs keep the full BCE, and the target column is always kept.
+
+Half-precision logits are reduced in float32; ``forward`` never synchronises with the host.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from acsl_cli.losses.common import (
     counts_tensor,
     one_hot_targets,
     sigmoid_scores,
+    upcast,
 )
 from acsl_cli.losses.registry import register_loss
 
@@ -69,6 +72,7 @@ class EqualizationLoss(ClassificationLoss):
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         assert self.num_classes is not None
         check_labels(logits, labels, self.num_classes + 1)
+        logits = upcast(logits)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
         target = one_hot_targets(labels, logits.shape[1], logits.dtype)

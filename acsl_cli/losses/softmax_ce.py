@@ -1,4 +1,7 @@
-"""Softmax cross-entropy over C + 1 columns: the stage-1 loss and the stage-2 baseline."""
+"""Softmax cross-entropy over C + 1 columns: the stage-1 loss and the stage-2 baseline.
+
+Half-precision logits are upcast to float32 first (log-softmax and the mean want it).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import check_width
+from acsl_cli.losses.common import check_width, upcast
 from acsl_cli.losses.registry import register_loss
 
 
@@ -22,8 +25,8 @@ class SoftmaxCE(ClassificationLoss):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         check_labels(logits, labels, self._columns(logits))
-        return F.cross_entropy(logits, labels, reduction="mean")
+        return F.cross_entropy(upcast(logits), labels, reduction="mean")
 
     def scores(self, logits: Tensor) -> Tensor:
         check_width(self.name, logits, self._columns(logits))
-        return F.softmax(logits, dim=1)[:, 1:]
+        return F.softmax(upcast(logits), dim=1)[:, 1:]
