@@ -127,3 +127,60 @@ def test_plain_coco_copy_of_the_benchmark_trains_with_the_train_groups(tmp_path)
     assert line in (res.run_dir / "metrics.md").read_text()
     assert all(m["APr"] is not None for m in json.loads(
         (res.run_dir / "metrics.json").read_text()).values())
+
+
+def test_a_killed_sweep_resumes_to_the_same_tables(tmp_path):
+    args = [*TINY, "seed=0,1", "loss=bce", "run_name=S"]
+    straight = tmp_path / "a"
+    res = CliRunner().invoke(app, ["sweep", *args, f"output_root={straight}"])
+    assert res.exit_code == 0, res.output
+    killed = tmp_path / "b"
+    cmd = [sys.executable, "-m", "acsl_cli", "sweep", *args, f"output_root={killed}"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    import time
+
+    deadline = time.time() + 300
+    while not (killed / "runs" / "S-sweep-0").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    p.kill()
+    p.wait()
+    assert not (killed / "runs" / "S-sweep").exists()  # it was stopped before the end
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for f in ("metrics.json", "std.json"):
+        assert json.loads((killed / "runs" / "S-sweep" / f).read_text()) == json.loads(
+            (straight / "runs" / "S-sweep" / f).read_text()), f
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "complete already" in again.stderr
+
+
+def test_run_records_reproduce_and_parse(tmp_path):
+    res = run_train([*TINY, f"output_root={tmp_path}", "loss=bce,acsl",
+                     "schedule.eval_max_images=null"])
+    val = next(tmp_path.glob("cache/data/*/val.json"))
+    for hid, label in (("bce", "bce"), ("acsl_xi0.7_bgofficial", "acsl xi=0.7 bg=official")):
+        out = tmp_path / f"{hid}.json"
+        r = CliRunner().invoke(app, ["eval", f"dets={res.run_dir / 'heads' / hid / 'results.json'}",
+                                     f"ann={val}", f"out={out}"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(out.read_text()) == json.loads(
+            (res.run_dir / "metrics.json").read_text())[label]
+    events = [json.loads(line) for line in
+              (res.run_dir / "events.jsonl").read_text().splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds.count("eval") == 3 and "train" in kinds
+    assert {"command", "versions", "git_commit", "device", "world_size"} <= set(events[0])
+    stages = {e["stage"] for e in events if e["type"] == "train"}
+    assert stages == {"stage 1", "stage 2"}
+    log = (res.run_dir / "train.log").read_text()
+    assert any(line.startswith("| acsl xi=0.7 bg=official |")
+               for line in log.splitlines()[-5:])  # the final table closes the log
+    import csv
+
+    rows = list(csv.DictReader((res.run_dir / "per_category_ap.csv").open()))
+    from acsl_cli.data.annotations import read_annotations
+
+    train = read_annotations(next(tmp_path.glob("cache/data/*/train.json")))
+    images = {c["id"]: c["image_count"] for c in train["categories"]}
+    assert all(int(r["train_images"]) == images[int(r["category_id"])] for r in rows)

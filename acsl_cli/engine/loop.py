@@ -107,7 +107,10 @@ def fit(
                 if it % 50 == 0 or it == total - 1:
                     log.info("%s it %d/%d epoch %d lr %.5g %s", step.stage.replace(" ", ""),
                              it + 1, total, epoch + 1, lr,
-                             " ".join(f"{k} {v:.5g}" for k, v in losses.items()))
+                             " ".join(f"{k} {v:.5g}" for k, v in losses.items()),
+                             extra={"event": {"type": "train", "stage": step.stage,
+                                              "iter": it, "epoch": epoch, "lr": lr,
+                                              **losses}})
                 it += 1
             if resume is not None and dist.is_main():
                 save_state_file(resume, {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,8 +22,17 @@ from acsl_cli.plan import EvalPlan, saved_config
 log = logging.getLogger("acsl")
 
 
+@dataclass
+class Evaluation:
+    """Per scorer name: LVIS metrics, per-category AP rows, and the detections scored."""
+
+    metrics: dict[str, dict[str, float]]
+    per_category: dict[str, list[dict]]
+    detections: dict[str, list[dict]]
+
+
 def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, Scorer] | None,
-             device: str) -> tuple[dict[str, dict], dict[str, list]]:
+             device: str) -> Evaluation:
     """Predict on val (or its first ``eval_max_images``) and score with LVIS rules."""
     val = eval_subset(data.val, cfg.schedule.eval_max_images)
     if not isinstance(model, FrozenTrunk):
@@ -32,11 +42,15 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
     gt = data.val_gt
     if val is not data.val:
         gt = subset_gt(gt, {data.val.images[i]["id"] for i in val.indices})
-    metrics, per_cat = {}, {}
+    out = Evaluation({}, {}, results)
     for name, dets in results.items():
         r = evaluate_lvis(gt, dets)
-        metrics[name], per_cat[name] = r.metrics, r.per_category
-    return metrics, per_cat
+        out.metrics[name], out.per_category[name] = r.metrics, r.per_category
+        log.info("evaluated %s on %d val images: AP %.4f APr %.4f APc %.4f APf %.4f", name,
+                 len(gt["images"]), *(r.metrics[k] for k in ("AP", "APr", "APc", "APf")),
+                 extra={"event": {"type": "eval", "model": name, "images": len(gt["images"]),
+                                  **r.metrics}})
+    return out
 
 
 def test_trunk(cfg: DictConfig, model) -> FrozenTrunk:
@@ -72,5 +86,4 @@ def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
         first = str(e).strip().splitlines()[0][:160]
         raise DataError(f"{plan.ckpt}: weights do not fit the configured detector ({first})"
                         ) from None
-    metrics, _ = evaluate(cfg, data, model, None, device)
-    return metrics["model"]
+    return evaluate(cfg, data, model, None, device).metrics["model"]

@@ -133,8 +133,8 @@ def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, 
     history = train_detector(model, loader, sched, device, cfg.schedule.max_iters, cfg.progress,
                              resume=resume, generators=loader_generators(loader))
     log.info("stage 1: trained in %.1f s", time.time() - t0)
-    metrics, per_cat = evaluate(cfg, data, model, None, device)
-    saved = {"metrics": metrics["model"], "per_category": per_cat["model"],
+    ev = evaluate(cfg, data, model, None, device)
+    saved = {"metrics": ev.metrics["model"], "per_category": ev.per_category["model"],
              "train_seconds": time.time() - t0}
     if dist.is_main():
         tmp = tmp_name(folder)

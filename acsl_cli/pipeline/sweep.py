@@ -3,18 +3,25 @@ all head combinations in one stage-2 pass; then mean and sample std over runs.""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from acsl_cli.engine import distributed as dist
+from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
 from acsl_cli.pipeline.train import RunResult, train
-from acsl_cli.plan import plan_sweep
+from acsl_cli.plan import RunPlan, plan_sweep
 from acsl_cli.reporting.tables import markdown_mean_std, metrics_json, write_metrics
+
+log = logging.getLogger("acsl")
 
 
 @dataclass
@@ -44,6 +51,31 @@ def mean_std(runs: list[dict[str, dict[str, float]]]
     return mean, std
 
 
+def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
+    """The saved result of a sweep's run, if ``folder`` holds one made from this plan."""
+    if not (folder / "metrics.json").is_file():
+        return None
+    try:
+        saved = OmegaConf.load(folder / "config.yaml")
+        rows = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError, OmegaConfBaseException) as e:
+        raise DataError(f"{folder}: a finished run that cannot be read "
+                        f"({e.__class__.__name__}); move it away to rerun it") from None
+    want = {h.id: OmegaConf.to_container(h.cfg.loss, resolve=True) for h in plan.heads}
+    have = {k: v.get("loss") for k, v in OmegaConf.to_container(saved.get("heads") or {}
+                                                                ).items()}
+    same = all(OmegaConf.to_container(saved.get(k) or {}, resolve=True)
+               == OmegaConf.to_container(plan.cfg[k], resolve=True)
+               for k in ("dataset", "backbone", "schedule"))
+    if have != want or saved.get("seed") != plan.cfg.seed or not same:
+        raise ConfigError(f"{folder} exists but was made with other settings; use another "
+                          "run_name")
+    log.info("sweep: %s is finished, reusing it", folder)
+    metrics = {row: {k: math.nan if v is None else float(v) for k, v in m.items()}
+               for row, m in rows.items()}
+    return RunResult(folder, metrics, stage1_reused=True)
+
+
 def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     """``acsl sweep OVERRIDES``: every run's config is checked before the first starts."""
     plan = plan_sweep(list(overrides))
@@ -51,9 +83,16 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
         check_run(run.cfg, len(run.heads))
     first = plan.runs[0].cfg
     base = first.run_name or default_run_name("multi", first.seed)
-    runs = [train(run, f"{base}-sweep-{i}") for i, run in enumerate(plan.runs)]
+    root = Path(first.output_root) / "runs"
+    if (root / f"{base}-sweep").exists():
+        raise ConfigError(f"run_name={base}: this sweep is complete already "
+                          f"({root / f'{base}-sweep'})")
+    runs = []
+    for i, run in enumerate(plan.runs):  # a rerun after an interruption skips finished runs
+        name = f"{base}-sweep-{i}"
+        runs.append(finished_run(root / name, run) or train(run, name))
     mean, std = mean_std([r.metrics for r in runs])
-    folder = runs[0].run_dir.parent / f"{base}-sweep"
+    folder = root / f"{base}-sweep"
     if dist.is_main():
         with RunDir(folder.parent, folder.name) as summary:
             summary.open()

@@ -3,9 +3,10 @@ evaluation -> reports, all written into a run folder that appears only when comp
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
 from acsl_cli.engine import distributed as dist
-from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
+from acsl_cli.engine.checkpoint import HEAD_FORMAT, config_hash, file_digest, save_checkpoint
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.stage2 import ClassifierHead, finetune_heads, new_head
 from acsl_cli.pipeline.build import (
@@ -26,12 +27,20 @@ from acsl_cli.pipeline.build import (
     setup_torch,
     train_data_loader,
 )
-from acsl_cli.pipeline.evaluate import evaluate, multi_variant_test, test_trunk
+from acsl_cli.pipeline.evaluate import Evaluation, evaluate, multi_variant_test, test_trunk
 from acsl_cli.pipeline.preflight import check_run, write_out
-from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
+from acsl_cli.pipeline.provenance import provenance
+from acsl_cli.pipeline.rundir import (
+    FileLock,
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    default_run_name,
+)
 from acsl_cli.pipeline.stage1 import checkpoint_payload, train_or_load_stage1
 from acsl_cli.plan import HeadSpec, RunPlan, plan_train
-from acsl_cli.reporting.tables import write_metrics, write_per_category
+from acsl_cli.reporting.events import event_handlers
+from acsl_cli.reporting.tables import markdown_table, write_metrics, write_per_category
 
 log = logging.getLogger("acsl")
 STAGE1_ROW = "stage1 (softmax CE)"
@@ -62,6 +71,9 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
     label = f"{len(plan.heads)}heads" if len(plan.heads) > 1 else plan.heads[0].id
     name = run_name or cfg.run_name or default_run_name(label, cfg.seed)
     with run_folder(cfg, name) as run:
+        origin = provenance(device)
+        log.info("provenance: %s", json.dumps(origin), extra={"event": {"type": "start",
+                                                                         **origin}})
         data = load_data(cfg)
         log.info("%s", data.groups_note)
         context = loss_context(data, cfg.seed)
@@ -75,20 +87,24 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         # from the cache (training consumes the global RNG that RoI sampling uses).
         torch.manual_seed(cfg.seed + 1)
         loader = train_data_loader(cfg, data, cfg.seed + 1)
-        finetune_heads(trunk, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
-                       device, cfg.schedule.max_iters, cfg.progress)
+        resume = stage2_resume_file(cfg, plan, s1.folder)
+        with FileLock(resume) if dist.is_main() else nullcontext():
+            finetune_heads(trunk, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
+                           device, cfg.schedule.max_iters, cfg.progress, resume=resume)
         scorers = {h.name: (h.classifier, h.loss) for h in heads}
         if multi_variant_test(cfg):  # the cached stage-1 row is single-scale: redo it
             scorers[STAGE1_ROW] = (trunk.stage1_classifier, trunk.detector.roi_heads.cls_loss)
-        metrics, per_cat = evaluate(cfg, data, trunk, scorers, device)
-        s1_metrics = metrics.get(STAGE1_ROW, s1.metrics)
-        rows = {STAGE1_ROW: s1_metrics, **{h.label: metrics[h.id] for h in plan.heads}}
-        per_cat = {STAGE1_ROW: per_cat.get(STAGE1_ROW, s1.per_category),
-                   **{h.label: per_cat[h.id] for h in plan.heads}}
+        ev = evaluate(cfg, data, trunk, scorers, device)
+        rows = {STAGE1_ROW: ev.metrics.get(STAGE1_ROW, s1.metrics),
+                **{h.label: ev.metrics[h.id] for h in plan.heads}}
+        per_cat = {STAGE1_ROW: ev.per_category.get(STAGE1_ROW, s1.per_category),
+                   **{h.label: ev.per_category[h.id] for h in plan.heads}}
         if run is not None:
-            _write_run(run.path, cfg, plan, data, heads, rows, per_cat, s1.folder)
-            log.info("run finished in %.1f s", time.time() - t0)
+            _write_run(run.path, cfg, plan, data, heads, ev, rows, per_cat, s1.folder, origin)
+            log.info("run finished in %.1f s; metrics (%%):\n%s", time.time() - t0,
+                     markdown_table(rows, note=data.groups_note))
             final = run.commit()
+            resume.unlink(missing_ok=True)  # the run is complete: nothing left to resume
         else:
             final = Path(cfg.output_root) / "runs" / name
     if dist.is_main() and cfg.out:
@@ -107,29 +123,51 @@ def run_folder(cfg: DictConfig, name: str):
     run = RunDir(Path(cfg.output_root) / "runs", name)
     with run:
         run.open()
-        handler = _log_to(run.path / "train.log")
+        logger = logging.getLogger("acsl")
+        handlers = [_log_to(run.path / "train.log"), *event_handlers(run.path)]
+        for h in handlers[1:]:
+            logger.addHandler(h)
         try:
             yield run
         finally:
-            logging.getLogger("acsl").removeHandler(handler)
-            handler.close()
+            for h in handlers:
+                logger.removeHandler(h)
+                h.close()
+
+
+def stage2_resume_file(cfg: DictConfig, plan: RunPlan, stage1_dir: Path) -> Path:
+    """Where an interrupted stage 2 of exactly these heads on this stage 1 resumes from."""
+    key = config_hash({
+        "stage1": stage1_dir.name,
+        "heads": [OmegaConf.to_container(h.cfg.loss, resolve=True) for h in plan.heads],
+        "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
+        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True)
+        if cfg.get("sampler") is not None else None,
+        "amp": cfg.get("amp"), "seed": cfg.seed, "world_size": dist.world_size(),
+    })
+    return Path(cfg.output_root) / "cache" / "stage2" / f"{key}.resume.pt"
 
 
 def _write_run(folder: Path, cfg: DictConfig, plan: RunPlan, data: DatasetBundle,
-               heads: list[ClassifierHead], rows: dict, per_cat: dict,
-               stage1_dir: Path) -> None:
+               heads: list[ClassifierHead], ev: Evaluation, rows: dict, per_cat: dict,
+               stage1_dir: Path, origin: dict[str, Any]) -> None:
     record: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
     record["heads"] = {h.id: {"label": h.label,
                               "loss": OmegaConf.to_container(h.cfg.loss, resolve=True)}
                        for h in plan.heads}
+    record["provenance"] = origin
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(record)))
     atomic_write_text(folder / "stage1", str(stage1_dir.resolve()) + "\n")
     ckpt = (stage1_dir / "checkpoint.pt").resolve()
     pointer = {"path": str(ckpt), "sha256": file_digest(ckpt)}
     for spec, head in zip(plan.heads, heads, strict=True):
         _save_head(folder / "heads" / spec.id, spec, data, head, pointer)
+        atomic_write_json(folder / "heads" / spec.id / "results.json", ev.detections[spec.id])
     write_metrics(folder, rows, note=data.groups_note)
-    write_per_category(folder / "per_category_ap.csv", per_cat)
+    s = data.stats
+    counts = {cid: (s.image_counts[i], s.instance_counts[i])
+              for i, cid in enumerate(data.cmap.category_ids)}
+    write_per_category(folder / "per_category_ap.csv", per_cat, counts)
 
 
 def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, head: ClassifierHead,

@@ -68,8 +68,10 @@ def write_metrics(folder: Path, rows: Mapping[str, Mapping[str, float]], note: s
     atomic_write_text(folder / "metrics.md", markdown_table(rows, note=note))
 
 
-def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]]) -> None:
-    """One row per category with GT, one AP column per model."""
+def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]],
+                       train_counts: Mapping[int, tuple[int, int]] | None = None) -> None:
+    """One row per category with GT, one AP column per model; with ``train_counts``
+    (category id -> train images, instances) those two columns too."""
     names = list(per_category)
     by_cat: dict[int, dict] = {}
     for name in names:
@@ -78,12 +80,14 @@ def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]]
                 "category_id": row["category_id"], "name": row["name"],
                 "frequency": row["frequency"], "num_gt": row["num_gt"]})
             entry[name] = row["AP"]
+    extra = ["train_images", "train_instances"] if train_counts is not None else []
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["category_id", "name", "frequency", "num_gt", *names])
+    w.writerow(["category_id", "name", "frequency", "num_gt", *extra, *names])
     for cid in sorted(by_cat):
         e = by_cat[cid]
-        w.writerow([e["category_id"], e["name"], e["frequency"], e["num_gt"],
+        counts = list(train_counts.get(cid, ("", ""))) if train_counts is not None else []
+        w.writerow([e["category_id"], e["name"], e["frequency"], e["num_gt"], *counts,
                     *(repr(float(e.get(n, float("nan")))) for n in names)])
     atomic_write_text(path, buf.getvalue())
 
