@@ -142,3 +142,33 @@ def test_interrupted_stage1_resumes_exactly(tiny, tmp_path):
     assert [h["loss"] for h in both] == pytest.approx([h["loss"] for h in straight], rel=1e-5)
     for k, v in model.state_dict().items():
         assert torch.allclose(v.float(), w_straight[k].float(), atol=1e-5), k
+
+
+@pytest.mark.parametrize("names", [["bce", "acsl"], ["eqlv2", "seesaw"]])
+def test_interrupted_stage2_resumes_exactly(tiny, tmp_path, names):
+    """Two stage-2 epochs in one go == one epoch, stop, resume: heads, losses, loss state."""
+    cfg, data, model0 = tiny
+    sched = StageSchedule(epochs=2, lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_iters=0,
+                          warmup_ratio=1.0, steps=[], grad_clip=35.0)
+
+    def fresh(resume, epochs):
+        model = copy.deepcopy(model0)
+        heads = _heads(cfg, data, model, names)
+        torch.manual_seed(11)
+        loader = train_loader(data.train, 4, seed=5)
+        s = StageSchedule(**{**sched.__dict__, "epochs": epochs})
+        finetune_heads(model, heads, loader, s, "cpu", None, False, resume=resume)
+        return heads
+
+    straight = fresh(None, 2)
+    resume = tmp_path / "stage2.resume.pt"
+    first = fresh(resume, 1)
+    assert resume.is_file() and len(first[0].history) == len(straight[0].history) // 2
+    torch.manual_seed(999)
+    both = fresh(resume, 2)
+    for a, b in zip(straight, both, strict=True):
+        assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history],
+                                                               rel=1e-6)
+        assert torch.allclose(a.classifier.weight, b.classifier.weight, atol=1e-6)
+        for k, v in a.loss.state_dict().items():
+            assert torch.allclose(v.double(), b.loss.state_dict()[k].double()), k

@@ -92,7 +92,8 @@ class HeadsStep:
     def state_dict(self) -> dict[str, Any]:
         state = {}
         for h, o, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
-            state[h.name] = {"classifier": h.classifier.state_dict(), "optimizer": o.state_dict()}
+            state[h.name] = {"classifier": h.classifier.state_dict(), "optimizer": o.state_dict(),
+                             "loss": h.loss.state_dict()}  # online statistics (EQLv2, Seesaw)
             if scaler is not None:
                 state[h.name]["scaler"] = scaler.state_dict()
         return state
@@ -101,6 +102,7 @@ class HeadsStep:
         for h, o, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
             h.classifier.load_state_dict(state[h.name]["classifier"])
             o.load_state_dict(state[h.name]["optimizer"])
+            h.loss.load_state_dict(state[h.name]["loss"])
             if scaler is not None:
                 scaler.load_state_dict(state[h.name]["scaler"])
 

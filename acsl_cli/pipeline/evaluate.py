@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
     if not isinstance(model, FrozenTrunk):
         model = test_trunk(cfg, model)
     results = predict(model, val, data.cmap, device, scorers, cfg.schedule.batch_size,
-                      cfg.progress)
+                      cfg.progress, amp=cfg.get("amp", "off"))
     gt = data.val_gt
     if val is not data.val:
         gt = subset_gt(gt, {data.val.images[i]["id"] for i in val.indices})

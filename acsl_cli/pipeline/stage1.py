@@ -131,7 +131,8 @@ def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, 
     resume = folder.with_name(folder.name + ".resume.pt")
     t0 = time.time()
     history = train_detector(model, loader, sched, device, cfg.schedule.max_iters, cfg.progress,
-                             resume=resume, generators=loader_generators(loader))
+                             resume=resume, generators=loader_generators(loader),
+                             amp=cfg.get("amp", "off"))
     log.info("stage 1: trained in %.1f s", time.time() - t0)
     ev = evaluate(cfg, data, model, None, device)
     saved = {"metrics": ev.metrics["model"], "per_category": ev.per_category["model"],

@@ -90,7 +90,8 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         resume = stage2_resume_file(cfg, plan, s1.folder)
         with FileLock(resume) if dist.is_main() else nullcontext():
             finetune_heads(trunk, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
-                           device, cfg.schedule.max_iters, cfg.progress, resume=resume)
+                           device, cfg.schedule.max_iters, cfg.progress, resume=resume,
+                           amp=cfg.get("amp", "off"))
         scorers = {h.name: (h.classifier, h.loss) for h in heads}
         if multi_variant_test(cfg):  # the cached stage-1 row is single-scale: redo it
             scorers[STAGE1_ROW] = (trunk.stage1_classifier, trunk.detector.roi_heads.cls_loss)
