@@ -235,6 +235,39 @@ def _train_annotations(cfg: Any) -> tuple[dict, str]:
     return load_data(cfg).train.data, f"dataset={cfg.dataset.name} (train)"
 
 
+@app.command(context_settings=EXTRA)
+@user_errors
+def report(args: list[str] = typer.Argument(
+        None, help="run or sweep folders, then optional out=DIR baseline=NAME")) -> None:
+    """Compare saved runs and sweeps: mean ± std over seeds, deltas, Markdown/CSV, figures.
+
+    Example: acsl report outputs/runs/NAME-sweep outputs/runs/OTHER out=cmp baseline=bce
+    """
+    from acsl_cli.errors import ConfigError
+    from acsl_cli.progress import console
+    from acsl_cli.reporting.compare import compare, terminal_table, write_report
+    from acsl_cli.reporting.runs import load_runs
+
+    folders, options = [], {"out": None, "baseline": None}
+    for arg in args or []:
+        key, sep, value = arg.partition("=")
+        if sep and key in options:
+            if not value:
+                raise ConfigError(f"{key}=: needs a value")
+            options[key] = value
+        elif sep and not Path(arg).exists():
+            raise ConfigError(f"{key}: unknown option (acsl report takes out= and baseline=)")
+        else:
+            folders.append(arg)
+    if not folders:
+        raise ConfigError("acsl report: give at least one run or sweep folder")
+    runs = load_runs(folders)
+    out = Path(options["out"] or Path(folders[0]) / "report")
+    written = write_report(runs, out, options["baseline"])
+    console.print(terminal_table(compare(runs, options["baseline"])))
+    console.print(f"report: {written[0]}  ({len(written) - 3} figure(s) in {out})")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,288 @@
+"""``acsl report``: saved runs and sweeps -> mean ± std over seeds, deltas, tables, figures.
+
+Runs are made with the real pipeline (tiny settings); every number in the tables is checked
+against the runs' own metrics.json, every figure is opened as a PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from acsl_cli.data.groups import train_image_counts
+from acsl_cli.errors import DataError
+from acsl_cli.reporting.compare import compare
+from acsl_cli.reporting.figures import draw_figures, sweep_figures
+from acsl_cli.reporting.runs import STAGE1_ROW, load_runs, train_counts
+
+TINY = ["dataset.num_classes=8", "dataset.max_images_per_class=12",
+        "dataset.val_instances_per_class=2", "schedule=smoke", "progress=false"]
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+FIGURES = {"label_distribution.png", "per_category_ap.png", "xi_sweep.png", "group_ap.png"}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def acsl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "acsl_cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """A sweep (seeds 0, 1; bce + ACSL at two xi) and two lone bce runs (seeds 0, 1) that
+    reuse its stage-1 cache."""
+    work = tmp_path_factory.mktemp("report")
+    root = work / "outputs"
+    proc = acsl("sweep", *TINY, "seed=0,1", "loss=bce,acsl", "xi=0.3,0.7",
+                f"output_root={root}", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    for seed, name in ((0, "a"), (1, "b")):
+        proc = acsl("train", *TINY, "loss=bce", f"seed={seed}", f"run_name={name}",
+                    f"output_root={root}", cwd=work)
+        assert proc.returncode == 0, proc.stderr
+    sweep = next((root / "runs").glob("*-sweep"))
+    return {"work": work, "root": root, "sweep": sweep, "a": root / "runs" / "a",
+            "b": root / "runs" / "b"}
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _expected(runs: list[Path], baseline: str = STAGE1_ROW) -> dict[str, dict]:
+    """Mean, sample std over seeds (a repeated seed averaged first) and delta, in [0, 1]."""
+    seeds: dict[str, dict[int, list[dict]]] = {}
+    for run in runs:
+        seed = yaml.safe_load((run / "config.yaml").read_text())["seed"]
+        for label, m in _metrics(run).items():
+            seeds.setdefault(label, {}).setdefault(seed, []).append(m)
+    out = {}
+    for label, by_seed in seeds.items():
+        row = {"mean": {}, "std": {}, "seeds": len(by_seed)}
+        for k in METRICS:
+            vals = [[m[k] for m in ms] for ms in by_seed.values()]
+            if any(v is None for vs in vals for v in vs):
+                row["mean"][k] = row["std"][k] = None
+                continue
+            per_seed = [sum(vs) / len(vs) for vs in vals]
+            row["mean"][k] = statistics.fmean(per_seed)
+            row["std"][k] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+        out[label] = row
+    for row in out.values():
+        base = out[baseline]["mean"]
+        row["delta"] = {k: None if row["mean"][k] is None or base[k] is None
+                        else row["mean"][k] - base[k] for k in METRICS}
+    return out
+
+
+def _sweep_runs(sweep: Path) -> list[Path]:
+    return [Path(line.split("\t")[1]) for line in (sweep / "runs.txt").read_text().splitlines()]
+
+
+def _check_tables(out: Path, expected: dict[str, dict], stdout: str) -> None:
+    with open(out / "report.csv", newline="") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    data = {r["model"]: r for r in json.loads((out / "report.json").read_text())["rows"]}
+    md = (out / "report.md").read_text()
+    assert list(rows) == list(expected) == list(data)
+    for label, exp in expected.items():
+        assert len(rows[label]["seeds"].split()) == exp["seeds"]
+        for part in ("mean", "std", "delta"):
+            for k in METRICS:
+                want, cell = exp[part][k], rows[label][f"{k}_{part}"]
+                if want is None:
+                    assert cell == "" and data[label][part][k] is None, (label, part, k)
+                else:
+                    assert float(cell) == pytest.approx(100 * want, abs=0.0051), (label, k)
+                    assert data[label][part][k] == pytest.approx(100 * want, abs=0.0051)
+        m, s = exp["mean"]["AP"], exp["std"]["AP"]
+        shown = f"{100 * m:.2f} ± {100 * s:.2f}"
+        assert shown in md and shown in stdout, (label, shown)
+    assert "-" in md  # APl (and APf here) are undefined: shown as '-'
+
+
+def _check_pngs(paths: list[Path]) -> None:
+    import matplotlib.image
+
+    for p in paths:
+        raw = p.read_bytes()
+        assert raw[:8] == PNG and len(raw) > 1000, p
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 300, p
+        assert matplotlib.image.imread(p).shape[0] > 0
+
+
+def test_report_on_a_sweep_matches_its_runs(made):
+    out = made["work"] / "sweep_report"
+    proc = acsl("report", str(made["sweep"]), f"out={out}", cwd=made["work"])
+    assert proc.returncode == 0, proc.stderr
+    _check_tables(out, _expected(_sweep_runs(made["sweep"])), proc.stdout)
+    figures = {p.name for p in out.glob("*.png")}
+    assert figures == FIGURES  # ACSL at xi 0.3 and 0.7: the xi figure is drawn
+    _check_pngs(sorted(out.glob("*.png")))
+    assert all(f"({name})" in (out / "report.md").read_text() for name in FIGURES)
+
+
+def test_report_on_two_train_runs_with_a_baseline(made):
+    proc = acsl("report", str(made["a"]), str(made["b"]), "baseline=bce", cwd=made["work"])
+    assert proc.returncode == 0, proc.stderr
+    out = made["a"] / "report"  # default: <first folder>/report
+    _check_tables(out, _expected([made["a"], made["b"]], "bce"), proc.stdout)
+    # no ACSL head with several xi: no xi figure
+    assert {p.name for p in out.glob("*.png")} == FIGURES - {"xi_sweep.png"}
+    _check_pngs(sorted(out.glob("*.png")))
+
+
+def test_a_seed_given_twice_counts_once(made):
+    out = made["work"] / "twice"
+    proc = acsl("report", str(made["sweep"]), str(made["a"]), f"out={out}", cwd=made["work"])
+    assert proc.returncode == 0, proc.stderr
+    _check_tables(out, _expected([*_sweep_runs(made["sweep"]), made["a"]]), proc.stdout)
+
+
+def test_runs_that_differ_beyond_the_seed_are_not_pooled(made, tmp_path):
+    first, second = _sweep_runs(made["sweep"])
+    other = tmp_path / "runs" / "lr"
+    shutil.copytree(second, other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["schedule"]["stage2"]["lr"] = 0.5
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    c = compare(load_runs([first, other]))
+    names = [r.name for r in c.rows]
+    assert "bce [schedule.stage2.lr=0.5]" in names and "bce [schedule.stage2.lr=0.02]" in names
+    assert all(len(r.seeds) == 1 and r.std["AP"] in (0.0, None) for r in c.rows)
+    # the default baseline is the stage-1 row of each variant
+    assert all(r.delta["AP"] == 0.0 for r in c.rows if r.label == STAGE1_ROW)
+
+
+def _rewrite_csv(path: Path, counts: dict[str, int] | None) -> list[dict]:
+    """per_category_ap.csv without the train columns, or with them (per category id:
+    id * counts[column]) in the order another writer might use, ``group`` for frequency."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    meta = ("category_id", "name", "frequency", "group", "num_gt", "train_images",
+            "train_instances")
+    models = [k for k in rows[0] if k not in meta]
+    header = ["category_id", "name", "frequency", "num_gt", *models]
+    if counts is not None:
+        header = ["category_id", "name", "group", "num_gt", *counts, *models]
+    for r in rows:
+        r["group"] = r.get("frequency", r.get("group"))
+        for col, factor in (counts or {}).items():
+            r[col] = int(r["category_id"]) * factor
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, header, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def test_train_counts_from_the_csv_or_the_train_json(made, tmp_path):
+    train_json = next((made["root"] / "cache" / "data").glob("synthetic-*/train.json"))
+    truth = train_image_counts(json.loads(train_json.read_text()))
+    run = load_runs([made["a"]])[0]
+    counts = train_counts(run)  # the pipeline's own CSV (with or without the columns)
+    assert counts.source in (train_json, made["a"] / "per_category_ap.csv")
+    assert all(truth[cid] == n for cid, n in counts.images.items())
+    # without the columns: the generated train.json found through the run's output root
+    copy = tmp_path / "elsewhere" / "runs" / "a"
+    shutil.copytree(made["a"], copy)
+    path = copy / "per_category_ap.csv"
+    _rewrite_csv(path, None)
+    assert train_counts(load_runs([copy])[0]).source == train_json  # via config output_root
+    assert dict(train_counts(load_runs([copy])[0]).images) == truth
+    # with the columns (anywhere in the header, 'group' for frequency): the CSV wins
+    rows = _rewrite_csv(path, {"train_images": 7, "train_instances": 9})
+    moved = load_runs([copy])[0]
+    counts = train_counts(moved)
+    assert counts.source == path
+    assert dict(counts.images) == {int(r["category_id"]): int(r["category_id"]) * 7
+                                   for r in rows}
+    assert [sorted(c.ap) for c in moved.categories] == [sorted(c.ap) for c in run.categories]
+    # neither the columns nor the json: the report is still written, the figure is skipped
+    _rewrite_csv(path, None)
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["output_root"] = str(tmp_path / "gone")
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match="config.yaml.*not found"):
+        train_counts(load_runs([copy])[0])
+    paths, notes = draw_figures(compare(load_runs([copy])), tmp_path / "out")
+    assert "label_distribution.png" not in {p.name for p in paths}
+    assert any("Label distribution not drawn" in n for n in notes)
+
+
+def test_sweep_figures_draws_into_the_sweep_folder(made, tmp_path):
+    folder = tmp_path / made["sweep"].name
+    shutil.copytree(made["sweep"], folder)
+    paths = sweep_figures(folder)
+    assert {p.name for p in paths} == FIGURES and all(p.parent == folder for p in paths)
+    _check_pngs(paths)
+
+
+def test_report_imports_no_torch(made, tmp_path):
+    code = ("import sys; from acsl_cli.cli import main; "
+            f"sys.argv = ['acsl', 'report', {str(made['sweep'])!r}, 'out={tmp_path}']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "report.md").is_file()
+
+
+def _broken_copy(made: dict, tmp_path: Path, text: str) -> Path:
+    copy = tmp_path / "broken"
+    shutil.copytree(made["a"], copy)
+    (copy / "metrics.json").write_text(text)
+    return copy
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("empty folder", "neither a run folder"),
+    ("missing folder", "no such folder"),
+    ("broken json", "metrics.json: not valid JSON"),
+    ("value out of range", "metrics.json: row 'bce': AP must be a number in [0, 1]"),
+    ("runs.txt to nowhere", "runs.txt: line 1: no run folder"),
+    ("unknown baseline", "baseline=nope: no such row"),
+    ("unknown option", "outt: unknown option"),
+])
+def test_bad_input_is_one_line_exit_2(made, tmp_path, case, expect):
+    args: list[str] = []
+    if case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        args = [str(tmp_path / "empty")]
+    elif case == "missing folder":
+        args = [str(tmp_path / "nothing")]
+    elif case == "broken json":
+        args = [str(_broken_copy(made, tmp_path, '{"bce": {"AP": 0.1,'))]
+    elif case == "value out of range":
+        m = _metrics(made["a"])
+        m["bce"]["AP"] = 1.5
+        args = [str(_broken_copy(made, tmp_path, json.dumps(m)))]
+    elif case == "runs.txt to nowhere":
+        sweep = tmp_path / "sweep"
+        sweep.mkdir()
+        (sweep / "runs.txt").write_text(f"seed=0\t{tmp_path / 'gone'}\n")
+        args = [str(sweep)]
+    elif case == "unknown baseline":
+        args = [str(made["a"]), "baseline=nope"]
+    elif case == "unknown option":
+        args = [str(made["a"]), "outt=x"]
+    proc = acsl("report", *args, f"out={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], lines
+    if case not in ("unknown baseline", "unknown option"):
+        assert str(tmp_path) in lines[0]  # names the path
+    assert not (tmp_path / "out" / "report.md").exists()
