@@ -121,4 +121,4 @@ class SeesawLoss(ClassificationLoss):
     def scores(self, logits: Tensor) -> Tensor:
         assert self.num_classes is not None
         check_width(self.name, logits, self.num_classes + 1)
-        return F.softmax(logits, dim=1)[:, 1:]
+        return F.softmax(logits.float(), dim=1)[:, 1:]

@@ -85,15 +85,16 @@ class LossAwareRoIHeads(RoIHeads):
             image_shapes,
             strict=True,
         ):
-            flat = scores.flatten()
+            flat = scores.flatten().float()
             keep = flat > self.score_thresh
             idx = torch.nonzero(keep).squeeze(1)
             if idx.numel() > self.pre_nms_topk:
                 top = flat[idx].topk(self.pre_nms_topk).indices
                 idx = idx[top]
             rois, cls = idx // num_classes, idx % num_classes
-            d = deltas.view(len(props), -1, 4)[rois, cls + 1]
-            boxes = self.box_coder.decode_single(d, props[rois])
+            # float32 decoding: under bf16 autocast the deltas are bf16 (~8 px at 800 px)
+            d = deltas.view(len(props), -1, 4)[rois, cls + 1].float()
+            boxes = self.box_coder.decode_single(d, props[rois].float())
             boxes = box_ops.clip_boxes_to_image(boxes, shape)
             sc, labels = flat[idx], cls + 1
             ok = box_ops.remove_small_boxes(boxes, min_size=1e-2)

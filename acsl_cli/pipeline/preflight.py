@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from acsl_cli.engine.distributed import resolve_device
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.pipeline.rundir import (
     atomic_write_json,
@@ -53,6 +54,8 @@ def check_run(cfg: DictConfig, num_heads: int) -> None:
     if cfg.out:
         check_out_file(Path(cfg.out))
     check_free_disk(Path(cfg.output_root), disk_needed(cfg, num_heads))
+    if cfg.get("amp") == "fp16" and resolve_device(cfg.device) != "cuda":
+        raise ConfigError("amp=fp16 needs CUDA (use amp=bf16 or amp=off on this device)")
 
 
 def write_out(path: str | Path, metrics: Mapping[str, float], saved_run: Path | None) -> None:

@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from acsl_cli.engine import distributed as dist
-from acsl_cli.errors import ConfigError, DataError
+from acsl_cli.errors import AcslError, ConfigError, DataError
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
 from acsl_cli.pipeline.train import RunResult, train
 from acsl_cli.plan import RunPlan, plan_sweep
+from acsl_cli.reporting.figures import sweep_figures
 from acsl_cli.reporting.tables import markdown_mean_std, metrics_json, write_metrics
 
 log = logging.getLogger("acsl")
@@ -104,6 +105,10 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
             atomic_write_text(summary.path / "runs.txt", "".join(
                 f"{setting}\t{r.run_dir}\n"
                 for setting, r in zip(plan.settings, runs, strict=True)))
+            try:  # figures must not cost the sweep its summary
+                sweep_figures(summary.path)
+            except AcslError as e:
+                log.warning("sweep figures skipped: %s", e)
             folder = summary.commit()
         if plan.out:
             write_out(plan.out, mean[list(mean)[-1]], folder)
