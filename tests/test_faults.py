@@ -54,7 +54,8 @@ def test_three_concurrent_cold_runs_succeed_and_a_fourth_reuses_the_cache(tmp_pa
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_killed_mid_run_leaves_nothing_broken_and_a_rerun_works(tmp_path, sig, code):
     root = tmp_path / "outputs"
-    slow = [*SMOKE, "schedule.max_iters=400", f"output_root={root}"]
+    slow = [*SMOKE, "schedule.max_iters=400", "schedule.stage1.epochs=200",
+            f"output_root={root}"]
     p = acsl("train", *slow, cwd=tmp_path)
     deadline = time.time() + 120
     while not list(root.glob("cache/data/*/train.json")) and time.time() < deadline:

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import check_width
+from acsl_cli.losses.common import check_width, upcast
 from acsl_cli.losses.eqlv2 import check_number
 from acsl_cli.losses.registry import register_loss
 
@@ -121,4 +121,4 @@ class SeesawLoss(ClassificationLoss):
     def scores(self, logits: Tensor) -> Tensor:
         assert self.num_classes is not None
         check_width(self.name, logits, self.num_classes + 1)
-        return F.softmax(logits.float(), dim=1)[:, 1:]
+        return F.softmax(upcast(logits), dim=1)[:, 1:]
