@@ -35,6 +35,9 @@ rm -f "$DEST"/hydra_core-*.whl "$DEST"/omegaconf-*.whl "$DEST"/antlr4_python3_ru
 
 "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$DEST" \
     "hydra-core==$HYDRA_VER" "omegaconf==$OMEGACONF_VER"
+# pytest (pure Python) for the CUDA-only tests gpu_check.sh runs (pytest -m cuda)
+"$PY" -m pip download -q --no-deps --only-binary=:all: -d "$DEST" \
+    $(grep -E '^(pytest|pluggy|iniconfig|packaging)==' "$(dirname "$0")/../constraints.txt")
 if ! "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$DEST" \
         "antlr4-python3-runtime==$ANTLR_VER" 2>/dev/null; then
     echo "antlr4-python3-runtime==$ANTLR_VER has no wheel on the index: building one from its" \

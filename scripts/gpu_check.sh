@@ -161,6 +161,10 @@ step bench_train 90 "$PAT_BENCH" "$PY" scripts/bench_train.py --device "$DEVICE"
 step bench_bf16 90 "$PAT_BENCH" "$PY" scripts/bench_train.py --device "$DEVICE" "${BENCH_BF16[@]}"
 step bench_losses 60 '(^\| acsl \||^\| BCE|Error|error)' \
     "$PY" scripts/bench_losses.py --device "$DEVICE" "${LOSSES[@]}"
+if [ "$DEVICE" = cuda ]; then  # host-sync counts of every loss (deselected on CPU)
+    step cuda_tests 60 '(passed|failed|error)' "$PY" -m pytest -q -p no:cacheprovider -m cuda \
+        tests/test_amp.py
+fi
 
 {
     echo
