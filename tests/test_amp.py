@@ -186,22 +186,6 @@ def test_loss_forwards_sync_at_most_once_on_cuda():
 # ------------------------------------------------------------------ training steps
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The small benchmark of tests/test_engine.py and an untrained detector for it."""
-    from omegaconf import OmegaConf
-
-    from acsl_cli import config as config_mod
-    from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss
-    from tests.test_engine import TINY
-
-    cfg = config_mod.load_config(TINY + [f"output_root={tmp_path_factory.mktemp('o')}"])
-    data = load_data(cfg)
-    ce = make_loss(OmegaConf.create({"name": "softmax_ce"}), loss_context(data, 0))
-    torch.manual_seed(0)
-    return cfg, data, build_model(cfg, data, ce)
-
-
 def _loader(data):
     from acsl_cli.engine.loaders import train_loader
 

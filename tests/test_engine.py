@@ -6,19 +6,16 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from acsl_cli import config as config_mod
 from acsl_cli.engine.loaders import train_loader
 from acsl_cli.engine.schedule import StageSchedule, learning_rate
 from acsl_cli.engine.stage2 import finetune_heads, new_head
 from acsl_cli.errors import ConfigError
-from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss
+from acsl_cli.pipeline.build import loss_context, make_loss
 from acsl_cli.pipeline.stage1 import stage1_key
 from acsl_cli.plan import plan_train
-
-TINY = ["dataset.num_classes=8", "dataset.max_images_per_class=12",
-        "dataset.val_instances_per_class=2", "schedule=smoke", "progress=false"]
+from tests.conftest import TINY  # noqa: E402 - re-exported: other tests import it from here
 
 
 def test_learning_rate_warmup_and_steps():
@@ -55,16 +52,6 @@ def test_expand_heads_products_only_where_they_apply():
     assert [h.label for h in heads] == ["acsl xi=0.7 bg=official bg_factor=True",
                                         "acsl xi=0.7 bg=official bg_factor=False"]
     assert [h.cfg.loss.bg_factor for h in heads] == [True, False]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cfg = config_mod.load_config(TINY + [f"output_root={tmp_path_factory.mktemp('o')}"])
-    data = load_data(cfg)
-    ce = make_loss(OmegaConf.create({"name": "softmax_ce"}), loss_context(data, 0))
-    torch.manual_seed(0)
-    model = build_model(cfg, data, ce)
-    return cfg, data, model
 
 
 def _heads(cfg, data, model, names):

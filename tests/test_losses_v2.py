@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import STAT_NAMES, LossContext, available_losses, build_loss, loss_class
+from tests.test_losses import loss_and_grad, random_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -26,19 +27,6 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def loss_and_grad(loss, logits: torch.Tensor, labels: torch.Tensor):
-    z = logits.clone().requires_grad_(True)
-    value = loss(z, labels)
-    value.backward()
-    return value.detach(), z.grad
-
-
-def random_batch(n: int, c: int, seed: int = 0, fg_fraction: float = 0.4, scale: float = 3.0):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, c + 1, generator=g, dtype=torch.float64) * scale - 1.0
-    labels = torch.randint(1, c + 1, (n,), generator=g)
-    labels[torch.rand(n, generator=g) > fg_fraction] = 0
-    return logits, labels
 
 
 # --------------------------------------------------------------------------- registry
