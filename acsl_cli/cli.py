@@ -245,7 +245,8 @@ def report(args: list[str] = typer.Argument(
     """
     from acsl_cli.errors import ConfigError
     from acsl_cli.progress import console
-    from acsl_cli.reporting.compare import compare, terminal_table, write_report
+    from acsl_cli.reporting.compare import compare, terminal_table
+    from acsl_cli.reporting.report import write_report
     from acsl_cli.reporting.runs import load_runs
 
     folders, options = [], {"out": None, "baseline": None}

@@ -1,0 +1,35 @@
+"""``acsl report``'s files: the comparison tables (compare.py) and figures (figures.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from acsl_cli.errors import ConfigError
+from acsl_cli.files import atomic_write_json, atomic_write_text
+from acsl_cli.reporting.compare import compare, csv_text, json_rows, markdown
+from acsl_cli.reporting.figures import draw_figures
+from acsl_cli.reporting.runs import Run
+
+
+def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
+                 ) -> list[Path]:
+    """report.md, report.csv, report.json and the figures in ``out_dir``; returns them."""
+    c = compare(runs, baseline)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"out={out_dir}: cannot create the folder ({e.strerror})") from None
+    figures, notes = draw_figures(c, out_dir)
+    sources = "\n".join(f"- `{r.path}` (seed {r.seed}"
+                        + (f"; {r.setting})" if r.setting not in ("", f"seed={r.seed}") else ")")
+                        for r in runs)
+    pictures = "\n".join(f"![{p.stem}]({p.name})" for p in figures)
+    text = (f"# Comparison of {len(runs)} run(s)\n\n{markdown(c)}\n## Runs\n\n{sources}\n\n"
+            f"## Figures\n\n{pictures}\n" + "".join(f"\n{n}\n" for n in notes))
+    paths = [out_dir / "report.md", out_dir / "report.csv", out_dir / "report.json"]
+    atomic_write_text(paths[0], text)
+    atomic_write_text(paths[1], csv_text(c))
+    atomic_write_json(paths[2], json_rows(c))
+    return paths + figures
