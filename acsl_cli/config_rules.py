@@ -95,7 +95,8 @@ TOP = {
     "amp": choice("off", "bf16", "fp16"),
     "init": text(null=True),
 }
-TEST = {"scales": list_of(integer(1), nonempty=True), "flip": boolean}
+TEST = {"scales": list_of(integer(1), nonempty=True), "flip": boolean,
+        "max_detections": integer(1)}
 STAGE = {
     "epochs": integer(0),
     "lr": number(0, lo_open=True),

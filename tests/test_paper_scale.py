@@ -115,6 +115,10 @@ def test_multi_scale_and_flip_test(smoke, tmp_path):
     plain = FrozenTrunk(model).detect(images)["model"]
     same = FrozenTrunk(model, [128]).detect(images)["model"]
     ms = FrozenTrunk(model, [96, 128, 160], flip=True).detect(images)["model"]
+    capped = FrozenTrunk(model, max_detections=5).detect(images)["model"]
+    assert model.roi_heads.detections_per_img == 300  # the cap is the trunk's, not kept
+    for p, c in zip(plain, capped, strict=True):
+        assert torch.equal(c["scores"], p["scores"][:5])
     for p, s_, m in zip(plain, same, ms, strict=True):
         assert torch.equal(p["boxes"], s_["boxes"]) and torch.equal(p["scores"], s_["scores"])
         assert len(m["scores"]) <= 300 and bool((m["scores"][:-1] >= m["scores"][1:]).all())
@@ -133,3 +137,17 @@ def test_merge_keeps_the_best_of_overlapping_variants_and_unflips():
     assert len(merge_detections([a, b], 0.5, 1)["scores"]) == 1
     u = _unflip({"boxes": torch.tensor([[10.0, 5, 30, 20]])}, 128)
     assert u["boxes"].tolist() == [[98.0, 5, 118, 20]]
+
+
+def test_the_cached_stage1_row_is_scored_canonically(tmp_path):
+    """A run with test.flip trains stage 1: the cache must hold the one-scale score, the
+    run's own table the flipped one."""
+    flipped = run_train([*TINY, f"output_root={tmp_path / 'a'}", "loss=bce", "test.flip=true",
+                         "schedule.eval_max_images=null"])
+    plain = run_train([*TINY, f"output_root={tmp_path / 'b'}", "loss=bce",
+                       "schedule.eval_max_images=null"])
+    cached = [json.loads(next((tmp_path / r).glob("cache/stage1/*/metrics.json")).read_text())
+              for r in ("a", "b")]
+    assert cached[0]["metrics"] == cached[1]["metrics"]
+    assert cached[0]["per_category"] == cached[1]["per_category"]
+    assert flipped.metrics[STAGE1_ROW] != plain.metrics[STAGE1_ROW]

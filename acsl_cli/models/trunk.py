@@ -28,9 +28,10 @@ class FrozenTrunk:
     """A Faster R-CNN whose parameters and BatchNorm statistics stay fixed."""
 
     def __init__(self, detector: FasterRCNN, scales: Sequence[int] | None = None,
-                 flip: bool = False) -> None:
+                 flip: bool = False, max_detections: int | None = None) -> None:
         self.detector = detector
         self.scales, self.flip = list(scales or []), bool(flip)
+        self.max_detections = max_detections or detector.roi_heads.detections_per_img
         freeze(detector)
 
     @property
@@ -68,6 +69,16 @@ class FrozenTrunk:
         d = self.detector
         if scorers is None:
             scorers = {"model": (self.stage1_classifier, d.roi_heads.cls_loss)}
+        rh = d.roi_heads
+        cap, rh.detections_per_img = rh.detections_per_img, self.max_detections
+        try:
+            return self._detect(images, scorers)
+        finally:
+            rh.detections_per_img = cap
+
+    def _detect(self, images: list[Tensor], scorers: Mapping[str, Scorer]
+                ) -> dict[str, list[dict[str, Tensor]]]:
+        d = self.detector
         if not self.scales and not self.flip:
             return self._detect_once(images, scorers)
         t = d.transform

@@ -56,12 +56,16 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
 def test_trunk(cfg: DictConfig, model) -> FrozenTrunk:
     """The frozen detector with the config's test-time variants (scales, flip)."""
     test = cfg.get("test") or {}
-    return FrozenTrunk(model, test.get("scales"), bool(test.get("flip", False)))
+    return FrozenTrunk(model, test.get("scales"), bool(test.get("flip", False)),
+                       int(test.get("max_detections", 300)))
 
 
 def multi_variant_test(cfg: DictConfig) -> bool:
+    """Whether the test settings differ from those the cached stage-1 row was scored with
+    (single scale, no flip, 300 detections per image)."""
     test = cfg.get("test") or {}
-    return bool(test.get("scales")) or bool(test.get("flip", False))
+    return (bool(test.get("scales")) or bool(test.get("flip", False))
+            or int(test.get("max_detections", 300)) != 300)
 
 
 def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:

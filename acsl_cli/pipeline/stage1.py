@@ -39,7 +39,7 @@ from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.stage1 import train_detector
 from acsl_cli.errors import DataError
 from acsl_cli.models.init import detector_state, load_matching
-from acsl_cli.models.trunk import with_classifier
+from acsl_cli.models.trunk import FrozenTrunk, with_classifier
 from acsl_cli.pipeline.build import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock, atomic_write_json, tmp_name
@@ -134,7 +134,9 @@ def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, 
                              resume=resume, generators=loader_generators(loader),
                              amp=cfg.get("amp", "off"))
     log.info("stage 1: trained in %.1f s", time.time() - t0)
-    ev = evaluate(cfg, data, model, None, device)
+    # the cached row is scored the canonical way (one scale, no flip, 300 detections);
+    # runs with other test settings re-score stage 1 themselves
+    ev = evaluate(cfg, data, FrozenTrunk(model), None, device)
     saved = {"metrics": ev.metrics["model"], "per_category": ev.per_category["model"],
              "train_seconds": time.time() - t0}
     if dist.is_main():
