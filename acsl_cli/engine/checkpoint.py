@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import pickle
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from acsl_cli.errors import DataError
+from acsl_cli.files import tmp_name
 
 FORMAT = "acsl-detector/1"  # a whole detector
 HEAD_FORMAT = "acsl-head/1"  # a stage-2 classifier + pointer to its stage-1 checkpoint
@@ -27,7 +27,7 @@ HEAD_FORMAT = "acsl-head/1"  # a stage-2 classifier + pointer to its stage-1 che
 def save_state_file(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a per-process temp name, then rename: never a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
+    tmp = tmp_name(path)  # host and pid in the name: a later run removes it if we die
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)

@@ -35,6 +35,7 @@ from acsl_cli.pipeline.rundir import (
     RunDir,
     atomic_write_json,
     atomic_write_text,
+    clean_stale,
     default_run_name,
 )
 from acsl_cli.pipeline.stage1 import checkpoint_payload, train_or_load_stage1
@@ -88,6 +89,8 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         torch.manual_seed(cfg.seed + 1)
         loader = train_data_loader(cfg, data, cfg.seed + 1)
         resume = stage2_resume_file(cfg, plan, s1.folder)
+        if dist.is_main():
+            clean_stale(resume.parent)  # temp files of processes killed while saving
         with FileLock(resume) if dist.is_main() else nullcontext():
             finetune_heads(trunk, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
                            device, cfg.schedule.max_iters, cfg.progress, resume=resume,
