@@ -102,6 +102,12 @@ def test_a_pickle_payload_never_runs(tmp_path):
     rc, _, err = finish(acsl("train", *SMOKE, f"output_root={root}", cwd=tmp_path))
     assert rc == 0, err[-2000:]
     assert not marker.exists() and not resume.exists()
+    # planted as the cached stage-1 checkpoint: reported as corrupt and rebuilt
+    cached = root / "cache" / "stage1" / key / "checkpoint.pt"
+    cached.write_bytes(evil.read_bytes())
+    rc, out, err = finish(acsl("train", *SMOKE, f"output_root={root}", cwd=tmp_path))
+    assert rc == 0 and "stage 1 trained" in out, err[-2000:]
+    assert not marker.exists()
 
 
 def test_a_corrupt_stage1_cache_is_reported_and_rebuilt(tmp_path):
