@@ -195,44 +195,14 @@ def data_stats(overrides: list[str] = OVERRIDES) -> None:
     Examples: acsl data stats ; acsl data stats ann=lvis_v1_train.json sampler.t=0.001
     out=stats.json ; acsl data stats dataset=lvis_v0.5 dataset.root=/data/lvis
     """
-    from acsl_cli.config import load_config, parse_overrides
-    from acsl_cli.data.stats import dataset_stats, print_stats
-    from acsl_cli.errors import ConfigError
+    from acsl_cli.data.stats import print_stats
+    from acsl_cli.pipeline.data_stats import run_data_stats
+    from acsl_cli.progress import console
 
-    args = list(overrides or [])
-    if not any(o.key == "sampler" for o in parse_overrides(args)):
-        args.insert(0, "sampler=rfs")  # its t is the threshold the stats report
-    cfg = load_config(args)
-    if cfg.sampler.get("t") is None:
-        raise ConfigError(f"sampler={cfg.sampler.name}: data stats reports repeat factors; "
-                          "use sampler=rfs [sampler.t=T]")
-    if cfg.out:
-        from acsl_cli.pipeline.rundir import check_out_file
-
-        check_out_file(Path(cfg.out))
-    train, title = _train_annotations(cfg)
-    stats = dataset_stats(train, float(cfg.sampler.t))
-    print_stats(stats, title)
-    if cfg.out:
-        from acsl_cli.files import atomic_write_json
-        from acsl_cli.progress import console
-
-        atomic_write_json(Path(cfg.out), stats)
-        console.print(f"stats written to {cfg.out}")
-
-
-def _train_annotations(cfg: Any) -> tuple[dict, str]:
-    """The train annotations that ``data stats`` describes, and a title naming them:
-    ``ann=PATH``, else the dataset's train file (the embedded set is generated first)."""
-    from acsl_cli.data.annotations import read_annotations
-
-    if cfg.ann:
-        return read_annotations(cfg.ann), str(cfg.ann)
-    if cfg.dataset.get("kind") == "lvis":
-        return read_annotations(cfg.dataset.train_ann), str(cfg.dataset.train_ann)
-    from acsl_cli.pipeline.build import load_data
-
-    return load_data(cfg).train.data, f"dataset={cfg.dataset.name} (train)"
+    result = run_data_stats(overrides or [])
+    print_stats(result.stats, result.title)
+    if result.out:
+        console.print(f"stats written to {result.out}")
 
 
 @app.command(context_settings=EXTRA)
