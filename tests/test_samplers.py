@@ -30,7 +30,7 @@ from acsl_cli.engine.loaders import GroupedBatchSampler, loader_generators, trai
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.errors import DataError
 from tests.ddp_samplers import CATEGORIES as DDP_CATEGORIES
-from tests.test_engine import TINY, tiny  # noqa: F401 - tiny is a fixture
+from tests.test_engine import TINY
 
 # ---------------------------------------------------------------- repeat factors
 
