@@ -115,13 +115,27 @@ SCHEDULE = {
     "eval_max_images": integer(1, null=True),
 }
 SAMPLER = {"name": choice("random", "rfs", "class_aware"), "t": number(0, lo_open=True)}
-DATASET = {"min_size": integer(1), "max_size": integer(1), "kind": choice("synthetic", "lvis")}
+DATASET = {"min_size": integer(1), "max_size": integer(1),
+           "kind": choice("synthetic", "synthetic_lvis", "lvis")}
 SYNTHETIC = {
     "seed": integer(0),
     "num_classes": integer(2, 60),
     "image_size": integer(32, 1024),
     "max_images_per_class": integer(1, 100_000),
     "objects_per_image": integer(1, 20),
+    "val_instances_per_class": integer(1, 10_000),
+    "min_object_size": integer(4),
+    "max_object_size": integer(4),
+    "colour_jitter": integer(0, 255),
+    "distractors": integer(0, 20),
+}
+SYNTHETIC_LVIS = {
+    "seed": integer(0),
+    "num_classes": integer(10, 300),  # 6 shapes x 10 colours x 5 patterns
+    "image_size": integer(32, 1024),
+    "max_images_per_class": integer(101, 100_000),  # the frequent group needs > 100 images
+    "classes_per_image": integer(1, 20),
+    "max_instances_per_image": integer(1, 10),
     "val_instances_per_class": integer(1, 10_000),
     "min_object_size": integer(4),
     "max_object_size": integer(4),
@@ -167,9 +181,10 @@ def validate(cfg: DictConfig) -> None:
     integer(1)("schedule.stage2.epochs", cfg.schedule.stage2.epochs)
     _apply(cfg.get("sampler") or {}, "sampler.", SAMPLER)
     _apply(cfg.dataset, "dataset.", DATASET)
-    if cfg.dataset.get("kind") == "synthetic":
+    kind = cfg.dataset.get("kind")
+    if kind in ("synthetic", "synthetic_lvis"):
         d = cfg.dataset
-        _apply(d, "dataset.", SYNTHETIC)
+        _apply(d, "dataset.", SYNTHETIC if kind == "synthetic" else SYNTHETIC_LVIS)
         if not d.min_object_size <= d.max_object_size <= d.image_size:
             raise ConfigError(
                 f"dataset.min_object_size={d.min_object_size}, max_object_size="

@@ -22,9 +22,12 @@ from acsl_cli.data.lvis_dataset import (
     read_annotations,
 )
 from acsl_cli.data.synthetic import SyntheticSpec, ensure_generated
+from acsl_cli.data.synthetic_lvis import SyntheticLvisSpec
+from acsl_cli.data.synthetic_lvis import ensure_generated as ensure_generated_lvis
 from acsl_cli.errors import ConfigError
 
-DATASET_KINDS = ("synthetic", "lvis")
+DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis")
+GENERATED_KINDS = ("synthetic", "synthetic_lvis")  # embedded benchmarks, generated and cached
 
 
 @dataclass
@@ -52,6 +55,20 @@ def synthetic_spec(cfg: Any) -> SyntheticSpec:
     return SyntheticSpec(**{k: cfg[k] for k in fields if k in cfg})
 
 
+def synthetic_lvis_spec(cfg: Any) -> SyntheticLvisSpec:
+    fields = SyntheticLvisSpec.__dataclass_fields__
+    return SyntheticLvisSpec(**{k: cfg[k] for k in fields if k in cfg})
+
+
+def generated_folder(cfg: Any, data_root: Path,
+                     progress: Callable[[int, int], None] | None = None) -> Path:
+    """The cached folder of a generated (``GENERATED_KINDS``) dataset, generating it if
+    needed."""
+    if cfg.get("kind") == "synthetic_lvis":
+        return ensure_generated_lvis(synthetic_lvis_spec(cfg), Path(data_root), progress)
+    return ensure_generated(synthetic_spec(cfg), Path(data_root), progress)
+
+
 def build_datasets(
     cfg: Any, data_root: Path, progress: Callable[[int, int], None] | None = None
 ) -> DatasetBundle:
@@ -62,8 +79,8 @@ def build_datasets(
     a plain COCO-format val file cannot give groups from its own counts.
     """
     kind = cfg.get("kind")
-    if kind == "synthetic":
-        folder = ensure_generated(synthetic_spec(cfg), Path(data_root), progress)
+    if kind in GENERATED_KINDS:
+        folder = generated_folder(cfg, data_root, progress)
         train_ann, val_ann = folder / "train.json", folder / "val.json"
         train_root = val_root = folder
         cache = True

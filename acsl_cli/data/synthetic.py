@@ -90,7 +90,7 @@ def train_image_counts(spec: SyntheticSpec) -> list[int]:
     return [max(1, round(math.exp(top * (1 - r / (n - 1))))) for r in range(n)]
 
 
-def _pack(slots: list[int], per_image: int, rng: np.random.Generator) -> list[list[int]]:
+def pack(slots: list[int], per_image: int, rng: np.random.Generator) -> list[list[int]]:
     """Pack class slots into images, at most ``per_image`` and no class twice per image."""
     order = rng.permutation(len(slots))
     images: list[list[int]] = []
@@ -117,7 +117,7 @@ def _pack(slots: list[int], per_image: int, rng: np.random.Generator) -> list[li
     return [images[i] for i in rng.permutation(len(images))]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, ...], rgb, bg) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, ...], rgb, bg) -> None:
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     w, h = x1 - x0, y1 - y0
@@ -141,7 +141,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, ...], r
         raise ValueError(shape)
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
@@ -170,19 +170,19 @@ def _render(classes: list[int], spec: SyntheticSpec, rng: np.random.Generator, r
             x0 = float(rng.uniform(1, s - w - 1))
             y0 = float(rng.uniform(1, s - h - 1))
             box = (x0, y0, x0 + w, y0 + h)
-            if all(_iou(box, b) < 0.05 for _, b in placed):
+            if all(iou(box, b) < 0.05 for _, b in placed):
                 break
         else:
             continue  # image too crowded; drop this object (counts are recomputed)
         shape, colour = ranks_attr[rank]
         base = np.array(dict(COLOURS)[colour])
         rgb = np.clip(base + rng.integers(-spec.colour_jitter, spec.colour_jitter + 1, 3), 0, 255)
-        _draw_shape(draw, shape, box, tuple(int(v) for v in rgb), bg)
+        draw_shape(draw, shape, box, tuple(int(v) for v in rgb), bg)
         placed.append((rank, box))
     return img, placed
 
 
-def _split(
+def write_split(
     name: str,
     per_image: list[list[int]],
     spec: SyntheticSpec,
@@ -191,11 +191,17 @@ def _split(
     attrs: list[tuple[str, str]],
     first_image_id: int,
     tick: Callable[[], None],
+    render: Callable = _render,
 ) -> tuple[list[dict], list[dict]]:
+    """Render and save the images of one split; returns its image and annotation records.
+
+    ``render(classes, spec, rng, attrs)`` draws one image and returns it with its
+    ``[(rank, box)]``; ``spec`` needs ``image_size`` and ``num_classes``.
+    """
     (out / name).mkdir(parents=True, exist_ok=True)
     images, anns = [], []
     for i, classes in enumerate(per_image):
-        img, placed = _render(classes, spec, rng, attrs)
+        img, placed = render(classes, spec, rng, attrs)
         image_id = first_image_id + i
         file_name = f"{name}/{image_id:06d}.png"
         img.save(out / file_name, optimize=False, compress_level=1)
@@ -233,16 +239,14 @@ def generate(spec: SyntheticSpec, out: Path, progress: Callable[[int, int], None
     interrupted generation never leaves a half-written dataset that looks complete.
     """
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = partial_folder(out)
     rng = np.random.default_rng(spec.seed)
     attrs = [class_attributes(r) for r in range(spec.num_classes)]
     counts = train_image_counts(spec)
     train_slots = [r for r, n in enumerate(counts) for _ in range(n)]
-    train_images = _pack(train_slots, spec.objects_per_image, rng)
+    train_images = pack(train_slots, spec.objects_per_image, rng)
     val_slots = [r for r in range(spec.num_classes) for _ in range(spec.val_instances_per_class)]
-    val_images = _pack(val_slots, spec.objects_per_image, rng)
+    val_images = pack(val_slots, spec.objects_per_image, rng)
     total, done = len(train_images) + len(val_images), 0
 
     def tick() -> None:
@@ -251,17 +255,10 @@ def generate(spec: SyntheticSpec, out: Path, progress: Callable[[int, int], None
         if progress is not None:
             progress(done, total)
 
-    tr_imgs, tr_anns = _split("train", train_images, spec, rng, tmp, attrs, 1, tick)
-    va_imgs, va_anns = _split("val", val_images, spec, rng, tmp, attrs, 100_000, tick)
+    tr_imgs, tr_anns = write_split("train", train_images, spec, rng, tmp, attrs, 1, tick)
+    va_imgs, va_anns = write_split("val", val_images, spec, rng, tmp, attrs, 100_000, tick)
     # Category statistics come from what was actually placed in train.
-    img_count = np.zeros(spec.num_classes, dtype=int)
-    inst_count = np.zeros(spec.num_classes, dtype=int)
-    seen = set()
-    for a in tr_anns:
-        inst_count[a["category_id"] - 1] += 1
-        if (a["image_id"], a["category_id"]) not in seen:
-            seen.add((a["image_id"], a["category_id"]))
-            img_count[a["category_id"] - 1] += 1
+    img_count, inst_count = placed_counts(tr_anns, spec.num_classes)
     categories = [
         {
             "id": r + 1,
@@ -276,7 +273,35 @@ def generate(spec: SyntheticSpec, out: Path, progress: Callable[[int, int], None
         for r in range(spec.num_classes)
     ]
     info = {"description": "acsl synthetic long-tail benchmark", "spec": asdict(spec)}
-    for name, imgs, anns in (("train", tr_imgs, tr_anns), ("val", va_imgs, va_anns)):
+    return publish(tmp, out, info, categories, (tr_imgs, tr_anns), (va_imgs, va_anns))
+
+
+def partial_folder(out: Path) -> Path:
+    """A fresh, empty sibling of ``out`` to generate into (see ``publish``)."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def placed_counts(train_anns: list[dict], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train images and instances per class rank, from the annotations actually written."""
+    img_count = np.zeros(num_classes, dtype=int)
+    inst_count = np.zeros(num_classes, dtype=int)
+    seen = set()
+    for a in train_anns:
+        inst_count[a["category_id"] - 1] += 1
+        if (a["image_id"], a["category_id"]) not in seen:
+            seen.add((a["image_id"], a["category_id"]))
+            img_count[a["category_id"] - 1] += 1
+    return img_count, inst_count
+
+
+def publish(tmp: Path, out: Path, info: dict, categories: list[dict], train: tuple,
+            val: tuple) -> Path:
+    """Write ``train.json`` / ``val.json`` (each an (images, annotations) pair) into ``tmp``
+    and rename ``tmp`` to ``out``: a set is either complete or absent."""
+    for name, (imgs, anns) in (("train", train), ("val", val)):
         data = {"info": info, "categories": categories, "images": imgs, "annotations": anns}
         (tmp / f"{name}.json").write_text(json.dumps(data))
     shutil.rmtree(out, ignore_errors=True)

@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from acsl_cli.data.build import DatasetBundle, build_datasets, synthetic_spec
-from acsl_cli.data.synthetic import ensure_generated
+from acsl_cli.data.build import GENERATED_KINDS, DatasetBundle, build_datasets, generated_folder
 from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.loaders import train_loader
@@ -38,7 +37,7 @@ def load_data(cfg: DictConfig) -> DatasetBundle:
     processes wait, then reuse it); under torchrun rank 0 works while the others wait."""
     if not dist.is_main():
         dist.barrier()
-    generated = cfg.dataset.get("kind") == "synthetic"
+    generated = cfg.dataset.get("kind") in GENERATED_KINDS
     lock = FileLock(data_root(cfg) / "generate", on_wait=_waiting) if generated else None
     with lock or nullcontext(), progress_callback(
             "generating benchmark", cfg.progress and dist.is_main()) as tick:
@@ -48,7 +47,7 @@ def load_data(cfg: DictConfig) -> DatasetBundle:
             if not generated:
                 raise
             # a damaged cache entry (missing image, broken json) is rebuilt, not kept
-            folder = ensure_generated(synthetic_spec(cfg.dataset), data_root(cfg))
+            folder = generated_folder(cfg.dataset, data_root(cfg))
             CacheEntry(folder, ()).invalidate(" ".join(str(e).split()))
             data = build_datasets(cfg.dataset, data_root(cfg), tick)
     if dist.is_main():
