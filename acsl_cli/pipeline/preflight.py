@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from acsl_cli.data.build import GENERATED_KINDS
 from acsl_cli.engine.distributed import resolve_device
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.pipeline.rundir import (
@@ -32,7 +33,7 @@ MARGIN = 1.25
 def checkpoint_bytes(cfg: DictConfig) -> int:
     """Estimated size of one detector checkpoint of this config."""
     d = cfg.dataset
-    classes = d.num_classes if d.get("kind") == "synthetic" else 1231
+    classes = d.num_classes if d.get("kind") in GENERATED_KINDS else 1231
     params = BACKBONE_PARAMS.get(cfg.backbone.name, 60.1e6)
     params += (classes + 1) * 5 * cfg.backbone.representation_size
     return int(params * BYTES_PER_PARAM)

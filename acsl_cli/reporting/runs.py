@@ -254,7 +254,7 @@ def train_annotation_file(run: Run) -> Path:
     roots = [run.path.parent.parent]
     if run.config.get("output_root"):
         roots.append(Path(str(run.config["output_root"])))
-    if dataset.get("kind") == "synthetic":
+    if dataset.get("kind") in ("synthetic", "synthetic_lvis"):
         found = _synthetic_train(dataset, roots)
     else:
         ann = Path(str(dataset.get("train_ann", "")))
@@ -271,18 +271,21 @@ def _synthetic_train(dataset: Mapping[str, Any], roots: Sequence[Path]) -> Path 
     """The generated set's folder is named by its spec's hash; if the spec cannot be
     rebuilt (an older version), the one generated set with the same classes is taken."""
     from acsl_cli.data.synthetic import SyntheticSpec
+    from acsl_cli.data.synthetic_lvis import SyntheticLvisSpec
 
-    fields = SyntheticSpec.__dataclass_fields__
+    kind = str(dataset.get("kind"))
+    spec = SyntheticLvisSpec if kind == "synthetic_lvis" else SyntheticSpec
+    fields = spec.__dataclass_fields__
     try:
-        key = SyntheticSpec(**{k: dataset[k] for k in fields if k in dataset}).key()
+        key = spec(**{k: dataset[k] for k in fields if k in dataset}).key()
     except TypeError:
         key = None
     for root in roots:
-        exact = root / "cache" / "data" / f"synthetic-{key}" / "train.json"
+        exact = root / "cache" / "data" / f"{kind}-{key}" / "train.json"
         if key and exact.is_file():
             return exact
     for root in roots:
-        candidates = sorted((root / "cache" / "data").glob("synthetic-*/train.json"))
+        candidates = sorted((root / "cache" / "data").glob(f"{kind}-*/train.json"))
         matching = [p for p in candidates if _num_categories(p) == dataset.get("num_classes")]
         if len(matching) == 1:
             return matching[0]
