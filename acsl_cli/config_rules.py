@@ -106,6 +106,7 @@ STAGE = {
     "warmup_ratio": number(0, 1, lo_open=True),
     "steps": list_of(number(0, 1, lo_open=True, hi_open=True)),
     "grad_clip": number(0),
+    "rois_per_image": integer(1, null=True),  # stage 2 only
 }
 SCHEDULE = {
     "batch_size": integer(1),

@@ -151,3 +151,33 @@ def test_the_cached_stage1_row_is_scored_canonically(tmp_path):
     assert cached[0]["metrics"] == cached[1]["metrics"]
     assert cached[0]["per_category"] == cached[1]["per_category"]
     assert flipped.metrics[STAGE1_ROW] != plain.metrics[STAGE1_ROW]
+
+
+def test_stage2_rois_per_image_sets_how_many_rois_stage2_samples(smoke):
+    """``schedule.stage2.rois_per_image`` (paper: 512) changes stage 2's RoI sample only."""
+    from acsl_cli import config as config_mod
+    from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss
+    from acsl_cli.pipeline.evaluate import test_trunk
+
+    root, res = smoke
+    counts = {}
+    for n in ("null", "4", "512"):
+        cfg = config_mod.load_config([*TINY, f"output_root={root}",
+                                      f"schedule.stage2.rois_per_image={n}"])
+        data = load_data(cfg)
+        loss = make_loss(OmegaConf.create({"name": "softmax_ce"}), loss_context(data, 0))
+        model = build_model(cfg, data, loss)
+        model.load_state_dict(load_checkpoint(res.stage1_dir / "checkpoint.pt")["model"])
+        trunk = test_trunk(cfg, model)
+        batch = [data.train[i] for i in range(2)]
+        torch.manual_seed(0)
+        feats, labels = trunk.sampled_rois([b[0] for b in batch], [b[1] for b in batch])
+        assert feats.shape[0] == labels.shape[0]
+        counts[n] = labels.shape[0]
+        # the detector's own sampler is left as stage 1 trained it
+        assert model.roi_heads.fg_bg_sampler.batch_size_per_image == \
+            cfg.backbone.roi_batch_size_per_image
+    per_image = config_mod.load_config(TINY).backbone.roi_batch_size_per_image
+    assert counts["4"] == 8  # 4 per image, 2 images
+    assert counts["null"] == min(counts["512"], 2 * per_image)
+    assert counts["512"] > counts["null"]  # all proposals, capped by what the RPN gives

@@ -28,10 +28,14 @@ class FrozenTrunk:
     """A Faster R-CNN whose parameters and BatchNorm statistics stay fixed."""
 
     def __init__(self, detector: FasterRCNN, scales: Sequence[int] | None = None,
-                 flip: bool = False, max_detections: int | None = None) -> None:
+                 flip: bool = False, max_detections: int | None = None,
+                 rois_per_image: int | None = None) -> None:
         self.detector = detector
         self.scales, self.flip = list(scales or []), bool(flip)
         self.max_detections = max_detections or detector.roi_heads.detections_per_img
+        # stage 2 may sample more RoIs per image than stage 1 did (the paper: 512)
+        sampler = detector.roi_heads.fg_bg_sampler
+        self.rois_per_image = rois_per_image or sampler.batch_size_per_image
         freeze(detector)
 
     @property
@@ -46,6 +50,8 @@ class FrozenTrunk:
         the authors' stage 2; its losses are computed and discarded.
         """
         d = self.detector
+        sampler = d.roi_heads.fg_bg_sampler
+        kept, sampler.batch_size_per_image = sampler.batch_size_per_image, self.rois_per_image
         d.rpn.train()
         try:
             images_t, targets_t = d.transform(images, targets)
@@ -55,6 +61,7 @@ class FrozenTrunk:
             feats = d.roi_heads.box_features(features, proposals, images_t.image_sizes)
         finally:
             d.rpn.eval()
+            sampler.batch_size_per_image = kept
         return feats, torch.cat(labels)
 
     @torch.no_grad()

@@ -54,10 +54,12 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
 
 
 def test_trunk(cfg: DictConfig, model) -> FrozenTrunk:
-    """The frozen detector with the config's test-time variants (scales, flip)."""
+    """The frozen detector with the config's test-time variants (scales, flip) and stage-2
+    RoI sampling."""
     test = cfg.get("test") or {}
     return FrozenTrunk(model, test.get("scales"), bool(test.get("flip", False)),
-                       int(test.get("max_detections", 300)))
+                       int(test.get("max_detections", 300)),
+                       cfg.schedule.stage2.get("rois_per_image"))
 
 
 def multi_variant_test(cfg: DictConfig) -> bool:

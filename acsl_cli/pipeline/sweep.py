@@ -52,6 +52,14 @@ def mean_std(runs: list[dict[str, dict[str, float]]]
     return mean, std
 
 
+def _set_values(node: object) -> object:
+    """``node`` without null entries: an option added later with a null default must not
+    make the runs saved before it look different."""
+    if isinstance(node, dict):
+        return {k: _set_values(v) for k, v in node.items() if v is not None}
+    return node
+
+
 def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
     """The saved result of a sweep's run, if ``folder`` holds one made from this plan."""
     if not (folder / "metrics.json").is_file():
@@ -65,8 +73,8 @@ def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
     want = {h.id: OmegaConf.to_container(h.cfg.loss, resolve=True) for h in plan.heads}
     have = {k: v.get("loss") for k, v in OmegaConf.to_container(saved.get("heads") or {}
                                                                 ).items()}
-    same = all(OmegaConf.to_container(saved.get(k) or {}, resolve=True)
-               == OmegaConf.to_container(plan.cfg[k], resolve=True)
+    same = all(_set_values(OmegaConf.to_container(saved.get(k) or {}, resolve=True))
+               == _set_values(OmegaConf.to_container(plan.cfg[k], resolve=True))
                for k in ("dataset", "backbone", "schedule"))
     if have != want or saved.get("seed") != plan.cfg.seed or not same:
         raise ConfigError(f"{folder} exists but was made with other settings; use another "
