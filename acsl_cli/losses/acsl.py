@@ -35,6 +35,10 @@ the whole matrix avoids every host synchronisation in adaptive mode, and officia
 syncs once, to count the background rows that the CPU draws need. The two agree to float
 rounding (the order of the sum differs); W and the gradient are the same.
 Half-precision logits are upcast to float32 first.
+
+Under a class hierarchy (``use_hierarchy``, Open Images) a RoI has several target columns,
+its class and every ancestor; W is 1 on all of them, and a plain autograd form computes
+the same loss (it equals the fused one exactly when no class has an ancestor, tested).
 """
 
 from __future__ import annotations
@@ -162,6 +166,7 @@ class ACSL(ClassificationLoss):
 
     needs: ClassVar[tuple[str, ...]] = ("frequencies",)
     seeded: ClassVar[bool] = True
+    multi_label: ClassVar[bool] = True
     #: None: the sync-free dense form off CPU, the gathered form on CPU; a bool forces one.
     dense: bool | None = None
 
@@ -213,12 +218,30 @@ class ACSL(ClassificationLoss):
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
         dense = logits.device.type != "cpu" if self.dense is None else self.dense
+        dense = dense or self.expansion is not None  # the multi-label path is dense
         background: tuple[Tensor, Any] | None = None
         if self.bg_mode == "official":
             background = self._dense_background(labels) if dense else \
                 self._sparse_background(labels)
         threshold = _below(self.xi, logits.dtype)
+        if self.expansion is not None:
+            return self._multi_label(logits, labels, threshold, background)
         return _ACSLFunction.apply(logits, labels, threshold, background, dense)
+
+    def _multi_label(self, logits: Tensor, labels: Tensor, threshold: float,
+                     background: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Eq. 5-7 with several target columns (a class and its ancestors, Open Images):
+        W = 1 on every target column and wherever p >= xi; plain autograd, since the fused
+        function above assumes one target per row. Background rows as in ``forward``."""
+        target = self.targets(labels, logits.shape[1], torch.bool)
+        with torch.no_grad():
+            weight = target | (torch.sigmoid(logits) > threshold)
+            if background is not None:
+                is_bg, keep = background
+                weight = torch.where(is_bg[:, None], keep | target, weight)
+        loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype),
+                                                  weight.to(logits.dtype), reduction="sum")
+        return loss / logits.shape[0]
 
     def _sparse_background(self, labels: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Background rows and the (rows, columns) blocks where their W is 1 (CPU form)."""

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from acsl_cli.errors import ConfigError
+from acsl_cli.losses.common import one_hot_targets
 
 #: Dataset statistics a loss may ask for, all indexed by foreground label - 1 (length C).
 STAT_NAMES = ("frequencies", "image_counts", "instance_counts", "num_images")
@@ -34,6 +35,9 @@ class LossContext:
     image_counts: tuple[int, ...] | None = None
     instance_counts: tuple[int, ...] | None = None
     num_images: int | None = None
+    #: Per class (index label - 1) the labels of its ancestors in a class hierarchy (Open
+    #: Images); multi-label losses then train every ancestor of a RoI's class as positive.
+    ancestors: tuple[tuple[int, ...], ...] | None = None
 
     def kwargs_for(self, cls: type[ClassificationLoss]) -> dict[str, Any]:
         """Constructor arguments ``cls`` takes from the context."""
@@ -58,6 +62,9 @@ class ClassificationLoss(nn.Module):
     needs: ClassVar[tuple[str, ...]] = ()
     #: Whether the loss makes random draws (it then takes ``seed`` and owns a generator).
     seeded: ClassVar[bool] = False
+    #: Whether a RoI may have several positive columns (sigmoid losses): only such a loss
+    #: trains a hierarchy's ancestors of the RoI's class as positives (``use_hierarchy``).
+    multi_label: ClassVar[bool] = False
 
     def __init__(self, num_classes: int | None = None, seed: int | None = None,
                  required: Sequence[str] | None = None, **stats: Any) -> None:
@@ -74,6 +81,36 @@ class ClassificationLoss(nn.Module):
             self.seed = int(seed or 0)
             self.generator = torch.Generator(device="cpu")
             self.generator.manual_seed(self.seed)
+        self.expansion: Tensor | None
+        self.register_buffer("expansion", None, persistent=False)
+
+    def use_hierarchy(self, ancestors: Sequence[Sequence[int]]) -> None:
+        """Train every ancestor of a RoI's class as positive too (``ancestors[label - 1]``).
+
+        Builds the (C + 1, C + 1) target table whose row ``label`` has ones at the label and
+        its ancestors; row 0 (background) is one-hot.
+        """
+        if not self.multi_label:
+            raise ConfigError(f"loss '{self.name}' gives a RoI one class; it cannot train a "
+                              "class hierarchy's ancestors as positives")
+        C = len(ancestors)
+        if self.num_classes is not None and C != self.num_classes:
+            raise ConfigError(f"loss '{self.name}': the hierarchy has {C} classes, the loss "
+                              f"{self.num_classes}")
+        table = torch.eye(C + 1, dtype=torch.bool)
+        for label, parents in enumerate(ancestors, start=1):
+            for parent in parents:
+                if not 1 <= parent <= C or parent == label:
+                    raise ConfigError(f"loss '{self.name}': class {label} has ancestor "
+                                      f"{parent}, not a class 1..{C} other than itself")
+                table[label, parent] = True
+        self.register_buffer("expansion", table, persistent=False)
+
+    def targets(self, labels: Tensor, num_columns: int, dtype: torch.dtype) -> Tensor:
+        """(N, num_columns) 0/1 targets: one-hot, or the label and its ancestors."""
+        if self.expansion is None:
+            return one_hot_targets(labels, num_columns, dtype)
+        return self.expansion.to(labels.device)[labels].to(dtype)
 
     def num_outputs(self, num_classes: int) -> int:
         """Width of the classifier layer for ``num_classes`` foreground classes."""

@@ -6,11 +6,13 @@ LVIS size. No host synchronisation in ``forward``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import check_width, one_hot_targets, sigmoid_scores, upcast
+from acsl_cli.losses.common import check_width, sigmoid_scores, upcast
 from acsl_cli.losses.registry import register_loss
 
 
@@ -20,6 +22,8 @@ class SigmoidBCE(ClassificationLoss):
 
     ``bg_factor`` only changes ``scores``: sigmoid(z_j) * (1 - sigmoid(z_bg)).
     """
+
+    multi_label: ClassVar[bool] = True
 
     def __init__(self, num_classes: int | None = None, bg_factor: bool = False) -> None:
         super().__init__(num_classes)
@@ -31,7 +35,7 @@ class SigmoidBCE(ClassificationLoss):
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         check_labels(logits, labels, self._columns(logits))
         logits = upcast(logits)
-        target = one_hot_targets(labels, logits.shape[1], logits.dtype)
+        target = self.targets(labels, logits.shape[1], logits.dtype)
         loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
         return loss / logits.shape[0]
 

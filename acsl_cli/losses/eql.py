@@ -29,7 +29,6 @@ from acsl_cli.losses.base import ClassificationLoss, check_labels
 from acsl_cli.losses.common import (
     check_width,
     counts_tensor,
-    one_hot_targets,
     sigmoid_scores,
     upcast,
 )
@@ -41,6 +40,7 @@ class EqualizationLoss(ClassificationLoss):
     """EQL; ``lambda_`` is 0.00177 for LVIS v0.5 and 0.0011 for LVIS v1."""
 
     needs: ClassVar[tuple[str, ...]] = ("image_counts", "num_images")
+    multi_label: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -63,10 +63,13 @@ class EqualizationLoss(ClassificationLoss):
         self.register_buffer("tail", tail, persistent=False)
 
     def weights(self, labels: Tensor) -> Tensor:
-        """(N, C + 1) float weights w_ij; exposed so tests can check them directly."""
+        """(N, C + 1) float weights w_ij; exposed so tests can check them directly.
+
+        A target column (the class, and its ancestors under a hierarchy) is always kept.
+        """
         tail = self.tail.to(labels.device)
         suppressed = (labels > 0)[:, None] & tail[None, :]
-        suppressed[torch.arange(labels.shape[0], device=labels.device), labels] = False
+        suppressed &= self.targets(labels, suppressed.shape[1], torch.float32) == 0
         return (~suppressed).float()
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -75,7 +78,7 @@ class EqualizationLoss(ClassificationLoss):
         logits = upcast(logits)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0
-        target = one_hot_targets(labels, logits.shape[1], logits.dtype)
+        target = self.targets(labels, logits.shape[1], logits.dtype)
         weight = self.weights(labels).to(logits.dtype)
         loss = F.binary_cross_entropy_with_logits(logits, target, weight, reduction="sum")
         return loss / logits.shape[0]

@@ -40,6 +40,8 @@ release multiplies by ``1 - sigmoid(z_bg)``, which is ``bg_factor=true`` here.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -47,7 +49,7 @@ from torch import Tensor
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import check_width, one_hot_targets, sigmoid_scores
+from acsl_cli.losses.common import check_width, sigmoid_scores
 from acsl_cli.losses.registry import register_loss
 
 RATIO_EPS = 1e-10  # the release's guard in pos / (neg + eps)
@@ -66,6 +68,8 @@ class EqualizationLossV2(ClassificationLoss):
 
     Needs no dataset statistic, only ``num_classes`` (the accumulators are per class).
     """
+
+    multi_label: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -104,7 +108,7 @@ class EqualizationLossV2(ClassificationLoss):
         check_labels(logits, labels, self.num_classes + 1)
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
-        target = one_hot_targets(labels, logits.shape[1], logits.dtype)
+        target = self.targets(labels, logits.shape[1], logits.dtype)
         pos_w, neg_w = (w.to(logits.device, logits.dtype) for w in self.column_weights())
         weight = target * pos_w + (1.0 - target) * neg_w
         loss = F.binary_cross_entropy_with_logits(logits, target, weight, reduction="sum")

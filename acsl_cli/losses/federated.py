@@ -46,6 +46,7 @@ class FederatedLoss(ClassificationLoss):
 
     needs: ClassVar[tuple[str, ...]] = ("image_counts",)
     seeded: ClassVar[bool] = True
+    multi_label: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -76,6 +77,10 @@ class FederatedLoss(ClassificationLoss):
         assert self.num_classes is not None
         present = torch.unique(labels.detach().cpu())
         present = present[present > 0]
+        if self.expansion is not None:  # a present class's ancestors are present too
+            rows = self.expansion.cpu()[present]
+            present = rows.any(0).nonzero().squeeze(1)
+            present = present[present > 0]
         if self.num_classes <= self.num_sample_classes:
             return torch.arange(1, self.num_classes + 1)
         n_extra = self.num_sample_classes - present.numel()
@@ -94,7 +99,10 @@ class FederatedLoss(ClassificationLoss):
             return upcast(logits).sum() * 0.0
         selected = self.select_classes(labels).to(logits.device, non_blocking=True)
         z = upcast(logits.index_select(1, selected))
-        target = (labels[:, None] == selected[None, :]).to(z.dtype)
+        if self.expansion is None:
+            target = (labels[:, None] == selected[None, :]).to(z.dtype)
+        else:  # the label and its ancestors
+            target = self.expansion.to(z.device)[labels][:, selected].to(z.dtype)
         loss = F.binary_cross_entropy_with_logits(z, target, reduction="sum")
         return loss / logits.shape[0]
 

@@ -41,7 +41,8 @@ def build_loss(name: str, context: LossContext | None = None, **params: Any
     """Build the loss registered as ``name`` with keyword ``params``.
 
     With a ``context``, the loss also gets the number of classes, the statistics it
-    declares in ``needs`` and the seed if it is ``seeded`` (explicit ``params`` win).
+    declares in ``needs`` and the seed if it is ``seeded`` (explicit ``params`` win); a
+    ``multi_label`` loss also trains the context's class hierarchy (``ancestors``).
     Unknown parameters are an error rather than silently ignored, so a typo in a
     config never changes an experiment without notice.
     """
@@ -52,4 +53,7 @@ def build_loss(name: str, context: LossContext | None = None, **params: Any
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ConfigError(f"loss '{name}' has no parameter(s) {', '.join(unknown)}")
-    return cls(**params)
+    loss = cls(**params)
+    if context is not None and context.ancestors is not None and cls.multi_label:
+        loss.use_hierarchy(context.ancestors)
+    return loss
