@@ -17,6 +17,7 @@ from acsl_cli.data import openimages, openimages_csv
 from acsl_cli.data.hierarchy import hierarchy_from_parents, read_hierarchy
 from acsl_cli.data.openimages import OpenImagesDetection, OpenImagesFiles, load_openimages
 from acsl_cli.errors import DataError
+from acsl_cli.files import tmp_name
 
 # Animal(1) > Bird(2) > Duck(4); Animal > Cat(3); Toy(5) > Duck: Duck has two parents.
 CLASSES = [("/m/a", "Animal"), ("/m/b", "Bird"), ("/m/c", "Cat"), ("/m/d", "Duck"),
@@ -252,6 +253,10 @@ def test_chunked_parsing_and_blank_lines(tmp_path: Path, monkeypatch) -> None:
 
 def test_cache_reused_rebuilt_on_change_and_damage(tmp_path: Path, monkeypatch, caplog) -> None:
     kw = make_set(tmp_path)
+    stale = tmp_name(kw["cache_dir"] / "openimages-train-0.npz").name.split("-")
+    stale[-2] = "999999999"  # the temp file of a dead process, left by a kill mid-write
+    kw["cache_dir"].mkdir()
+    (kw["cache_dir"] / "-".join(stale)).write_bytes(b"partial")
     first = arrays(load_openimages(**kw).train)
     caches = sorted(kw["cache_dir"].glob("*.npz"))
     assert len(caches) == 2 and not list(kw["cache_dir"].glob(".*"))
@@ -283,15 +288,19 @@ def test_cache_reused_rebuilt_on_change_and_damage(tmp_path: Path, monkeypatch, 
 
 def test_check_images_false_needs_no_images(tmp_path: Path) -> None:
     kw = make_set(tmp_path, images={})
-    s = load_openimages(**kw, check_images=False).train
+    calls: list[tuple[int, int]] = []
+    s = load_openimages(**kw, progress=lambda done, total: calls.append((done, total)),
+                        check_images=False).train
     assert s.widths.tolist() == [0, 0, 0] and s.image_files.tolist()[0] == "img1.jpg"
+    total = kw["train"].boxes_csv.stat().st_size + kw["train"].labels_csv.stat().st_size
+    assert calls[-1] == (total, total)  # CSV bytes read, then done
 
 
 def test_dataset_items_in_pixels(tmp_path: Path) -> None:
     kw = make_set(tmp_path)
     s = load_openimages(**kw).train
     ds = OpenImagesDetection(s, kw["train"].image_dir, "train", cache_images=True)
-    assert len(ds) == 3
+    assert len(ds) == 3 and ds.image_categories() == s.image_categories()
     image, target = ds[0]
     assert image.shape == (3, 30, 40) and image.dtype == torch.float32
     assert 0 <= float(image.min()) and float(image.max()) <= 1

@@ -38,6 +38,7 @@ from acsl_cli.data.openimages_csv import (
 )
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name
+from acsl_cli.pipeline.rundir import clean_stale
 
 if TYPE_CHECKING:
     from acsl_cli.evaluation.openimages_metric import OpenImagesGT
@@ -110,9 +111,18 @@ class OpenImagesSplit:
         return np.repeat(np.arange(self.num_images, dtype=np.int64), np.diff(self.box_offsets))
 
     def image_categories(self) -> list[frozenset[int]]:
-        """Labels with a box, per image: what the samplers draw from."""
-        labels, off = self.box_labels.tolist(), self.box_offsets.tolist()
-        return [frozenset(labels[a:b]) for a, b in zip(off[:-1], off[1:], strict=True)]
+        """Labels with a box, per image: what the samplers draw from. Built in blocks with
+        shared int objects, and equal sets shared, to bound the memory of 1.7 M sets."""
+        pool = list(range(int(self.box_labels.max(initial=0)) + 1))
+        shared: dict[frozenset[int], frozenset[int]] = {}
+        out: list[frozenset[int]] = []
+        for start in range(0, self.num_images, 65536):
+            off = self.box_offsets[start:start + 65537].tolist()
+            labels = list(map(pool.__getitem__, self.box_labels[off[0]:off[-1]].tolist()))
+            for a, b in zip(off[:-1], off[1:], strict=True):
+                cats = frozenset(labels[a - off[0]:b - off[0]])
+                out.append(shared.setdefault(cats, cats))
+        return out
 
     def image_counts(self, num_classes: int,
                      ancestors: Sequence[tuple[int, ...]] | None = None) -> np.ndarray:
@@ -261,7 +271,9 @@ def _read_cache(path: Path, key: str) -> OpenImagesSplit | None:
 
 
 def _write_cache(path: Path, key: str, split: OpenImagesSplit) -> None:
-    """Atomic (temp file + rename); a cache that cannot be written only costs a re-parse."""
+    """Atomic (temp file + rename); a cache that cannot be written only costs a re-parse.
+    Temp files of processes killed mid-write (hundreds of MB at full size) are removed."""
+    clean_stale(path.parent)
     tmp = tmp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,6 +377,9 @@ class OpenImagesDetection(Dataset):
 
     def __len__(self) -> int:
         return self.split.num_images
+
+    def image_categories(self) -> list[frozenset[int]]:
+        return self.split.image_categories()
 
     def image_path(self, i: int) -> Path:
         return self.image_dir / self.split.image_file(i)

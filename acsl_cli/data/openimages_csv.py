@@ -3,16 +3,16 @@
 The full train boxes CSV has 14.6 M rows, so nothing here keeps a Python object per box:
 rows go through the csv module, are collected in chunks of ``CHUNK`` tuples of strings,
 checked and converted column-wise with numpy, and appended to ``array`` buffers. Held per
-box while parsing: 4 float32 coordinates, an int32 label, an int32 image index, a bool
-(21 bytes + 4); per image one dict entry ImageID -> index and its first (file, row).
-Columns are found by header name (releases differ in which ones they have and in order).
-Errors are one line naming the file and the 1-based data row (the header is row 0).
+box while parsing: 4 float32 coordinates, an int32 label, an int32 image index and a bool
+(25 bytes; 21 once the image index becomes CSR offsets); per image a dict entry ImageID ->
+index (~140 bytes) and where it is first listed. Columns are found by header name
+(releases differ in which ones they have and in order). Errors are one line naming the
+file and the data row: row N is line N + 1 of the file (the header is row 0).
 """
 
 from __future__ import annotations
 
 import csv
-import logging
 import operator
 from array import array
 from collections.abc import Callable, Mapping, Sequence
@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from acsl_cli.errors import DataError
-
-log = logging.getLogger("acsl")
 
 CHUNK = 65536  # rows converted at once: numpy speed, bounded memory
 BOX_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
@@ -149,6 +147,8 @@ def _stream(path: Path, required: Sequence[str], optional: Sequence[str],
                         on_bytes(f.buffer.tell())
             if chunk:
                 flush(chunk, rows, len(present))
+            if on_bytes is not None:
+                on_bytes(f.buffer.tell())
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
