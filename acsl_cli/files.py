@@ -3,7 +3,7 @@
 Every write goes to a temp name unique to this process in the target's folder, then is
 renamed into place: a reader sees the old file or the new one, never half of one. Temp
 names carry host and pid, so a later process can tell those of dead processes and remove
-them (``pipeline.rundir.clean_stale``). JSON is strict: undefined numbers become null.
+them (``locks.clean_stale``). JSON is strict: undefined numbers become null.
 """
 
 from __future__ import annotations

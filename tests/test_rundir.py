@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from acsl_cli import locks
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.pipeline import rundir
 from acsl_cli.pipeline.rundir import (
@@ -246,12 +247,12 @@ def test_failed_renames_fall_back_to_a_visible_name_then_keep_the_partial(tmp_pa
 
 
 def test_rename_noreplace_without_renameat2(tmp_path, monkeypatch):
-    monkeypatch.setattr(rundir, "_libc", object())
+    monkeypatch.setattr(locks, "_libc", object())
     (tmp_path / "a").mkdir()
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError):
-        rundir.rename_noreplace(tmp_path / "a", tmp_path / "taken")
-    rundir.rename_noreplace(tmp_path / "a", tmp_path / "b")
+        locks.rename_noreplace(tmp_path / "a", tmp_path / "taken")
+    locks.rename_noreplace(tmp_path / "a", tmp_path / "b")
     assert (tmp_path / "b").is_dir() and not (tmp_path / "a").exists()
 
 
@@ -320,7 +321,7 @@ def test_cache_entry_is_complete_published_or_rebuilt(tmp_path, caplog):
     atomic_write_bytes(tmp / "metrics.json", b"{}")
     entry.publish(tmp)
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "metrics.json"]
-    dead = folder.parent / f".key.{rundir._host()}-{dead_pid()}-abcdef.tmp"
+    dead = folder.parent / f".key.{locks._host()}-{dead_pid()}-abcdef.tmp"
     dead.mkdir()  # a killed builder's temp folder
     assert entry.complete() and not dead.exists()
 

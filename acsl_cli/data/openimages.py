@@ -38,7 +38,7 @@ from acsl_cli.data.openimages_csv import (
 )
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name
-from acsl_cli.pipeline.rundir import clean_stale
+from acsl_cli.locks import clean_stale
 
 if TYPE_CHECKING:
     from acsl_cli.evaluation.openimages_metric import OpenImagesGT

@@ -48,7 +48,8 @@ from PIL import Image, ImageDraw
 from acsl_cli.data import synthetic as syn
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.data.synthetic import COLOURS, SHAPES, class_attributes
-from acsl_cli.pipeline.rundir import CacheEntry, FileLock, tmp_name
+from acsl_cli.files import tmp_name
+from acsl_cli.locks import CacheEntry, FileLock
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 ROOT = "/m/0bl9f"  # Open Images' root "Entity": the top node, never a class

@@ -1,0 +1,182 @@
+"""Primitives for folders shared by concurrent ``acsl`` processes, any of which may be
+killed at any moment (Linux: ``fcntl.flock``, ``renameat2``). Below ``data`` and
+``pipeline`` alike, so that a dataset cache and a run folder follow the same rules.
+
+- ``FileLock``: the kernel drops the lock when its holder dies, even by SIGKILL.
+- ``CacheEntry``: a cache folder that is complete or absent, and rebuilt when corrupt.
+- ``clean_stale``: temp names carry host and pid, so only dead processes' are removed.
+- ``rename_noreplace``: publish a folder without ever replacing another.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import re
+import shutil
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from acsl_cli.errors import DataError
+from acsl_cli.files import tmp_name
+
+log = logging.getLogger("acsl")
+# ``.<name>.<host>-<pid>-<hex>.<tmp|partial>`` as made by ``tmp_name``; host has no . or -
+_STALE = re.compile(r"^\..+\.(?P<host>[^.-]+)-(?P<pid>\d+)-[0-9a-f]+\.(tmp|partial)$")
+
+
+def _host() -> str:
+    """This host as ``tmp_name`` writes it (a test checks that the two agree)."""
+    return socket.gethostname().replace(".", "_").replace("-", "_") or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # PermissionError: alive, owned by another user
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder; a concurrent remover may get there first."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def clean_stale(folder: Path) -> list[Path]:
+    """Remove temp files and partial folders of dead processes of this host in ``folder``
+    (not recursive): a killed process cannot clean up after itself."""
+    folder, host, removed = Path(folder), _host(), []
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        m = _STALE.match(entry.name)
+        if not m or m["host"] != host or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+            continue
+        _remove(entry)
+        if not os.path.lexists(entry):
+            removed.append(entry)
+    if removed:
+        log.info("removed %d leftover(s) of dead processes in %s", len(removed), folder)
+    return removed
+
+
+class FileLock:
+    """Exclusive ``flock`` on ``<path>.lock``: one process builds a shared thing, the
+    others wait. The kernel releases it when the holder dies, even by SIGKILL, so a lock
+    is never stuck; the lock file itself stays (deleting it would race)."""
+
+    def __init__(self, path: Path, on_wait: Callable[[str], None] | None = None) -> None:
+        self.target = Path(path)
+        self.path = self.target.with_name(self.target.name + ".lock")
+        self.on_wait = on_wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if self.on_wait is not None:
+                    self.on_wait(f"waiting for {self.target} ({self._owner(fd)})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {_host()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)  # before unlocking: the next owner writes its own pid
+            finally:
+                os.close(fd)  # releases the flock
+
+    @staticmethod
+    def _owner(fd: int) -> str:
+        """``locked by pid N`` from the lock file (best effort: it may be mid-rewrite)."""
+        words = os.pread(fd, 200, 0).decode(errors="replace").split() + ["", ""]
+        on = f" on {words[1]}" if words[1] not in ("", _host()) else ""
+        return f"locked by pid {words[0] or '?'}{on}"
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename folder ``src`` to ``dst`` atomically unless ``dst`` exists (then
+    ``FileExistsError``): plain ``rename`` silently replaces an empty folder at ``dst``."""
+    fn = getattr(_libc, "renameat2", None)
+    if fn is not None:
+        if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: flag unsupported; fall back
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    os.mkdir(dst)  # claim the name (FileExistsError if taken), then replace the empty claim
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rmdir(dst)
+        raise
+
+
+class CacheEntry:
+    """A cache folder that is complete or absent: built in a temp folder, published by one
+    rename, moved aside and rebuilt when found corrupt. Hold a ``FileLock`` on ``folder``
+    while checking, building and publishing."""
+
+    def __init__(self, folder: Path, required: Sequence[str]) -> None:
+        self.folder = Path(folder)
+        self.required = tuple(required)
+
+    def _missing(self, folder: Path) -> list[str]:
+        return [f for f in self.required
+                if not (folder / f).is_file() or (folder / f).stat().st_size == 0]
+
+    def complete(self) -> bool:
+        """All required files present and non-empty (dead builders' temp folders beside
+        it are removed on the way)."""
+        clean_stale(self.folder.parent)
+        return self.folder.is_dir() and not self._missing(self.folder)
+
+    def invalidate(self, reason: str) -> None:
+        """Report the entry in one line and remove it, so that it is rebuilt."""
+        log.warning("cache entry %s is corrupt (%s): rebuilding", self.folder, reason)
+        self._discard()
+
+    def publish(self, tmp_folder: Path) -> Path:
+        """Rename a fully written ``tmp_folder`` into place, replacing what was there."""
+        tmp_folder = Path(tmp_folder)
+        missing = self._missing(tmp_folder)
+        if missing:
+            raise DataError(f"{tmp_folder / missing[0]}: missing or empty, not publishing")
+        self._discard()
+        os.rename(tmp_folder, self.folder)
+        return self.folder
+
+    def _discard(self) -> None:
+        """Rename aside first: if killed while deleting, ``clean_stale`` finishes the job."""
+        if not os.path.lexists(self.folder):
+            return
+        aside = tmp_name(self.folder)
+        os.rename(self.folder, aside)
+        _remove(aside)
