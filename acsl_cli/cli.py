@@ -109,7 +109,7 @@ def train(overrides: list[str] = OVERRIDES) -> None:
     result = run_train(overrides or [])
     if not is_main():
         return
-    _print_table(result.metrics, "LVIS bbox metrics (%)", result.groups_note)
+    _print_table(result.metrics, "bbox metrics (%)", result.groups_note)
     s1 = "reused" if result.stage1_reused else "trained"
     console.print(f"stage 1 {s1}: {result.stage1_dir}")
     console.print(f"run directory: {result.run_dir}  ({result.seconds:.0f} s)")
@@ -139,7 +139,9 @@ def eval_(overrides: list[str] = OVERRIDES) -> None:
     """Evaluate ckpt=PATH (with the config saved beside it) or dets=RESULTS.json ann=ANN.json.
 
     Examples: acsl eval ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt dataset.seed=0 ;
-    acsl eval dets=results.json ann=lvis_v0.5_val.json [train_ann=train.json] out=m.json
+    acsl eval dets=results.json ann=lvis_v0.5_val.json [train_ann=train.json] out=m.json ;
+    Open Images: acsl eval dets=predictions.csv ann=RELEASE_DIR
+    [train_ann=train-annotations-bbox.csv] [test.expand_hierarchy=true]
     """
     from acsl_cli.plan import plan_eval
     from acsl_cli.progress import console
@@ -158,12 +160,22 @@ def eval_(overrides: list[str] = OVERRIDES) -> None:
         title = Path(plan.ckpt).parent.name
         if not is_main():
             return
+    elif str(plan.dets).lower().endswith(".csv"):  # Open Images predictions
+        from acsl_cli.config import load_config
+        from acsl_cli.evaluation.openimages_file import evaluate_predictions_file
+
+        cfg = load_config(list(plan.overrides))
+        oi = evaluate_predictions_file(plan.dets, plan.ann, plan.train_ann,
+                                       expand=bool(cfg.test.expand_hierarchy),
+                                       group_of_weight=float(cfg.dataset.get("group_of_weight",
+                                                                             1.0)))
+        metrics, title, note = oi.metrics, Path(plan.dets).name, oi.groups_note
     else:
         from acsl_cli.evaluation.results import evaluate_results_file
 
         result = evaluate_results_file(plan.dets, plan.ann, plan.train_ann)
         metrics, title, note = result.metrics, Path(plan.dets).name, result.groups_note or ""
-    _print_table({title: metrics}, "LVIS bbox metrics (%)", note)
+    _print_table({title: metrics}, "bbox metrics (%)", note)
     if plan.out:
         from acsl_cli.pipeline.preflight import write_out
 

@@ -96,7 +96,7 @@ TOP = {
     "init": text(null=True),
 }
 TEST = {"scales": list_of(integer(1), nonempty=True), "flip": boolean,
-        "max_detections": integer(1)}
+        "max_detections": integer(1), "expand_hierarchy": boolean}
 STAGE = {
     "epochs": integer(0),
     "lr": number(0, lo_open=True),
@@ -117,7 +117,28 @@ SCHEDULE = {
 }
 SAMPLER = {"name": choice("random", "rfs", "class_aware"), "t": number(0, lo_open=True)}
 DATASET = {"min_size": integer(1), "max_size": integer(1),
-           "kind": choice("synthetic", "synthetic_lvis", "lvis")}
+           "kind": choice("synthetic", "synthetic_lvis", "lvis", "openimages",
+                          "openimages_synthetic")}
+OPENIMAGES = {"expand_labels": boolean, "group_of_weight": number(0, 1), "cache_images": boolean}
+OPENIMAGES_SYNTHETIC = {
+    "seed": integer(0),
+    "num_classes": integer(6, 60),  # leaf classes; every shape keeps one
+    "image_size": integer(32, 1024),
+    "max_images_per_class": integer(1, 100_000),
+    "objects_per_image": integer(1, 5),
+    "val_instances_per_class": integer(1, 10_000),
+    "min_object_size": integer(4),
+    "max_object_size": integer(4),
+    "colour_jitter": integer(0, 255),
+    "distractors": integer(0, 20),
+    "group_of_fraction": number(0, 1),
+    "min_cluster_objects": integer(2),
+    "max_cluster_objects": integer(2),
+    "cluster_object_size": integer(3),
+    "negatives_per_image": integer(0),
+    "parent_negative_fraction": number(0, 1),
+    "unlabelled_fraction": number(0, 1),
+}
 SYNTHETIC = {
     "seed": integer(0),
     "num_classes": integer(2, 60),
@@ -183,6 +204,10 @@ def validate(cfg: DictConfig) -> None:
     _apply(cfg.get("sampler") or {}, "sampler.", SAMPLER)
     _apply(cfg.dataset, "dataset.", DATASET)
     kind = cfg.dataset.get("kind")
+    if kind in ("openimages", "openimages_synthetic"):
+        _apply(cfg.dataset, "dataset.", OPENIMAGES)
+    if kind == "openimages_synthetic":
+        _apply(cfg.dataset, "dataset.", OPENIMAGES_SYNTHETIC)
     if kind in ("synthetic", "synthetic_lvis"):
         d = cfg.dataset
         _apply(d, "dataset.", SYNTHETIC if kind == "synthetic" else SYNTHETIC_LVIS)

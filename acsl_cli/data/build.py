@@ -26,8 +26,9 @@ from acsl_cli.data.synthetic_lvis import SyntheticLvisSpec
 from acsl_cli.data.synthetic_lvis import ensure_generated as ensure_generated_lvis
 from acsl_cli.errors import ConfigError
 
-DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis")
+DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 GENERATED_KINDS = ("synthetic", "synthetic_lvis")  # embedded benchmarks, generated and cached
+OPENIMAGES_KINDS = ("openimages", "openimages_synthetic")  # scored by the challenge metric
 
 
 @dataclass
@@ -36,14 +37,18 @@ class DatasetBundle:
 
     ``groups_note`` is the one-line account of the frequency groups (from train) for logs
     and reports; ``never_in_train`` lists category ids without a train image (rare, AP 0).
+    Open Images sets also carry ``openimages`` (what the challenge metric needs) and, when
+    boxes count for their ancestors in training, ``ancestors`` (index label - 1).
     """
 
-    train: LvisDetection
-    val: LvisDetection
+    train: Any  # LvisDetection or OpenImagesDetection: the same (image, target) items
+    val: Any
     cmap: CategoryMap
     stats: CategoryStats
     groups_note: str = ""
     never_in_train: tuple[int, ...] = ()
+    openimages: Any = None  # data.openimages_bundle.OpenImagesEval
+    ancestors: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def val_gt(self) -> dict:
@@ -79,6 +84,10 @@ def build_datasets(
     a plain COCO-format val file cannot give groups from its own counts.
     """
     kind = cfg.get("kind")
+    if kind in OPENIMAGES_KINDS:
+        from acsl_cli.data.openimages_bundle import openimages_bundle
+
+        return openimages_bundle(cfg, data_root, progress)
     if kind in GENERATED_KINDS:
         folder = generated_folder(cfg, data_root, progress)
         train_ann, val_ann = folder / "train.json", folder / "val.json"

@@ -8,10 +8,10 @@ uses, with f_c counted from the file's own annotations.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from acsl_cli.data.groups import group_sizes, never_in_train, train_category_info
+from acsl_cli.data.groups import group_sizes, train_category_info
 
 STATS_KEYS = ("num_images", "num_instances", "num_categories", "groups", "never_in_train",
               "rfs_t", "rfs_epoch_images", "categories")
@@ -52,21 +52,32 @@ def dataset_stats(train_data: dict, t: float) -> dict[str, Any]:
     repeat-factor epoch at threshold ``t``, and one row per category."""
     info = train_category_info(train_data)
     names = {c["id"]: str(c.get("name", c["id"])) for c in train_data["categories"]}
-    groups = {cid: str(row["frequency"]) for cid, row in info.items()}
-    cats = image_categories(train_data)
+    return counts_stats(image_categories(train_data), names,
+                        {cid: str(row["frequency"]) for cid, row in info.items()},
+                        {cid: int(row["image_count"]) for cid, row in info.items()},
+                        {cid: int(row["instance_count"]) for cid, row in info.items()},
+                        len(train_data["annotations"]), t)
+
+
+def counts_stats(image_cats: Sequence[Iterable[int]], names: Mapping[int, str],
+                 groups: Mapping[int, str], image_counts: Mapping[int, int],
+                 instance_counts: Mapping[int, int], num_instances: int, t: float
+                 ) -> dict[str, Any]:
+    """``dataset_stats`` from counts already made (array-backed sets such as Open Images,
+    whose counts include each box's ancestors)."""
     return {
-        "num_images": len(train_data["images"]),
-        "num_instances": len(train_data["annotations"]),
-        "num_categories": len(info),
+        "num_images": len(image_cats),
+        "num_instances": num_instances,
+        "num_categories": len(image_counts),
         "groups": group_sizes(groups),
-        "never_in_train": list(never_in_train(info)),
+        "never_in_train": sorted(cid for cid, n in image_counts.items() if n == 0),
         "rfs_t": t,
-        "rfs_epoch_images": rfs_epoch_images(cats, t),
+        "rfs_epoch_images": rfs_epoch_images(image_cats, t),
         "categories": [
             {"id": cid, "name": names[cid], "group": groups[cid],
-             "image_count": int(info[cid]["image_count"]),
-             "instance_count": int(info[cid]["instance_count"])}
-            for cid in sorted(info)
+             "image_count": int(image_counts[cid]),
+             "instance_count": int(instance_counts[cid])}
+            for cid in sorted(image_counts)
         ],
     }
 

@@ -9,7 +9,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from acsl_cli.data.build import GENERATED_KINDS, DatasetBundle, build_datasets, generated_folder
+from acsl_cli.data.build import (
+    GENERATED_KINDS,
+    OPENIMAGES_KINDS,
+    DatasetBundle,
+    build_datasets,
+    generated_folder,
+)
 from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.loaders import train_loader
@@ -38,7 +44,8 @@ def load_data(cfg: DictConfig) -> DatasetBundle:
     if not dist.is_main():
         dist.barrier()
     generated = cfg.dataset.get("kind") in GENERATED_KINDS
-    lock = FileLock(data_root(cfg) / "generate", on_wait=_waiting) if generated else None
+    cached = generated or cfg.dataset.get("kind") in OPENIMAGES_KINDS  # writes a cache
+    lock = FileLock(data_root(cfg) / "generate", on_wait=_waiting) if cached else None
     with lock or nullcontext(), progress_callback(
             "generating benchmark", cfg.progress and dist.is_main()) as tick:
         try:
@@ -63,7 +70,7 @@ def _waiting(message: str) -> None:
 def loss_context(data: DatasetBundle, seed: int) -> LossContext:
     s = data.stats
     return LossContext(data.cmap.num_classes, seed, tuple(s.frequencies), tuple(s.image_counts),
-                       tuple(s.instance_counts), s.num_images)
+                       tuple(s.instance_counts), s.num_images, data.ancestors)
 
 
 def make_loss(node: Any, context: LossContext) -> ClassificationLoss:
@@ -77,15 +84,22 @@ def build_model(cfg: DictConfig, data: DatasetBundle, loss: ClassificationLoss):
                           cfg.dataset.max_size)
 
 
+def train_image_categories(data: DatasetBundle) -> list[frozenset[int]]:
+    """Category ids present in each train image, in dataset order."""
+    from acsl_cli.data.stats import image_categories
+
+    own = getattr(data.train, "image_categories", None)  # array-backed (Open Images)
+    return own() if own is not None else image_categories(data.train.data)
+
+
 def train_data_loader(cfg: DictConfig, data: DatasetBundle, seed: int):
     """The training loader of a stage: flips and order (``sampler``) drawn from ``seed``."""
     from acsl_cli.data.samplers import make_sampler
-    from acsl_cli.data.stats import image_categories
 
     flip = RandomHorizontalFlip(cfg.schedule.flip, seed)
     node = cfg.get("sampler")
     name = "random" if node is None else node.name
     sampler = None if name == "random" else make_sampler(
-        name, image_categories(data.train.data), seed, node.get("t"))
+        name, train_image_categories(data), seed, node.get("t"))
     return train_loader(Transformed(data.train, flip), cfg.schedule.batch_size, seed,
                         cfg.schedule.workers, sampler)

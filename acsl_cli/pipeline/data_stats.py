@@ -9,7 +9,8 @@ from typing import Any
 
 from acsl_cli.config import load_config, parse_overrides
 from acsl_cli.data.annotations import read_annotations
-from acsl_cli.data.stats import dataset_stats
+from acsl_cli.data.build import OPENIMAGES_KINDS
+from acsl_cli.data.stats import counts_stats, dataset_stats
 from acsl_cli.errors import ConfigError
 from acsl_cli.files import atomic_write_json
 from acsl_cli.pipeline.rundir import check_out_file
@@ -33,8 +34,11 @@ def run_data_stats(overrides: list[str] | tuple[str, ...]) -> DataStats:
                           "use sampler=rfs [sampler.t=T]")
     if cfg.out:
         check_out_file(Path(cfg.out))
-    train, title = _train_annotations(cfg)
-    stats = dataset_stats(train, float(cfg.sampler.t))
+    if not cfg.ann and cfg.dataset.get("kind") in OPENIMAGES_KINDS:
+        stats, title = _openimages_stats(cfg)
+    else:
+        train, title = _train_annotations(cfg)
+        stats = dataset_stats(train, float(cfg.sampler.t))
     if cfg.out:
         atomic_write_json(Path(cfg.out), stats)
     return DataStats(stats, title, cfg.out)
@@ -49,3 +53,20 @@ def _train_annotations(cfg: Any) -> tuple[dict, str]:
     from acsl_cli.pipeline.build import load_data  # torch: only for the embedded set
 
     return load_data(cfg).train.data, f"dataset={cfg.dataset.name} (train)"
+
+
+def _openimages_stats(cfg: Any) -> tuple[dict[str, Any], str]:
+    """An Open Images train split's stats, with the counts and groups that training uses
+    (a box counted for its class's ancestors when ``dataset.expand_labels``)."""
+    from acsl_cli.pipeline.build import load_data
+
+    data = load_data(cfg)
+    s, C = data.stats, data.cmap.num_classes
+    labels = range(1, C + 1)
+    stats = counts_stats(data.train.image_categories(), dict(zip(labels, data.openimages.names,
+                                                                 strict=True)),
+                         dict(zip(labels, s.frequencies, strict=True)),
+                         dict(zip(labels, s.image_counts, strict=True)),
+                         dict(zip(labels, s.instance_counts, strict=True)),
+                         int(data.train.split.box_offsets[-1]), float(cfg.sampler.t))
+    return stats, f"dataset={cfg.dataset.name} (train)"

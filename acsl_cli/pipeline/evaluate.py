@@ -39,18 +39,34 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
         model = test_trunk(cfg, model)
     results = predict(model, val, data.cmap, device, scorers, cfg.schedule.batch_size,
                       cfg.progress, amp=cfg.get("amp", "off"))
-    gt = data.val_gt
-    if val is not data.val:
-        gt = subset_gt(gt, {data.val.images[i]["id"] for i in val.indices})
     out = Evaluation({}, {}, results)
     for name, dets in results.items():
-        r = evaluate_lvis(gt, dets)
-        out.metrics[name], out.per_category[name] = r.metrics, r.per_category
+        metrics, rows = score(cfg, data, len(val), dets)
+        out.metrics[name], out.per_category[name] = metrics, rows
         log.info("evaluated %s on %d val images: AP %.4f APr %.4f APc %.4f APf %.4f", name,
-                 len(gt["images"]), *(r.metrics[k] for k in ("AP", "APr", "APc", "APf")),
-                 extra={"event": {"type": "eval", "model": name, "images": len(gt["images"]),
-                                  **r.metrics}})
+                 len(val), *(metrics[k] for k in ("AP", "APr", "APc", "APf")),
+                 extra={"event": {"type": "eval", "model": name, "images": len(val),
+                                  **metrics}})
     return out
+
+
+def score(cfg: DictConfig, data: DatasetBundle, images: int, dets: list[dict]
+          ) -> tuple[dict, list[dict]]:
+    """Metrics and per-category rows of detections on the first ``images`` val images:
+    LVIS rules, or the Open Images challenge metric for an Open Images set."""
+    oi = data.openimages
+    if oi is not None:
+        from acsl_cli.evaluation.openimages_scoring import first_images, score_openimages
+
+        expand = bool((cfg.get("test") or {}).get("expand_hierarchy", False))
+        return score_openimages(first_images(oi.gt, images), dets, oi.widths, oi.heights,
+                                ancestors=oi.ancestors, names=oi.names, groups=oi.groups,
+                                expand=expand, group_of_weight=oi.group_of_weight)
+    gt = data.val_gt
+    if images < len(data.val):
+        gt = subset_gt(gt, {im["id"] for im in data.val.images[:images]})
+    r = evaluate_lvis(gt, dets)
+    return r.metrics, r.per_category
 
 
 def test_trunk(cfg: DictConfig, model) -> FrozenTrunk:
@@ -64,10 +80,11 @@ def test_trunk(cfg: DictConfig, model) -> FrozenTrunk:
 
 def multi_variant_test(cfg: DictConfig) -> bool:
     """Whether the test settings differ from those the cached stage-1 row was scored with
-    (single scale, no flip, 300 detections per image)."""
+    (single scale, no flip, 300 detections per image, no hierarchy expansion)."""
     test = cfg.get("test") or {}
     return (bool(test.get("scales")) or bool(test.get("flip", False))
-            or int(test.get("max_detections", 300)) != 300)
+            or int(test.get("max_detections", 300)) != 300
+            or bool(test.get("expand_hierarchy", False)))
 
 
 def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:

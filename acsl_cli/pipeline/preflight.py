@@ -33,7 +33,9 @@ MARGIN = 1.25
 def checkpoint_bytes(cfg: DictConfig) -> int:
     """Estimated size of one detector checkpoint of this config."""
     d = cfg.dataset
-    classes = d.num_classes if d.get("kind") in GENERATED_KINDS else 1231
+    kind = d.get("kind")
+    classes = d.num_classes if kind in GENERATED_KINDS else 601 if "openimages" in str(kind) \
+        else 1231
     params = BACKBONE_PARAMS.get(cfg.backbone.name, 60.1e6)
     params += (classes + 1) * 5 * cfg.backbone.representation_size
     return int(params * BYTES_PER_PARAM)

@@ -166,12 +166,26 @@ def _write_run(folder: Path, cfg: DictConfig, plan: RunPlan, data: DatasetBundle
     pointer = {"path": str(ckpt), "sha256": file_digest(ckpt)}
     for spec, head in zip(plan.heads, heads, strict=True):
         _save_head(folder / "heads" / spec.id, spec, data, head, pointer)
-        atomic_write_json(folder / "heads" / spec.id / "results.json", ev.detections[spec.id])
+        write_detections(folder / "heads" / spec.id, data, ev.detections[spec.id])
     write_metrics(folder, rows, note=data.groups_note)
     s = data.stats
     counts = {cid: (s.image_counts[i], s.instance_counts[i])
               for i, cid in enumerate(data.cmap.category_ids)}
     write_per_category(folder / "per_category_ap.csv", per_cat, counts)
+
+
+def write_detections(folder: Path, data: DatasetBundle, dets: list[dict]) -> None:
+    """A head's val detections in the format ``acsl eval dets=`` scores: LVIS
+    ``results.json``, or Open Images ``predictions.csv`` (normalised boxes, release ids)."""
+    oi = data.openimages
+    if oi is None:
+        atomic_write_json(folder / "results.json", dets)
+        return
+    from acsl_cli.evaluation.openimages_predictions import write_predictions_csv
+    from acsl_cli.evaluation.openimages_scoring import results_to_arrays
+
+    arrays = results_to_arrays(dets, oi.widths, oi.heights)
+    write_predictions_csv(folder / "predictions.csv", oi.image_ids, oi.label_names, *arrays)
 
 
 def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, head: ClassifierHead,

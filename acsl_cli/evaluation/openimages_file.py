@@ -1,0 +1,93 @@
+"""``acsl eval dets=PREDICTIONS.csv ann=...``: score an Open Images predictions file.
+
+``ann`` is a folder holding a release under its file names (class descriptions, hierarchy,
+validation boxes and image-level labels), or the validation boxes CSV itself with the
+other files beside it. Groups (APr/APc/APf) need train image counts: ``train_ann`` is the
+train boxes CSV (a box counts for its class's ancestors too, as in training).
+No image is opened: predictions are in normalised coordinates.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+from acsl_cli.data.groups import describe_groups, frequency_group
+from acsl_cli.data.hierarchy import read_hierarchy
+from acsl_cli.data.openimages import OpenImagesFiles, load_split
+from acsl_cli.data.openimages_csv import read_class_descriptions
+from acsl_cli.errors import DataError
+from acsl_cli.evaluation.lvis_eval import METRIC_KEYS
+from acsl_cli.evaluation.openimages_metric import (
+    evaluate_openimages,
+    expand_detections,
+    expand_ground_truth,
+)
+from acsl_cli.evaluation.openimages_predictions import read_predictions_csv
+
+PathArg = str | PathLike[str]
+CLASSES = "class-descriptions-boxable.csv"
+HIERARCHIES = ("bbox_labels_hierarchy.json", "bbox_labels_600_hierarchy.json")
+VAL_BOXES = "validation-annotations-bbox.csv"
+
+
+@dataclass(frozen=True)
+class PredictionsEvaluation:
+    metrics: dict[str, float | None]
+    per_category: list[dict]
+    groups_note: str
+
+
+def release_files(ann: Path) -> tuple[Path, Path, Path, Path | None]:
+    """(classes CSV, hierarchy JSON, boxes CSV, image-labels CSV or None) of ``ann``."""
+    boxes = ann / VAL_BOXES if ann.is_dir() else ann
+    folder = boxes.parent
+    classes = folder / CLASSES
+    hierarchy = next((folder / h for h in HIERARCHIES if (folder / h).is_file()), None)
+    for path, what in ((boxes, "boxes CSV"), (classes, CLASSES)):
+        if not path.is_file():
+            raise DataError(f"{path}: not found (the {what} of ann={ann})")
+    if hierarchy is None:
+        raise DataError(f"{folder}: no {' or '.join(HIERARCHIES)} beside the boxes CSV")
+    labels = folder / boxes.name.replace("annotations-bbox", "annotations-human-imagelabels"
+                                         "-boxable")
+    return classes, hierarchy, boxes, labels if labels != boxes and labels.is_file() else None
+
+
+def evaluate_predictions_file(dets: PathArg, ann: PathArg, train_ann: PathArg | None = None,
+                              *, expand: bool = False, group_of_weight: float = 1.0
+                              ) -> PredictionsEvaluation:
+    """The challenge metric of ``dets`` on ``ann``'s ground truth, LVIS-table keys."""
+    classes, hierarchy_json, boxes, labels = release_files(Path(ann))
+    names, display = read_class_descriptions(classes)
+    index = {name: i + 1 for i, name in enumerate(names)}
+    hierarchy = read_hierarchy(hierarchy_json, index)
+    ancestors = hierarchy.ancestor_table(len(names))
+    with tempfile.TemporaryDirectory() as cache:
+        val = load_split(OpenImagesFiles(boxes, labels, boxes.parent), classes, index,
+                         Path(cache), "val", check_images=False)
+        groups = None
+        if train_ann is not None:
+            train = load_split(OpenImagesFiles(Path(train_ann), None, Path(train_ann).parent),
+                               classes, index, Path(cache), "train", check_images=False)
+            groups = tuple(frequency_group(int(n))
+                           for n in train.image_counts(len(names), ancestors))
+    images = {str(image_id): i for i, image_id in enumerate(val.image_ids)}
+    arrays = read_predictions_csv(dets, images, index)
+    if expand:
+        arrays = expand_detections(*arrays, ancestors)
+    gt = expand_ground_truth(val.gt(len(names)), ancestors)
+    r = evaluate_openimages(gt, *arrays, group_of_weight=group_of_weight, groups=groups)
+    metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+    metrics["AP"] = metrics["AP50"] = r.map
+    for g in "rcf":
+        metrics[f"AP{g}"] = r.group_ap.get(g, float("nan")) if groups else float("nan")
+    rows = [{"category_id": c, "name": display[c - 1],
+             "frequency": groups[c - 1] if groups else "", "num_gt": float(r.num_gt[c - 1]),
+             "AP": float(r.ap[c - 1])} for c in range(1, len(names) + 1) if r.num_gt[c - 1] > 0]
+    note = "Open Images challenge metric, AP = AP at IoU 0.5; " + (
+        describe_groups(dict(enumerate(groups, start=1))) if groups else
+        "APr/APc/APf undefined (pass train_ann=TRAIN_BOXES.csv for the groups)")
+    return PredictionsEvaluation(metrics, rows, note)
