@@ -286,3 +286,28 @@ def test_bad_input_is_one_line_exit_2(made, tmp_path, case, expect):
     if case not in ("unknown baseline", "unknown option"):
         assert str(tmp_path) in lines[0]  # names the path
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_rarest_classes_table_is_the_mean_per_class_ap_of_the_runs(made):
+    """Table 6 style: the rarest classes by train images, each model's AP (mean over the
+    two bce runs) read back against their per_category_ap.csv files."""
+    out = made["work"] / "tail_report"
+    proc = acsl("report", str(made["a"]), str(made["b"]), f"out={out}", cwd=made["work"])
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "report.md").read_text()
+    lines = [ln for ln in text.split("## Rarest classes")[1].split("##")[0].splitlines()
+             if ln.startswith("| ")]
+    header, table = lines[0], lines[1:]
+    rows = {}
+    for run in (made["a"], made["b"]):
+        with (run / "per_category_ap.csv").open() as f:
+            for r in csv.DictReader(f):
+                rows.setdefault(r["name"], (int(r["train_images"]), []))[1].append(
+                    float(r["bce"]))
+    rarest = sorted(rows.items(), key=lambda kv: (kv[1][0], kv[0]))[:10]
+    assert len(table) == len(rarest)
+    for line, (name, (count, aps)) in zip(table, rarest, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == name and int(cells[1]) == count
+        column = [c.strip() for c in header.strip("|").split("|")].index("bce")
+        assert float(cells[column]) == pytest.approx(100 * sum(aps) / len(aps), abs=0.006)

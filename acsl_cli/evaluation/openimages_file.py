@@ -26,6 +26,7 @@ from acsl_cli.evaluation.openimages_metric import (
     expand_ground_truth,
 )
 from acsl_cli.evaluation.openimages_predictions import read_predictions_csv
+from acsl_cli.evaluation.openimages_scoring import count_value
 
 PathArg = str | PathLike[str]
 CLASSES = "class-descriptions-boxable.csv"
@@ -85,7 +86,7 @@ def evaluate_predictions_file(dets: PathArg, ann: PathArg, train_ann: PathArg | 
     for g in "rcf":
         metrics[f"AP{g}"] = r.group_ap.get(g, float("nan")) if groups else float("nan")
     rows = [{"category_id": c, "name": display[c - 1],
-             "frequency": groups[c - 1] if groups else "", "num_gt": float(r.num_gt[c - 1]),
+             "frequency": groups[c - 1] if groups else "", "num_gt": count_value(r.num_gt[c - 1]),
              "AP": float(r.ap[c - 1])} for c in range(1, len(names) + 1) if r.num_gt[c - 1] > 0]
     note = "Open Images challenge metric, AP = AP at IoU 0.5; " + (
         describe_groups(dict(enumerate(groups, start=1))) if groups else

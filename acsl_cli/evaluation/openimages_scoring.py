@@ -26,6 +26,11 @@ from acsl_cli.evaluation.openimages_metric import (
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
+def count_value(value: float) -> int | float:
+    """A GT count as an int when whole (group-of boxes weigh ``group_of_weight``)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
 def results_to_arrays(results: Sequence[dict], widths: np.ndarray, heights: np.ndarray
                       ) -> Arrays:
     """LVIS results -> (image index, label, score, normalised xyxy box) arrays."""
@@ -74,6 +79,6 @@ def score_openimages(
     for g in "rcf":
         metrics[f"AP{g}"] = r.group_ap.get(g, float("nan"))
     rows = [{"category_id": label, "name": names[label - 1], "frequency": groups[label - 1],
-             "num_gt": float(r.num_gt[label - 1]), "AP": float(r.ap[label - 1])}
+             "num_gt": count_value(r.num_gt[label - 1]), "AP": float(r.ap[label - 1])}
             for label in range(1, gt.num_classes + 1) if r.num_gt[label - 1] > 0]
     return metrics, rows

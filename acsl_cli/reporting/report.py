@@ -10,6 +10,7 @@ from acsl_cli.files import atomic_write_json, atomic_write_text
 from acsl_cli.reporting.compare import compare, csv_text, json_rows, markdown
 from acsl_cli.reporting.figures import draw_figures
 from acsl_cli.reporting.runs import Run
+from acsl_cli.reporting.tail_classes import tail_classes_markdown
 
 
 def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
@@ -26,7 +27,9 @@ def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
                         + (f"; {r.setting})" if r.setting not in ("", f"seed={r.seed}") else ")")
                         for r in runs)
     pictures = "\n".join(f"![{p.stem}]({p.name})" for p in figures)
-    text = (f"# Comparison of {len(runs)} run(s)\n\n{markdown(c)}\n## Runs\n\n{sources}\n\n"
+    tail = tail_classes_markdown(c)
+    tail = f"## Rarest classes: AP per model (%, mean over seeds)\n\n{tail}\n" if tail else ""
+    text = (f"# Comparison of {len(runs)} run(s)\n\n{markdown(c)}\n{tail}## Runs\n\n{sources}\n\n"
             f"## Figures\n\n{pictures}\n" + "".join(f"\n{n}\n" for n in notes))
     paths = [out_dir / "report.md", out_dir / "report.csv", out_dir / "report.json"]
     atomic_write_text(paths[0], text)

@@ -44,7 +44,7 @@ class CategoryAP:
     category_id: int
     name: str
     group: str
-    num_gt: int
+    num_gt: float  # Open Images: group-of boxes may weigh less than 1
     train_images: int | None
     train_instances: int | None
     ap: Mapping[str, float]  # row label -> AP (nan where missing)
@@ -189,7 +189,7 @@ def read_per_category(path: Path, labels: Sequence[str]) -> list[CategoryAP]:
             out.append(CategoryAP(
                 int(row["category_id"]), row.get("name") or "",
                 (row.get("group") or row.get("frequency") or "").strip(),
-                int(row.get("num_gt") or 0), _opt_int(row.get("train_images")),
+                _number(row.get("num_gt")), _opt_int(row.get("train_images")),
                 _opt_int(row.get("train_instances")),
                 {m: _opt_float(row.get(m)) for m in models}))
         except (TypeError, ValueError) as e:
@@ -305,3 +305,9 @@ def tidy(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """One flat record per (run, row): run, seed, label, loss, xi and the nine metrics."""
     return [{"run": r.name, "seed": r.seed, "label": m.label, "loss": m.loss, "xi": m.xi,
              **m.metrics} for r in runs for m in r.models.values()]
+
+
+def _number(text: str | None) -> float:
+    """A count written as ``12`` or ``11.5``."""
+    value = float(text or 0)
+    return int(value) if value.is_integer() else value
