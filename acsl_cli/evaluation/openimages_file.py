@@ -19,14 +19,13 @@ from acsl_cli.data.hierarchy import read_hierarchy
 from acsl_cli.data.openimages import OpenImagesFiles, load_split
 from acsl_cli.data.openimages_csv import read_class_descriptions
 from acsl_cli.errors import DataError
-from acsl_cli.evaluation.lvis_eval import METRIC_KEYS
 from acsl_cli.evaluation.openimages_metric import (
     evaluate_openimages,
     expand_detections,
     expand_ground_truth,
 )
 from acsl_cli.evaluation.openimages_predictions import read_predictions_csv
-from acsl_cli.evaluation.openimages_scoring import count_value
+from acsl_cli.evaluation.openimages_scoring import category_rows, table_metrics
 
 PathArg = str | PathLike[str]
 CLASSES = "class-descriptions-boxable.csv"
@@ -81,13 +80,8 @@ def evaluate_predictions_file(dets: PathArg, ann: PathArg, train_ann: PathArg | 
         arrays = expand_detections(*arrays, ancestors)
     gt = expand_ground_truth(val.gt(len(names)), ancestors)
     r = evaluate_openimages(gt, *arrays, group_of_weight=group_of_weight, groups=groups)
-    metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
-    metrics["AP"] = metrics["AP50"] = r.map
-    for g in "rcf":
-        metrics[f"AP{g}"] = r.group_ap.get(g, float("nan")) if groups else float("nan")
-    rows = [{"category_id": c, "name": display[c - 1],
-             "frequency": groups[c - 1] if groups else "", "num_gt": count_value(r.num_gt[c - 1]),
-             "AP": float(r.ap[c - 1])} for c in range(1, len(names) + 1) if r.num_gt[c - 1] > 0]
+    metrics = table_metrics(r, grouped=groups is not None)
+    rows = category_rows(r, display, groups)
     note = "Open Images challenge metric, AP = AP at IoU 0.5; " + (
         describe_groups(dict(enumerate(groups, start=1))) if groups else
         "APr/APc/APf undefined (pass train_ann=TRAIN_BOXES.csv for the groups)")

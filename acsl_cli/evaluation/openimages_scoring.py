@@ -18,6 +18,7 @@ import numpy as np
 from acsl_cli.evaluation.lvis_eval import METRIC_KEYS
 from acsl_cli.evaluation.openimages_metric import (
     OpenImagesGT,
+    OpenImagesResult,
     evaluate_openimages,
     expand_detections,
     expand_ground_truth,
@@ -74,11 +75,21 @@ def score_openimages(
         arrays = expand_detections(*arrays, ancestors)
     full = expand_ground_truth(gt, ancestors)
     r = evaluate_openimages(full, *arrays, group_of_weight=group_of_weight, groups=groups)
+    return table_metrics(r, grouped=True), category_rows(r, names, groups)
+
+
+def table_metrics(r: OpenImagesResult, grouped: bool) -> dict[str, float | None]:
+    """The LVIS table's keys: AP = AP50 = AP at IoU 0.5, group APs (nan without groups)."""
     metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
     metrics["AP"] = metrics["AP50"] = r.map
     for g in "rcf":
-        metrics[f"AP{g}"] = r.group_ap.get(g, float("nan"))
-    rows = [{"category_id": label, "name": names[label - 1], "frequency": groups[label - 1],
-             "num_gt": count_value(r.num_gt[label - 1]), "AP": float(r.ap[label - 1])}
-            for label in range(1, gt.num_classes + 1) if r.num_gt[label - 1] > 0]
-    return metrics, rows
+        metrics[f"AP{g}"] = r.group_ap.get(g, float("nan")) if grouped else float("nan")
+    return metrics
+
+
+def category_rows(r: OpenImagesResult, names: Sequence[str], groups: Sequence[str] | None
+                  ) -> list[dict]:
+    """Per-category rows (classes with GT) as ``per_category_ap.csv`` takes them."""
+    return [{"category_id": c, "name": names[c - 1], "frequency": groups[c - 1] if groups
+             else "", "num_gt": count_value(r.num_gt[c - 1]), "AP": float(r.ap[c - 1])}
+            for c in range(1, len(r.ap) + 1) if r.num_gt[c - 1] > 0]
