@@ -1,23 +1,19 @@
 """Open Images: class descriptions, hierarchy, boxes and image-level labels, as arrays.
 
 The CSVs are parsed once (streamed, ``openimages_csv``) into a compact CSR form by image
-and cached as an ``.npz`` in ``cache_dir``; later loads read the arrays back (no pickle).
-Labels are 1..C in class-descriptions order (0 = background), the ids acsl uses for Open
-Images. ``OpenImagesDetection`` yields the same items as ``LvisDetection``.
+(``openimages_split``) and cached as an ``.npz`` in ``cache_dir`` (``openimages_cache``);
+later loads read the arrays back (no pickle). Image files are checked by
+``openimages_images``. Labels are 1..C in class-descriptions order (0 = background), the
+ids acsl uses for Open Images. ``OpenImagesDetection`` yields the same items as
+``LvisDetection``. The split's names are re-exported here, so callers import this module.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from functools import cached_property
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,137 +22,28 @@ from torch.utils.data import Dataset
 
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.data.hierarchy import Hierarchy, read_hierarchy
+from acsl_cli.data.openimages_cache import ARRAYS as _ARRAYS  # noqa: F401 (the tests read it)
+from acsl_cli.data.openimages_cache import FORMAT_VERSION, cache_file, read_cache, write_cache
 from acsl_cli.data.openimages_csv import (
-    BOXES,
     ImageRegistry,
-    ParsedSplit,
     assemble,
     parse_boxes,
     parse_image_labels,
     read_class_descriptions,
-    sorted_unique,
+)
+from acsl_cli.data.openimages_images import image_info as _image_info
+from acsl_cli.data.openimages_split import (
+    IMAGE_EXTENSIONS,
+    OpenImagesFiles,
+    OpenImagesSplit,
+    Progress,
 )
 from acsl_cli.errors import DataError
-from acsl_cli.files import tmp_name
-from acsl_cli.locks import clean_stale
 
-if TYPE_CHECKING:
-    from acsl_cli.evaluation.openimages_metric import OpenImagesGT
+__all__ = ["FORMAT_VERSION", "IMAGE_EXTENSIONS", "OpenImagesData", "OpenImagesDetection",
+           "OpenImagesFiles", "OpenImagesSplit", "Progress", "load_openimages", "load_split"]
 
 log = logging.getLogger("acsl")
-
-FORMAT_VERSION = 1  # bump when the cached arrays change meaning
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # tried in this order
-Progress = Callable[[int, int], None]
-
-
-@dataclass
-class OpenImagesFiles:
-    """One split's files; ``labels_csv`` None means no image-level labels."""
-
-    boxes_csv: Path
-    labels_csv: Path | None
-    image_dir: Path
-
-
-@dataclass
-class OpenImagesSplit:
-    """One split, images sorted by ImageID; CSR arrays as in ``OpenImagesGT``.
-
-    Held per box: 4 float32 normalised coordinates (xmin, ymin, xmax, ymax), an int32 label
-    and a bool group-of flag, 21 bytes (14.6 M train boxes: ~310 MB). Per image: the
-    ImageID ('<U', 4 bytes a character), an extension code (uint8, ``IMAGE_EXTENSIONS``),
-    width and height (int32; 0 = unknown, when loaded with ``check_images=False``) and
-    three int64 offsets. Per image-level label: an int32.
-    """
-
-    image_ids: np.ndarray
-    image_exts: np.ndarray
-    widths: np.ndarray
-    heights: np.ndarray
-    box_offsets: np.ndarray
-    boxes: np.ndarray
-    box_labels: np.ndarray
-    group_of: np.ndarray
-    pos_offsets: np.ndarray
-    pos_labels: np.ndarray
-    neg_offsets: np.ndarray
-    neg_labels: np.ndarray
-    skipped_degenerate: int = 0
-    skipped_unknown_labels: int = 0
-
-    @property
-    def num_images(self) -> int:
-        return len(self.image_ids)
-
-    @cached_property
-    def image_files(self) -> np.ndarray:
-        """File names inside the image folder, derived on first use (not cached on disk)."""
-        return np.char.add(self.image_ids, np.array(IMAGE_EXTENSIONS)[self.image_exts])
-
-    def image_file(self, i: int) -> str:
-        return str(self.image_ids[i]) + IMAGE_EXTENSIONS[int(self.image_exts[i])]
-
-    def gt(self, num_classes: int) -> OpenImagesGT:
-        """The evaluation's ground truth (not hierarchy-expanded), sharing these arrays."""
-        from acsl_cli.evaluation.openimages_metric import OpenImagesGT
-
-        return OpenImagesGT(
-            num_classes=num_classes, box_offsets=self.box_offsets, boxes=self.boxes,
-            box_labels=self.box_labels, group_of=self.group_of,
-            pos_offsets=self.pos_offsets, pos_labels=self.pos_labels,
-            neg_offsets=self.neg_offsets, neg_labels=self.neg_labels)
-
-    def _box_image(self) -> np.ndarray:
-        return np.repeat(np.arange(self.num_images, dtype=np.int64), np.diff(self.box_offsets))
-
-    def image_categories(self) -> list[frozenset[int]]:
-        """Labels with a box, per image: what the samplers draw from. Built in blocks with
-        shared int objects, and equal sets shared, to bound the memory of 1.7 M sets."""
-        pool = list(range(int(self.box_labels.max(initial=0)) + 1))
-        shared: dict[frozenset[int], frozenset[int]] = {}
-        out: list[frozenset[int]] = []
-        for start in range(0, self.num_images, 65536):
-            off = self.box_offsets[start:start + 65537].tolist()
-            labels = list(map(pool.__getitem__, self.box_labels[off[0]:off[-1]].tolist()))
-            for a, b in zip(off[:-1], off[1:], strict=True):
-                cats = frozenset(labels[a - off[0]:b - off[0]])
-                out.append(shared.setdefault(cats, cats))
-        return out
-
-    def image_counts(self, num_classes: int,
-                     ancestors: Sequence[tuple[int, ...]] | None = None) -> np.ndarray:
-        """Images with >= 1 box of each class (int64, index label-1); with ``ancestors``
-        (``Hierarchy.ancestor_table``) a box also counts for every ancestor class."""
-        m = num_classes + 1
-        keys = sorted_unique(self._box_image() * m + self.box_labels)
-        if ancestors is not None:
-            keys = sorted_unique(_expand_keys(keys, m, ancestors))
-        return np.bincount(keys % m, minlength=m)[1:].astype(np.int64)
-
-    def instance_counts(self, num_classes: int,
-                        ancestors: Sequence[tuple[int, ...]] | None = None) -> np.ndarray:
-        """Boxes of each class (int64, index label-1), optionally also for ancestors."""
-        counts = np.bincount(self.box_labels, minlength=num_classes + 1)[1:].astype(np.int64)
-        if ancestors is not None:
-            own = counts.copy()
-            for label, above in enumerate(ancestors, start=1):
-                for a in above:
-                    counts[a - 1] += own[label - 1]
-        return counts
-
-
-def _expand_keys(keys: np.ndarray, m: int, ancestors: Sequence[tuple[int, ...]]) -> np.ndarray:
-    """(image * m + label) keys plus one key per ancestor of each label."""
-    table = [()] + [tuple(a) for a in ancestors]
-    lengths = np.array([len(a) for a in table], dtype=np.int64)
-    flat = np.array([x for a in table for x in a], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    labels = keys % m
-    reps = lengths[labels]
-    owner = np.repeat(keys - labels, reps)
-    within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-    return np.concatenate([keys, owner + flat[np.repeat(starts[labels], reps) + within]])
 
 
 @dataclass
@@ -201,33 +88,17 @@ def load_openimages(classes_csv: str | Path, hierarchy_json: str | Path,
     return OpenImagesData(names, display, hierarchy, splits[0], splits[1])
 
 
-def _stat(path: Path) -> list:
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise DataError(f"{path}: not found ({e.strerror})") from None
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
-
-
 def load_split(files: OpenImagesFiles, classes_csv: Path, class_index: dict[str, int],
                cache_dir: Path, name: str, progress: Progress | None = None, *,
                check_images: bool = True) -> OpenImagesSplit:
     """One split from its cache, or parsed and cached. The cache file is named after the
     inputs' paths (a changed input overwrites its own cache); the key inside also holds
     their sizes and mtimes, so any change (or a damaged file) means a rebuild."""
-    inputs = [Path(classes_csv), Path(files.boxes_csv)]
-    inputs += [Path(files.labels_csv)] if files.labels_csv is not None else []
-    inputs += [Path(files.image_dir)] if check_images else []
-    stats = [_stat(p) for p in inputs]
-    ident = json.dumps([FORMAT_VERSION, check_images, [s[0] for s in stats]])
-    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"openimages-{name}-{digest}.npz"
-    key = json.dumps({"version": FORMAT_VERSION, "check_images": check_images,
-                      "inputs": stats})
-    split = _read_cache(path, key)
+    path, key = cache_file(files, classes_csv, cache_dir, name, check_images)
+    split = read_cache(path, key)
     if split is None:
         split = _build(files, class_index, str(classes_csv), progress, check_images)
-        _write_cache(path, key, split)
+        write_cache(path, key, split)
     if split.skipped_degenerate:
         log.warning(f"{files.boxes_csv}: skipped {split.skipped_degenerate} degenerate "
                     f"box(es) (zero width or height)")
@@ -235,59 +106,6 @@ def load_split(files: OpenImagesFiles, classes_csv: Path, class_index: dict[str,
         log.warning(f"{files.labels_csv}: skipped {split.skipped_unknown_labels} image-level "
                     f"label row(s) of classes outside the class list")
     return split
-
-
-_ARRAYS = tuple(f.name for f in fields(OpenImagesSplit) if not f.name.startswith("skipped"))
-
-
-def _consistent(s: OpenImagesSplit) -> bool:
-    n = s.num_images
-    sized = (s.image_exts, s.widths, s.heights)
-    csr = ((s.box_offsets, s.box_labels), (s.pos_offsets, s.pos_labels),
-           (s.neg_offsets, s.neg_labels))
-    return (all(len(a) == n for a in sized) and s.boxes.shape == (len(s.box_labels), 4)
-            and len(s.group_of) == len(s.box_labels)
-            and all(len(off) == n + 1 and off[-1] == len(vals) for off, vals in csr))
-
-
-def _read_cache(path: Path, key: str) -> OpenImagesSplit | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                return None
-            counts = z["skipped"]
-            split = OpenImagesSplit(**{k: z[k] for k in _ARRAYS},
-                                    skipped_degenerate=int(counts[0]),
-                                    skipped_unknown_labels=int(counts[1]))
-        if _consistent(split):
-            return split
-        reason = "inconsistent arrays"
-    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
-        reason = " ".join(str(e).split())[:200]
-    log.warning(f"{path}: damaged Open Images cache, rebuilding it ({reason})")
-    return None
-
-
-def _write_cache(path: Path, key: str, split: OpenImagesSplit) -> None:
-    """Atomic (temp file + rename); a cache that cannot be written only costs a re-parse.
-    Temp files of processes killed mid-write (hundreds of MB at full size) are removed."""
-    clean_stale(path.parent)
-    tmp = tmp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, key=np.array(key), **{k: getattr(split, k) for k in _ARRAYS},
-                     skipped=np.array([split.skipped_degenerate,
-                                       split.skipped_unknown_labels], dtype=np.int64))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warning(f"{path}: cannot write the Open Images cache ({e})")
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _build(files: OpenImagesFiles, class_index: dict[str, int], classes_csv: str,
@@ -317,46 +135,6 @@ def _build(files: OpenImagesFiles, class_index: dict[str, int], classes_csv: str
         pos_labels=parsed.pos_labels, neg_offsets=parsed.neg_offsets,
         neg_labels=parsed.neg_labels, skipped_degenerate=parsed.degenerate,
         skipped_unknown_labels=parsed.unknown_labels)
-
-
-def _image_info(parsed: ParsedSplit, files: OpenImagesFiles, progress: Progress | None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Extension code and header size of every image; one folder listing, not N stats."""
-    image_dir = Path(files.image_dir)
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: image folder not found")
-    with os.scandir(image_dir) as entries:
-        present = {e.name for e in entries if e.name.endswith(IMAGE_EXTENSIONS)}
-    ids = parsed.image_ids.tolist()
-    exts = np.zeros(len(ids), dtype=np.uint8)
-    missing: list[int] = []
-    for i, image_id in enumerate(ids):
-        for k, ext in enumerate(IMAGE_EXTENSIONS):
-            if image_id + ext in present:
-                exts[i] = k
-                break
-        else:
-            missing.append(i)
-    del present
-    if missing:
-        i = missing[0]
-        csv_file = files.boxes_csv if parsed.first_source[i] == BOXES else files.labels_csv
-        more = f"; {len(missing) - 1} more images missing" if len(missing) > 1 else ""
-        raise DataError(f"{image_dir / (ids[i] + IMAGE_EXTENSIONS[0])}: image file not found "
-                        f"(nor {', '.join(IMAGE_EXTENSIONS[1:])}); {ids[i]} is first listed "
-                        f"in {csv_file} row {parsed.first_row[i]}{more}")
-    widths = np.zeros(len(ids), dtype=np.int32)
-    heights = np.zeros(len(ids), dtype=np.int32)
-    for i, image_id in enumerate(ids):
-        path = image_dir / (image_id + IMAGE_EXTENSIONS[exts[i]])
-        try:
-            with Image.open(path) as im:
-                widths[i], heights[i] = im.size
-        except OSError as e:
-            raise DataError(f"{path}: cannot read the image header ({e})") from None
-        if progress is not None and (i + 1) % 4096 == 0:
-            progress(i + 1, len(ids))
-    return exts, widths, heights
 
 
 class OpenImagesDetection(Dataset):

@@ -6,64 +6,41 @@ checked and converted column-wise with numpy, and appended to ``array`` buffers.
 box while parsing: 4 float32 coordinates, an int32 label, an int32 image index and a bool
 (25 bytes; 21 once the image index becomes CSR offsets); per image a dict entry ImageID ->
 index (~140 bytes) and where it is first listed. Columns are found by header name
-(releases differ in which ones they have and in order). Errors are one line naming the
-file and the data row: row N is line N + 1 of the file (the header is row 0).
+(releases differ in which ones they have and in order), by ``openimages_columns``, which
+also checks the values and reads the class descriptions (re-exported here). Errors are one
+line naming the file and the data row: row N is line N + 1 of the file (the header is row 0).
 """
 
 from __future__ import annotations
 
-import csv
-import operator
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import compress
 from pathlib import Path
 
 import numpy as np
 
+from acsl_cli.data.openimages_columns import (
+    OnBytes,
+    check_image_ids,
+    first_true,
+    float_columns,
+    label_ids,
+    read_class_descriptions,
+    stream_columns,
+)
 from acsl_cli.errors import DataError
+
+__all__ = ["BOXES", "BOX_COLUMNS", "CHUNK", "FLAG_VALUES", "LABELS", "LABEL_COLUMNS",
+           "BoxBuffers", "ImageRegistry", "LabelBuffers", "OnBytes", "ParsedSplit", "assemble",
+           "parse_boxes", "parse_image_labels", "read_class_descriptions", "sorted_unique"]
 
 CHUNK = 65536  # rows converted at once: numpy speed, bounded memory
 BOX_COLUMNS = ("ImageID", "LabelName", "XMin", "XMax", "YMin", "YMax")
 LABEL_COLUMNS = ("ImageID", "LabelName", "Confidence")
 FLAG_VALUES = frozenset({"0", "1", "-1", ""})  # IsGroupOf; only "1" is a group-of box
 BOXES, LABELS = 0, 1  # the CSV an image was first listed in (``ImageRegistry.first_source``)
-
-OnBytes = Callable[[int], None]
-
-
-def read_class_descriptions(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``(label_names, display_names)`` in file order; label = index + 1.
-
-    The file has no header (``LabelName,DisplayName``); a first row that is exactly that
-    header, as some releases ship it, is skipped. A duplicate LabelName is an error.
-    """
-    path = Path(path)
-    names: list[str] = []
-    display: list[str] = []
-    seen: dict[str, int] = {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            for row in reader:
-                line = reader.line_num
-                if not row or (line == 1 and row == ["LabelName", "DisplayName"]):
-                    continue
-                if len(row) != 2 or not row[0]:
-                    raise DataError(f"{path}: row {line}: expected 2 fields "
-                                    f"LabelName,DisplayName, got {len(row)}")
-                if row[0] in seen:
-                    raise DataError(f"{path}: row {line}: duplicate LabelName {row[0]} "
-                                    f"(first at row {seen[row[0]]})")
-                seen[row[0]] = line
-                names.append(row[0])
-                display.append(row[1])
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read the class descriptions ({e})") from None
-    if not names:
-        raise DataError(f"{path}: no classes in the class descriptions file")
-    return tuple(names), tuple(display)
 
 
 class _Interner(dict):
@@ -111,80 +88,6 @@ class LabelBuffers:
     unknown: int = 0
 
 
-def _stream(path: Path, required: Sequence[str], optional: Sequence[str],
-            flush: Callable[[list[tuple], list[int], int], None],
-            on_bytes: OnBytes | None) -> None:
-    """Feed ``flush(chunk, rows, n_optional)`` with tuples of the named columns."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file, expected a header with "
-                                f"{', '.join(required)}")
-            where = {name: i for i, name in reversed(list(enumerate(header)))}
-            missing = [c for c in required if c not in where]
-            if missing:
-                raise DataError(f"{path}: missing column{'s' if len(missing) > 1 else ''} "
-                                f"{', '.join(missing)} (header: {','.join(header)})")
-            present = [c for c in optional if c in where]
-            getter = operator.itemgetter(*(where[c] for c in (*required, *present)))
-            chunk: list[tuple] = []
-            rows: list[int] = []
-            for row in reader:
-                try:
-                    chunk.append(getter(row))
-                except IndexError:
-                    if row:
-                        raise DataError(f"{path}: row {reader.line_num - 1}: {len(row)} "
-                                        f"fields, the header has {len(header)}") from None
-                    continue
-                rows.append(reader.line_num - 1)
-                if len(chunk) == CHUNK:
-                    flush(chunk, rows, len(present))
-                    chunk, rows = [], []
-                    if on_bytes is not None:
-                        on_bytes(f.buffer.tell())
-            if chunk:
-                flush(chunk, rows, len(present))
-            if on_bytes is not None:
-                on_bytes(f.buffer.tell())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-
-
-def _floats(path: Path, cols: Sequence[Sequence[str]], names: Sequence[str],
-            rows: Sequence[int]) -> np.ndarray:
-    """Columns of number strings as float64 (k, n); the first non-number is named."""
-    try:
-        return np.array(cols, dtype=np.float64).reshape(len(cols), -1)
-    except ValueError:
-        for j in range(len(cols[0])):
-            for name, col in zip(names, cols, strict=True):
-                try:
-                    float(col[j])
-                except ValueError:
-                    raise DataError(f"{path}: row {rows[j]}: {name} {col[j]!r} is not a "
-                                    f"number") from None
-        raise
-
-
-def _first(mask: np.ndarray) -> int:
-    return int(np.argmax(mask))
-
-
-def _check_ids(path: Path, ids: Sequence[str], rows: Sequence[int]) -> None:
-    if "" in ids:
-        raise DataError(f"{path}: row {rows[list(ids).index('')]}: empty ImageID")
-
-
-def _labels(class_index: Mapping[str, int], names: Sequence[str]) -> np.ndarray:
-    """int32 labels of LabelName strings, 0 for names outside the class list."""
-    return np.fromiter(map(class_index.get, names, repeat(0)), np.int32, count=len(names))
-
-
 def parse_boxes(path: str | Path, class_index: Mapping[str, int], images: ImageRegistry,
                 classes_csv: str = "the class descriptions", on_bytes: OnBytes | None = None
                 ) -> BoxBuffers:
@@ -196,23 +99,23 @@ def parse_boxes(path: str | Path, class_index: Mapping[str, int], images: ImageR
     def flush(chunk: list[tuple], rows: list[int], n_optional: int) -> None:
         cols = list(zip(*chunk, strict=True))
         ids, names = cols[0], cols[1]
-        _check_ids(path, ids, rows)
-        labels = _labels(class_index, names)
+        check_image_ids(path, ids, rows)
+        labels = label_ids(class_index, names)
         if not labels.all():
-            j = _first(labels == 0)
+            j = first_true(labels == 0)
             raise DataError(f"{path}: row {rows[j]}: LabelName {names[j]} is not in the "
                             f"class list {classes_csv}")
-        c = _floats(path, cols[2:6], BOX_COLUMNS[2:], rows)
+        c = float_columns(path, cols[2:6], BOX_COLUMNS[2:], rows)
         inside = (c >= 0) & (c <= 1)
         if not inside.all():
-            j = _first(~inside.all(axis=0))
-            k = _first(~inside[:, j])
+            j = first_true(~inside.all(axis=0))
+            k = first_true(~inside[:, j])
             raise DataError(f"{path}: row {rows[j]}: {BOX_COLUMNS[2 + k]} {cols[2 + k][j]} "
                             f"is outside [0, 1]")
         for lo, hi in ((0, 1), (2, 3)):
             inverted = c[lo] > c[hi]
             if inverted.any():
-                j = _first(inverted)
+                j = first_true(inverted)
                 raise DataError(f"{path}: row {rows[j]}: inverted box, "
                                 f"{BOX_COLUMNS[2 + lo]} {cols[2 + lo][j]} > "
                                 f"{BOX_COLUMNS[2 + hi]} {cols[2 + hi][j]}")
@@ -234,7 +137,7 @@ def parse_boxes(path: str | Path, class_index: Mapping[str, int], images: ImageR
         out.coords.frombytes(np.ascontiguousarray(f32[[0, 2, 1, 3]].T[keep]).tobytes())
         out.group_of.frombytes(group[keep].astype(np.int8).tobytes())
 
-    _stream(path, BOX_COLUMNS, ("IsGroupOf",), flush, on_bytes)
+    stream_columns(path, BOX_COLUMNS, ("IsGroupOf",), flush, on_bytes, CHUNK)
     return out
 
 
@@ -250,7 +153,7 @@ def parse_image_labels(path: str | Path, class_index: Mapping[str, int],
 
     def flush(chunk: list[tuple], rows: list[int], n_optional: int) -> None:
         ids, names, confs = zip(*chunk, strict=True)
-        labels = _labels(class_index, names)
+        labels = label_ids(class_index, names)
         known = labels > 0
         if not known.all():
             out.unknown += int(len(labels) - known.sum())
@@ -259,18 +162,18 @@ def parse_image_labels(path: str | Path, class_index: Mapping[str, int],
             labels = labels[known]
             if not len(labels):
                 return
-        _check_ids(path, ids, rows)
-        conf = _floats(path, (confs,), ("Confidence",), rows)[0]
+        check_image_ids(path, ids, rows)
+        conf = float_columns(path, (confs,), ("Confidence",), rows)[0]
         binary = (conf == 0) | (conf == 1)
         if not binary.all():
-            j = _first(~binary)
+            j = first_true(~binary)
             raise DataError(f"{path}: row {rows[j]}: Confidence {confs[j]} is not 0 or 1 "
                             f"(human-verified labels expected)")
         out.image.frombytes(images.add(ids, rows, LABELS).tobytes())
         out.label.frombytes(labels.tobytes())
         out.positive.frombytes((conf == 1).astype(np.int8).tobytes())
 
-    _stream(path, LABEL_COLUMNS, (), flush, on_bytes)
+    stream_columns(path, LABEL_COLUMNS, (), flush, on_bytes, CHUNK)
     return out
 
 
