@@ -1,0 +1,41 @@
+"""A sweep run again reuses its finished runs even when an option with a null default was
+added to the config after they were saved (their config.yaml lacks the key)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from acsl_cli.errors import ConfigError
+from acsl_cli.pipeline.sweep import finished_run
+from acsl_cli.plan import plan_sweep
+
+
+def _saved_run(folder, plan, drop_key: bool, value=None):
+    cfg = OmegaConf.to_container(plan.cfg, resolve=True)
+    if drop_key:
+        del cfg["schedule"]["stage2"]["rois_per_image"]  # saved before the option existed
+    else:
+        cfg["schedule"]["stage2"]["rois_per_image"] = value
+    cfg["heads"] = {h.id: {"label": h.label,
+                           "loss": OmegaConf.to_container(h.cfg.loss, resolve=True)}
+                    for h in plan.heads}
+    folder.mkdir()
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    (folder / "metrics.json").write_text(json.dumps({"bce": {"AP": 0.5, "APl": None}}))
+    return folder
+
+
+def test_a_run_saved_before_a_null_default_option_is_reused(tmp_path):
+    (plan,) = plan_sweep(["seed=0", "loss=bce"]).runs
+    assert plan.cfg.schedule.stage2.rois_per_image is None
+    result = finished_run(_saved_run(tmp_path / "old", plan, drop_key=True), plan)
+    assert result is not None and result.metrics["bce"]["AP"] == 0.5
+
+
+def test_a_run_saved_with_another_value_is_refused(tmp_path):
+    (plan,) = plan_sweep(["seed=0", "loss=bce"]).runs
+    with pytest.raises(ConfigError, match="other settings"):
+        finished_run(_saved_run(tmp_path / "other", plan, drop_key=False, value=512), plan)
