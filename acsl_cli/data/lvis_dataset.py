@@ -37,6 +37,7 @@ __all__ = [
     "collate",
     "image_path",
     "read_annotations",
+    "read_rgb",
     "subset_gt",
 ]
 
@@ -114,12 +115,7 @@ class LvisDetection(Dataset):
         cached = self._cache[i]
         if cached is not None:
             return cached
-        try:
-            with Image.open(self.paths[i]) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-        except OSError as e:
-            raise DataError(f"{self.paths[i]}: cannot read image ({e})") from None
-        t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        t = read_rgb(self.paths[i])
         if self.cache_images:
             self._cache[i] = t
         return t
@@ -128,6 +124,16 @@ class LvisDetection(Dataset):
         image = self._load(i).float().div_(255)
         target = {k: v.clone() for k, v in self.targets[i].items()}
         return image, target
+
+
+def read_rgb(path: Path, context: str = "") -> torch.Tensor:
+    """An image file as a uint8 CHW RGB tensor; an unreadable file is a one-line DataError."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read image ({e}){context}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def collate(batch: list) -> tuple[list, list]:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.data.hierarchy import Hierarchy, read_hierarchy
+from acsl_cli.data.lvis_dataset import read_rgb
 from acsl_cli.data.openimages_cache import ARRAYS as _ARRAYS  # noqa: F401 (the tests read it)
 from acsl_cli.data.openimages_cache import FORMAT_VERSION, cache_file, read_cache, write_cache
 from acsl_cli.data.openimages_csv import (
@@ -38,7 +38,6 @@ from acsl_cli.data.openimages_split import (
     OpenImagesSplit,
     Progress,
 )
-from acsl_cli.errors import DataError
 
 __all__ = ["FORMAT_VERSION", "IMAGE_EXTENSIONS", "OpenImagesData", "OpenImagesDetection",
            "OpenImagesFiles", "OpenImagesSplit", "Progress", "load_openimages", "load_split"]
@@ -166,13 +165,7 @@ class OpenImagesDetection(Dataset):
         cached = self._cache[i]
         if cached is not None:
             return cached
-        path = self.image_path(i)
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-        except OSError as e:
-            raise DataError(f"{path}: cannot read image ({e}) [{self.name}]") from None
-        t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        t = read_rgb(self.image_path(i), f" [{self.name}]")
         if self.cache_images:
             self._cache[i] = t
         return t
