@@ -39,3 +39,17 @@ def test_a_run_saved_with_another_value_is_refused(tmp_path):
     (plan,) = plan_sweep(["seed=0", "loss=bce"]).runs
     with pytest.raises(ConfigError, match="other settings"):
         finished_run(_saved_run(tmp_path / "other", plan, drop_key=False, value=512), plan)
+
+
+def test_sweep_mean_treats_undefined_metrics_as_undefined():
+    """Open Images rows carry None for the COCO-only keys; LVIS rows nan for APl."""
+    import math
+
+    from acsl_cli.pipeline.sweep import mean_std
+
+    runs = [{"m": {"AP": 0.5, "AP75": None, "APl": math.nan}},
+            {"m": {"AP": 0.7, "AP75": None, "APl": math.nan}}]
+    mean, std = mean_std(runs)
+    assert mean["m"]["AP"] == pytest.approx(0.6) and std["m"]["AP"] == pytest.approx(0.141421356)
+    assert math.isnan(mean["m"]["AP75"]) and math.isnan(std["m"]["AP75"])
+    assert math.isnan(mean["m"]["APl"])

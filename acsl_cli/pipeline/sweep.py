@@ -41,11 +41,13 @@ def mean_std(runs: list[dict[str, dict[str, float]]]
              ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Per row and metric: mean and sample std (ddof 1; 0 for a single run) over runs.
 
-    A metric undefined (nan) in any run is undefined in the summary.
+    A metric undefined (nan or None, e.g. AP75 under the Open Images metric) in any run is
+    undefined in the summary.
     """
     mean, std = {}, {}
     for row in runs[0]:
-        vals = {k: np.array([float(r[row][k]) for r in runs]) for k in runs[0][row]}
+        vals = {k: np.array([math.nan if r[row][k] is None else float(r[row][k])
+                             for r in runs]) for k in runs[0][row]}
         mean[row] = {k: float(v.mean()) for k, v in vals.items()}
         std[row] = {k: float(v.std(ddof=1)) if len(v) > 1 else
                     (0.0 if not math.isnan(v[0]) else math.nan) for k, v in vals.items()}
