@@ -113,7 +113,7 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 
 def _update(base: DictConfig, parsed: list[Override]) -> DictConfig:
-    cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+    cfg = _with_new_defaults(OmegaConf.create(OmegaConf.to_container(base, resolve=True)))
     groups = [o for o in parsed if o.key in GROUPS]
     if groups:
         fresh = _compose([o.text for o in groups])
@@ -125,6 +125,14 @@ def _update(base: DictConfig, parsed: list[Override]) -> DictConfig:
             OmegaConf.update(cfg, o.key, o.value, merge=False, force_add=o.text[0] == "+")
     OmegaConf.set_struct(cfg, False)
     return cfg
+
+
+def _with_new_defaults(saved: DictConfig) -> DictConfig:
+    """A saved config with the keys added to ``conf/`` since it was saved, at their defaults
+    (which keep the old behaviour), so that new options can be overridden on old runs."""
+    choices = [f"{g}={saved[g].name}" for g in GROUPS
+               if isinstance(saved.get(g), DictConfig) and saved[g].get("name") in available(g)]
+    return OmegaConf.merge(_compose(choices), saved)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -1,0 +1,29 @@
+"""Runs saved by an older version: their config lacks the keys added since; ``acsl eval
+ckpt=`` must still take overrides of those keys, and the others keep their defaults."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from acsl_cli.config import load_config
+from acsl_cli.errors import ConfigError
+
+
+def _old_config():
+    cfg = OmegaConf.to_container(load_config(["loss=bags", "seed=2"]), resolve=True)
+    del cfg["test"]["max_detections"]  # both added after this run was "saved"
+    del cfg["schedule"]["stage2"]["rois_per_image"]
+    return OmegaConf.create(cfg)
+
+
+def test_a_new_key_can_be_overridden_on_an_old_config():
+    cfg = load_config(["test.max_detections=100"], base=_old_config())
+    assert cfg.test.max_detections == 100
+    assert cfg.schedule.stage2.rois_per_image is None  # the default, the old behaviour
+    assert cfg.loss.name == "bags" and cfg.seed == 2  # the saved values win
+
+
+def test_unknown_keys_are_still_errors_on_an_old_config():
+    with pytest.raises(ConfigError, match="no_such_key"):
+        load_config(["test.no_such_key=1"], base=_old_config())
