@@ -27,3 +27,12 @@ def test_a_new_key_can_be_overridden_on_an_old_config():
 def test_unknown_keys_are_still_errors_on_an_old_config():
     with pytest.raises(ConfigError, match="no_such_key"):
         load_config(["test.no_such_key=1"], base=_old_config())
+
+
+def test_eval_ckpt_applies_loss_overrides_to_the_saved_head_loss():
+    from acsl_cli.pipeline.evaluate import checkpoint_loss
+
+    saved = {"name": "acsl", "xi": 0.7, "bg_mode": "official", "bg_factor": False}
+    node = checkpoint_loss(saved, ["loss.bg_factor=true", "seed=1", "test.max_detections=5"])
+    assert node.bg_factor is True and node.xi == 0.7 and node.name == "acsl"
+    assert checkpoint_loss(saved, []).bg_factor is False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -87,6 +87,16 @@ def multi_variant_test(cfg: DictConfig) -> bool:
             or bool(test.get("expand_hierarchy", False)))
 
 
+def checkpoint_loss(saved: Mapping, overrides: Sequence[str]) -> DictConfig:
+    """The checkpoint's own loss config with the command's ``loss.KEY=VALUE`` overrides
+    (e.g. ``loss.bg_factor=true`` changes how the saved head scores)."""
+    node = OmegaConf.create(dict(saved))
+    for o in config_mod.parse_overrides(list(overrides)):
+        if o.key.startswith("loss."):
+            OmegaConf.update(node, o.key[len("loss."):], o.value, merge=False)
+    return node
+
+
 def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
     """``acsl eval ckpt=PATH``: evaluate with the config saved beside (or in) the checkpoint,
     updated by the command's other overrides."""
@@ -97,7 +107,7 @@ def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
     device = setup_torch(cfg)
     data = load_data(cfg)
     check_classes(plan.ckpt, ckpt, list(data.cmap.category_ids))
-    loss = make_loss(OmegaConf.create(ckpt["loss"]), loss_context(data, cfg.seed))
+    loss = make_loss(checkpoint_loss(ckpt["loss"], plan.overrides), loss_context(data, cfg.seed))
     model = build_model(cfg, data, loss)
     state = ckpt.get("model")
     if ckpt["format"] == HEAD_FORMAT:
