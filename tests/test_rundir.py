@@ -42,8 +42,12 @@ REPO = Path(__file__).resolve().parents[1]
 def child(code: str, **kw) -> subprocess.Popen:
     """A Python subprocess running ``code`` with ``acsl_cli`` importable."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # A shell's background job (nohup, CI runners) starts with SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: give the child the default disposition.
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, text=True,
-                            stdout=subprocess.PIPE, **kw)
+                            stdout=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **kw)
 
 
 def dead_pid() -> int:
