@@ -65,19 +65,10 @@ GENERATOR_VERSION = 1  # bump when the output changes, so caches are not reused
 
 
 @dataclass(frozen=True)
-class OpenImagesSyntheticSpec:
-    """Everything that determines the generated files (and so the cache key)."""
+class OpenImagesSyntheticSpec(syn.SyntheticSpec):
+    """Everything that determines the generated files (and so the cache key): the embedded
+    set's fields (``num_classes`` counts leaf classes, 6..60) plus the Open Images ones."""
 
-    seed: int = 0
-    num_classes: int = 60  # leaf classes, 6..60 (all 6 shapes always have a leaf)
-    image_size: int = 128
-    max_images_per_class: int = 400
-    objects_per_image: int = 4
-    val_instances_per_class: int = 10
-    min_object_size: int = 14
-    max_object_size: int = 40
-    colour_jitter: int = 18
-    distractors: int = 2
     group_of_fraction: float = 0.1
     min_cluster_objects: int = 5
     max_cluster_objects: int = 8
@@ -226,8 +217,7 @@ def layout(spec: OpenImagesSyntheticSpec) -> dict[str, list[PlannedImage]]:
     """Every image of both splits as planned (deterministic per spec), nothing written."""
     spec.check()
     rng = np.random.default_rng(spec.seed)
-    counts = syn.train_image_counts(syn.SyntheticSpec(
-        num_classes=spec.num_classes, max_images_per_class=spec.max_images_per_class))
+    counts = syn.train_image_counts(spec)
     slots = {"train": [r for r, k in enumerate(counts) for _ in range(k)],
              "validation": [r for r in range(spec.num_classes)
                             for _ in range(spec.val_instances_per_class)]}
