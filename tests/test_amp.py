@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import LossContext, available_losses, build_loss
+from tests.test_losses import loss_and_grad
 
 C, N = 1230, 8192
 
@@ -44,13 +45,6 @@ def lvis_batch(width: int, seed: int = 0, n: int = N, c: int = C):
     return logits, labels
 
 
-def value_and_grad(loss, logits, labels):
-    z = logits.clone().requires_grad_(True)
-    value = loss(z, labels)
-    value.backward()
-    return value.detach(), z.grad
-
-
 # ------------------------------------------------------------------ half-precision logits
 
 
@@ -61,7 +55,7 @@ def fp32_reference():
     for name in available_losses():
         loss = build_loss(name, context)
         logits, labels = lvis_batch(loss.num_outputs(C))
-        value, _ = value_and_grad(loss, logits, labels)
+        value, _ = loss_and_grad(loss, logits, labels)
         out[name] = (logits, labels, value)
     return out
 
@@ -71,7 +65,7 @@ def fp32_reference():
 def test_loss_reduces_in_float32_at_lvis_size(name, dtype, fp32_reference):
     logits, labels, ref = fp32_reference[name]
     loss = build_loss(name, long_tail_context())  # fresh: same seed, same draws
-    value, grad = value_and_grad(loss, logits.to(dtype), labels)
+    value, grad = loss_and_grad(loss, logits.to(dtype), labels)
     assert value.dtype == torch.float32 and math.isfinite(value.item()), (name, value)
     assert value.item() == pytest.approx(ref.item(), rel=1e-2)
     assert grad.dtype == dtype and torch.isfinite(grad).all()
@@ -105,8 +99,8 @@ def test_acsl_dense_form_equals_gathered_form(bg_mode, dtype):
     for call in range(3):  # the draws stay aligned over calls
         logits, labels = lvis_batch(301, seed=call, n=2048, c=300)
         logits = (logits / 3).to(dtype)
-        v0, g0 = value_and_grad(gathered, logits, labels)
-        v1, g1 = value_and_grad(dense, logits, labels)
+        v0, g0 = loss_and_grad(gathered, logits, labels)
+        v1, g1 = loss_and_grad(dense, logits, labels)
         assert v1.item() == pytest.approx(v0.item(), rel=1e-6, abs=0)
         torch.testing.assert_close(g1, g0, rtol=1e-6, atol=1e-12)
 
@@ -139,8 +133,8 @@ def test_bags_vectorised_equals_loop():
         logits, labels = lvis_batch(new.num_outputs(400), seed=call, n=3000, c=400)
         if call == 2:  # a group without positives draws nothing
             labels[new.group_of_label(labels) == 1] = 0
-        v0, g0 = value_and_grad(lambda z, y: bags_loop(old, z, y), logits, labels)
-        v1, g1 = value_and_grad(new, logits, labels)
+        v0, g0 = loss_and_grad(lambda z, y: bags_loop(old, z, y), logits, labels)
+        v1, g1 = loss_and_grad(new, logits, labels)
         assert torch.equal(v0, v1) and torch.equal(g0, g1)  # same rows, same order
 
 
@@ -149,7 +143,7 @@ def test_federated_index_select_equals_advanced_indexing():
     new, old = build_loss("federated", context, seed=3), build_loss("federated", context, seed=3)
     for call in range(3):
         logits, labels = lvis_batch(401, seed=call, n=1000, c=400)
-        v1, g1 = value_and_grad(new, logits, labels)
+        v1, g1 = loss_and_grad(new, logits, labels)
 
         def before(z, y):
             selected = old.select_classes(y)
@@ -157,7 +151,7 @@ def test_federated_index_select_equals_advanced_indexing():
             bce = F.binary_cross_entropy_with_logits(z[:, selected], target, reduction="sum")
             return bce / z.shape[0]
 
-        v0, g0 = value_and_grad(before, logits, labels)
+        v0, g0 = loss_and_grad(before, logits, labels)
         assert torch.equal(v0, v1) and torch.equal(g0, g1)
 
 

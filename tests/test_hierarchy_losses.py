@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import build_loss
 from acsl_cli.losses.base import LossContext
+from tests.test_losses import loss_and_grad
 
 C = 5
 # class 3 has parents 1 and 2 (two parents); class 4 has parent 3 (so ancestors 1, 2, 3)
@@ -37,13 +38,6 @@ def _batch(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, labels
 
 
-def _value_and_grad(loss, logits, labels):
-    z = logits.clone().requires_grad_(True)
-    value = loss(z, labels)
-    value.backward()
-    return value.detach(), z.grad
-
-
 @pytest.mark.parametrize(("name", "params"), SIGMOID)
 def test_a_flat_hierarchy_changes_nothing(name, params):
     """With no ancestors the multi-label path must give the single-label loss exactly
@@ -53,8 +47,8 @@ def test_a_flat_hierarchy_changes_nothing(name, params):
     flat = build_loss(name, LossContext(**CONTEXT, ancestors=((),) * C), **params)
     assert flat.expansion is not None and plain.expansion is None
     for _ in range(2):  # twice: the losses' generators and running statistics advance alike
-        v1, g1 = _value_and_grad(plain, logits, labels)
-        v2, g2 = _value_and_grad(flat, logits, labels)
+        v1, g1 = loss_and_grad(plain, logits, labels)
+        v2, g2 = loss_and_grad(flat, logits, labels)
         assert torch.allclose(v1, v2, rtol=1e-12, atol=1e-12)
         assert torch.allclose(g1, g2, rtol=1e-12, atol=1e-12)
 
