@@ -1,7 +1,10 @@
-"""Evaluation: LVIS-rules bounding-box AP (lvis-api 0.5.3 semantics, numpy implementation).
+"""Evaluation: LVIS-rules bounding-box AP (lvis-api 0.5.3 semantics) and the Open Images
+challenge metric, numpy implementations, all torch-free.
 
-``lvis_eval``: rules and matching; ``detections``: reading and checking results files;
-``results``: scoring a results file with train frequency groups. All torch-free.
+LVIS: ``lvis_gt`` (what takes part), ``lvis_matching`` (greedy matching), ``lvis_eval``
+(precision and summary); ``detections``: reading and checking results files; ``results``:
+scoring a results file with train frequency groups. Open Images: the ``openimages_*``
+modules.
 """
 
 from acsl_cli.evaluation.lvis_eval import (
