@@ -7,13 +7,8 @@ scoring a results file with train frequency groups. Open Images: the ``openimage
 modules.
 """
 
-from acsl_cli.evaluation.lvis_eval import (
-    METRIC_KEYS,
-    LvisEvalResult,
-    evaluate_lvis,
-    load_detections,
-    validate_detections,
-)
+from acsl_cli.evaluation.detections import load_detections, validate_detections
+from acsl_cli.evaluation.lvis_eval import METRIC_KEYS, LvisEvalResult, evaluate_lvis
 
 __all__ = [
     "METRIC_KEYS",

@@ -23,12 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from acsl_cli.evaluation.detections import (
-    Detections,
-    load_detections,
-    parse_detections,
-    validate_detections,
-)
+from acsl_cli.evaluation.detections import Detections, parse_detections
 from acsl_cli.evaluation.lvis_gt import AREA_RANGES, index_ground_truth, select_detections
 from acsl_cli.evaluation.lvis_matching import (
     IOU_THRESHOLDS,
@@ -40,16 +35,6 @@ from acsl_cli.evaluation.lvis_matching import (
 METRIC_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 FREQUENCIES = ("r", "c", "f")
-
-# Results files are read and checked in ``detections``; re-exported for existing imports.
-__all__ = [
-    "METRIC_KEYS",
-    "LvisEvalResult",
-    "evaluate_lvis",
-    "load_detections",
-    "validate_detections",
-]
-
 
 @dataclass(frozen=True)
 class LvisEvalResult:
