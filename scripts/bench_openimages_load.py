@@ -187,10 +187,12 @@ def image_check_cost(n: int) -> float:
         for image_id in ids:
             pixels.save(Path(tmp) / f"{image_id}.jpg", quality=85)
         zero = np.zeros(n + 1, dtype=np.int64)
-        parsed = ParsedSplit(np.array(ids), np.zeros(n, np.int8), np.ones(n, np.int64), zero,
-                             np.zeros((0, 4), np.float32), np.zeros(0, np.int32),
-                             np.zeros(0, bool), zero, np.zeros(0, np.int32), zero,
-                             np.zeros(0, np.int32))
+        none = np.zeros(0, np.int32)
+        parsed = ParsedSplit(
+            image_ids=np.array(ids), first_source=np.zeros(n, np.int8),
+            first_row=np.ones(n, np.int64), box_offsets=zero, boxes=np.zeros((0, 4), np.float32),
+            box_labels=none, group_of=np.zeros(0, bool), pos_offsets=zero, pos_labels=none,
+            neg_offsets=zero, neg_labels=none)
         start = time.perf_counter()
         _image_info(parsed, OpenImagesFiles(Path(tmp) / "b.csv", None, Path(tmp)), None)
         return (time.perf_counter() - start) / n

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from acsl_cli.data.lvis_dataset import read_rgb
 from acsl_cli.data.openimages_cache import ARRAYS as _ARRAYS  # noqa: F401 (the tests read it)
 from acsl_cli.data.openimages_cache import FORMAT_VERSION, cache_file, read_cache, write_cache
 from acsl_cli.data.openimages_csv import (
+    CsrAnnotations,
     ImageRegistry,
     assemble,
     parse_boxes,
@@ -127,13 +128,8 @@ def _build(files: OpenImagesFiles, class_index: dict[str, int], classes_csv: str
     else:
         exts, widths, heights = (np.zeros(n, np.uint8), np.zeros(n, np.int32),
                                  np.zeros(n, np.int32))
-    return OpenImagesSplit(
-        image_ids=parsed.image_ids, image_exts=exts, widths=widths, heights=heights,
-        box_offsets=parsed.box_offsets, boxes=parsed.boxes, box_labels=parsed.box_labels,
-        group_of=parsed.group_of, pos_offsets=parsed.pos_offsets,
-        pos_labels=parsed.pos_labels, neg_offsets=parsed.neg_offsets,
-        neg_labels=parsed.neg_labels, skipped_degenerate=parsed.degenerate,
-        skipped_unknown_labels=parsed.unknown_labels)
+    shared = {f.name: getattr(parsed, f.name) for f in fields(CsrAnnotations)}
+    return OpenImagesSplit(**shared, image_exts=exts, widths=widths, heights=heights)
 
 
 class OpenImagesDetection(Dataset):

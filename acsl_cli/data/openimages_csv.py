@@ -177,16 +177,13 @@ def parse_image_labels(path: str | Path, class_index: Mapping[str, int],
     return out
 
 
-@dataclass
-class ParsedSplit:
-    """One split in CSR form by image, images sorted by ImageID (see ``OpenImagesSplit``).
-
-    ``first_source``/``first_row``: where each image is first listed, for error messages.
-    """
+@dataclass(kw_only=True)
+class CsrAnnotations:
+    """One split's annotations in CSR form by image, images sorted by ImageID: boxes
+    (normalised xyxy), their labels and group-of flags, verified positive and negative
+    image-level labels. Shared by the parse result and ``OpenImagesSplit``."""
 
     image_ids: np.ndarray
-    first_source: np.ndarray
-    first_row: np.ndarray
     box_offsets: np.ndarray
     boxes: np.ndarray
     box_labels: np.ndarray
@@ -195,8 +192,17 @@ class ParsedSplit:
     pos_labels: np.ndarray
     neg_offsets: np.ndarray
     neg_labels: np.ndarray
-    degenerate: int = 0
-    unknown_labels: int = 0
+    skipped_degenerate: int = 0
+    skipped_unknown_labels: int = 0
+
+
+@dataclass(kw_only=True)
+class ParsedSplit(CsrAnnotations):
+    """The parse result: ``first_source``/``first_row`` say where each image is first
+    listed, for error messages."""
+
+    first_source: np.ndarray
+    first_row: np.ndarray
 
 
 def _offsets(sorted_image: np.ndarray, n: int) -> np.ndarray:
@@ -277,4 +283,5 @@ def assemble(images: ImageRegistry, boxes: BoxBuffers, labels: LabelBuffers | No
         image_ids=ids, first_source=first_source, first_row=first_row,
         box_offsets=box_offsets, boxes=coords, box_labels=box_labels, group_of=group_of,
         pos_offsets=pos[0], pos_labels=pos[1], neg_offsets=neg[0], neg_labels=neg[1],
-        degenerate=boxes.degenerate, unknown_labels=0 if labels is None else labels.unknown)
+        skipped_degenerate=boxes.degenerate,
+        skipped_unknown_labels=0 if labels is None else labels.unknown)

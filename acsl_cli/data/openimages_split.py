@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from acsl_cli.data.openimages_csv import sorted_unique
+from acsl_cli.data.openimages_csv import CsrAnnotations, sorted_unique
 
 if TYPE_CHECKING:
     from acsl_cli.evaluation.openimages_metric import OpenImagesGT
@@ -33,8 +33,8 @@ class OpenImagesFiles:
     image_dir: Path
 
 
-@dataclass
-class OpenImagesSplit:
+@dataclass(kw_only=True)
+class OpenImagesSplit(CsrAnnotations):
     """One split, images sorted by ImageID; CSR arrays as in ``OpenImagesGT``.
 
     Held per box: 4 float32 normalised coordinates (xmin, ymin, xmax, ymax), an int32 label
@@ -44,20 +44,9 @@ class OpenImagesSplit:
     three int64 offsets. Per image-level label: an int32.
     """
 
-    image_ids: np.ndarray
     image_exts: np.ndarray
     widths: np.ndarray
     heights: np.ndarray
-    box_offsets: np.ndarray
-    boxes: np.ndarray
-    box_labels: np.ndarray
-    group_of: np.ndarray
-    pos_offsets: np.ndarray
-    pos_labels: np.ndarray
-    neg_offsets: np.ndarray
-    neg_labels: np.ndarray
-    skipped_degenerate: int = 0
-    skipped_unknown_labels: int = 0
 
     @property
     def num_images(self) -> int:
