@@ -108,8 +108,10 @@ def per_category_ap(c: Comparison, path: Path) -> Path | None:
                           if groups.get(cid) == g and not math.isnan(v)), reverse=True)
             if aps:
                 base = r.name == c.baseline
+                # Past ~40 categories a panel's markers touch and hide the baseline's dashes.
                 ax.plot(range(1, len(aps) + 1), aps, color=colours[r.name],
-                        lw=2.2 if base else 1.4, ls="--" if base else "-", marker=".",
+                        lw=2.2 if base else 1.4, ls="--" if base else "-",
+                        marker="." if len(aps) <= 40 else None,
                         label=r.name, zorder=3 if base else 2)
         size = sum(1 for v in groups.values() if v == g)
         ax.set_title(f"{GROUP_NAMES[g]} categories ({size})")
