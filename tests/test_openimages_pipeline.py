@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from acsl_cli.cli import app
 from acsl_cli.config import load_config
+from acsl_cli.evaluation.openimages_metric import expand_ground_truth
 from acsl_cli.evaluation.openimages_scoring import score_openimages
 from acsl_cli.losses.registry import loss_class
 from acsl_cli.pipeline.build import load_data, loss_context, make_loss
@@ -106,12 +107,13 @@ def test_expand_hierarchy_scores_a_leaf_only_detector_on_the_parents(run):
     kw = dict(ancestors=oi.ancestors, names=oi.names, groups=oi.groups)
     leaves = [i + 1 for i, a in enumerate(oi.ancestors) if a]
     parents = sorted({p for a in oi.ancestors for p in a})
-    plain, rows = score_openimages(gt, dets, oi.widths, oi.heights, **kw)
+    full_gt = expand_ground_truth(gt, oi.ancestors)
+    plain, rows = score_openimages(full_gt, dets, oi.widths, oi.heights, **kw)
     ap = {r["category_id"]: r["AP"] for r in rows}
     assert all(ap[c] == pytest.approx(1.0) for c in leaves)
     assert all(ap[c] == 0.0 for c in parents)
     assert plain["AP"] == pytest.approx(len(leaves) / (len(leaves) + len(parents)))
-    full, _ = score_openimages(gt, dets, oi.widths, oi.heights, expand=True, **kw)
+    full, _ = score_openimages(full_gt, dets, oi.widths, oi.heights, expand=True, **kw)
     assert full["AP"] == pytest.approx(1.0)
 
 

@@ -47,6 +47,14 @@ def _boxes(root: Path, split: str) -> list[dict[str, str]]:
     return _dicts(root / f"{split}-annotations-bbox.csv")
 
 
+def _boxed_labels(root: Path, split: str) -> dict[str, set[str]]:
+    """ImageID -> LabelNames with a box."""
+    boxed: dict[str, set[str]] = defaultdict(set)
+    for r in _boxes(root, split):
+        boxed[r["ImageID"]].add(r["LabelName"])
+    return boxed
+
+
 def _labels(root: Path, split: str) -> dict[str, dict[str, str]]:
     """ImageID -> {LabelName: Confidence}."""
     out: dict[str, dict[str, str]] = defaultdict(dict)
@@ -130,9 +138,7 @@ def test_group_of_boxes_cover_their_clusters(small: Path, plans):
 def test_verified_negatives_are_absent_and_positives_are_the_boxed_leaves(small: Path, plans):
     lookalike_negatives = 0
     for split in ois.SPLITS:
-        boxed: dict[str, set[str]] = defaultdict(set)
-        for r in _boxes(small, split):
-            boxed[r["ImageID"]].add(r["LabelName"])
+        boxed = _boxed_labels(small, split)
         labels = _labels(small, split)
         drawn = {p.image_id: {ois.leaf_name(o[0]) for o in p.objects} for p in plans[split]}
         for image_id, found in labels.items():
@@ -158,9 +164,7 @@ def _rank(name: str) -> int:
 def test_unlabelled_objects_are_neither_boxed_nor_labelled(small: Path, plans):
     count = 0
     for split in ois.SPLITS:
-        boxed: dict[str, set[str]] = defaultdict(set)
-        for r in _boxes(small, split):
-            boxed[r["ImageID"]].add(r["LabelName"])
+        boxed = _boxed_labels(small, split)
         labels = _labels(small, split)
         for p in plans[split]:
             for rank in p.unlabelled:

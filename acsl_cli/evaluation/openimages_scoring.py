@@ -21,7 +21,6 @@ from acsl_cli.evaluation.openimages_metric import (
     OpenImagesResult,
     evaluate_openimages,
     expand_detections,
-    expand_ground_truth,
 )
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -66,15 +65,15 @@ def score_openimages(
 ) -> tuple[dict[str, float | None], list[dict]]:
     """Metrics (fractions, LVIS keys) and per-category rows for one model's results.
 
-    ``gt`` is the raw (unexpanded) val ground truth; ``expand`` also copies every detection
-    to the ancestors of its class (``test.expand_hierarchy``), for models that predict leaf
-    classes only.
+    ``gt`` is the val ground truth already expanded up the hierarchy
+    (``expand_ground_truth``, once for all models scored); ``expand`` also copies every
+    detection to the ancestors of its class (``test.expand_hierarchy``), for models that
+    predict leaf classes only.
     """
     arrays = results_to_arrays(results, widths, heights)
     if expand:
         arrays = expand_detections(*arrays, ancestors)
-    full = expand_ground_truth(gt, ancestors)
-    r = evaluate_openimages(full, *arrays, group_of_weight=group_of_weight, groups=groups)
+    r = evaluate_openimages(gt, *arrays, group_of_weight=group_of_weight, groups=groups)
     return table_metrics(r, grouped=True), category_rows(r, names, groups)
 
 

@@ -69,7 +69,7 @@ class EqualizationLoss(ClassificationLoss):
         """
         tail = self.tail.to(labels.device)
         suppressed = (labels > 0)[:, None] & tail[None, :]
-        suppressed &= self.targets(labels, suppressed.shape[1], torch.float32) == 0
+        suppressed &= ~self.targets(labels, suppressed.shape[1], torch.bool)
         return (~suppressed).float()
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:

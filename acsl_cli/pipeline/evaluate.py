@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,8 +40,9 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
     results = predict(model, val, data.cmap, device, scorers, cfg.schedule.batch_size,
                       cfg.progress, amp=cfg.get("amp", "off"))
     out = Evaluation({}, {}, results)
+    score = scorer(cfg, data, len(val))
     for name, dets in results.items():
-        metrics, rows = score(cfg, data, len(val), dets)
+        metrics, rows = score(dets)
         out.metrics[name], out.per_category[name] = metrics, rows
         log.info("evaluated %s on %d val images: AP %.4f APr %.4f APc %.4f APf %.4f", name,
                  len(val), *(metrics[k] for k in ("AP", "APr", "APc", "APf")),
@@ -50,23 +51,30 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
     return out
 
 
-def score(cfg: DictConfig, data: DatasetBundle, images: int, dets: list[dict]
-          ) -> tuple[dict, list[dict]]:
+def scorer(cfg: DictConfig, data: DatasetBundle, images: int
+           ) -> Callable[[list[dict]], tuple[dict, list[dict]]]:
     """Metrics and per-category rows of detections on the first ``images`` val images:
-    LVIS rules, or the Open Images challenge metric for an Open Images set."""
+    LVIS rules, or the Open Images challenge metric for an Open Images set. The ground truth
+    is cut (and expanded up the hierarchy) once, for all the heads scored."""
     oi = data.openimages
     if oi is not None:
+        from acsl_cli.evaluation.openimages_metric import expand_ground_truth
         from acsl_cli.evaluation.openimages_scoring import first_images, score_openimages
 
+        full = expand_ground_truth(first_images(oi.gt, images), oi.ancestors)
         expand = bool((cfg.get("test") or {}).get("expand_hierarchy", False))
-        return score_openimages(first_images(oi.gt, images), dets, oi.widths, oi.heights,
-                                ancestors=oi.ancestors, names=oi.names, groups=oi.groups,
-                                expand=expand, group_of_weight=oi.group_of_weight)
+        return lambda dets: score_openimages(
+            full, dets, oi.widths, oi.heights, ancestors=oi.ancestors, names=oi.names,
+            groups=oi.groups, expand=expand, group_of_weight=oi.group_of_weight)
     gt = data.val_gt
     if images < len(data.val):
         gt = subset_gt(gt, {im["id"] for im in data.val.images[:images]})
-    r = evaluate_lvis(gt, dets)
-    return r.metrics, r.per_category
+
+    def score_lvis(dets: list[dict]) -> tuple[dict, list[dict]]:
+        r = evaluate_lvis(gt, dets)
+        return r.metrics, r.per_category
+
+    return score_lvis
 
 
 def test_trunk(cfg: DictConfig, model) -> FrozenTrunk:

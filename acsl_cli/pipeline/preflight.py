@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from acsl_cli.data.build import GENERATED_KINDS
+from acsl_cli.data.build import GENERATED_KINDS, OPENIMAGES_KINDS
 from acsl_cli.engine.distributed import resolve_device
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.pipeline.rundir import (
@@ -34,8 +34,12 @@ def checkpoint_bytes(cfg: DictConfig) -> int:
     """Estimated size of one detector checkpoint of this config."""
     d = cfg.dataset
     kind = d.get("kind")
-    classes = d.num_classes if kind in GENERATED_KINDS else 601 if "openimages" in str(kind) \
-        else 1231
+    if kind in GENERATED_KINDS:
+        classes = d.num_classes
+    elif kind in OPENIMAGES_KINDS:
+        classes = 601  # an upper bound: the 600 boxable classes (the embedded set has 66)
+    else:
+        classes = 1231  # LVIS and COCO-format sets: an upper bound, LVIS's
     params = BACKBONE_PARAMS.get(cfg.backbone.name, 60.1e6)
     params += (classes + 1) * 5 * cfg.backbone.representation_size
     return int(params * BYTES_PER_PARAM)
