@@ -20,6 +20,7 @@ import yaml
 from acsl_cli.data.annotations import load_json
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation import METRIC_KEYS
+from acsl_cli.evaluation.openimages_scoring import count_value
 
 STAGE1_ROW = "stage1 (softmax CE)"  # the stage-1 row of every run (pipeline/train.py)
 _META = {"category_id", "name", "frequency", "group", "num_gt", "train_images",
@@ -189,7 +190,7 @@ def read_per_category(path: Path, labels: Sequence[str]) -> list[CategoryAP]:
             out.append(CategoryAP(
                 int(row["category_id"]), row.get("name") or "",
                 (row.get("group") or row.get("frequency") or "").strip(),
-                _number(row.get("num_gt")), _opt_int(row.get("train_images")),
+                count_value(float(row.get("num_gt") or 0)), _opt_int(row.get("train_images")),
                 _opt_int(row.get("train_instances")),
                 {m: _opt_float(row.get(m)) for m in models}))
         except (TypeError, ValueError) as e:
@@ -305,9 +306,3 @@ def tidy(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """One flat record per (run, row): run, seed, label, loss, xi and the nine metrics."""
     return [{"run": r.name, "seed": r.seed, "label": m.label, "loss": m.loss, "xi": m.xi,
              **m.metrics} for r in runs for m in r.models.values()]
-
-
-def _number(text: str | None) -> float:
-    """A count written as ``12`` or ``11.5``."""
-    value = float(text or 0)
-    return int(value) if value.is_integer() else value
