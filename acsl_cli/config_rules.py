@@ -132,9 +132,9 @@ OPENIMAGES_SYNTHETIC = {
     "colour_jitter": integer(0, 255),
     "distractors": integer(0, 20),
     "group_of_fraction": number(0, 1),
-    "min_cluster_objects": integer(2),
-    "max_cluster_objects": integer(2),
-    "cluster_object_size": integer(3),
+    "min_cluster_objects": integer(5, 9),  # a group-of box covers >= 5 objects
+    "max_cluster_objects": integer(5, 9),
+    "cluster_object_size": integer(4),
     "negatives_per_image": integer(0),
     "parent_negative_fraction": number(0, 1),
     "unlabelled_fraction": number(0, 1),
@@ -207,7 +207,16 @@ def validate(cfg: DictConfig) -> None:
     if kind in ("openimages", "openimages_synthetic"):
         _apply(cfg.dataset, "dataset.", OPENIMAGES)
     if kind == "openimages_synthetic":
-        _apply(cfg.dataset, "dataset.", OPENIMAGES_SYNTHETIC)
+        d = cfg.dataset
+        _apply(d, "dataset.", OPENIMAGES_SYNTHETIC)
+        if not d.min_cluster_objects <= d.max_cluster_objects:
+            raise ConfigError(f"dataset.min_cluster_objects={d.min_cluster_objects}: need <= "
+                              f"max_cluster_objects ({d.max_cluster_objects})")
+        if not d.cluster_object_size < d.min_object_size <= d.max_object_size <= d.image_size:
+            raise ConfigError(
+                f"dataset.cluster_object_size={d.cluster_object_size}, min_object_size="
+                f"{d.min_object_size}, max_object_size={d.max_object_size}: need cluster < "
+                f"min <= max <= image_size ({d.image_size})")
     if kind in ("synthetic", "synthetic_lvis"):
         d = cfg.dataset
         _apply(d, "dataset.", SYNTHETIC if kind == "synthetic" else SYNTHETIC_LVIS)

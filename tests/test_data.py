@@ -271,3 +271,17 @@ def test_valid_coco_file_passes_and_deep_json_is_a_data_error(tmp_path):
     with pytest.raises(DataError) as e:
         read_annotations(deep)
     assert str(e.value) == f"{deep}: not valid JSON (nested too deeply)"
+
+
+def test_a_decompression_bomb_is_a_one_line_data_error(tmp_path, monkeypatch):
+    """PIL's DecompressionBombError is not an OSError; it must not escape as a traceback."""
+    from PIL import Image
+
+    from acsl_cli.data.lvis_dataset import read_rgb
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(path)
+    assert read_rgb(path).shape == (3, 64, 64)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # the image is 4x the limit
+    with pytest.raises(DataError, match="big.png: cannot read image"):
+        read_rgb(path)

@@ -489,3 +489,16 @@ def test_predictions_bad_header_and_file(tmp_path):
     path = _write(tmp_path / "h.csv", COLUMNS, [])
     img, lab, sc, bx = read_predictions_csv(path, IMAGES, CLASSES)
     assert len(img) == len(lab) == len(sc) == 0 and bx.shape == (0, 4)
+
+
+def test_predictions_that_are_not_utf8_csv_are_one_line_data_errors(tmp_path):
+    path = _write(tmp_path / "p.csv", COLUMNS, [GOOD])
+    with open(path, "ab") as f:
+        f.write(b"img0,/m/cat\xff\xfe,0.5,0.1,0.2,0.3,0.4\n")
+    with pytest.raises(DataError, match="p.csv: not a UTF-8 CSV file") as e:
+        read_predictions_csv(path, IMAGES, CLASSES)
+    assert "\n" not in str(e.value)
+    nul = tmp_path / "n.csv"
+    nul.write_text(",".join(COLUMNS) + "\nimg0,/m/cat,0.5,0.1,\0,0.3,0.4\n")
+    with pytest.raises(DataError, match="n.csv: "):
+        read_predictions_csv(nul, IMAGES, CLASSES)

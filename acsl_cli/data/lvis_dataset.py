@@ -131,7 +131,7 @@ def read_rgb(path: Path, context: str = "") -> torch.Tensor:
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:  # the bomb error is no OSError
         raise DataError(f"{path}: cannot read image ({e}){context}") from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 

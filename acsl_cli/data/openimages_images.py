@@ -51,7 +51,7 @@ def image_info(parsed: ParsedSplit, files: OpenImagesFiles, progress: Progress |
         try:
             with Image.open(path) as im:
                 widths[i], heights[i] = im.size
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:  # the bomb error is no OSError
             raise DataError(f"{path}: cannot read the image header ({e})") from None
         if progress is not None and (i + 1) % 4096 == 0:
             progress(i + 1, len(ids))

@@ -48,6 +48,7 @@ from PIL import Image, ImageDraw
 from acsl_cli.data import synthetic as syn
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.data.synthetic import COLOURS, SHAPES, class_attributes
+from acsl_cli.errors import ConfigError
 from acsl_cli.files import tmp_name
 from acsl_cli.locks import CacheEntry, FileLock
 
@@ -83,17 +84,19 @@ class OpenImagesSyntheticSpec(syn.SyntheticSpec):
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
     def check(self) -> None:
+        """One-line ``ConfigError`` (a ValueError) for settings the drawing cannot honour."""
         n_max = len(SHAPES) * len(COLOURS)
         if not len(SHAPES) <= self.num_classes <= n_max:
-            raise ValueError(f"num_classes={self.num_classes}: must be in [6, {n_max}]")
+            raise ConfigError(f"num_classes={self.num_classes}: must be in [6, {n_max}]")
         if not 1 <= self.objects_per_image < len(SHAPES):
-            raise ValueError(f"objects_per_image={self.objects_per_image}: must be in [1, 5]")
+            raise ConfigError(f"objects_per_image={self.objects_per_image}: must be in [1, 5]")
         if not 5 <= self.min_cluster_objects <= self.max_cluster_objects <= 9:
-            raise ValueError("cluster objects: need 5 <= min_cluster_objects <= "
-                             "max_cluster_objects <= 9 (a group-of box covers >= 5 objects)")
-        if not 4 <= self.cluster_object_size < self.min_object_size <= self.max_object_size:
-            raise ValueError("sizes: need 4 <= cluster_object_size < min_object_size <= "
-                             "max_object_size")
+            raise ConfigError("cluster objects: need 5 <= min_cluster_objects <= "
+                              "max_cluster_objects <= 9 (a group-of box covers >= 5 objects)")
+        if not (4 <= self.cluster_object_size < self.min_object_size <= self.max_object_size
+                <= self.image_size):
+            raise ConfigError("sizes: need 4 <= cluster_object_size < min_object_size <= "
+                              "max_object_size <= image_size")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import math
 import operator
 import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,33 +95,43 @@ def read_predictions_csv(path: Path | str, image_index: dict[str, int],
     with f:
         reader = csv.reader(f)
         try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise DataError(f"{path}: empty file, expected the header "
-                            f"{','.join(COLUMNS)}") from None
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise DataError(f"{path}: header row: missing column(s) {', '.join(missing)}")
-        cols = [header.index(c) for c in COLUMNS]
-        get, need = operator.itemgetter(*cols), max(cols) + 1
-        rows: list[int] = []
-        fields: list[tuple[str, ...]] = []
-        for n, row in enumerate(reader, 1):
-            if not row:  # blank line
-                continue
-            if len(row) < need:
-                raise DataError(f"{path}: row {n}: {len(row)} fields, the header has "
-                                f"{len(header)}")
-            rows.append(n)
-            fields.append(get(row))
-            if len(fields) == BLOCK:
-                _parse_block(path, rows, fields, image_index, class_index, out)
-                rows, fields = [], []
-        if fields:
-            _parse_block(path, rows, fields, image_index, class_index, out)
+            _read_rows(path, reader, image_index, class_index, out)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{path}: not a UTF-8 CSV file, after line {reader.line_num} "
+                            f"({' '.join(str(e).split())[:120]})") from None
     # views on the growable buffers, no second copy of 10 M rows
     return (np.frombuffer(out[0], np.int64), np.frombuffer(out[1], np.int32),
             np.frombuffer(out[2], np.float32), np.frombuffer(out[3], np.float32).reshape(-1, 4))
+
+
+def _read_rows(path: Path, reader: Iterator[list[str]], image_index: Mapping[str, int],
+               class_index: Mapping[str, int], out: list[array]) -> None:
+    """The header check and the rows, in blocks, into ``out``."""
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DataError(f"{path}: empty file, expected the header "
+                        f"{','.join(COLUMNS)}") from None
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{path}: header row: missing column(s) {', '.join(missing)}")
+    cols = [header.index(c) for c in COLUMNS]
+    get, need = operator.itemgetter(*cols), max(cols) + 1
+    rows: list[int] = []
+    fields: list[tuple[str, ...]] = []
+    for n, row in enumerate(reader, 1):
+        if not row:  # blank line
+            continue
+        if len(row) < need:
+            raise DataError(f"{path}: row {n}: {len(row)} fields, the header has "
+                            f"{len(header)}")
+        rows.append(n)
+        fields.append(get(row))
+        if len(fields) == BLOCK:
+            _parse_block(path, rows, fields, image_index, class_index, out)
+            rows, fields = [], []
+    if fields:
+        _parse_block(path, rows, fields, image_index, class_index, out)
 
 
 def write_predictions_csv(path: Path | str, image_ids: Sequence[str], label_names: Sequence[str],
