@@ -160,21 +160,11 @@ def eval_(overrides: list[str] = OVERRIDES) -> None:
         title = Path(plan.ckpt).parent.name
         if not is_main():
             return
-    elif str(plan.dets).lower().endswith(".csv"):  # Open Images predictions
-        from acsl_cli.config import load_config
-        from acsl_cli.evaluation.openimages_file import evaluate_predictions_file
-
-        cfg = load_config(list(plan.overrides))
-        oi = evaluate_predictions_file(plan.dets, plan.ann, plan.train_ann,
-                                       expand=bool(cfg.test.expand_hierarchy),
-                                       group_of_weight=float(cfg.dataset.get("group_of_weight",
-                                                                             1.0)))
-        metrics, title, note = oi.metrics, Path(plan.dets).name, oi.groups_note
     else:
-        from acsl_cli.evaluation.results import evaluate_results_file
+        from acsl_cli.pipeline.evaluate_file import run_eval_results
 
-        result = evaluate_results_file(plan.dets, plan.ann, plan.train_ann)
-        metrics, title, note = result.metrics, Path(plan.dets).name, result.groups_note or ""
+        metrics, note = run_eval_results(plan)
+        title = Path(str(plan.dets)).name
     _print_table({title: metrics}, "bbox metrics (%)", note)
     if plan.out:
         from acsl_cli.pipeline.preflight import write_out

@@ -21,10 +21,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError
+from acsl_cli.settings import Settings, settings_from
 
 GROUPS = ("dataset", "backbone", "loss", "schedule", "sampler")
-__all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "parse_overrides",
-           "to_yaml", "validate"]
+__all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "load_settings",
+           "parse_overrides", "to_settings", "to_yaml", "validate"]
 
 
 def config_dir() -> Path:
@@ -102,14 +103,37 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         msg = " ".join(str(e).split())
-        raise ConfigError(f"bad config override: {msg}") from None
-    validate(cfg)
+        raise ConfigError(f"bad config override: {msg}"[:400]) from None
+    to_settings(cfg)  # every value checked before anything runs
     return cfg
 
 
+def to_settings(cfg: DictConfig) -> Settings:
+    """The typed, checked settings of a composed config (rules across fields included)."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"missing value for {', '.join(sorted(missing))}")
+    settings = settings_from(OmegaConf.to_container(cfg, resolve=True))
+    validate(settings)
+    return settings
+
+
+def load_settings(overrides: Sequence[str] = (), base: DictConfig | None = None) -> Settings:
+    """``load_config`` as typed settings: what everything below the plan reads."""
+    return to_settings(load_config(overrides, base))
+
+
 def _compose(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    where = config_dir()
+    try:
+        with initialize_config_dir(config_dir=str(where), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException):
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken yaml under ACSL_CONF is user input
+        msg = " ".join(str(e).split())[:200]
+        raise ConfigError(f"{where}: cannot read the config files ({e.__class__.__name__}: "
+                          f"{msg})") from None
 
 
 def _update(base: DictConfig, parsed: list[Override]) -> DictConfig:

@@ -16,29 +16,40 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from acsl_cli.config import load_config, parse_overrides
+from acsl_cli.config import load_config, parse_overrides, to_settings
 from acsl_cli.errors import ConfigError
+from acsl_cli.losses import LossContext, build_loss
+from acsl_cli.settings import LossSettings, Settings, loss_settings
 
 HEAD_KEYS = ("loss", "xi")
 EVAL_KEYS = ("ckpt", "dets", "ann", "train_ann", "out")
+
+
+#: A stand-in for the dataset statistics, so that a loss's parameters are checked (by
+#: building it) before any data exists: three classes, one per frequency group.
+PROBE_CONTEXT = LossContext(3, 0, ("r", "c", "f"), (1, 20, 200), (1, 40, 800), 200)
 
 
 @dataclass(frozen=True)
 class HeadSpec:
     id: str
     label: str
-    cfg: DictConfig  # the full config with this head's loss
+    settings: Settings  # the run's settings with this head's loss
+
+    @property
+    def loss(self) -> LossSettings:
+        return self.settings.loss
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """One ``acsl train``: run-level settings (``cfg``) and the heads of its stage 2."""
+    """One ``acsl train``: run-level settings and the heads of its stage 2."""
 
     heads: tuple[HeadSpec, ...]
 
     @property
-    def cfg(self) -> DictConfig:
-        return self.heads[0].cfg
+    def settings(self) -> Settings:
+        return self.heads[0].settings
 
 
 @dataclass(frozen=True)
@@ -58,16 +69,22 @@ class EvalPlan:
     train_ann: str | None
     out: str | None
     overrides: tuple[str, ...]  # the other overrides (applied to the checkpoint's config)
+    settings: Settings | None = None  # for dets=: the settings the overrides give
 
 
-def head_label(loss_node: DictConfig) -> str:
+def head_label(loss: LossSettings) -> str:
     """Readable row name: the loss plus what distinguishes it (xi for ACSL)."""
-    name = loss_node.name
-    if "xi" in loss_node:
-        name += f" xi={loss_node.xi}"
-    if "bg_mode" in loss_node:
-        name += f" bg={loss_node.bg_mode}"
+    name = loss.name
+    if "xi" in loss.params:
+        name += f" xi={loss.params['xi']}"
+    if "bg_mode" in loss.params:
+        name += f" bg={loss.params['bg_mode']}"
     return name
+
+
+def check_loss(loss: LossSettings) -> None:
+    """Build the loss on stand-in statistics: its own checks run before any work."""
+    build_loss(loss.name, PROBE_CONTEXT, **dict(loss.params))
 
 
 def head_id(label: str) -> str:
@@ -88,20 +105,21 @@ def plan_train(overrides: list[str] | tuple[str, ...]) -> RunPlan:
         if o.sweep is None:
             fixed.append(o.text)
         elif o.root in HEAD_KEYS:
-            varying.append([f"{o.key}={v}" for v in o.sweep])
+            varying.append([f"{o.key}={v}" for v in _values(o)])
         else:
             raise ConfigError(f"{o.key}: a list of values needs 'acsl sweep', not 'acsl train'")
     configs, seen = [], set()
     for combo in itertools.product(*varying):
-        c = load_config(fixed + list(combo))
-        node = OmegaConf.to_container(c.loss, resolve=True)
-        key = json.dumps(node, sort_keys=True)
+        s = to_settings(load_config(fixed + list(combo)))
+        node = s.loss.as_dict()
+        key = json.dumps(node, sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
-            configs.append((node, c))
+            check_loss(s.loss)
+            configs.append((node, s))
     heads, ids = [], set()
-    for node, c in configs:
-        label = head_label(c.loss)
+    for node, s in configs:
+        label = head_label(s.loss)
         twins = [n for n, o in configs if head_label(o.loss) == label and n is not node]
         extra = sorted(k for k in node if any(t.get(k) != node[k] for t in twins))
         label = " ".join([label, *(f"{k}={node[k]}" for k in extra)])
@@ -109,8 +127,14 @@ def plan_train(overrides: list[str] | tuple[str, ...]) -> RunPlan:
         while hid in ids:
             hid, n = f"{head_id(label)}-{n}", n + 1
         ids.add(hid)
-        heads.append(HeadSpec(hid, label, c))
+        heads.append(HeadSpec(hid, label, s))
     return RunPlan(tuple(heads))
+
+
+def _values(o) -> list[str]:
+    if not o.sweep:
+        raise ConfigError(f"{o.text}: the list of values is empty")
+    return o.sweep
 
 
 def plan_sweep(overrides: list[str] | tuple[str, ...]) -> SweepPlan:
@@ -121,7 +145,7 @@ def plan_sweep(overrides: list[str] | tuple[str, ...]) -> SweepPlan:
         if o.key == "out":  # the sweep's mean goes there, not each run's metrics
             out = str(o.value)
         elif o.sweep is not None and o.root not in HEAD_KEYS:
-            outer.append([f"{o.key}={v}" for v in o.sweep])
+            outer.append([f"{o.key}={v}" for v in _values(o)])
         else:
             inner.append(o.text)
     combos = list(itertools.product(*outer))
@@ -144,9 +168,8 @@ def plan_eval(overrides: list[str] | tuple[str, ...]) -> EvalPlan:
     ckpt, dets, ann = values["ckpt"], values["dets"], values["ann"]
     if not ((ckpt and not dets and not ann) or (dets and ann and not ckpt)):
         raise ConfigError("acsl eval needs ckpt=PATH, or dets=RESULTS.json ann=ANN.json")
-    if dets:
-        load_config(rest)  # same validation as every command (e.g. a badly typed value)
-    return EvalPlan(ckpt, dets, ann, values["train_ann"], values["out"], tuple(rest))
+    settings = to_settings(load_config(rest)) if dets else None  # checked as every command
+    return EvalPlan(ckpt, dets, ann, values["train_ann"], values["out"], tuple(rest), settings)
 
 
 def saved_config(ckpt: str | Path) -> DictConfig | None:
@@ -160,4 +183,39 @@ def saved_config(ckpt: str | Path) -> DictConfig | None:
         raise ConfigError(f"{beside}: not a readable config ({e.__class__.__name__})") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{beside}: not a config mapping")
+    return cfg
+
+
+def checkpoint_settings(plan: EvalPlan, ckpt: dict) -> tuple[Settings, LossSettings]:
+    """``eval ckpt=``: the settings saved beside (or in) the checkpoint, updated by the
+    command's overrides, and the checkpoint's own loss with its ``loss.KEY=VALUE``
+    overrides (e.g. ``loss.bg_factor=true`` changes how the saved head scores)."""
+    assert plan.ckpt is not None
+    saved = saved_config(plan.ckpt)
+    if saved is None:
+        try:
+            saved = OmegaConf.create(ckpt.get("config") or {})
+        except Exception as e:  # noqa: BLE001 - the checkpoint's text is untrusted input
+            raise ConfigError(f"{plan.ckpt}: its saved config is not readable "
+                              f"({e.__class__.__name__})") from None
+    settings = to_settings(load_config(list(plan.overrides), base=saved))
+    node = OmegaConf.create(dict(ckpt["loss"]))
+    for o in parse_overrides(list(plan.overrides)):
+        if o.key.startswith("loss."):
+            OmegaConf.update(node, o.key[len("loss."):], o.value, merge=False)
+    loss = loss_settings(OmegaConf.to_container(node, resolve=True))
+    check_loss(loss)
+    return settings, loss
+
+
+def saved_run_config(path: Path) -> dict:
+    """A finished run's ``config.yaml`` as plain data (safe YAML; errors as ValueError)."""
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the file is untrusted input
+        raise ValueError(str(e)) from None
+    if not isinstance(cfg, dict):
+        raise ValueError("not a mapping")
     return cfg

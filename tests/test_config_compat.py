@@ -29,10 +29,16 @@ def test_unknown_keys_are_still_errors_on_an_old_config():
         load_config(["test.no_such_key=1"], base=_old_config())
 
 
-def test_eval_ckpt_applies_loss_overrides_to_the_saved_head_loss():
-    from acsl_cli.pipeline.evaluate import checkpoint_loss
+def test_eval_ckpt_applies_loss_overrides_to_the_saved_head_loss(tmp_path):
+    from acsl_cli.config import to_yaml
+    from acsl_cli.plan import checkpoint_settings, plan_eval
 
     saved = {"name": "acsl", "xi": 0.7, "bg_mode": "official", "bg_factor": False}
-    node = checkpoint_loss(saved, ["loss.bg_factor=true", "seed=1", "test.max_detections=5"])
-    assert node.bg_factor is True and node.xi == 0.7 and node.name == "acsl"
-    assert checkpoint_loss(saved, []).bg_factor is False
+    ckpt = {"loss": saved, "config": to_yaml(load_config(["loss=acsl", "seed=2"]))}
+    where = f"ckpt={tmp_path / 'checkpoint.pt'}"
+    plan = plan_eval([where, "loss.bg_factor=true", "seed=1", "test.max_detections=5"])
+    settings, loss = checkpoint_settings(plan, ckpt)
+    assert loss.params["bg_factor"] is True and loss.params["xi"] == 0.7
+    assert loss.name == "acsl"
+    assert settings.seed == 1 and settings.test.max_detections == 5
+    assert checkpoint_settings(plan_eval([where]), ckpt)[1].params["bg_factor"] is False

@@ -13,8 +13,8 @@ from acsl_cli.engine.schedule import StageSchedule, learning_rate
 from acsl_cli.engine.stage2 import finetune_heads, new_head
 from acsl_cli.errors import ConfigError
 from acsl_cli.pipeline.build import loss_context, make_loss
-from acsl_cli.pipeline.stage1 import stage1_key
 from acsl_cli.plan import plan_train
+from acsl_cli.settings import stage1_key
 from tests.conftest import TINY  # noqa: E402 - re-exported: other tests import it from here
 
 
@@ -31,13 +31,13 @@ def test_learning_rate_warmup_and_steps():
 
 def test_stage1_key_ignores_stage2_settings(tmp_path):
     base = [f"output_root={tmp_path}"]
-    key = stage1_key(config_mod.load_config(base))
+    key = stage1_key(config_mod.load_settings(base), 1)
     for same in (["loss=bce"], ["xi=0.3"], ["schedule.stage2.lr=0.5"], ["run_name=x"],
                  ["dataset.loss_defaults.eql_lambda=0.5"]):
-        assert stage1_key(config_mod.load_config(base + same)) == key, same
+        assert stage1_key(config_mod.load_settings(base + same), 1) == key, same
     for other in (["seed=1"], ["schedule.stage1.lr=0.01"], ["dataset.num_classes=30"],
                   ["backbone.fpn_channels=32"]):
-        assert stage1_key(config_mod.load_config(base + other)) != key, other
+        assert stage1_key(config_mod.load_settings(base + other), 1) != key, other
 
 
 def test_expand_heads_products_only_where_they_apply():
@@ -51,13 +51,13 @@ def test_expand_heads_products_only_where_they_apply():
     heads = plan_train(["loss=acsl", "loss.bg_factor=true,false"]).heads
     assert [h.label for h in heads] == ["acsl xi=0.7 bg=official bg_factor=True",
                                         "acsl xi=0.7 bg=official bg_factor=False"]
-    assert [h.cfg.loss.bg_factor for h in heads] == [True, False]
+    assert [h.loss.params["bg_factor"] for h in heads] == [True, False]
 
 
 def _heads(cfg, data, model, names):
     heads = []
     for n in names:
-        c = config_mod.load_config(TINY + [f"loss={n}"])
+        c = config_mod.load_settings(TINY + [f"loss={n}"])
         loss = make_loss(c.loss, loss_context(data, 0))
         heads.append(new_head(n, loss, model, data.cmap.num_classes))
     return heads
@@ -66,7 +66,7 @@ def _heads(cfg, data, model, names):
 def _finetune(cfg, data, model, heads):
     torch.manual_seed(123)
     loader = train_loader(data.train, 4, seed=5)
-    sched = StageSchedule.from_cfg(cfg.schedule.stage2)
+    sched = StageSchedule.from_settings(cfg.schedule.stage2)
     finetune_heads(model, heads, loader, sched, "cpu", max_iters=3, show_progress=False)
 
 

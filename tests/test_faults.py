@@ -93,9 +93,9 @@ def test_a_pickle_payload_never_runs(tmp_path):
     # planted as a stage-1 resume file: reported, removed, the run trains afresh
     root = tmp_path / "outputs"
     from acsl_cli import config as config_mod
-    from acsl_cli.pipeline.stage1 import stage1_key
+    from acsl_cli.settings import stage1_key
 
-    key = stage1_key(config_mod.load_config([*SMOKE, f"output_root={root}"]))
+    key = stage1_key(config_mod.load_settings([*SMOKE, f"output_root={root}"]), 1)
     resume = root / "cache" / "stage1" / f"{key}.resume.pt"
     resume.parent.mkdir(parents=True)
     resume.write_bytes(evil.read_bytes())

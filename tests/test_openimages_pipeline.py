@@ -13,11 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from acsl_cli.cli import app
-from acsl_cli.config import load_config
+from acsl_cli.config import load_settings
 from acsl_cli.evaluation.openimages_metric import expand_ground_truth
 from acsl_cli.evaluation.openimages_scoring import score_openimages
 from acsl_cli.losses.registry import loss_class
 from acsl_cli.pipeline.build import load_data, loss_context, make_loss
+from acsl_cli.settings import LossSettings
 
 SMALL = ["dataset=openimages_synthetic", "dataset.num_classes=12",
          "dataset.max_images_per_class=24", "dataset.val_instances_per_class=3",
@@ -71,14 +72,14 @@ def test_eval_of_a_heads_predictions_file_equals_its_metrics(run, tmp_path):
 
 def test_sigmoid_losses_train_the_hierarchy_and_softmax_losses_do_not(run):
     root, _ = run
-    cfg = load_config([*SMALL, f"output_root={root}"])
+    cfg = load_settings([*SMALL, f"output_root={root}"])
     data = load_data(cfg)
     context = loss_context(data, 0)
     assert context.ancestors is not None
     circle = data.openimages.names.index("Circle") + 1
     red_circle = data.openimages.names.index("Red circle") + 1
     assert context.ancestors[red_circle - 1] == (circle,)
-    bce = make_loss(cfg.loss.__class__({"name": "bce"}), context)
+    bce = make_loss(LossSettings("bce"), context)
     assert bool(bce.expansion[red_circle, circle]) and not bool(bce.expansion[circle, red_circle])
     assert not loss_class("softmax_ce").multi_label
     # the train counts of a parent are those of its children's images together
@@ -94,7 +95,7 @@ def test_expand_hierarchy_scores_a_leaf_only_detector_on_the_parents(run):
     """A perfect detector of leaf classes scores 1 on every leaf; the parents' AP is 0
     unless test.expand_hierarchy copies each detection to the ancestors."""
     root, _ = run
-    data = load_data(load_config([*SMALL, f"output_root={root}"]))
+    data = load_data(load_settings([*SMALL, f"output_root={root}"]))
     oi = data.openimages
     gt = oi.gt
     dets = []
@@ -123,7 +124,7 @@ def test_data_stats_reports_the_hierarchy_expanded_groups(run, tmp_path):
     r = CliRunner().invoke(app, ["data", "stats", *SMALL, f"output_root={root}", f"out={out}"])
     assert r.exit_code == 0, r.output
     stats = json.loads(out.read_text())
-    data = load_data(load_config([*SMALL, f"output_root={root}"]))
+    data = load_data(load_settings([*SMALL, f"output_root={root}"]))
     assert stats["num_categories"] == data.cmap.num_classes == 12 + 6
     assert [c["image_count"] for c in stats["categories"]] == list(data.stats.image_counts)
     assert sum(stats["groups"].values()) == 18

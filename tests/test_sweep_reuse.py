@@ -14,13 +14,13 @@ from acsl_cli.plan import plan_sweep
 
 
 def _saved_run(folder, plan, drop_key: bool, value=None):
-    cfg = OmegaConf.to_container(plan.cfg, resolve=True)
+    cfg = plan.settings.as_dict()
     if drop_key:
         del cfg["schedule"]["stage2"]["rois_per_image"]  # saved before the option existed
     else:
         cfg["schedule"]["stage2"]["rois_per_image"] = value
     cfg["heads"] = {h.id: {"label": h.label,
-                           "loss": OmegaConf.to_container(h.cfg.loss, resolve=True)}
+                           "loss": h.loss.as_dict()}
                     for h in plan.heads}
     folder.mkdir()
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
@@ -30,7 +30,7 @@ def _saved_run(folder, plan, drop_key: bool, value=None):
 
 def test_a_run_saved_before_a_null_default_option_is_reused(tmp_path):
     (plan,) = plan_sweep(["seed=0", "loss=bce"]).runs
-    assert plan.cfg.schedule.stage2.rois_per_image is None
+    assert plan.settings.schedule.stage2.rois_per_image is None
     result = finished_run(_saved_run(tmp_path / "old", plan, drop_key=True), plan)
     assert result is not None and result.metrics["bce"]["AP"] == 0.5
 

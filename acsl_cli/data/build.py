@@ -94,8 +94,8 @@ def build_datasets(
         train_root = val_root = folder
         cache = True
     elif kind == "lvis":
-        train_ann, val_ann = Path(cfg.train_ann), Path(cfg.val_ann)
-        train_root, val_root = Path(cfg.train_images), Path(cfg.val_images)
+        train_ann, val_ann = Path(cfg["train_ann"]), Path(cfg["val_ann"])
+        train_root, val_root = Path(cfg["train_images"]), Path(cfg["val_images"])
         cache = bool(cfg.get("cache_images", False))
     else:
         raise ConfigError(f"dataset.kind: unknown kind '{kind}' (choose from "

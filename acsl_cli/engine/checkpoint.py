@@ -80,6 +80,8 @@ def load_head_base(path: str | Path, head: dict[str, Any]) -> dict[str, Any]:
     """The stage-1 checkpoint a lean head points to, checked against the recorded hash."""
     ref = head.get("stage1") or {}
     base = Path(str(ref.get("path", "")))
+    if not base.is_absolute():  # relative to the head's folder (older heads: absolute)
+        base = Path(path).parent / base
     if not base.is_file():
         raise DataError(f"{path}: its stage-1 checkpoint {base} is missing (a head checkpoint "
                         "holds only the classifier; keep outputs/cache/stage1)")

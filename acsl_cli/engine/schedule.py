@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass
 class StageSchedule:
-    """A ``schedule.stage1`` / ``schedule.stage2`` node."""
+    """What the training loop needs of ``schedule.stage1`` / ``schedule.stage2``."""
 
     epochs: int
     lr: float
@@ -24,8 +24,10 @@ class StageSchedule:
     grad_clip: float
 
     @classmethod
-    def from_cfg(cls, node: Any) -> StageSchedule:
-        return cls(**{k: node[k] for k in cls.__dataclass_fields__})
+    def from_settings(cls, stage: Any) -> StageSchedule:
+        """From a stage's settings (any object with these attributes)."""
+        values = {k: getattr(stage, k) for k in cls.__dataclass_fields__}
+        return cls(**{**values, "steps": list(values["steps"])})
 
     def lr_at(self, it: int, total: int) -> float:
         return learning_rate(it, total, self.lr, self.warmup_iters, self.warmup_ratio,

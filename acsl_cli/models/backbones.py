@@ -35,7 +35,7 @@ def register_backbone(name: str):
 
 def build_backbone(cfg: Any) -> nn.Module:
     """Build the backbone named ``cfg.name``; it exposes ``out_channels`` for FasterRCNN."""
-    name = cfg.get("name")
+    name = getattr(cfg, "name", None)
     if name not in _BACKBONES:
         choices = ', '.join(sorted(_BACKBONES))
         raise ConfigError(f"unknown backbone '{name}' (choose from {choices})")
@@ -49,14 +49,14 @@ def small_resnet_fpn(cfg: Any) -> nn.Module:
         body,
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=[128, 256, 512],
-        out_channels=int(cfg.get("fpn_channels", 64)),
+        out_channels=int(getattr(cfg, "fpn_channels", 64)),
         extra_blocks=LastLevelMaxPool(),
     )
 
 
 def _resnet_fpn(arch: str, cfg: Any) -> nn.Module:
-    weights = cfg.get("weights")
-    trainable = int(cfg.get("trainable_layers", 3))
+    weights = getattr(cfg, "weights", None)
+    trainable = int(getattr(cfg, "trainable_layers", 3))
     if weights in (None, "", "none", "null"):
         return resnet_fpn_backbone(backbone_name=arch, weights=None, trainable_layers=trainable,
                                    norm_layer=misc.FrozenBatchNorm2d)

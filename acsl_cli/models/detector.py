@@ -57,6 +57,6 @@ def build_detector(
         nms_thresh=0.5,
         detections_per_img=300,
         cls_loss=cls_loss,
-        pre_nms_topk=int(cfg.get("pre_nms_topk", 10000)),
+        pre_nms_topk=int(getattr(cfg, "pre_nms_topk", 10000)),
     )
     return model

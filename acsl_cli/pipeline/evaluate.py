@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
-
-from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
 from acsl_cli.data.lvis_dataset import subset_gt
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_base
@@ -17,7 +14,8 @@ from acsl_cli.errors import DataError
 from acsl_cli.evaluation import evaluate_lvis
 from acsl_cli.models.trunk import FrozenTrunk, Scorer, with_classifier
 from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss, setup_torch
-from acsl_cli.plan import EvalPlan, saved_config
+from acsl_cli.plan import EvalPlan, checkpoint_settings
+from acsl_cli.settings import Settings
 
 log = logging.getLogger("acsl")
 
@@ -31,16 +29,16 @@ class Evaluation:
     detections: dict[str, list[dict]]
 
 
-def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, Scorer] | None,
+def evaluate(s: Settings, data: DatasetBundle, model, scorers: Mapping[str, Scorer] | None,
              device: str) -> Evaluation:
     """Predict on val (or its first ``eval_max_images``) and score with LVIS rules."""
-    val = eval_subset(data.val, cfg.schedule.eval_max_images)
+    val = eval_subset(data.val, s.schedule.eval_max_images)
     if not isinstance(model, FrozenTrunk):
-        model = test_trunk(cfg, model)
-    results = predict(model, val, data.cmap, device, scorers, cfg.schedule.batch_size,
-                      cfg.progress, amp=cfg.get("amp", "off"))
+        model = test_trunk(s, model)
+    results = predict(model, val, data.cmap, device, scorers, s.schedule.batch_size,
+                      s.progress, amp=s.amp)
     out = Evaluation({}, {}, results)
-    score = scorer(cfg, data, len(val))
+    score = scorer(s, data, len(val))
     for name, dets in results.items():
         metrics, rows = score(dets)
         out.metrics[name], out.per_category[name] = metrics, rows
@@ -51,7 +49,7 @@ def evaluate(cfg: DictConfig, data: DatasetBundle, model, scorers: Mapping[str, 
     return out
 
 
-def scorer(cfg: DictConfig, data: DatasetBundle, images: int
+def scorer(s: Settings, data: DatasetBundle, images: int
            ) -> Callable[[list[dict]], tuple[dict, list[dict]]]:
     """Metrics and per-category rows of detections on the first ``images`` val images:
     LVIS rules, or the Open Images challenge metric for an Open Images set. The ground truth
@@ -62,7 +60,7 @@ def scorer(cfg: DictConfig, data: DatasetBundle, images: int
         from acsl_cli.evaluation.openimages_scoring import first_images, score_openimages
 
         full = expand_ground_truth(first_images(oi.gt, images), oi.ancestors)
-        expand = bool((cfg.get("test") or {}).get("expand_hierarchy", False))
+        expand = s.test.expand_hierarchy
         return lambda dets: score_openimages(
             full, dets, oi.widths, oi.heights, ancestors=oi.ancestors, names=oi.names,
             groups=oi.groups, expand=expand, group_of_weight=oi.group_of_weight)
@@ -77,32 +75,12 @@ def scorer(cfg: DictConfig, data: DatasetBundle, images: int
     return score_lvis
 
 
-def test_trunk(cfg: DictConfig, model) -> FrozenTrunk:
-    """The frozen detector with the config's test-time variants (scales, flip) and stage-2
-    RoI sampling."""
-    test = cfg.get("test") or {}
-    return FrozenTrunk(model, test.get("scales"), bool(test.get("flip", False)),
-                       int(test.get("max_detections", 300)),
-                       cfg.schedule.stage2.get("rois_per_image"))
-
-
-def multi_variant_test(cfg: DictConfig) -> bool:
-    """Whether the test settings differ from those the cached stage-1 row was scored with
-    (single scale, no flip, 300 detections per image, no hierarchy expansion)."""
-    test = cfg.get("test") or {}
-    return (bool(test.get("scales")) or bool(test.get("flip", False))
-            or int(test.get("max_detections", 300)) != 300
-            or bool(test.get("expand_hierarchy", False)))
-
-
-def checkpoint_loss(saved: Mapping, overrides: Sequence[str]) -> DictConfig:
-    """The checkpoint's own loss config with the command's ``loss.KEY=VALUE`` overrides
-    (e.g. ``loss.bg_factor=true`` changes how the saved head scores)."""
-    node = OmegaConf.create(dict(saved))
-    for o in config_mod.parse_overrides(list(overrides)):
-        if o.key.startswith("loss."):
-            OmegaConf.update(node, o.key[len("loss."):], o.value, merge=False)
-    return node
+def test_trunk(s: Settings, model) -> FrozenTrunk:
+    """The frozen detector with the test-time variants (scales, flip) and stage-2 RoI
+    sampling."""
+    t = s.test
+    return FrozenTrunk(model, list(t.scales) if t.scales else None, t.flip, t.max_detections,
+                       s.schedule.stage2.rois_per_image)
 
 
 def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
@@ -110,13 +88,12 @@ def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
     updated by the command's other overrides."""
     assert plan.ckpt is not None
     ckpt = load_checkpoint(plan.ckpt)
-    saved = saved_config(plan.ckpt) or OmegaConf.create(ckpt.get("config") or {})
-    cfg = config_mod.load_config(list(plan.overrides), base=saved)
-    device = setup_torch(cfg)
-    data = load_data(cfg)
+    s, loss_settings = checkpoint_settings(plan, ckpt)
+    device = setup_torch(s)
+    data = load_data(s)
     check_classes(plan.ckpt, ckpt, list(data.cmap.category_ids))
-    loss = make_loss(checkpoint_loss(ckpt["loss"], plan.overrides), loss_context(data, cfg.seed))
-    model = build_model(cfg, data, loss)
+    loss = make_loss(loss_settings, loss_context(data, s.seed))
+    model = build_model(s, data, loss)
     state = ckpt.get("model")
     if ckpt["format"] == HEAD_FORMAT:
         base = load_head_base(plan.ckpt, ckpt)
@@ -127,4 +104,4 @@ def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
         first = str(e).strip().splitlines()[0][:160]
         raise DataError(f"{plan.ckpt}: weights do not fit the configured detector ({first})"
                         ) from None
-    return evaluate(cfg, data, model, None, device).metrics["model"]
+    return evaluate(s, data, model, None, device).metrics["model"]

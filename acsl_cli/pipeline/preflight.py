@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from acsl_cli.data.build import GENERATED_KINDS, OPENIMAGES_KINDS
 from acsl_cli.engine.distributed import resolve_device
 from acsl_cli.errors import ConfigError, DataError
+from acsl_cli.layout import OutputLayout
 from acsl_cli.pipeline.rundir import (
     atomic_write_json,
     check_free_disk,
@@ -22,6 +21,7 @@ from acsl_cli.pipeline.rundir import (
     check_run_name,
 )
 from acsl_cli.reporting.tables import metrics_json
+from acsl_cli.settings import Settings
 
 # Parameters of the detector without its class-dependent layers, per backbone (measured
 # from the built models); each class adds (1 + 4) x representation_size weights.
@@ -30,38 +30,38 @@ BYTES_PER_PARAM = 4
 MARGIN = 1.25
 
 
-def checkpoint_bytes(cfg: DictConfig) -> int:
-    """Estimated size of one detector checkpoint of this config."""
-    d = cfg.dataset
-    kind = d.get("kind")
+def checkpoint_bytes(s: Settings) -> int:
+    """Estimated size of one detector checkpoint of these settings."""
+    d = s.dataset
+    kind = d.kind
     if kind in GENERATED_KINDS:
-        classes = d.num_classes
+        classes = d["num_classes"]
     elif kind in OPENIMAGES_KINDS:
         classes = 601  # an upper bound: the 600 boxable classes (the embedded set has 66)
     else:
         classes = 1231  # LVIS and COCO-format sets: an upper bound, LVIS's
-    params = BACKBONE_PARAMS.get(cfg.backbone.name, 60.1e6)
-    params += (classes + 1) * 5 * cfg.backbone.representation_size
+    params = BACKBONE_PARAMS.get(s.backbone.name, 60.1e6)
+    params += (classes + 1) * 5 * s.backbone.representation_size
     return int(params * BYTES_PER_PARAM)
 
 
-def disk_needed(cfg: DictConfig, num_heads: int) -> int:
+def disk_needed(s: Settings, num_heads: int) -> int:
     """Stage-1 checkpoint + its resume file (weights and momentum) + one per head."""
-    return int(checkpoint_bytes(cfg) * (3 + num_heads) * MARGIN)
+    return int(checkpoint_bytes(s) * (3 + num_heads) * MARGIN)
 
 
-def check_run(cfg: DictConfig, num_heads: int) -> None:
+def check_run(s: Settings, num_heads: int) -> None:
     """Everything about paths and space that can be known before a run starts."""
-    check_output_root(Path(cfg.output_root))
-    if cfg.run_name:
-        check_run_name(cfg.run_name)
-        taken = Path(cfg.output_root) / "runs" / cfg.run_name
+    check_output_root(Path(s.output_root))
+    if s.run_name:
+        check_run_name(s.run_name)
+        taken = OutputLayout.at(s.output_root).run(s.run_name)
         if taken.exists():
-            raise ConfigError(f"run_name={cfg.run_name}: {taken} already exists")
-    if cfg.out:
-        check_out_file(Path(cfg.out))
-    check_free_disk(Path(cfg.output_root), disk_needed(cfg, num_heads))
-    if cfg.get("amp") == "fp16" and resolve_device(cfg.device) != "cuda":
+            raise ConfigError(f"run_name={s.run_name}: {taken} already exists")
+    if s.out:
+        check_out_file(Path(s.out))
+    check_free_disk(Path(s.output_root), disk_needed(s, num_heads))
+    if s.amp == "fp16" and resolve_device(s.device) != "cuda":
         raise ConfigError("amp=fp16 needs CUDA (use amp=bf16 or amp=off on this device)")
 
 

@@ -19,16 +19,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import (
     HEAD_FORMAT,
-    config_hash,
-    file_digest,
     load_checkpoint,
     load_head_base,
     load_state_file,
@@ -38,16 +34,17 @@ from acsl_cli.engine.loaders import loader_generators
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.stage1 import train_detector
 from acsl_cli.errors import DataError
+from acsl_cli.layout import OutputLayout
 from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import FrozenTrunk, with_classifier
 from acsl_cli.pipeline.build import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock, atomic_write_json, tmp_name
 from acsl_cli.progress import status
+from acsl_cli.settings import LossSettings, Settings, stage1_key
 
 log = logging.getLogger("acsl")
-STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are not reused
-CE_NODE = {"name": "softmax_ce"}
+CE = LossSettings("softmax_ce")
 FILES = ("checkpoint.pt", "config.yaml", "history.json", "metrics.json")
 
 
@@ -60,46 +57,26 @@ class Stage1Result:
     reused: bool
 
 
-def stage1_key(cfg: DictConfig) -> str:
-    s = cfg.schedule
-    node = {
-        "version": STAGE1_VERSION,
-        "dataset": {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
-                    if k != "loss_defaults"},
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
-        "schedule": {"batch_size": s.batch_size, "flip": s.flip, "max_iters": s.max_iters,
-                     "stage1": OmegaConf.to_container(s.stage1, resolve=True)},
-        "seed": cfg.seed,
-        "world_size": dist.world_size(),
-    }
-    # Options added later enter the key only when not at their default, so the caches of
-    # default runs keep their keys.
-    sampler = cfg.get("sampler")
-    if sampler is not None and sampler.get("name", "random") != "random":
-        node["sampler"] = OmegaConf.to_container(sampler, resolve=True)
-    if cfg.get("amp", "off") != "off":
-        node["amp"] = cfg.amp
-    if cfg.get("init"):  # the file's content, not just its name
-        init = Path(cfg.init)
-        node["init"] = file_digest(init) if init.is_file() else str(init)
-    return config_hash(node)
-
-
-def checkpoint_payload(cfg: DictConfig, data: DatasetBundle, state: dict, loss_node) -> dict:
+def checkpoint_payload(s: Settings, data: DatasetBundle, state: dict, loss: LossSettings
+                       ) -> dict:
     """What a detector checkpoint holds: tensors, the label map, the loss, the config."""
     return {
         "model": state,
         "category_ids": list(data.cmap.category_ids),
-        "loss": OmegaConf.to_container(OmegaConf.create(loss_node), resolve=True),
-        "config": config_mod.to_yaml(cfg),
+        "loss": loss.as_dict(),
+        "config": s.to_yaml(),
     }
 
 
-def train_or_load_stage1(cfg: DictConfig, data: DatasetBundle, device: str) -> Stage1Result:
-    """The stage-1 detector of ``cfg``: from the cache, or trained and cached."""
-    folder = Path(cfg.output_root) / "cache" / "stage1" / stage1_key(cfg)
-    ce = make_loss(OmegaConf.create(CE_NODE), loss_context(data, cfg.seed))
-    model = build_model(cfg, data, ce)
+def stage1_folder(s: Settings) -> Path:
+    return OutputLayout.at(s.output_root).stage1(stage1_key(s, dist.world_size()))
+
+
+def train_or_load_stage1(s: Settings, data: DatasetBundle, device: str) -> Stage1Result:
+    """The stage-1 detector of ``s``: from the cache, or trained and cached."""
+    folder = stage1_folder(s)
+    ce = make_loss(CE, loss_context(data, s.seed))
+    model = build_model(s, data, ce)
     entry = CacheEntry(folder, FILES)
     lock = FileLock(folder, on_wait=_waiting) if dist.is_main() else nullcontext()
     with lock:
@@ -117,34 +94,33 @@ def train_or_load_stage1(cfg: DictConfig, data: DatasetBundle, device: str) -> S
                 if dist.is_main():
                     entry.invalidate(" ".join(str(e).split())[:200])
                 dist.barrier()
-        result = _train(cfg, data, model, device, folder, entry)
+        result = _train(s, data, model, device, folder, entry)
         dist.barrier()
     return result
 
 
-def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, folder: Path,
+def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, folder: Path,
            entry: CacheEntry) -> Stage1Result:
-    if cfg.get("init"):
-        _apply_init(cfg.init, model)
-    sched = StageSchedule.from_cfg(cfg.schedule.stage1)
-    loader = train_data_loader(cfg, data, cfg.seed)
-    resume = folder.with_name(folder.name + ".resume.pt")
+    if s.init:
+        _apply_init(s.init, model)
+    sched = StageSchedule.from_settings(s.schedule.stage1)
+    loader = train_data_loader(s, data, s.seed)
+    resume = OutputLayout.at(s.output_root).stage1_resume(folder.name)
     t0 = time.time()
-    history = train_detector(model, loader, sched, device, cfg.schedule.max_iters, cfg.progress,
-                             resume=resume, generators=loader_generators(loader),
-                             amp=cfg.get("amp", "off"))
+    history = train_detector(model, loader, sched, device, s.schedule.max_iters, s.progress,
+                             resume=resume, generators=loader_generators(loader), amp=s.amp)
     log.info("stage 1: trained in %.1f s", time.time() - t0)
     # the cached row is scored the canonical way (one scale, no flip, 300 detections);
     # runs with other test settings re-score stage 1 themselves
-    ev = evaluate(cfg, data, FrozenTrunk(model), None, device)
+    ev = evaluate(s, data, FrozenTrunk(model), None, device)
     saved = {"metrics": ev.metrics["model"], "per_category": ev.per_category["model"],
              "train_seconds": time.time() - t0}
     if dist.is_main():
         tmp = tmp_name(folder)
         try:
             save_checkpoint(tmp / "checkpoint.pt",
-                            checkpoint_payload(cfg, data, model.state_dict(), CE_NODE))
-            (tmp / "config.yaml").write_text(config_mod.to_yaml(cfg))
+                            checkpoint_payload(s, data, model.state_dict(), CE))
+            (tmp / "config.yaml").write_text(s.to_yaml())
             atomic_write_json(tmp / "history.json", history)
             atomic_write_json(tmp / "metrics.json", saved)
             entry.publish(tmp)

@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from acsl_cli.engine import distributed as dist
 from acsl_cli.errors import AcslError, ConfigError, DataError
+from acsl_cli.layout import OutputLayout
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
 from acsl_cli.pipeline.train import RunResult, train
-from acsl_cli.plan import RunPlan, plan_sweep
+from acsl_cli.plan import RunPlan, plan_sweep, saved_run_config
 from acsl_cli.reporting.figures import sweep_figures
 from acsl_cli.reporting.tables import markdown_mean_std, metrics_json, write_metrics
 
@@ -67,18 +66,18 @@ def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
     if not (folder / "metrics.json").is_file():
         return None
     try:
-        saved = OmegaConf.load(folder / "config.yaml")
+        saved = saved_run_config(folder / "config.yaml")
         rows = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError, OmegaConfBaseException) as e:
+    except (OSError, ValueError) as e:
         raise DataError(f"{folder}: a finished run that cannot be read "
                         f"({e.__class__.__name__}); move it away to rerun it") from None
-    want = {h.id: OmegaConf.to_container(h.cfg.loss, resolve=True) for h in plan.heads}
-    have = {k: v.get("loss") for k, v in OmegaConf.to_container(saved.get("heads") or {}
-                                                                ).items()}
-    same = all(_set_values(OmegaConf.to_container(saved.get(k) or {}, resolve=True))
-               == _set_values(OmegaConf.to_container(plan.cfg[k], resolve=True))
+    want = {h.id: h.loss.as_dict() for h in plan.heads}
+    heads = saved.get("heads") or {}
+    have = {k: v.get("loss") for k, v in heads.items()} if isinstance(heads, dict) else None
+    mine = plan.settings.source
+    same = all(_set_values(saved.get(k) or {}) == _set_values(mine.get(k) or {})
                for k in ("dataset", "backbone", "schedule"))
-    if have != want or saved.get("seed") != plan.cfg.seed or not same:
+    if have != want or saved.get("seed") != plan.settings.seed or not same:
         raise ConfigError(f"{folder} exists but was made with other settings; use another "
                           "run_name")
     log.info("sweep: %s is finished, reusing it", folder)
@@ -91,10 +90,10 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     """``acsl sweep OVERRIDES``: every run's config is checked before the first starts."""
     plan = plan_sweep(list(overrides))
     for run in plan.runs:
-        check_run(run.cfg, len(run.heads))
-    first = plan.runs[0].cfg
+        check_run(run.settings, len(run.heads))
+    first = plan.runs[0].settings
     base = first.run_name or default_run_name("multi", first.seed)
-    root = Path(first.output_root) / "runs"
+    root = OutputLayout.at(first.output_root).runs
     if (root / f"{base}-sweep").exists():
         raise ConfigError(f"run_name={base}: this sweep is complete already "
                           f"({root / f'{base}-sweep'})")

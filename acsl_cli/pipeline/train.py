@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from acsl_cli import config as config_mod
 from acsl_cli.data.build import DatasetBundle
 from acsl_cli.engine import distributed as dist
-from acsl_cli.engine.checkpoint import HEAD_FORMAT, config_hash, file_digest, save_checkpoint
+from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.stage2 import ClassifierHead, finetune_heads, new_head
+from acsl_cli.layout import OutputLayout, pointer
 from acsl_cli.pipeline.build import (
     load_data,
     loss_context,
@@ -27,7 +26,7 @@ from acsl_cli.pipeline.build import (
     setup_torch,
     train_data_loader,
 )
-from acsl_cli.pipeline.evaluate import Evaluation, evaluate, multi_variant_test, test_trunk
+from acsl_cli.pipeline.evaluate import Evaluation, evaluate, test_trunk
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.provenance import provenance
 from acsl_cli.pipeline.rundir import (
@@ -42,6 +41,7 @@ from acsl_cli.pipeline.stage1 import checkpoint_payload, train_or_load_stage1
 from acsl_cli.plan import HeadSpec, RunPlan, plan_train
 from acsl_cli.reporting.events import event_handlers
 from acsl_cli.reporting.tables import markdown_table, write_metrics, write_per_category
+from acsl_cli.settings import Settings, stage2_key, yaml_text
 
 log = logging.getLogger("acsl")
 STAGE1_ROW = "stage1 (softmax CE)"
@@ -65,66 +65,65 @@ def run_train(overrides: list[str] | tuple[str, ...] = ()) -> RunResult:
 
 def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
     """Run one plan: every check first, then the pipeline, then the run folder appears."""
-    cfg = plan.cfg
-    check_run(cfg, len(plan.heads))
-    device = setup_torch(cfg)
+    s = plan.settings
+    check_run(s, len(plan.heads))
+    device = setup_torch(s)
     t0 = time.time()
     label = f"{len(plan.heads)}heads" if len(plan.heads) > 1 else plan.heads[0].id
-    name = run_name or cfg.run_name or default_run_name(label, cfg.seed)
-    with run_folder(cfg, name) as run:
+    name = run_name or s.run_name or default_run_name(label, s.seed)
+    with run_folder(s, name) as run:
         origin = provenance(device)
         log.info("provenance: %s", json.dumps(origin), extra={"event": {"type": "start",
                                                                          **origin}})
-        data = load_data(cfg)
+        data = load_data(s)
         log.info("%s", data.groups_note)
-        context = loss_context(data, cfg.seed)
-        losses = [make_loss(h.cfg.loss, context) for h in plan.heads]  # fail fast
-        s1 = train_or_load_stage1(cfg, data, device)
-        trunk = test_trunk(cfg, s1.model)
+        context = loss_context(data, s.seed)
+        losses = [make_loss(h.loss, context) for h in plan.heads]  # fail fast
+        s1 = train_or_load_stage1(s, data, device)
+        trunk = test_trunk(s, s1.model)
         C = data.cmap.num_classes
         heads = [new_head(h.id, loss, trunk, C) for h, loss in zip(plan.heads, losses,
                                                                      strict=True)]
         # Stage 2 must not depend on whether stage 1 was trained in this process or loaded
         # from the cache (training consumes the global RNG that RoI sampling uses).
-        torch.manual_seed(cfg.seed + 1)
-        loader = train_data_loader(cfg, data, cfg.seed + 1)
-        resume = stage2_resume_file(cfg, plan, s1.folder)
+        torch.manual_seed(s.seed + 1)
+        loader = train_data_loader(s, data, s.seed + 1)
+        resume = stage2_resume_file(plan, s1.folder)
         if dist.is_main():
             clean_stale(resume.parent)  # temp files of processes killed while saving
         with FileLock(resume) if dist.is_main() else nullcontext():
-            finetune_heads(trunk, heads, loader, StageSchedule.from_cfg(cfg.schedule.stage2),
-                           device, cfg.schedule.max_iters, cfg.progress, resume=resume,
-                           amp=cfg.get("amp", "off"))
+            finetune_heads(trunk, heads, loader, StageSchedule.from_settings(s.schedule.stage2),
+                           device, s.schedule.max_iters, s.progress, resume=resume, amp=s.amp)
         scorers = {h.name: (h.classifier, h.loss) for h in heads}
-        if multi_variant_test(cfg):  # the cached stage-1 row is single-scale: redo it
+        if not s.test.canonical:  # the cached stage-1 row was scored the canonical way
             scorers[STAGE1_ROW] = (trunk.stage1_classifier, trunk.detector.roi_heads.cls_loss)
-        ev = evaluate(cfg, data, trunk, scorers, device)
+        ev = evaluate(s, data, trunk, scorers, device)
         rows = {STAGE1_ROW: ev.metrics.get(STAGE1_ROW, s1.metrics),
                 **{h.label: ev.metrics[h.id] for h in plan.heads}}
         per_cat = {STAGE1_ROW: ev.per_category.get(STAGE1_ROW, s1.per_category),
                    **{h.label: ev.per_category[h.id] for h in plan.heads}}
         if run is not None:
-            _write_run(run.path, cfg, plan, data, heads, ev, rows, per_cat, s1.folder, origin)
+            _write_run(run.path, plan, data, heads, ev, rows, per_cat, s1.folder, origin)
             log.info("run finished in %.1f s; metrics (%%):\n%s", time.time() - t0,
                      markdown_table(rows, note=data.groups_note))
             final = run.commit()
             resume.unlink(missing_ok=True)  # the run is complete: nothing left to resume
         else:
-            final = Path(cfg.output_root) / "runs" / name
-    if dist.is_main() and cfg.out:
-        write_out(cfg.out, rows[plan.heads[-1].label], final)
+            final = OutputLayout.at(s.output_root).run(name)
+    if dist.is_main() and s.out:
+        write_out(s.out, rows[plan.heads[-1].label], final)
     return RunResult(final, rows, per_cat, s1.folder, s1.reused, time.time() - t0,
                      data.groups_note)
 
 
 @contextmanager
-def run_folder(cfg: DictConfig, name: str):
+def run_folder(s: Settings, name: str):
     """Rank 0's run folder (``None`` on other ranks) with ``train.log`` attached; it is
     removed if anything fails before ``commit``."""
     if not dist.is_main():
         yield None
         return
-    run = RunDir(Path(cfg.output_root) / "runs", name)
+    run = RunDir(OutputLayout.at(s.output_root).runs, name)
     with run:
         run.open()
         logger = logging.getLogger("acsl")
@@ -139,33 +138,29 @@ def run_folder(cfg: DictConfig, name: str):
                 h.close()
 
 
-def stage2_resume_file(cfg: DictConfig, plan: RunPlan, stage1_dir: Path) -> Path:
+def stage2_resume_file(plan: RunPlan, stage1_dir: Path) -> Path:
     """Where an interrupted stage 2 of exactly these heads on this stage 1 resumes from."""
-    key = config_hash({
-        "stage1": stage1_dir.name,
-        "heads": [OmegaConf.to_container(h.cfg.loss, resolve=True) for h in plan.heads],
-        "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
-        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True)
-        if cfg.get("sampler") is not None else None,
-        "amp": cfg.get("amp"), "seed": cfg.seed, "world_size": dist.world_size(),
-    })
-    return Path(cfg.output_root) / "cache" / "stage2" / f"{key}.resume.pt"
+    s = plan.settings
+    key = stage2_key(s, [h.loss for h in plan.heads], stage1_dir.name, dist.world_size())
+    return OutputLayout.at(s.output_root).stage2_resume(key)
 
 
-def _write_run(folder: Path, cfg: DictConfig, plan: RunPlan, data: DatasetBundle,
+def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
                heads: list[ClassifierHead], ev: Evaluation, rows: dict, per_cat: dict,
                stage1_dir: Path, origin: dict[str, Any]) -> None:
-    record: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)
-    record["heads"] = {h.id: {"label": h.label,
-                              "loss": OmegaConf.to_container(h.cfg.loss, resolve=True)}
-                       for h in plan.heads}
+    record = plan.settings.as_dict()
+    record["heads"] = {h.id: {"label": h.label, "loss": h.loss.as_dict()} for h in plan.heads}
     record["provenance"] = origin
-    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(record)))
-    atomic_write_text(folder / "stage1", str(stage1_dir.resolve()) + "\n")
-    ckpt = (stage1_dir / "checkpoint.pt").resolve()
-    pointer = {"path": str(ckpt), "sha256": file_digest(ckpt)}
+    atomic_write_text(folder / "config.yaml", yaml_text(record))
+    atomic_write_text(folder / "stage1", pointer(stage1_dir, folder) + "\n")
+    ckpt = stage1_dir / "checkpoint.pt"
+    digest = file_digest(ckpt)
     for spec, head in zip(plan.heads, heads, strict=True):
-        _save_head(folder / "heads" / spec.id, spec, data, head, pointer)
+        # relative to the head's folder (the partial run folder is a sibling of the final
+        # one, so the pointer holds after the rename, and after moving outputs/)
+        where = folder / "heads" / spec.id
+        ref = {"path": pointer(ckpt, where), "sha256": digest}
+        _save_head(where, spec, data, head, ref)
         write_detections(folder / "heads" / spec.id, data, ev.detections[spec.id])
     write_metrics(folder, rows, note=data.groups_note)
     s = data.stats
@@ -192,11 +187,11 @@ def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, head: Classifi
                stage1: dict[str, str]) -> None:
     """A lean head checkpoint (its classifier + a hashed pointer to the stage-1
     checkpoint) with its config and history beside it."""
-    payload = checkpoint_payload(spec.cfg, data, {}, spec.cfg.loss)
+    payload = checkpoint_payload(spec.settings, data, {}, spec.loss)
     del payload["model"]
     payload.update(classifier=head.classifier.state_dict(), stage1=stage1)
     save_checkpoint(folder / "checkpoint.pt", payload, HEAD_FORMAT)
-    atomic_write_text(folder / "config.yaml", config_mod.to_yaml(spec.cfg))
+    atomic_write_text(folder / "config.yaml", spec.settings.to_yaml())
     atomic_write_json(folder / "history.json", head.history)
 
 

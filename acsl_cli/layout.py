@@ -1,0 +1,57 @@
+"""The one owner of what lives where under ``output_root``.
+
+    runs/<name>/                     a finished run (heads/<id>/ inside)
+    cache/data/                      generated benchmarks, parsed annotation caches
+    cache/stage1/<key>/              a trained stage-1 detector (+ <key>.resume.pt)
+    cache/stage2/<key>.resume.pt     an interrupted stage-2 pass
+
+Files that point to other files (a head to its stage 1) store the path relative to the
+pointing file's folder, so a moved or copied ``outputs/`` keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> OutputLayout:
+        return cls(Path(root))
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, name: str) -> Path:
+        return self.runs / name
+
+    @property
+    def data_cache(self) -> Path:
+        return self.root / "cache" / "data"
+
+    def stage1(self, key: str) -> Path:
+        return self.root / "cache" / "stage1" / key
+
+    def stage1_resume(self, key: str) -> Path:
+        return self.root / "cache" / "stage1" / f"{key}.resume.pt"
+
+    def stage2_resume(self, key: str) -> Path:
+        return self.root / "cache" / "stage2" / f"{key}.resume.pt"
+
+
+def pointer(target: Path, origin_folder: Path) -> str:
+    """``target`` as a path relative to ``origin_folder`` (POSIX separators)."""
+    rel = os.path.relpath(Path(target).resolve(), Path(origin_folder).resolve())
+    return Path(rel).as_posix()
+
+
+def follow(ptr: str, origin_folder: Path) -> Path:
+    """The file a pointer names: relative to ``origin_folder``, or absolute (older runs)."""
+    path = Path(ptr)
+    return path if path.is_absolute() else Path(origin_folder) / path

@@ -1,0 +1,24 @@
+"""``acsl eval dets=``: a results file scored against its annotations, no model."""
+
+from __future__ import annotations
+
+from acsl_cli.plan import EvalPlan
+
+
+def run_eval_results(plan: EvalPlan) -> tuple[dict[str, float], str]:
+    """Metrics of ``dets=`` (LVIS results JSON, or Open Images predictions CSV) and the
+    one-line account of the frequency groups."""
+    assert plan.dets is not None and plan.ann is not None and plan.settings is not None
+    s = plan.settings
+    if plan.dets.lower().endswith(".csv"):  # Open Images predictions
+        from acsl_cli.evaluation.openimages_file import evaluate_predictions_file
+
+        group_of_weight = float(s.dataset.get("group_of_weight", 1.0))
+        oi = evaluate_predictions_file(plan.dets, plan.ann, plan.train_ann,
+                                       expand=s.test.expand_hierarchy,
+                                       group_of_weight=group_of_weight)
+        return oi.metrics, oi.groups_note
+    from acsl_cli.evaluation.results import evaluate_results_file
+
+    result = evaluate_results_file(plan.dets, plan.ann, plan.train_ann)
+    return result.metrics, result.groups_note or ""

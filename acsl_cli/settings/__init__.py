@@ -1,0 +1,21 @@
+"""Typed settings: the composed config read once into frozen dataclasses (``Settings``)."""
+
+from acsl_cli.settings.build import loss_settings, settings_from
+from acsl_cli.settings.declare import CACHES, DATA, STAGE1, STAGE2, declared
+from acsl_cli.settings.keys import config_hash, stage1_key, stage2_key
+from acsl_cli.settings.sections import (
+    BackboneSettings,
+    DatasetSettings,
+    LossSettings,
+    SamplerSettings,
+    ScheduleSettings,
+    Settings,
+    StageSettings,
+    TestSettings,
+    yaml_text,
+)
+
+__all__ = ["CACHES", "DATA", "STAGE1", "STAGE2", "BackboneSettings", "DatasetSettings",
+           "LossSettings", "SamplerSettings", "ScheduleSettings", "Settings", "StageSettings",
+           "TestSettings", "config_hash", "declared", "loss_settings", "settings_from",
+           "stage1_key", "stage2_key", "yaml_text"]

@@ -1,0 +1,75 @@
+"""A resolved config (plain data) -> ``Settings``: every value checked, lists as tuples.
+
+Unknown keys are errors (``+lsos=bce`` is a typo, not an option), except in a dataset,
+whose kind's keys are checked by ``settings.datasets``, and in a loss, whose parameters
+its class checks when it is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from acsl_cli.errors import ConfigError
+from acsl_cli.settings.datasets import KIND_RULES
+from acsl_cli.settings.sections import DatasetSettings, LossSettings, Settings
+
+#: Keys a saved run's config.yaml adds to the config it ran with (not settings).
+RECORD_KEYS = ("heads", "provenance")
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _section(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a mapping, got "
+                          f"{type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k in data if k not in names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (not an option of "
+                          f"{prefix.rstrip('.') or 'the config'})")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("section"):
+            values[f.name] = _section(f.default_factory, data.get(f.name, {}),  # type: ignore
+                                      f"{prefix}{f.name}.")
+        elif "rule" in f.metadata:
+            value = data.get(f.name, f.default)
+            f.metadata["rule"](f"{prefix}{f.name}", value)
+            values[f.name] = _frozen(value)
+    return cls(**values)
+
+
+def _dataset(data: Any) -> DatasetSettings:
+    if not isinstance(data, Mapping):
+        raise ConfigError("dataset: must be a mapping")
+    common = {k: data[k] for k in ("name", "kind", "min_size", "max_size", "loss_defaults")
+              if k in data}
+    out = _section(DatasetSettings, common, "dataset.")
+    params = {k: v for k, v in data.items() if k not in common}
+    for key, rule in KIND_RULES.get(out.kind, {}).items():
+        if key in params:
+            rule(f"dataset.{key}", params[key])
+    return dataclasses.replace(out, params=params)
+
+
+def loss_settings(node: Any) -> LossSettings:
+    if not isinstance(node, Mapping) or not isinstance(node.get("name"), str):
+        raise ConfigError("loss: must be a mapping with a name")
+    return LossSettings(node["name"], {k: v for k, v in node.items() if k != "name"})
+
+
+def settings_from(config: Mapping[str, Any]) -> Settings:
+    """Typed, checked settings of a resolved config (``OmegaConf.to_container``)."""
+    data = {k: v for k, v in config.items() if k not in RECORD_KEYS}
+    typed = {k: v for k, v in data.items() if k not in ("dataset", "loss")}
+    base = _section(Settings, typed, "")
+    return dataclasses.replace(base, dataset=_dataset(data.get("dataset", {})),
+                               loss=loss_settings(data.get("loss", {"name": "acsl"})),
+                               source=data)

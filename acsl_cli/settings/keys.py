@@ -1,0 +1,110 @@
+"""Cache keys computed from the declarations: a field enters a key by being tagged for it.
+
+A key's node holds, at each tagged field's path, the value the config gave (so existing
+entries keep their keys); a field the config did not give enters only when it differs
+from its default, and ``changed_only`` fields only when they differ from their default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from acsl_cli.settings.declare import STAGE1, STAGE2, declared
+from acsl_cli.settings.sections import LossSettings, SamplerSettings, Settings
+
+STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are not reused
+
+#: Sections whose ``changed_only`` applies to the section as a whole.
+_WHOLE = {"sampler": SamplerSettings}
+
+
+def config_hash(node: Any) -> str:
+    """Stable short hash of a JSON-able config subtree."""
+    blob = json.dumps(node, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _get(tree: Any, path: Sequence[str]) -> tuple[bool, Any]:
+    for p in path:
+        if not isinstance(tree, Mapping) or p not in tree:
+            return False, None
+        tree = tree[p]
+    return True, tree
+
+
+def _put(tree: dict, path: Sequence[str], value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def _typed(settings: Settings, path: Sequence[str]) -> Any:
+    value: Any = settings
+    for p in path:
+        value = getattr(value, p)
+    return value
+
+
+def key_node(settings: Settings, cache: str) -> dict[str, Any]:
+    """The values of every field tagged for ``cache``, at their config paths."""
+    node: dict[str, Any] = {}
+    source = settings.source
+    for d in declared(Settings):
+        if cache not in d.caches:
+            continue
+        root = d.path[0]
+        if root in _WHOLE and cache in d.changed_only:
+            if getattr(settings, root) != _WHOLE[root]():
+                present, value = _get(source, d.path)
+                if present:
+                    _put(node, d.path, value)
+            continue
+        value = _typed(settings, d.path)
+        present, given = _get(source, d.path)
+        changed = value != d.default
+        if cache in d.changed_only:
+            if changed:
+                _put(node, d.path, _key_value(d.path, given if present else value))
+        elif present:
+            _put(node, d.path, given)
+        elif changed:
+            _put(node, d.path, value)
+    if cache == STAGE1:  # a dataset's own keys are not declared one by one: all enter
+        extra = {k: v for k, v in settings.dataset.params.items()}
+        node.setdefault("dataset", {}).update(extra)
+    return node
+
+
+def _key_value(path: Sequence[str], value: Any) -> Any:
+    """``init=PATH`` enters as the file's content digest, not its name."""
+    if tuple(path) == ("init",) and value and Path(str(value)).is_file():
+        return file_sha256(Path(str(value)))
+    return value
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage1_key(settings: Settings, world_size: int) -> str:
+    """Everything that shapes the stage-1 detector."""
+    node = key_node(settings, STAGE1)
+    node.update(version=STAGE1_VERSION, world_size=world_size)
+    return config_hash(node)
+
+
+def stage2_key(settings: Settings, heads: Sequence[LossSettings], stage1: str,
+               world_size: int) -> str:
+    """Everything that shapes a stage-2 pass of exactly these heads on this stage 1."""
+    node = key_node(settings, STAGE2)
+    node.update(stage1=stage1, heads=[h.as_dict() for h in heads], world_size=world_size)
+    node.setdefault("sampler", None)
+    return config_hash(node)

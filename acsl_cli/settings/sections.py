@@ -1,0 +1,176 @@
+"""The typed settings of a run: every option declared once, with its default, its rule
+and the cache keys it enters (see ``declare``).
+
+Adding an option: one ``setting(...)`` line in the section it belongs to, and one line in
+the yaml that documents it (``conf/``). Nothing else reads config keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from acsl_cli.settings.declare import DATA, STAGE1, STAGE2, section, setting
+from acsl_cli.settings.rules import anything, boolean, choice, integer, list_of, number, text
+
+SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays valid
+DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def yaml_text(data: Mapping[str, Any]) -> str:
+    """Plain data as the YAML the config files use (a run's ``config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(dict(data)))
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One stage's optimisation recipe (``schedule.stage1`` / ``schedule.stage2``)."""
+
+    epochs: int = setting(6, integer(0, 10_000))
+    lr: float = setting(0.02, number(0, 1e6, lo_open=True))
+    momentum: float = setting(0.9, number(0, 1, hi_open=True))
+    weight_decay: float = setting(0.0001, number(0, 1))
+    warmup_iters: int = setting(100, integer(0, 10**9))
+    warmup_ratio: float = setting(0.001, number(0, 1, lo_open=True))
+    steps: tuple[float, ...] = setting((0.75,), list_of(number(0, 1, lo_open=True,
+                                                                hi_open=True)))
+    grad_clip: float = setting(35.0, number(0, 1e12))
+    #: RoIs sampled per image (stage 2; null = backbone.roi_batch_size_per_image)
+    rois_per_image: int | None = setting(None, integer(1, 1_000_000, null=True))
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    name: str = setting("default", text())
+    batch_size: int = setting(8, integer(1, 100_000), caches=(STAGE1, STAGE2))
+    workers: int = setting(0, integer(0, 1024))
+    flip: float = setting(0.5, number(0, 1), caches=(STAGE1, STAGE2))
+    max_iters: int | None = setting(None, integer(1, null=True), caches=(STAGE1, STAGE2))
+    eval_max_images: int | None = setting(None, integer(1, null=True))
+    stage1: StageSettings = section(StageSettings, caches=(STAGE1, STAGE2))
+    stage2: StageSettings = section(StageSettings)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How stage 1 and stage 2 draw train images."""
+
+    name: str = setting("random", choice("random", "rfs", "class_aware"))
+    #: RFS frequency threshold: a fraction of the train images
+    t: float | None = setting(None, number(0, 1, lo_open=True, null=True))
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    scales: tuple[int, ...] | None = setting(None, list_of(integer(1, 100_000), nonempty=True,
+                                                           null=True))
+    flip: bool = setting(False, boolean)
+    max_detections: int = setting(300, integer(1, 1_000_000))
+    expand_hierarchy: bool = setting(False, boolean)
+
+    @property
+    def canonical(self) -> bool:
+        """Whether these are the settings the cached stage-1 row was scored with."""
+        return self == TestSettings()
+
+
+@dataclass(frozen=True)
+class BackboneSettings:
+    name: str = setting("small", text())
+    weights: str | None = setting(None, text(null=True))
+    trainable_layers: int = setting(3, integer(0, 5))
+    fpn_channels: int = setting(64, integer(1, 4096))  # the small backbone's FPN width
+    anchor_sizes: tuple[int, ...] = setting((32, 64, 128, 256, 512),
+                                            list_of(integer(1, 100_000), nonempty=True))
+    representation_size: int = setting(1024, integer(1, 65_536))
+    rpn_pre_nms_top_n_train: int = setting(2000, integer(1, 10**7))
+    rpn_post_nms_top_n_train: int = setting(2000, integer(1, 10**7))
+    rpn_pre_nms_top_n_test: int = setting(1000, integer(1, 10**7))
+    rpn_post_nms_top_n_test: int = setting(1000, integer(1, 10**7))
+    roi_batch_size_per_image: int = setting(512, integer(1, 1_000_000))
+    pre_nms_topk: int = setting(10000, integer(1, 10**8))
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """The common keys of a dataset; its kind's own keys are in ``params`` (checked by
+    ``settings.datasets``) and all of them enter the data and stage-1 keys."""
+
+    name: str = setting("synthetic", text())
+    kind: str = setting("synthetic", choice(*DATASET_KINDS))
+    min_size: int = setting(128, integer(1, 100_000))
+    max_size: int = setting(128, integer(1, 100_000))
+    #: dataset-dependent loss parameters (``bags_bins``, ``eql_lambda``): losses read them
+    #: through interpolation, so they enter the stage-2 key through the heads
+    loss_defaults: Mapping[str, Any] | None = setting(None, anything(), caches=())
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key) if key in _COMMON else self.params[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        return key in _COMMON or key in self.params
+
+
+_COMMON = ("name", "kind", "min_size", "max_size", "loss_defaults")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """One head's loss: its registry name and parameters (the loss validates them)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run (or one head of it) is configured with, checked and typed."""
+
+    xi: float = setting(0.7, number(0, 1, lo_open=True, hi_open=True))
+    seed: int = setting(0, integer(0, SEED_MAX), caches=(STAGE1, STAGE2))
+    device: str = setting("auto", choice("auto", "cpu", "cuda"))
+    output_root: str = setting("outputs", text())
+    run_name: str | None = setting(None, text(null=True))
+    out: str | None = setting(None, text(null=True))
+    ckpt: str | None = setting(None, text(null=True))
+    dets: str | None = setting(None, text(null=True))
+    ann: str | None = setting(None, text(null=True))
+    train_ann: str | None = setting(None, text(null=True))
+    progress: bool = setting(True, boolean)
+    amp: str = setting("off", choice(*AMP_MODES), caches=(STAGE1, STAGE2),
+                       changed_only=(STAGE1,))
+    #: start stage 1 from this detector; its file's digest enters the stage-1 key
+    init: str | None = setting(None, text(null=True), caches=(STAGE1,), changed_only=(STAGE1,))
+    test: TestSettings = section(TestSettings)
+    schedule: ScheduleSettings = section(ScheduleSettings, caches=(STAGE2,))
+    sampler: SamplerSettings = section(SamplerSettings, caches=(STAGE1, STAGE2),
+                                       changed_only=(STAGE1,))
+    dataset: DatasetSettings = section(DatasetSettings, caches=(DATA, STAGE1))
+    backbone: BackboneSettings = section(BackboneSettings, caches=(STAGE1,))
+    loss: LossSettings = field(default_factory=lambda: LossSettings("acsl"))
+    #: the resolved config these settings were read from (plain data): written as the
+    #: run's ``config.yaml`` and the source of the cache keys' values
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_yaml(self) -> str:
+        return yaml_text(dict(self.source))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (a deep copy)."""
+        import copy
+
+        return copy.deepcopy(dict(self.source))
