@@ -11,12 +11,15 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from acsl_cli.config import load_config, parse_overrides, to_settings
+from acsl_cli.data.groups import frequency_group
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import LossContext, build_loss
 from acsl_cli.settings import LossSettings, Settings, loss_settings
@@ -25,9 +28,6 @@ HEAD_KEYS = ("loss", "xi")
 EVAL_KEYS = ("ckpt", "dets", "ann", "train_ann", "out")
 
 
-#: A stand-in for the dataset statistics, so that a loss's parameters are checked (by
-#: building it) before any data exists: three classes, one per frequency group.
-PROBE_CONTEXT = LossContext(3, 0, ("r", "c", "f"), (1, 20, 200), (1, 40, 800), 200)
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,23 @@ def head_label(loss: LossSettings) -> str:
 
 
 def check_loss(loss: LossSettings) -> None:
-    """Build the loss on stand-in statistics: its own checks run before any work."""
-    build_loss(loss.name, PROBE_CONTEXT, **dict(loss.params))
+    """Build the loss on stand-in statistics: its own checks run before any data exists."""
+    build_loss(loss.name, probe_context(loss.params),
+               **{k: list(v) if isinstance(v, tuple) else v for k, v in loss.params.items()})
+
+
+def probe_context(params: Mapping[str, Any]) -> LossContext:
+    """Stand-in train statistics for checking a loss's parameters: one class in each
+    frequency group and one at every count the parameters name (BAGS's bin edges), so
+    that no group a parameter defines is empty."""
+    counts = {1, 50, 10**9}
+    for value in params.values():
+        if isinstance(value, (list, tuple)):
+            counts.update(v for v in value if isinstance(v, int) and not isinstance(v, bool)
+                          and 0 < v < 10**12)
+    ordered = tuple(sorted(counts))
+    groups = tuple(frequency_group(n) for n in ordered)
+    return LossContext(len(ordered), 0, groups, ordered, ordered, max(ordered))
 
 
 def head_id(label: str) -> str:

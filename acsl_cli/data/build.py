@@ -55,27 +55,27 @@ class DatasetBundle:
         return self.val.data
 
 
-def synthetic_spec(cfg: Any) -> SyntheticSpec:
+def synthetic_spec(dataset: Any) -> SyntheticSpec:
     fields = SyntheticSpec.__dataclass_fields__
-    return SyntheticSpec(**{k: cfg[k] for k in fields if k in cfg})
+    return SyntheticSpec(**{k: dataset[k] for k in fields if k in dataset})
 
 
-def synthetic_lvis_spec(cfg: Any) -> SyntheticLvisSpec:
+def synthetic_lvis_spec(dataset: Any) -> SyntheticLvisSpec:
     fields = SyntheticLvisSpec.__dataclass_fields__
-    return SyntheticLvisSpec(**{k: cfg[k] for k in fields if k in cfg})
+    return SyntheticLvisSpec(**{k: dataset[k] for k in fields if k in dataset})
 
 
-def generated_folder(cfg: Any, data_root: Path,
+def generated_folder(dataset: Any, data_root: Path,
                      progress: Callable[[int, int], None] | None = None) -> Path:
     """The cached folder of a generated (``GENERATED_KINDS``) dataset, generating it if
     needed."""
-    if cfg.get("kind") == "synthetic_lvis":
-        return ensure_generated_lvis(synthetic_lvis_spec(cfg), Path(data_root), progress)
-    return ensure_generated(synthetic_spec(cfg), Path(data_root), progress)
+    if dataset.get("kind") == "synthetic_lvis":
+        return ensure_generated_lvis(synthetic_lvis_spec(dataset), Path(data_root), progress)
+    return ensure_generated(synthetic_spec(dataset), Path(data_root), progress)
 
 
 def build_datasets(
-    cfg: Any, data_root: Path, progress: Callable[[int, int], None] | None = None
+    dataset: Any, data_root: Path, progress: Callable[[int, int], None] | None = None
 ) -> DatasetBundle:
     """Build train/val splits from a ``dataset`` config node.
 
@@ -83,20 +83,20 @@ def build_datasets(
     categories of BOTH splits: evaluation (APr/APc/APf), losses and reports then agree, and
     a plain COCO-format val file cannot give groups from its own counts.
     """
-    kind = cfg.get("kind")
+    kind = dataset.get("kind")
     if kind in OPENIMAGES_KINDS:
         from acsl_cli.data.openimages_bundle import openimages_bundle
 
-        return openimages_bundle(cfg, data_root, progress)
+        return openimages_bundle(dataset, data_root, progress)
     if kind in GENERATED_KINDS:
-        folder = generated_folder(cfg, data_root, progress)
+        folder = generated_folder(dataset, data_root, progress)
         train_ann, val_ann = folder / "train.json", folder / "val.json"
         train_root = val_root = folder
         cache = True
     elif kind == "lvis":
-        train_ann, val_ann = Path(cfg["train_ann"]), Path(cfg["val_ann"])
-        train_root, val_root = Path(cfg["train_images"]), Path(cfg["val_images"])
-        cache = bool(cfg.get("cache_images", False))
+        train_ann, val_ann = Path(dataset["train_ann"]), Path(dataset["val_ann"])
+        train_root, val_root = Path(dataset["train_images"]), Path(dataset["val_images"])
+        cache = bool(dataset.get("cache_images", False))
     else:
         raise ConfigError(f"dataset.kind: unknown kind '{kind}' (choose from "
                           f"{', '.join(DATASET_KINDS)})")

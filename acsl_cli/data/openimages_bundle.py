@@ -49,25 +49,25 @@ class OpenImagesEval:
     group_of_weight: float
 
 
-def dataset_paths(cfg: Any, data_root: Path,
+def dataset_paths(dataset: Any, data_root: Path,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
     """The eight input paths: generated for ``openimages_synthetic``, else from config."""
-    if cfg.get("kind") == "openimages_synthetic":
+    if dataset.get("kind") == "openimages_synthetic":
         from acsl_cli.data.openimages_synthetic import OpenImagesSyntheticSpec, ensure_generated
 
         fields = OpenImagesSyntheticSpec.__dataclass_fields__
-        spec = OpenImagesSyntheticSpec(**{k: cfg[k] for k in fields if k in cfg})
+        spec = OpenImagesSyntheticSpec(**{k: dataset[k] for k in fields if k in dataset})
         folder = ensure_generated(spec, Path(data_root), progress)
         return {k: folder / name for k, name in RELEASE_NAMES.items()}
-    return {k: Path(str(cfg[k])) for k in RELEASE_NAMES}
+    return {k: Path(str(dataset[k])) for k in RELEASE_NAMES}
 
 
-def openimages_bundle(cfg: Any, data_root: Path,
+def openimages_bundle(dataset: Any, data_root: Path,
                       progress: Callable[[int, int], None] | None = None):
     """The ``DatasetBundle`` of an Open Images-format dataset (``bundle.openimages`` set)."""
     from acsl_cli.data.build import DatasetBundle
 
-    paths = dataset_paths(cfg, data_root, progress)
+    paths = dataset_paths(dataset, data_root, progress)
     data = load_openimages(
         paths["classes_csv"], paths["hierarchy_json"],
         OpenImagesFiles(paths["train_boxes"], paths["train_labels"], paths["train_images"]),
@@ -75,7 +75,7 @@ def openimages_bundle(cfg: Any, data_root: Path,
         Path(data_root) / "openimages-cache", progress)
     C = len(data.label_names)
     ancestors = tuple(tuple(a) for a in data.hierarchy.ancestor_table(C))
-    expand = bool(cfg.get("expand_labels", True))
+    expand = bool(dataset.get("expand_labels", True))
     up = ancestors if expand else None
     images = np.asarray(data.train.image_counts(C, up), dtype=np.int64)
     instances = np.asarray(data.train.instance_counts(C, up), dtype=np.int64)
@@ -86,13 +86,13 @@ def openimages_bundle(cfg: Any, data_root: Path,
     note = ("Open Images challenge metric, AP = AP at IoU 0.5; "
             + describe_groups(dict(enumerate(groups, start=1)), never)
             + (" (boxes counted for their ancestors)" if expand else ""))
-    cache = bool(cfg.get("cache_images", cfg.get("kind") == "openimages_synthetic"))
+    cache = bool(dataset.get("cache_images", dataset.get("kind") == "openimages_synthetic"))
     train = OpenImagesDetection(data.train, paths["train_images"], "train", cache)
     val = OpenImagesDetection(data.val, paths["val_images"], "val", cache)
     evaluation = OpenImagesEval(
         data.val.gt(C), np.asarray(data.val.widths), np.asarray(data.val.heights), ancestors,
         tuple(data.display_names), tuple(data.label_names),
         tuple(str(i) for i in data.val.image_ids), groups,
-        float(cfg.get("group_of_weight", 1.0)))
+        float(dataset.get("group_of_weight", 1.0)))
     return DatasetBundle(train, val, CategoryMap(tuple(range(1, C + 1))), stats, note, never,
                          openimages=evaluation, ancestors=up)

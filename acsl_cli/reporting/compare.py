@@ -19,12 +19,13 @@ from typing import Any
 from acsl_cli.errors import ConfigError
 from acsl_cli.evaluation import METRIC_KEYS
 from acsl_cli.reporting.runs import STAGE1_ROW, Run
+from acsl_cli.settings import not_outcome_keys
 
 HEADLINE = ("AP", "APr", "APc", "APf")
-# Keys that do not change what a row measures (where and how a run was made, e.g. its
-# provenance: command line, versions, host), or that head labels already state.
-_NOT_A_VARIANT = {"seed", "run_name", "out", "output_root", "progress", "device", "ckpt",
-                  "dets", "ann", "train_ann", "heads", "loss", "xi", "provenance"}
+# Keys that do not change what a row measures: the settings declared so (where and how a
+# run was written), what pooling is over (seed), what head labels already state (loss,
+# xi) and the run's record of itself (heads, provenance: command line, versions, host).
+_NOT_A_VARIANT = {*not_outcome_keys(), "seed", "heads", "loss", "xi", "provenance"}
 
 
 @dataclass
@@ -73,8 +74,8 @@ def compare(runs: Sequence[Run], baseline: str | None = None) -> Comparison:
 
 def _variants(runs: Sequence[Run]) -> dict[Path, str]:
     """Per run, the config keys (shared by every run) whose values differ between runs."""
-    flat = [_flatten({k: v for k, v in r.config.items() if k not in _NOT_A_VARIANT})
-            for r in runs]
+    flat = [{k: v for k, v in _flatten(r.config).items() if k not in _NOT_A_VARIANT
+             and k.split(".")[0] not in _NOT_A_VARIANT} for r in runs]
     common = set.intersection(*(set(f) for f in flat)) if flat else set()
     differing = sorted(k for k in common if len({repr(f[k]) for f in flat}) > 1)
     return {r.path: " ".join(f"{k}={f[k]}" for k in differing)

@@ -130,17 +130,17 @@ def _model_row(label: str, loss_cfg: Mapping[str, Any] | None,
     """Loss name and xi from the run's ``heads:`` section, else from the label itself."""
     if label == STAGE1_ROW:
         return ModelRow(label, "stage1", None, {"name": "stage1"}, metrics)
-    cfg = dict(loss_cfg or {})
-    if not cfg:  # a run without config.yaml: labels read "acsl xi=0.7 bg=official"
+    loss = dict(loss_cfg or {})
+    if not loss:  # a run without config.yaml: labels read "acsl xi=0.7 bg=official"
         words = label.split()
-        cfg = {"name": words[0] if words else label}
-        cfg.update(w.split("=", 1) for w in words[1:] if "=" in w)
-    xi = cfg.get("xi") if cfg.get("name") == "acsl" else None
+        loss = {"name": words[0] if words else label}
+        loss.update(w.split("=", 1) for w in words[1:] if "=" in w)
+    xi = loss.get("xi") if loss.get("name") == "acsl" else None
     try:
         xi = None if xi is None else float(xi)
     except (TypeError, ValueError):
         xi = None
-    return ModelRow(label, str(cfg.get("name", label)), xi, cfg, metrics)
+    return ModelRow(label, str(loss.get("name", label)), xi, loss, metrics)
 
 
 def read_metrics(path: Path) -> dict[str, dict[str, float | None]]:

@@ -1,7 +1,7 @@
 """Typed settings: the composed config read once into frozen dataclasses (``Settings``)."""
 
 from acsl_cli.settings.build import loss_settings, settings_from
-from acsl_cli.settings.declare import CACHES, DATA, STAGE1, STAGE2, declared
+from acsl_cli.settings.declare import CACHES, DATA, STAGE1, STAGE2, declared, not_outcome_keys
 from acsl_cli.settings.keys import config_hash, stage1_key, stage2_key
 from acsl_cli.settings.sections import (
     BackboneSettings,
@@ -17,5 +17,5 @@ from acsl_cli.settings.sections import (
 
 __all__ = ["CACHES", "DATA", "STAGE1", "STAGE2", "BackboneSettings", "DatasetSettings",
            "LossSettings", "SamplerSettings", "ScheduleSettings", "Settings", "StageSettings",
-           "TestSettings", "config_hash", "declared", "loss_settings", "settings_from",
-           "stage1_key", "stage2_key", "yaml_text"]
+           "TestSettings", "config_hash", "declared", "loss_settings", "not_outcome_keys",
+           "settings_from", "stage1_key", "stage2_key", "yaml_text"]

@@ -20,10 +20,12 @@ CACHES = (DATA, STAGE1, STAGE2)
 
 
 def setting(default: Any, rule: Rule, caches: tuple[str, ...] | None = None,
-            changed_only: tuple[str, ...] = ()) -> Any:
-    """A leaf field: its default, its rule, and the cache keys it enters."""
+            changed_only: tuple[str, ...] = (), outcome: bool = True) -> Any:
+    """A leaf field: its default, its rule, and the cache keys it enters. ``outcome=False``
+    marks values that cannot change a result (where a run is written, how it is shown):
+    runs that differ only in them are the same experiment."""
     return field(default=default, metadata={"rule": rule, "caches": caches,
-                                            "changed_only": changed_only})
+                                            "changed_only": changed_only, "outcome": outcome})
 
 
 def section(cls: type, caches: tuple[str, ...] | None = None,
@@ -42,6 +44,7 @@ class Declared:
     rule: Rule
     caches: tuple[str, ...]
     changed_only: tuple[str, ...]
+    outcome: bool = True
 
 
 def declared(cls: type, path: tuple[str, ...] = (), caches: tuple[str, ...] = (),
@@ -56,4 +59,12 @@ def declared(cls: type, path: tuple[str, ...] = (), caches: tuple[str, ...] = ()
             yield from declared(f.default_factory, (*path, f.name), here,  # type: ignore[arg-type]
                                 only)
         elif "rule" in meta:
-            yield Declared((*path, f.name), f.default, meta["rule"], here, only)
+            yield Declared((*path, f.name), f.default, meta["rule"], here, only,
+                           meta.get("outcome", True))
+
+
+def not_outcome_keys() -> set[str]:
+    """Dotted paths of the settings that cannot change a result (``outcome=False``)."""
+    from acsl_cli.settings.sections import Settings
+
+    return {".".join(d.path) for d in declared(Settings) if not d.outcome}

@@ -47,7 +47,7 @@ class StageSettings:
 class ScheduleSettings:
     name: str = setting("default", text())
     batch_size: int = setting(8, integer(1, 100_000), caches=(STAGE1, STAGE2))
-    workers: int = setting(0, integer(0, 1024))
+    workers: int = setting(0, integer(0, 1024), outcome=False)
     flip: float = setting(0.5, number(0, 1), caches=(STAGE1, STAGE2))
     max_iters: int | None = setting(None, integer(1, null=True), caches=(STAGE1, STAGE2))
     eval_max_images: int | None = setting(None, integer(1, null=True))
@@ -142,15 +142,15 @@ class Settings:
 
     xi: float = setting(0.7, number(0, 1, lo_open=True, hi_open=True))
     seed: int = setting(0, integer(0, SEED_MAX), caches=(STAGE1, STAGE2))
-    device: str = setting("auto", choice("auto", "cpu", "cuda"))
-    output_root: str = setting("outputs", text())
-    run_name: str | None = setting(None, text(null=True))
-    out: str | None = setting(None, text(null=True))
-    ckpt: str | None = setting(None, text(null=True))
-    dets: str | None = setting(None, text(null=True))
-    ann: str | None = setting(None, text(null=True))
-    train_ann: str | None = setting(None, text(null=True))
-    progress: bool = setting(True, boolean)
+    device: str = setting("auto", choice("auto", "cpu", "cuda"), outcome=False)
+    output_root: str = setting("outputs", text(), outcome=False)
+    run_name: str | None = setting(None, text(null=True), outcome=False)
+    out: str | None = setting(None, text(null=True), outcome=False)
+    ckpt: str | None = setting(None, text(null=True), outcome=False)
+    dets: str | None = setting(None, text(null=True), outcome=False)
+    ann: str | None = setting(None, text(null=True), outcome=False)
+    train_ann: str | None = setting(None, text(null=True), outcome=False)
+    progress: bool = setting(True, boolean, outcome=False)
     amp: str = setting("off", choice(*AMP_MODES), caches=(STAGE1, STAGE2),
                        changed_only=(STAGE1,))
     #: start stage 1 from this detector; its file's digest enters the stage-1 key

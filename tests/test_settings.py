@@ -1,0 +1,188 @@
+"""Typed settings: cache keys follow the declarations, old keys stay, bad input stops in
+one line before anything is created, and a moved outputs/ keeps its heads usable."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from acsl_cli import config as config_mod
+from acsl_cli.cli import app
+from acsl_cli.settings import (
+    STAGE1,
+    STAGE2,
+    LossSettings,
+    Settings,
+    config_hash,
+    declared,
+    settings_from,
+    stage1_key,
+    stage2_key,
+)
+from acsl_cli.settings.datasets import KIND_RULES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _base(overrides=()) -> dict:
+    return OmegaConf.to_container(config_mod.load_config(list(overrides)), resolve=True)
+
+
+def _changed(source: dict, path: tuple[str, ...], value) -> Settings:
+    data = copy.deepcopy(source)
+    node = data
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+    node[path[-1]] = value
+    return settings_from(data)
+
+
+def _key(cache: str, s: Settings) -> str:
+    if cache == STAGE1:
+        return stage1_key(s, 1)
+    return stage2_key(s, [s.loss], "stage1-folder", 1)
+
+
+@pytest.mark.parametrize("cache", [STAGE1, STAGE2])
+@pytest.mark.parametrize("dataset", ["synthetic", "openimages_synthetic"])
+def test_exactly_the_fields_tagged_for_a_key_change_it(cache, dataset):
+    source = _base([f"dataset={dataset}"])
+    base = settings_from(source)
+    tagged, seen = set(), set()
+    for d in declared(Settings):
+        value = d.rule.example(_get(base, d.path))
+        if value == _get(base, d.path):
+            continue  # a rule without another value (loss_defaults: the losses check them)
+        seen.add(d.path)
+        moved = _key(cache, _changed(source, d.path, value)) != _key(cache, base)
+        assert moved == (cache in d.caches), (d.path, value)
+        if moved:
+            tagged.add(d.path)
+    for name in base.dataset.params:  # a kind's own keys: all of them shape stage 1
+        rule = KIND_RULES[dataset].get(name)
+        if rule is None:
+            continue
+        value = rule.example(base.dataset.params[name])
+        moved = _key(cache, _changed(source, ("dataset", name), value)) != _key(cache, base)
+        assert moved == (cache == STAGE1), name
+    if cache == STAGE1:
+        for path in [("sampler", "name"), ("amp",), ("init",), ("seed",),
+                     ("schedule", "stage1", "lr"), ("backbone", "fpn_channels")]:
+            assert path in tagged, path
+        assert ("schedule", "stage2", "lr") in seen - tagged
+        assert ("test", "max_detections") in seen - tagged
+
+
+def _get(s, path):
+    for p in path:
+        s = getattr(s, p)
+    return s
+
+
+def test_the_heads_are_part_of_the_stage2_key():
+    s = config_mod.load_settings([])
+    acsl, bce = LossSettings("acsl", {"xi": 0.7}), LossSettings("bce")
+    one = stage2_key(s, [acsl], "x", 1)
+    assert stage2_key(s, [acsl, bce], "x", 1) != one
+    assert stage2_key(s, [LossSettings("acsl", {"xi": 0.5})], "x", 1) != one
+    assert stage2_key(s, [acsl], "y", 1) != one  # another stage 1
+    assert stage2_key(s, [acsl], "x", 2) != one  # another world size
+
+
+def _old_stage1_key(cfg) -> str:
+    """The stage-1 key as the code before typed settings computed it (a frozen copy, the
+    oracle for 'existing cache entries keep their keys')."""
+    s = cfg.schedule
+    node = {
+        "version": 1,
+        "dataset": {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+                    if k != "loss_defaults"},
+        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+        "schedule": {"batch_size": s.batch_size, "flip": s.flip, "max_iters": s.max_iters,
+                     "stage1": OmegaConf.to_container(s.stage1, resolve=True)},
+        "seed": cfg.seed, "world_size": 1,
+    }
+    if cfg.sampler.name != "random":
+        node["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
+    if cfg.amp != "off":
+        node["amp"] = cfg.amp
+    if cfg.init:
+        node["init"] = str(cfg.init)
+    return config_hash(node)
+
+
+def _old_stage2_key(cfg, heads) -> str:
+    return config_hash({"stage1": "x", "heads": heads, "world_size": 1, "seed": cfg.seed,
+                        "schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
+                        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+                        "amp": cfg.amp})
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["schedule=smoke", "seed=3"], ["sampler=rfs"], ["sampler=class_aware"], ["amp=bf16"],
+    ["backbone=r50"], ["dataset=synthetic_lvis"], ["dataset=openimages_synthetic"],
+    ["dataset=lvis_v0.5"], ["init=/no/such/file.pt"], ["schedule.stage2.rois_per_image=5"],
+])
+def test_existing_cache_entries_keep_their_keys(overrides):
+    cfg = config_mod.load_config(overrides)
+    s = config_mod.to_settings(cfg)
+    assert stage1_key(s, 1) == _old_stage1_key(cfg)
+    assert stage2_key(s, [s.loss], "x", 1) == _old_stage2_key(cfg, [s.loss.as_dict()])
+
+
+def _bad_conf(tmp_path: Path, line: str) -> Path:
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    text = (conf / "config.yaml").read_text().replace("seed: 0", line, 1)
+    (conf / "config.yaml").write_text(text)
+    return conf
+
+
+@pytest.mark.parametrize("args, expect, conf_line", [
+    (["train", f"seed={2**70}"], f"seed={2**70}: must be an integer in [0, 2147483647]", None),
+    (["sweep", "seed=range(0,0)"], "the list of values is empty", None),
+    (["train", "+lsos=bce"], "unknown key lsos", None),
+    (["train", "loss=bags", "loss.bins=[100,10]"], "strictly increasing", None),
+    (["train", "loss=acsl", "loss.bg_mode=weird"], "bg_mode must be one of", None),
+    (["train", "sampler=rfs", "sampler.t=1e308"], "sampler.t=1e+308: must be a finite number",
+     None),
+    (["train", "loss=bce,nope"], "unknown loss 'nope'", None),
+    (["train"], "cannot read the config files (ParserError", "seed: [0"),
+    (["train"], "could not determine a constructor for the tag",
+     'seed: !!python/object/apply:os.system ["touch PWNED"]'),
+])
+def test_bad_input_is_one_line_and_creates_nothing(args, expect, conf_line, tmp_path,
+                                                    monkeypatch):
+    if conf_line is not None:
+        monkeypatch.setenv("ACSL_CONF", str(_bad_conf(tmp_path, conf_line)))
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "outputs"
+    res = CliRunner().invoke(app, [*args, f"output_root={root}", "progress=false"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
+    assert not root.exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_a_moved_outputs_folder_keeps_its_heads(tmp_path):
+    from tests.test_engine import TINY
+
+    first = tmp_path / "first"
+    res = CliRunner().invoke(app, ["train", *TINY, f"output_root={first}", "loss=bce",
+                                   "run_name=r", "progress=false"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((first / "runs" / "r" / "metrics.json").read_text())["bce"]
+    moved = tmp_path / "elsewhere" / "outputs"
+    moved.parent.mkdir()
+    first.rename(moved)
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(app, ["eval", f"ckpt={moved / 'runs/r/heads/bce/checkpoint.pt'}",
+                                   f"output_root={moved}", f"out={out}", "progress=false"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text()) == metrics
