@@ -168,7 +168,8 @@ def eval_(overrides: list[str] = OVERRIDES) -> None:
         oi = evaluate_predictions_file(plan.dets, plan.ann, plan.train_ann,
                                        expand=bool(cfg.test.expand_hierarchy),
                                        group_of_weight=float(cfg.dataset.get("group_of_weight",
-                                                                             1.0)))
+                                                                             1.0)),
+                                       unknown_images=str(cfg.test.unknown_images))
         metrics, title, note = oi.metrics, Path(plan.dets).name, oi.groups_note
     else:
         from acsl_cli.evaluation.results import evaluate_results_file

@@ -96,7 +96,8 @@ TOP = {
     "init": text(null=True),
 }
 TEST = {"scales": list_of(integer(1), nonempty=True), "flip": boolean,
-        "max_detections": integer(1), "expand_hierarchy": boolean}
+        "max_detections": integer(1), "expand_hierarchy": boolean,
+        "unknown_images": choice("ignore", "error")}
 STAGE = {
     "epochs": integer(0),
     "lr": number(0, lo_open=True),
