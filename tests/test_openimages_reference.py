@@ -16,132 +16,20 @@ by hand in the comments from the reference's rules:
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from acsl_cli.cli import app
-from acsl_cli.data.hierarchy import read_hierarchy
-from acsl_cli.errors import DataError
 from acsl_cli.evaluation.openimages_file import evaluate_predictions_file
 from acsl_cli.evaluation.openimages_metric import OpenImagesGT, evaluate_openimages
-
-BOX_HEADER = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
-              "IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside"]
-PRED_HEADER = ["ImageID", "LabelName", "Score", "XMin", "XMax", "YMin", "YMax"]
-A1 = ("0.1", "0.5", "0.1", "0.5")  # XMin, XMax, YMin, YMax
-A1_SHIFTED = ("0.12", "0.52", "0.1", "0.5")  # IoU with A1 .38x.4 / (2 x .16 - .152) = .905
-ELSEWHERE = ("0.7", "0.9", "0.0", "0.2")  # no overlap with A1 or G
-G = ("0.5", "1.0", "0.5", "1.0")  # a group-of box
-INSIDE_G = ("0.6", "0.8", "0.6", "0.8")
+from tests.openimages_release import A1, A1_SHIFTED, ELSEWHERE, INSIDE_G, G, check_all_ways
+from tests.test_openimages_metric import make_dets, make_gt
 
 
 def test_premise_argsort_keeps_small_ties_in_input_order():
     assert np.argsort(np.array([0.5, 0.5])).tolist() == [0, 1]
     assert np.argsort(np.array([0.6, 0.5, 0.6])).tolist() == [1, 0, 2]
-
-
-# ---------------------------------------------------------------------------------------
-# A tiny release, and the three ways to score it
-# ---------------------------------------------------------------------------------------
-
-
-def _write(path: Path, header: list[str] | None, rows: list) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        if header:
-            w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
-def shown(label_name: str) -> str:
-    """The display name of a class in these releases: "/m/cat" -> "CAT"."""
-    return label_name.removeprefix("/m/").upper()
-
-
-def release(root: Path, classes: list[str], boxes: list[tuple], labels: list[tuple] = (),
-            hierarchy: dict | None = None) -> Path:
-    """boxes = (image, class, XMin, XMax, YMin, YMax, group_of); labels = (image, class, 0|1)."""
-    root.mkdir(parents=True, exist_ok=True)
-    _write(root / "class-descriptions-boxable.csv", None, [[c, shown(c)] for c in classes])
-    hierarchy = hierarchy or {"LabelName": "/m/entity",
-                              "Subcategory": [{"LabelName": c} for c in classes]}
-    (root / "bbox_labels_600_hierarchy.json").write_text(json.dumps(hierarchy))
-    _write(root / "validation-annotations-bbox.csv", BOX_HEADER,
-           [[b[0], "xclick", b[1], "1", *b[2:6], "0", "0", str(int(b[6])), "0", "0"]
-            for b in boxes])
-    _write(root / "validation-annotations-human-imagelabels-boxable.csv",
-           ["ImageID", "Source", "LabelName", "Confidence"],
-           [[lab[0], "verification", lab[1], str(lab[2])] for lab in labels])
-    return root
-
-
-def predictions(path: Path, rows: list[tuple]) -> Path:
-    """rows = (image, class, score text, XMin, XMax, YMin, YMax)."""
-    return _write(path, PRED_HEADER, [list(r) for r in rows])
-
-
-def file_aps(dets: Path, ann: Path, **kw) -> dict[str, float]:
-    """Per-class AP (classes with GT) and the mean ("mAP") from ``evaluate_predictions_file``."""
-    r = evaluate_predictions_file(dets, ann, **kw)
-    return {"mAP": r.metrics["AP"], **{row["name"]: row["AP"] for row in r.per_category}}
-
-
-def cli_map(dets: Path, ann: Path, out: Path, *overrides: str) -> float:
-    res = CliRunner().invoke(app, ["eval", f"dets={dets}", f"ann={ann}", f"out={out}",
-                                   "progress=false", *overrides])
-    assert res.exit_code == 0, res.output
-    return json.loads(out.read_text())["AP"]
-
-
-def array_aps(classes: list[str], boxes: list[tuple], labels: list[tuple],
-              preds: list[tuple]) -> np.ndarray:
-    """``evaluate_openimages`` on arrays built by hand (flat hierarchy, images by ImageID)."""
-    index = {c: i + 1 for i, c in enumerate(classes)}
-    images = sorted({b[0] for b in boxes} | {lab[0] for lab in labels})
-    where = {im: i for i, im in enumerate(images)}
-
-    def csr(rows: list) -> tuple[np.ndarray, list]:
-        rows = sorted(rows, key=lambda r: where[r[0]])  # stable: file order within an image
-        return np.searchsorted([where[r[0]] for r in rows], np.arange(len(images) + 1)), rows
-
-    box_off, bs = csr(boxes)
-    pos_off, ps = csr([lab for lab in labels if lab[2] == 1])
-    neg_off, ns = csr([lab for lab in labels if lab[2] == 0])
-    gt = OpenImagesGT(
-        len(classes), box_off, np.array([[float(b[2]), float(b[4]), float(b[3]), float(b[5])]
-                                         for b in bs]).reshape(-1, 4),
-        np.array([index[b[1]] for b in bs], np.int32), np.array([b[6] for b in bs], bool),
-        pos_off, np.array([index[p[1]] for p in ps], np.int32),
-        neg_off, np.array([index[p[1]] for p in ns], np.int32))
-    r = evaluate_openimages(
-        gt, np.array([where[p[0]] for p in preds], np.int64),
-        np.array([index[p[1]] for p in preds], np.int32),
-        np.array([float(p[2]) for p in preds]),
-        np.array([[float(p[3]), float(p[5]), float(p[4]), float(p[6])] for p in preds]))
-    return r.ap
-
-
-def check_all_ways(tmp_path: Path, classes: list[str], boxes: list[tuple],
-                   labels: list[tuple], preds: list[tuple], expected: dict[str, float]) -> None:
-    """Per-class APs (by class name) and their mean, through the arrays, the file, the CLI."""
-    ann = release(tmp_path / "release", classes, boxes, labels)
-    dets = predictions(tmp_path / "predictions.csv", preds)
-    want_map = sum(expected.values()) / len(expected)
-    ap = array_aps(classes, boxes, labels, preds)
-    got = {c: float(ap[i]) for i, c in enumerate(classes) if not math.isnan(ap[i])}
-    assert got == pytest.approx(expected, abs=1e-12)
-    named = file_aps(dets, ann)
-    assert named == pytest.approx({"mAP": want_map, **{shown(c): v
-                                                        for c, v in expected.items()}})
-    assert cli_map(dets, ann, tmp_path / "m.json") == pytest.approx(want_map, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,111 +121,89 @@ def test_zero_area_ground_truth_counts_and_matches_nothing(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------------------------------
-# 4. Hierarchy expansion as the reference's expansion tool
-# ---------------------------------------------------------------------------------------
-
-CLASSES_H = ["/m/bird", "/m/toy", "/m/duck", "/m/mallard"]
-# Duck sits under Bird (with Mallard below it) and, alone, under Toy.
-HIERARCHY_H = {"LabelName": "/m/entity", "Subcategory": [
-    {"LabelName": "/m/bird", "Subcategory": [
-        {"LabelName": "/m/duck", "Subcategory": [{"LabelName": "/m/mallard"}]}]},
-    {"LabelName": "/m/toy", "Subcategory": [{"LabelName": "/m/duck"}]}]}
-
-
-def test_multi_parent_subtree_follows_the_json(tmp_path):
-    # Reference expansion: Mallard's ancestors are the labels on its JSON path, Duck and
-    # Bird, not Toy; Toy's descendants are what is written under it: Duck only.
-    index = {c: i + 1 for i, c in enumerate(CLASSES_H)}
-    (tmp_path / "h.json").write_text(json.dumps(HIERARCHY_H))
-    h = read_hierarchy(tmp_path / "h.json", index)
-    assert h.ancestors(4) == (1, 3) and h.ancestors(3) == (1, 2)
-    assert h.descendants(2) == (3,) and h.descendants(1) == (3, 4)
-    # img0: a Mallard box M (= A1) -> also Duck and Bird boxes, no Toy box.
-    # img1: a Toy box T. img2: Toy verified absent -> Duck absent too, Mallard not.
-    # Detections (all on M in img0): Mallard 0.9, Duck 0.9, Bird 0.9, Toy 0.9; and
-    # Mallard 0.95 in img2.
-    # Bird: 0.9 TP -> 1. Duck: 0.9 TP -> 1. Mallard: img2 says nothing about Mallard, its
-    # 0.95 is dropped; 0.9 TP -> 1. Toy: num_gt 1 (T); img0 says nothing about Toy, its
-    # 0.9 is dropped -> AP 0. mAP = 3/4. (With Toy above Mallard: Toy AP 1/2, Mallard 1/2.)
-    ann = release(tmp_path / "release", CLASSES_H,
-                  [("img0", "/m/mallard", *A1, False), ("img1", "/m/toy", *G, False)],
-                  [("img2", "/m/toy", 0)], HIERARCHY_H)
-    dets = predictions(tmp_path / "p.csv", [
-        ("img0", c, "0.9", *A1) for c in CLASSES_H] + [("img2", "/m/mallard", "0.95", *A1)])
-    assert file_aps(dets, ann) == pytest.approx(
-        {"mAP": 0.75, "BIRD": 1.0, "TOY": 0.0, "DUCK": 1.0, "MALLARD": 1.0})
-    assert cli_map(dets, ann, tmp_path / "m.json") == pytest.approx(0.75)
-
-
-def test_hierarchy_root_listed_as_a_class_is_skipped(tmp_path):
-    # The top node /m/entity is also a class. The reference skips the top node: Animal has
-    # no parent, Entity is nobody's ancestor. img0: a Cat box C (= A1) -> also an Animal
-    # box. img1: an Entity box E (= G). Detections on C in img0: Cat, Animal, Entity 0.9.
-    # Cat 1, Animal 1; Entity: num_gt 1 (E), img0 says nothing about Entity -> its 0.9 is
-    # dropped -> AP 0. mAP = 2/3. (Entity above Animal would give it C too: AP 1/2, 5/6.)
-    classes = ["/m/entity", "/m/animal", "/m/cat"]
-    tree = {"LabelName": "/m/entity", "Subcategory": [
-        {"LabelName": "/m/animal", "Subcategory": [{"LabelName": "/m/cat"}]}]}
-    ann = release(tmp_path / "release", classes,
-                  [("img0", "/m/cat", *A1, False), ("img1", "/m/entity", *G, False)], [], tree)
-    h = read_hierarchy(ann / "bbox_labels_600_hierarchy.json", {"/m/entity": 1, "/m/animal": 2,
-                                                                "/m/cat": 3})
-    assert h.ancestor_table(3) == [(), (), (2,)] and h.descendants(1) == ()
-    dets = predictions(tmp_path / "p.csv", [("img0", c, "0.9", *A1) for c in classes])
-    assert file_aps(dets, ann) == pytest.approx(
-        {"mAP": 2 / 3, "ENTITY": 0.0, "ANIMAL": 1.0, "CAT": 1.0})
-    assert cli_map(dets, ann, tmp_path / "m.json") == pytest.approx(2 / 3)
-
-
-def test_hierarchy_5000_deep_is_one_line_data_error(tmp_path):
-    ann = release(tmp_path / "release", ["/m/a"], [("img0", "/m/a", *A1, False)])
-    deep = '{"LabelName": "/m/a", "Subcategory": [' * 5000 + '{"LabelName": "/m/a"}' + \
-        "]}" * 5000
-    path = ann / "bbox_labels_600_hierarchy.json"
-    path.write_text(deep)
-    with pytest.raises(DataError, match=r"bbox_labels_600_hierarchy\.json: .*nested too deep"):
-        read_hierarchy(path, {"/m/a": 1})
-    dets = predictions(tmp_path / "p.csv", [("img0", "/m/a", "0.9", *A1)])
-    res = CliRunner().invoke(app, ["eval", f"dets={dets}", f"ann={ann}", "progress=false"])
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
-    assert "Traceback" not in res.output and "RecursionError" not in res.output
-
-
-# ---------------------------------------------------------------------------------------
-# 5. Predictions of images outside the ground truth
+# Bit-for-bit parity with a literal loop over the reference's steps, scores full of ties
 # ---------------------------------------------------------------------------------------
 
 
-def test_unknown_images_are_ignored_with_one_counted_warning(tmp_path, caplog):
-    # img0: box A1 found at 0.9 -> AP 1. Three more rows on ghost1 (x2) and ghost2, which
-    # the ground truth does not list: the reference never looks at them -> still AP 1.
-    ann = release(tmp_path / "release", ["/m/a"], [("img0", "/m/a", *A1, False)])
-    dets = predictions(tmp_path / "p.csv", [
-        ("ghost1", "/m/a", "0.99", *A1), ("img0", "/m/a", "0.9", *A1),
-        ("ghost2", "/m/a", "0.95", *A1), ("ghost1", "/m/a", "0.97", *ELSEWHERE)])
-    line = f"{dets}: ignored 3 predictions for 2 images not in the ground truth"
-    with caplog.at_level(logging.WARNING, logger="acsl"):
-        assert file_aps(dets, ann) == pytest.approx({"mAP": 1.0, "A": 1.0})
-    assert [r.getMessage() for r in caplog.records] == [line]
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="acsl"):
-        assert cli_map(dets, ann, tmp_path / "m.json") == pytest.approx(1.0)
-    assert [r.getMessage() for r in caplog.records] == [line]
+def _overlap(d, g, own_area: bool) -> float:
+    """IoU (or intersection over the detection's area), in the reference's operation order."""
+    ih = max(min(d[3], g[3]) - max(d[1], g[1]), 0.0)
+    iw = max(min(d[2], g[2]) - max(d[0], g[0]), 0.0)
+    inter, area = ih * iw, (d[3] - d[1]) * (d[2] - d[0])
+    return inter / area if own_area else inter / (area + (g[3] - g[1]) * (g[2] - g[0]) - inter)
 
 
-def test_unknown_images_error_keeps_the_strict_refusal(tmp_path):
-    ann = release(tmp_path / "release", ["/m/a"], [("img0", "/m/a", *A1, False)])
-    dets = predictions(tmp_path / "p.csv", [("img0", "/m/a", "0.9", *A1),
-                                            ("ghost1", "/m/a", "0.99", *A1)])
-    with pytest.raises(DataError, match=r"p\.csv: row 2: unknown ImageID 'ghost1'"):
-        evaluate_predictions_file(dets, ann, unknown_images="error")
-    res = CliRunner().invoke(app, ["eval", f"dets={dets}", f"ann={ann}", "progress=false",
-                                   "test.unknown_images=error"])
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and "p.csv: row 2: unknown ImageID 'ghost1'" in lines[0]
-    res = CliRunner().invoke(app, ["eval", f"dets={dets}", f"ann={ann}", "progress=false",
-                                   "test.unknown_images=maybe"])
-    assert res.exit_code == 2 and "test.unknown_images" in res.output, res.output
+def _literal(gt: OpenImagesGT, img, lab, sc, bx, w: float, cap: int) -> np.ndarray:
+    scores: dict[int, list] = {c: [] for c in range(1, gt.num_classes + 1)}
+    tps: dict[int, list] = {c: [] for c in scores}
+    num_gt = np.zeros(gt.num_classes + 1)
+    for i in range(gt.num_images):
+        b = slice(gt.box_offsets[i], gt.box_offsets[i + 1])
+        gl, gb, gg = gt.box_labels[b], gt.boxes[b], gt.group_of[b]
+        verified = set(gl.tolist()) | set(gt.pos_labels[gt.pos_offsets[i]:gt.pos_offsets[i + 1]]
+                                          .tolist()) | set(
+            gt.neg_labels[gt.neg_offsets[i]:gt.neg_offsets[i + 1]].tolist())
+        for c in scores:
+            num_gt[c] += np.sum((gl == c) & ~gg) + w * np.sum((gl == c) & gg)
+            js = [j for j in range(len(sc)) if img[j] == i and lab[j] == c and c in verified
+                  and bx[j][0] < bx[j][2] and bx[j][1] < bx[j][3] and sc[j] > -10]
+            if not js:
+                continue
+            js = [js[k] for k in np.argsort(sc[js])[::-1][:cap]]
+            plain, groups = gb[(gl == c) & ~gg], gb[(gl == c) & gg]
+            taken, tp, ignored = [False] * len(plain), set(), set()
+            best = np.zeros(len(groups))
+            for j in js:
+                if len(plain):
+                    ious = [_overlap(bx[j], g, False) for g in plain]
+                    k = int(np.argmax(ious))
+                    if ious[k] >= 0.5 and not taken[k]:
+                        taken[k] = True
+                        tp.add(j)
+            for j in js:
+                if j not in tp and len(groups):
+                    ioas = [_overlap(bx[j], g, True) for g in groups]
+                    k = int(np.argmax(ioas))
+                    if ioas[k] >= 0.5:
+                        ignored.add(j)
+                        best[k] = max(best[k], sc[j])
+            kept = [j for j in js if j not in ignored]
+            hit = [k for k in range(len(groups)) if best[k] > 0 and w > 0]
+            scores[c] += [sc[j] for j in kept] + [best[k] for k in hit]
+            tps[c] += [float(j in tp) for j in kept] + [w] * len(hit)
+    ap = np.full(gt.num_classes, np.nan)
+    for c in scores:
+        if num_gt[c] == 0:
+            continue
+        t = np.array(tps[c], float)[np.argsort(np.array(scores[c], float))[::-1]]
+        ctp, cfp = np.cumsum(t), np.cumsum((t <= 0).astype(float))
+        r = np.concatenate([[0.0], ctp / num_gt[c], [1.0]])
+        p = np.concatenate([[0.0], ctp / (ctp + cfp), [0.0]])
+        for k in range(len(p) - 2, -1, -1):
+            p[k] = max(p[k], p[k + 1])
+        at = np.flatnonzero(r[1:] != r[:-1]) + 1
+        ap[c - 1] = np.sum((r[at] - r[at - 1]) * p[at])
+    return ap
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bit_parity_with_a_literal_reference_loop_on_ties(seed):
+    rng = np.random.default_rng(seed)
+    c, images, rows = 3, [], []
+    for i in range(10):
+        bxs = []
+        for _ in range(rng.integers(0, 5)):
+            x, y = rng.uniform(0, 0.6, 2).round(1)
+            b = (x, y, x + rng.choice([0.0, 0.2, 0.3]), y + 0.3)  # some zero-area boxes
+            bxs.append((int(rng.integers(1, c + 1)), b, bool(rng.random() < 0.3)))
+        images.append({"boxes": bxs, "pos": [int(rng.integers(1, c + 1))], "neg": []})
+        for _ in range(rng.integers(0, 40)):  # up to 40 a class: argsort beyond 16 too
+            lab, b, _ = bxs[rng.integers(len(bxs))] if bxs and rng.random() < 0.7 else (
+                int(rng.integers(1, c + 1)), (0.5, 0.5, 0.8, 0.8), False)
+            b = tuple(np.clip(np.array(b) + rng.choice([0.0, 0.01, 0.05], 4), 0, 1))
+            rows.append((i, lab, float(rng.choice([0.0, 0.3, 0.5, 0.5, 0.9, -0.2])), b))
+    gt = make_gt(c, images)
+    img, lab, sc, bx = make_dets(rows)
+    for w, cap in ((1.0, 10_000), (0.3, 10_000), (0.5, 4)):
+        got = evaluate_openimages(gt, img, lab, sc, bx, group_of_weight=w, max_per_class_image=cap)
+        np.testing.assert_array_equal(got.ap, _literal(gt, img, lab, sc, bx, w, cap))
