@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -126,3 +127,29 @@ def test_unknown_images_error_keeps_the_strict_refusal(tmp_path):
     res = CliRunner().invoke(app, ["eval", f"dets={dets}", f"ann={ann}", "progress=false",
                                    "test.unknown_images=maybe"])
     assert res.exit_code == 2 and "test.unknown_images" in res.output, res.output
+
+
+# ---------------------------------------------------------------------------------------
+# The parsed-annotations cache keeps float64
+# ---------------------------------------------------------------------------------------
+
+
+def test_cache_stores_float64_boxes_under_a_new_format(tmp_path):
+    # 0.1, 0.3 and 0.30000001 are not float32 numbers: stored as float32, the IoU-exactly-0.5
+    # case and close coordinates would change between a first (parsed) and a second
+    # (cached) load. Format 1 stored float32, so its caches must not be read any more.
+    from acsl_cli.data import openimages_cache
+    from acsl_cli.data.openimages import OpenImagesFiles, load_split
+
+    ann = release(tmp_path / "release", ["/m/a"],
+                  [("img0", "/m/a", "0.1", "0.3", "0.0", "0.30000001", False)])
+    files = OpenImagesFiles(ann / "validation-annotations-bbox.csv", None, ann)
+    args = (files, ann / "class-descriptions-boxable.csv", {"/m/a": 1}, tmp_path / "c", "val")
+    parsed = load_split(*args, check_images=False)
+    (cache,) = (tmp_path / "c").glob("openimages-val-*.npz")
+    cached = load_split(*args, check_images=False)
+    with np.load(cache) as z:
+        assert z["boxes"].dtype == np.float64
+    for split in (parsed, cached):
+        assert split.boxes.tolist() == [[0.1, 0.0, 0.3, 0.30000001]]
+    assert openimages_cache.FORMAT_VERSION >= 2
