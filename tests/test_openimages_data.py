@@ -85,7 +85,7 @@ def test_load_sorted_csr_sizes_and_labels(tmp_path: Path, caplog) -> None:
     assert s.box_labels.tolist() == [4, 2, 3] and s.box_labels.dtype == np.int32
     assert s.group_of.tolist() == [True, False, False]
     np.testing.assert_allclose(s.boxes[1], [0.25, 0.5, 0.75, 1.0])  # xmin, ymin, xmax, ymax
-    assert s.boxes.dtype == np.float32
+    assert s.boxes.dtype == np.float64  # as the official evaluator reads them
     assert s.pos_offsets.tolist() == [0, 1, 1, 2] and s.pos_labels.tolist() == [4, 1]
     assert s.neg_offsets.tolist() == [0, 1, 1, 1] and s.neg_labels.tolist() == [3]
     assert s.skipped_unknown_labels == 1
@@ -135,7 +135,8 @@ def test_hierarchy_multi_parent(tmp_path: Path) -> None:
     assert h == hierarchy_from_parents({4: [5, 2, 2], 2: [1], 3: [1], 1: []})
     with_root = read_hierarchy(path, {"/m/root": 9, "/m/a": 1, "/m/b": 2, "/m/c": 3,
                                       "/m/d": 4, "/m/t": 5})
-    assert with_root.ancestors(4) == (1, 2, 5, 9)
+    # the top node is skipped even when it is a class, as the official expansion tool does
+    assert with_root.ancestors(4) == (1, 2, 5) and with_root.descendants(9) == ()
 
 
 def test_hierarchy_cycle_and_unknown_label(tmp_path: Path) -> None:
@@ -226,15 +227,16 @@ def test_missing_image_named_with_its_first_row(tmp_path: Path) -> None:
     assert "img3.jpg: image file not found" in message and "labels.csv row 3" in message
 
 
-def test_degenerate_boxes_counted_and_skipped(tmp_path: Path, caplog) -> None:
+def test_degenerate_boxes_counted_and_kept(tmp_path: Path, caplog) -> None:
     flat = list(BOXES[0])
     flat[BOX_HEADER.index("YMax")] = flat[BOX_HEADER.index("YMin")]
     thin = list(BOXES[1])
     thin[BOX_HEADER.index("XMax")] = "0"
     with caplog.at_level(logging.WARNING, logger="acsl"):
         s = load(tmp_path, boxes=[flat, thin, BOXES[2]]).train
-    assert "skipped 2 degenerate box(es)" in caplog.text
-    assert s.skipped_degenerate == 2 and s.box_labels.tolist() == [2]
+    assert "2 degenerate box(es) (zero width or height), kept as ground truth" in caplog.text
+    # kept, as the official metric keeps them: ground truth nothing can match
+    assert s.skipped_degenerate == 2 and s.box_labels.tolist() == [4, 2, 3]
     assert s.image_ids.tolist() == ["img1", "img2", "img3"]  # img2 stays listed
 
 

@@ -441,7 +441,7 @@ def test_predictions_roundtrip_and_column_order(tmp_path):
     got = read_predictions_csv(out, IMAGES, CLASSES)
     for a, b in zip(got, (img, lab, sc, bx), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert [a.dtype for a in got] == [np.int64, np.int32, np.float32, np.float32]
+    assert [a.dtype for a in got] == [np.int64, np.int32, np.float64, np.float64]
     assert not [p for p in out.parent.iterdir() if p.name != "pred.csv"]  # no temp left
     # shuffled header plus an extra column: same arrays
     lines = out.read_text().splitlines()

@@ -100,8 +100,8 @@ def load_split(files: OpenImagesFiles, classes_csv: Path, class_index: dict[str,
         split = _build(files, class_index, str(classes_csv), progress, check_images)
         write_cache(path, key, split)
     if split.skipped_degenerate:
-        log.warning(f"{files.boxes_csv}: skipped {split.skipped_degenerate} degenerate "
-                    f"box(es) (zero width or height)")
+        log.warning(f"{files.boxes_csv}: {split.skipped_degenerate} degenerate box(es) (zero "
+                    f"width or height), kept as ground truth nothing can match")
     if split.skipped_unknown_labels:
         log.warning(f"{files.labels_csv}: skipped {split.skipped_unknown_labels} image-level "
                     f"label row(s) of classes outside the class list")
@@ -169,7 +169,7 @@ class OpenImagesDetection(Dataset):
     def target(self, i: int, width: int, height: int) -> dict[str, torch.Tensor]:
         a, b = int(self.split.box_offsets[i]), int(self.split.box_offsets[i + 1])
         scale = np.array([width, height, width, height], dtype=np.float32)
-        boxes = self.split.boxes[a:b] * scale
+        boxes = (self.split.boxes[a:b] * scale).astype(np.float32)  # boxes are float64
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         return {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep])),

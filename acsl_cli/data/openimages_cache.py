@@ -25,7 +25,7 @@ from acsl_cli.locks import clean_stale
 
 log = logging.getLogger("acsl")
 
-FORMAT_VERSION = 1  # bump when the cached arrays change meaning
+FORMAT_VERSION = 2  # bump when the cached arrays change meaning (2: float64 boxes, zero-area kept)
 
 
 def _stat(path: Path) -> list:

@@ -3,8 +3,9 @@
 The full train boxes CSV has 14.6 M rows, so nothing here keeps a Python object per box:
 rows go through the csv module, are collected in chunks of ``CHUNK`` tuples of strings,
 checked and converted column-wise with numpy, and appended to ``array`` buffers. Held per
-box while parsing: 4 float32 coordinates, an int32 label, an int32 image index and a bool
-(25 bytes; 21 once the image index becomes CSR offsets); per image a dict entry ImageID ->
+box while parsing: 4 float64 coordinates (as the official evaluator reads them: a box pair at
+IoU exactly 0.5 must not move), an int32 label, an int32 image index and a bool (41 bytes;
+37 once the image index becomes CSR offsets); per image a dict entry ImageID ->
 index (~140 bytes) and where it is first listed. Columns are found by header name
 (releases differ in which ones they have and in order), by ``openimages_columns``, which
 also checks the values and reads the class descriptions (re-exported here). Errors are one
@@ -75,9 +76,9 @@ class ImageRegistry:
 class BoxBuffers:
     image: array = field(default_factory=lambda: array("i"))
     label: array = field(default_factory=lambda: array("i"))
-    coords: array = field(default_factory=lambda: array("f"))  # xmin, ymin, xmax, ymax
+    coords: array = field(default_factory=lambda: array("d"))  # xmin, ymin, xmax, ymax
     group_of: array = field(default_factory=lambda: array("b"))
-    degenerate: int = 0
+    degenerate: int = 0  # zero-width or zero-height boxes (kept)
 
 
 @dataclass
@@ -91,8 +92,9 @@ class LabelBuffers:
 def parse_boxes(path: str | Path, class_index: Mapping[str, int], images: ImageRegistry,
                 classes_csv: str = "the class descriptions", on_bytes: OnBytes | None = None
                 ) -> BoxBuffers:
-    """Boxes of one split's CSV; zero-width or zero-height boxes are counted and skipped
-    (the image stays listed), everything else malformed is an error."""
+    """Boxes of one split's CSV; everything malformed is an error. Zero-width or
+    zero-height boxes are counted and kept: the official metric keeps them as ground truth
+    that nothing can match (a false negative each); training drops boxes under a pixel."""
     path = Path(path)
     out = BoxBuffers()
 
@@ -119,8 +121,7 @@ def parse_boxes(path: str | Path, class_index: Mapping[str, int], images: ImageR
                 raise DataError(f"{path}: row {rows[j]}: inverted box, "
                                 f"{BOX_COLUMNS[2 + lo]} {cols[2 + lo][j]} > "
                                 f"{BOX_COLUMNS[2 + hi]} {cols[2 + hi][j]}")
-        f32 = c.astype(np.float32)
-        keep = (f32[0] < f32[1]) & (f32[2] < f32[3])
+        flat = (c[0] == c[1]) | (c[2] == c[3])
         if n_optional:
             flags = cols[6]
             bad = set(flags) - FLAG_VALUES
@@ -131,11 +132,11 @@ def parse_boxes(path: str | Path, class_index: Mapping[str, int], images: ImageR
         else:
             group = np.zeros(len(chunk), dtype=bool)
         idx = images.add(ids, rows, BOXES)
-        out.degenerate += int(len(chunk) - keep.sum())
-        out.image.frombytes(idx[keep].tobytes())
-        out.label.frombytes(labels[keep].tobytes())
-        out.coords.frombytes(np.ascontiguousarray(f32[[0, 2, 1, 3]].T[keep]).tobytes())
-        out.group_of.frombytes(group[keep].astype(np.int8).tobytes())
+        out.degenerate += int(flat.sum())
+        out.image.frombytes(idx.tobytes())
+        out.label.frombytes(labels.tobytes())
+        out.coords.frombytes(np.ascontiguousarray(c[[0, 2, 1, 3]].T).tobytes())
+        out.group_of.frombytes(group.astype(np.int8).tobytes())
 
     stream_columns(path, BOX_COLUMNS, ("IsGroupOf",), flush, on_bytes, CHUNK)
     return out
@@ -192,7 +193,7 @@ class CsrAnnotations:
     pos_labels: np.ndarray
     neg_offsets: np.ndarray
     neg_labels: np.ndarray
-    skipped_degenerate: int = 0
+    skipped_degenerate: int = 0  # zero-area boxes: counted, kept since cache format 2
     skipped_unknown_labels: int = 0
 
 
@@ -259,7 +260,7 @@ def assemble(images: ImageRegistry, boxes: BoxBuffers, labels: LabelBuffers | No
         del order
     box_image = _take(boxes, "image", np.int32)
     box_image = box_image if rank is None else rank[box_image]
-    coords = _take(boxes, "coords", np.float32).reshape(-1, 4)
+    coords = _take(boxes, "coords", np.float64).reshape(-1, 4)
     box_labels = _take(boxes, "label", np.int32)
     group_of = _take(boxes, "group_of", np.int8).view(bool)
     perm = _by_image(box_image)

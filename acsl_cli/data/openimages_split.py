@@ -37,8 +37,8 @@ class OpenImagesFiles:
 class OpenImagesSplit(CsrAnnotations):
     """One split, images sorted by ImageID; CSR arrays as in ``OpenImagesGT``.
 
-    Held per box: 4 float32 normalised coordinates (xmin, ymin, xmax, ymax), an int32 label
-    and a bool group-of flag, 21 bytes (14.6 M train boxes: ~310 MB). Per image: the
+    Held per box: 4 float64 normalised coordinates (xmin, ymin, xmax, ymax), an int32 label
+    and a bool group-of flag, 37 bytes (14.6 M train boxes: ~540 MB). Per image: the
     ImageID ('<U', 4 bytes a character), an extension code (uint8, ``IMAGE_EXTENSIONS``),
     width and height (int32; 0 = unknown, when loaded with ``check_images=False``) and
     three int64 offsets. Per image-level label: an int32.

@@ -4,11 +4,14 @@
 validation boxes and image-level labels), or the validation boxes CSV itself with the
 other files beside it. Groups (APr/APc/APf) need train image counts: ``train_ann`` is the
 train boxes CSV (a box counts for its class's ancestors too, as in training).
-No image is opened: predictions are in normalised coordinates.
+No image is opened: predictions are in normalised coordinates. Predictions of images
+outside the ground truth are skipped with one warning line, as the official tool ignores
+them (``unknown_images="ignore"``), or refused (``"error"``).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from os import PathLike
@@ -24,13 +27,16 @@ from acsl_cli.evaluation.openimages_metric import (
     expand_detections,
     expand_ground_truth,
 )
-from acsl_cli.evaluation.openimages_predictions import read_predictions_csv
+from acsl_cli.evaluation.openimages_predictions import UnknownImages, read_predictions_csv
 from acsl_cli.evaluation.openimages_scoring import category_rows, table_metrics
 
 PathArg = str | PathLike[str]
 CLASSES = "class-descriptions-boxable.csv"
 HIERARCHIES = ("bbox_labels_hierarchy.json", "bbox_labels_600_hierarchy.json")
 VAL_BOXES = "validation-annotations-bbox.csv"
+UNKNOWN_IMAGES = ("ignore", "error")  # test.unknown_images
+
+log = logging.getLogger("acsl")
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,11 @@ def release_files(ann: Path) -> tuple[Path, Path, Path, Path | None]:
 
 
 def evaluate_predictions_file(dets: PathArg, ann: PathArg, train_ann: PathArg | None = None,
-                              *, expand: bool = False, group_of_weight: float = 1.0
-                              ) -> PredictionsEvaluation:
+                              *, expand: bool = False, group_of_weight: float = 1.0,
+                              unknown_images: str = "ignore") -> PredictionsEvaluation:
     """The challenge metric of ``dets`` on ``ann``'s ground truth, LVIS-table keys."""
+    if unknown_images not in UNKNOWN_IMAGES:
+        raise ValueError(f"unknown_images {unknown_images!r} not in {UNKNOWN_IMAGES}")
     classes, hierarchy_json, boxes, labels = release_files(Path(ann))
     names, display = read_class_descriptions(classes)
     index = {name: i + 1 for i, name in enumerate(names)}
@@ -75,7 +83,10 @@ def evaluate_predictions_file(dets: PathArg, ann: PathArg, train_ann: PathArg | 
             groups = tuple(frequency_group(int(n))
                            for n in train.image_counts(len(names), ancestors))
     images = {str(image_id): i for i, image_id in enumerate(val.image_ids)}
-    arrays = read_predictions_csv(dets, images, index)
+    unknown = UnknownImages() if unknown_images == "ignore" else None
+    arrays = read_predictions_csv(dets, images, index, unknown=unknown)
+    if unknown is not None and unknown.rows:
+        log.warning(unknown.note(dets))
     if expand:
         arrays = expand_detections(*arrays, ancestors)
     gt = expand_ground_truth(val.gt(len(names)), ancestors)

@@ -21,7 +21,11 @@ The rules, as the official tool applies them:
   so an unhit group-of box is a false negative of that weight.
 - precision = cumTP / (cumTP + cumFP), recall = cumTP / num_gt; AP = VOC all-point area under
   the monotone precision envelope. Classes with num_gt == 0 get nan and stay out of means.
-Tied scores keep (image, input) order; the official tool's order among ties is unspecified.
+- Order: as the official tool, detections of an (image, class) are ranked by
+  ``np.argsort(score)[::-1]`` before matching, and each class's entries (image after image:
+  kept detections, then its hit group-of boxes) by the same call before the sums
+  (``openimages_ranking``; tied scores: docs/openimages-metric.md). Zero-area ground-truth
+  boxes stay: nothing can match them, they count in num_gt.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ from acsl_cli.evaluation.openimages_gt import (
     expand_detections,
     expand_ground_truth,
     pair_keys,
+)
+from acsl_cli.evaluation.openimages_ranking import (
+    class_entries,
+    class_gt_counts,
+    nan_mean,
+    reference_sort,
+    voc_ap,
 )
 
 __all__ = ["DET_CHUNK", "GROUPS", "PAIR_BUDGET", "OpenImagesGT", "OpenImagesResult",
@@ -124,10 +135,10 @@ def _gt_index(gt: OpenImagesGT, group_of: bool) -> tuple[np.ndarray, np.ndarray]
 
 
 def _select(gt: OpenImagesGT, image_index, labels, scores, boxes, cap: int):
-    """Kept detections in (image, class, -score) order: (keys, scores, boxes)."""
+    """Kept detections by (image, class), each ranked as the reference: (keys, scores, boxes)."""
     c1, n = gt.num_classes + 1, len(scores)
     image_index, labels = np.asarray(image_index, np.int64), np.asarray(labels, np.int64)
-    scores, boxes = np.asarray(scores), np.asarray(boxes)
+    scores, boxes = np.asarray(scores, np.float64), np.asarray(boxes, np.float64)
     boxes = boxes.reshape(0, 4) if boxes.size == 0 else boxes
     if not (len(image_index) == len(labels) == n and boxes.shape == (n, 4)):
         raise ValueError("image_index, labels, scores and boxes (n, 4) must have the same n")
@@ -148,46 +159,31 @@ def _select(gt: OpenImagesGT, image_index, labels, scores, boxes, cap: int):
         keep &= verified[pos] == key
     else:
         keep[:] = False
-    idx = np.flatnonzero(keep)
-    idx = idx[np.lexsort((-scores[idx], key[idx]))]
+    idx = reference_sort(np.flatnonzero(keep), key, scores)
     k = key[idx]
     first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
     rank = np.arange(len(k)) - np.repeat(first, np.diff(np.r_[first, len(k)]))
     idx = idx[rank < cap]
-    return key[idx], scores[idx].astype(np.float64), boxes[idx]
+    return key[idx], scores[idx], boxes[idx]
 
 
-def _voc_ap(tp: np.ndarray, num_gt: float) -> float:
-    """VOC all-point AP of score-sorted TP weights (0 = false positive)."""
-    if len(tp) == 0:
-        return 0.0
-    ctp = np.cumsum(tp)
-    precision = ctp / (ctp + np.cumsum(tp <= 0))
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    return float(np.sum(np.diff(ctp / num_gt, prepend=0.0) * envelope))
-
-
-def _result(gt: OpenImagesGT, cls: np.ndarray, tp: np.ndarray, group_of_weight: float,
-            groups: Sequence[str] | None) -> OpenImagesResult:
-    """Per-class AP from entries sorted by (class, -score), then the means."""
-    c1 = gt.num_classes + 1
-    group_of = np.asarray(gt.group_of, bool)
-    lab = np.asarray(gt.box_labels, np.int64)
-    num_gt = (np.bincount(lab[~group_of], minlength=c1)[1:]
-              + group_of_weight * np.bincount(lab[group_of], minlength=c1)[1:])
-    bounds = np.searchsorted(cls, np.arange(1, c1 + 1))
+def _result(gt: OpenImagesGT, cls: np.ndarray, score: np.ndarray, tp: np.ndarray,
+            group_of_weight: float, groups: Sequence[str] | None) -> OpenImagesResult:
+    """Per-class AP from entries in the reference's concatenation order, then the means."""
+    image = np.repeat(np.arange(gt.num_images), np.diff(gt.box_offsets))
+    num_gt = class_gt_counts(image, gt.box_labels, np.asarray(gt.group_of, bool),
+                             gt.num_classes, group_of_weight)
+    bounds, tp = class_entries(cls, score, tp, gt.num_classes)
     ap = np.full(gt.num_classes, np.nan)
     has = num_gt > 0
     for c in np.flatnonzero(has):
-        ap[c] = _voc_ap(tp[bounds[c]:bounds[c + 1]], num_gt[c])
+        ap[c] = voc_ap(tp[bounds[c]:bounds[c + 1]], num_gt[c])
     group_ap: dict[str, float] = {}
     if groups is not None:
         member = np.array([[g == name for g in groups] for name in GROUPS]) & has
         group_ap = {name: float(ap[m].mean()) if m.any() else float("nan")
                     for name, m in zip(GROUPS, member, strict=True)}
-    return OpenImagesResult(ap=ap, num_gt=num_gt.astype(np.float64),
-                            map=float(ap[has].mean()) if has.any() else float("nan"),
-                            group_ap=group_ap)
+    return OpenImagesResult(ap=ap, num_gt=num_gt, map=nan_mean(ap, has), group_ap=group_ap)
 
 
 def evaluate_openimages(gt: OpenImagesGT, image_index: np.ndarray, labels: np.ndarray,
@@ -219,24 +215,27 @@ def evaluate_openimages(gt: OpenImagesGT, image_index: np.ndarray, labels: np.nd
         if progress is not None:
             progress(done[0], 2 * n)
 
-    # Stage 1: a box goes to the first (highest-scoring) detection whose best box it is.
+    # Stage 1: a box goes to the first (ranked) detection whose best box it is.
     tp = np.zeros(n, bool)
     rows, hit = _hits(tp, key, box, *_gt_index(gt, False), iou_threshold, False, tick)
     tp[rows[np.unique(hit, return_index=True)[1]]] = True
     # Stage 2: other detections mostly inside a group-of box are ignored; each hit box counts
-    # once at its best score, i.e. at its first detection in (image, class, -score) order.
+    # once at its best score, i.e. at its first detection in ranked order.
     rows, hit = _hits(tp, key, box, *_gt_index(gt, True), iou_threshold, True, tick)
     ignored = np.zeros(n, bool)
     ignored[rows] = True
     group_rows = rows[np.unique(hit, return_index=True)[1]]
     group_rows = group_rows[(score[group_rows] > 0) & (group_of_weight > 0)]
-    del box, hit, rows
-    # Entries: kept detections (TP 1 or 0) and group-of hits (TP weight w, never FP), sorted
-    # by class, -score; a group-of entry ties where its best detection was.
+    del box
+    # Entries as the reference concatenates them per class: image after image, the kept
+    # detections in their ranked order, then one per hit group-of box in ground-truth order
+    # (``group_rows`` is ordered by box, boxes by (image, class) then file order).
     kept = np.flatnonzero(~ignored)
     e_row = np.concatenate([kept, group_rows])
-    e_cls = key[e_row] % (gt.num_classes + 1)
     e_tp = np.concatenate([tp[kept].astype(np.float64),
                            np.full(len(group_rows), float(group_of_weight))])
-    order = np.lexsort((e_row, -score[e_row], e_cls))
-    return _result(gt, e_cls[order], e_tp[order], group_of_weight, groups)
+    section = np.repeat([0, 1], [len(kept), len(group_rows)])
+    order = np.lexsort((np.arange(len(e_row)), section, key[e_row] // (gt.num_classes + 1)))
+    e_row, e_tp = e_row[order], e_tp[order]
+    return _result(gt, key[e_row] % (gt.num_classes + 1), score[e_row], e_tp,
+                   group_of_weight, groups)

@@ -5,7 +5,9 @@ module in blocks and checked with numpy per block, never held as Python objects 
 Columns are found by header name (any order, extra columns ignored). Every bad value is a
 one-line ``DataError`` naming the file and the data row ("row 1" is the line after the
 header). Coordinates are normalised to [0, 1] with XMin <= XMax and YMin <= YMax; zero-area
-boxes pass here and are dropped by the metric, as the official tool does.
+boxes pass here and are dropped by the metric, as the official tool does. Numbers stay
+float64, as the official tool reads them: 0.3 and 0.30000001 are not a tie, and a box pair
+at IoU exactly 0.5 keeps the IoU the official arithmetic gives it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import operator
 import os
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,23 @@ from acsl_cli.files import tmp_name
 
 COLUMNS = ("ImageID", "LabelName", "Score", "XMin", "XMax", "YMin", "YMax")
 BLOCK = 1 << 16  # rows parsed per numpy step
+
+
+@dataclass
+class UnknownImages:
+    """Rows of images outside the ground truth, skipped instead of refused: the official
+    tool only looks up the predictions of ground-truth images (``test.unknown_images``)."""
+
+    rows: int = 0
+    images: set[str] = field(default_factory=set)
+
+    def note(self, path: Path | str) -> str:
+        """The one warning line, or "" when nothing was skipped."""
+        if not self.rows:
+            return ""
+        n = len(self.images)
+        return (f"{path}: ignored {self.rows} prediction{'s' * (self.rows != 1)} for {n} "
+                f"image{'s' * (n != 1)} not in the ground truth")
 
 
 def _lookup(path: Path, rows: list[int], values: tuple[str, ...], index: dict[str, int],
@@ -57,9 +77,13 @@ def _is_float(text: str) -> bool:
 
 
 def _parse_block(path: Path, rows: list[int], fields: list[tuple[str, ...]],
-                 image_index: dict[str, int], class_index: dict[str, int], out: list) -> None:
+                 image_index: Mapping[str, int], class_index: Mapping[str, int], out: list,
+                 unknown: UnknownImages | None) -> None:
     ids, names, *nums = zip(*fields, strict=True)
-    img = _lookup(path, rows, ids, image_index, "ImageID")
+    if unknown is None:
+        img = _lookup(path, rows, ids, image_index, "ImageID")
+    else:
+        img = np.fromiter((image_index.get(v, -1) for v in ids), np.int64, len(ids))
     lab = _lookup(path, rows, names, class_index, "LabelName")
     score, x0, x1, y0, y1 = (_numbers(path, rows, v, name)
                              for v, name in zip(nums, COLUMNS[2:], strict=True))
@@ -73,21 +97,28 @@ def _parse_block(path: Path, rows: list[int], fields: list[tuple[str, ...]],
             i = bad[0]
             raise DataError(f"{path}: row {rows[i]}: inverted box, {axis}Min {lo[i]:g} > "
                             f"{axis}Max {hi[i]:g}")
-    out[0].extend(img.tolist())
-    out[1].extend(lab.tolist())
-    out[2].extend(score.astype(np.float32).tolist())
-    out[3].extend(np.stack([x0, y0, x1, y1], axis=1).astype(np.float32).ravel().tolist())
+    known = img >= 0
+    if not known.all():  # only with ``unknown``: the rows are checked, then skipped
+        assert unknown is not None
+        unknown.rows += int(len(img) - known.sum())
+        unknown.images.update(v for v, k in zip(ids, known.tolist(), strict=True) if not k)
+    out[0].frombytes(img[known].tobytes())
+    out[1].frombytes(lab[known].astype(np.int32).tobytes())
+    out[2].frombytes(score[known].tobytes())
+    out[3].frombytes(np.stack([x0, y0, x1, y1], axis=1)[known].tobytes())
 
 
-def read_predictions_csv(path: Path | str, image_index: dict[str, int],
-                         class_index: dict[str, int]
+def read_predictions_csv(path: Path | str, image_index: Mapping[str, int],
+                         class_index: Mapping[str, int], *, unknown: UnknownImages | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(image index int64, label int32 1..C, score float32, box float32 xyxy) per row.
+    """(image index int64, label int32 1..C, score float64, box float64 xyxy) per row.
 
-    ``image_index`` maps ImageID to its index, ``class_index`` LabelName to its label.
+    ``image_index`` maps ImageID to its index, ``class_index`` LabelName to its label. An
+    ImageID outside ``image_index`` is an error, or, given ``unknown``, a row counted there
+    and skipped.
     """
     path = Path(path)
-    out = [array("q"), array("i"), array("f"), array("f")]
+    out = [array("q"), array("i"), array("d"), array("d")]
     try:
         f = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
@@ -95,17 +126,18 @@ def read_predictions_csv(path: Path | str, image_index: dict[str, int],
     with f:
         reader = csv.reader(f)
         try:
-            _read_rows(path, reader, image_index, class_index, out)
+            _read_rows(path, reader, image_index, class_index, out, unknown)
         except (UnicodeDecodeError, csv.Error) as e:
             raise DataError(f"{path}: not a UTF-8 CSV file, after line {reader.line_num} "
                             f"({' '.join(str(e).split())[:120]})") from None
     # views on the growable buffers, no second copy of 10 M rows
     return (np.frombuffer(out[0], np.int64), np.frombuffer(out[1], np.int32),
-            np.frombuffer(out[2], np.float32), np.frombuffer(out[3], np.float32).reshape(-1, 4))
+            np.frombuffer(out[2], np.float64), np.frombuffer(out[3], np.float64).reshape(-1, 4))
 
 
 def _read_rows(path: Path, reader: Iterator[list[str]], image_index: Mapping[str, int],
-               class_index: Mapping[str, int], out: list[array]) -> None:
+               class_index: Mapping[str, int], out: list[array],
+               unknown: UnknownImages | None) -> None:
     """The header check and the rows, in blocks, into ``out``."""
     try:
         header = [h.strip() for h in next(reader)]
@@ -128,10 +160,10 @@ def _read_rows(path: Path, reader: Iterator[list[str]], image_index: Mapping[str
         rows.append(n)
         fields.append(get(row))
         if len(fields) == BLOCK:
-            _parse_block(path, rows, fields, image_index, class_index, out)
+            _parse_block(path, rows, fields, image_index, class_index, out, unknown)
             rows, fields = [], []
     if fields:
-        _parse_block(path, rows, fields, image_index, class_index, out)
+        _parse_block(path, rows, fields, image_index, class_index, out, unknown)
 
 
 def write_predictions_csv(path: Path | str, image_ids: Sequence[str], label_names: Sequence[str],
@@ -139,7 +171,8 @@ def write_predictions_csv(path: Path | str, image_ids: Sequence[str], label_name
                           boxes: np.ndarray) -> None:
     """Write detections (image index, label 1..C, score, xyxy) as a predictions CSV, atomically.
 
-    Numbers are written with 9 significant digits, so float32 values read back unchanged.
+    Numbers are written as Python's shortest round-trip repr, so they read back unchanged
+    (float64, as the metric works): scoring the file equals scoring the arrays.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +195,7 @@ def write_predictions_csv(path: Path | str, image_ids: Sequence[str], label_name
                 names = [label_names[i - 1] for i in labels[s].tolist()]
                 b = boxes[s].astype(np.float64)
                 cols = [np.asarray(scores[s], np.float64), b[:, 0], b[:, 2], b[:, 1], b[:, 3]]
-                text = [[format(v, ".9g") for v in c.tolist()] for c in cols]
+                text = [list(map(repr, c.tolist())) for c in cols]
                 writer.writerows(zip(ids, names, *text, strict=True))
             f.flush()
             os.fsync(f.fileno())
