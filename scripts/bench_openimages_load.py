@@ -122,15 +122,15 @@ def peak_rss() -> int:
 
 
 def child(mode: str, folder: Path) -> dict:
-    from acsl_cli.data import openimages  # noqa: F401  (torch and numpy in the baseline)
-    from acsl_cli.data.openimages import OpenImagesFiles, load_split
-    from acsl_cli.data.openimages_csv import (
+    from acsl_cli.data.openimages import loader  # noqa: F401  (torch and numpy in the baseline)
+    from acsl_cli.data.openimages.csv_parse import (
         ImageRegistry,
         assemble,
         parse_boxes,
         parse_image_labels,
         read_class_descriptions,
     )
+    from acsl_cli.data.openimages.loader import OpenImagesFiles, load_split
 
     names, _ = read_class_descriptions(folder / "class-descriptions-boxable.csv")
     index = {n: i + 1 for i, n in enumerate(names)}
@@ -177,8 +177,8 @@ def image_check_cost(n: int) -> float:
     """Seconds per image of the image check (listing + header read), on n small JPEGs."""
     from PIL import Image
 
-    from acsl_cli.data.openimages import OpenImagesFiles, _image_info
-    from acsl_cli.data.openimages_csv import ParsedSplit
+    from acsl_cli.data.openimages.csv_parse import ParsedSplit
+    from acsl_cli.data.openimages.loader import OpenImagesFiles, _image_info
 
     with tempfile.TemporaryDirectory(prefix="bench_oi_images_") as tmp:
         ids = [f"{i:016x}" for i in range(n)]

@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from acsl_cli.data import openimages, openimages_csv
-from acsl_cli.data.hierarchy import hierarchy_from_parents, read_hierarchy
-from acsl_cli.data.openimages import OpenImagesDetection, OpenImagesFiles, load_openimages
+from acsl_cli.data.openimages import csv_parse as openimages_csv
+from acsl_cli.data.openimages import loader as openimages
+from acsl_cli.data.openimages.hierarchy import hierarchy_from_parents, read_hierarchy
+from acsl_cli.data.openimages.loader import OpenImagesDetection, OpenImagesFiles, load_openimages
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name
 
@@ -320,9 +321,10 @@ def test_dataset_items_in_pixels(tmp_path: Path) -> None:
 
 
 def test_gt_fields(tmp_path: Path) -> None:
-    pytest.importorskip("acsl_cli.evaluation.openimages_metric")
+    from acsl_cli.evaluation.openimages_gt import ground_truth
+
     s = load(tmp_path).train
-    gt = s.gt(5)
+    gt = ground_truth(s, 5)
     assert gt.num_classes == 5 and gt.num_images == 3
     for k in ("box_offsets", "boxes", "box_labels", "group_of", "pos_offsets", "pos_labels",
               "neg_offsets", "neg_labels"):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from acsl_cli.cli import app
 from acsl_cli.config import load_settings
+from acsl_cli.evaluation.openimages_gt import ground_truth
 from acsl_cli.evaluation.openimages_metric import expand_ground_truth
 from acsl_cli.evaluation.openimages_scoring import score_openimages
 from acsl_cli.losses.registry import loss_class
@@ -97,7 +98,7 @@ def test_expand_hierarchy_scores_a_leaf_only_detector_on_the_parents(run):
     root, _ = run
     data = load_data(load_settings([*SMALL, f"output_root={root}"]))
     oi = data.openimages
-    gt = oi.gt
+    gt = ground_truth(oi.split, len(oi.names))
     dets = []
     for i in range(gt.num_images):
         for b in range(int(gt.box_offsets[i]), int(gt.box_offsets[i + 1])):

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from acsl_cli.cli import app
-from acsl_cli.data.hierarchy import read_hierarchy
+from acsl_cli.data.openimages.hierarchy import read_hierarchy
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation.openimages_file import evaluate_predictions_file
 from tests.openimages_release import A1, ELSEWHERE, G, cli_map, file_aps, predictions, release
@@ -138,8 +138,8 @@ def test_cache_stores_float64_boxes_under_a_new_format(tmp_path):
     # 0.1, 0.3 and 0.30000001 are not float32 numbers: stored as float32, the IoU-exactly-0.5
     # case and close coordinates would change between a first (parsed) and a second
     # (cached) load. Format 1 stored float32, so its caches must not be read any more.
-    from acsl_cli.data import openimages_cache
-    from acsl_cli.data.openimages import OpenImagesFiles, load_split
+    from acsl_cli.data.openimages import cache as openimages_cache
+    from acsl_cli.data.openimages.loader import OpenImagesFiles, load_split
 
     ann = release(tmp_path / "release", ["/m/a"],
                   [("img0", "/m/a", "0.1", "0.3", "0.0", "0.30000001", False)])

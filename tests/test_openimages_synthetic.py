@@ -250,7 +250,7 @@ def test_concurrent_callers_generate_once(tmp_path: Path, monkeypatch):
 
 
 def test_the_loader_reads_it_with_matching_counts(small: Path, plans, tmp_path: Path):
-    oi = pytest.importorskip("acsl_cli.data.openimages")  # the loader, from another module
+    oi = pytest.importorskip("acsl_cli.data.openimages.loader")  # the loader, from another module
     split_files = [oi.OpenImagesFiles(small / f"{s}-annotations-bbox.csv",
                                       small / f"{s}-annotations-human-imagelabels-boxable.csv",
                                       small / s) for s in ois.SPLITS]

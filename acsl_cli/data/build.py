@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.groups import (
     apply_train_info,
     describe_groups,
@@ -14,8 +14,6 @@ from acsl_cli.data.groups import (
     train_category_info,
 )
 from acsl_cli.data.lvis_dataset import (
-    CategoryMap,
-    CategoryStats,
     LvisDetection,
     category_map,
     category_stats,
@@ -29,30 +27,6 @@ from acsl_cli.errors import ConfigError
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 GENERATED_KINDS = ("synthetic", "synthetic_lvis")  # embedded benchmarks, generated and cached
 OPENIMAGES_KINDS = ("openimages", "openimages_synthetic")  # scored by the challenge metric
-
-
-@dataclass
-class DatasetBundle:
-    """Everything downstream needs: splits, the label map, train statistics, val GT.
-
-    ``groups_note`` is the one-line account of the frequency groups (from train) for logs
-    and reports; ``never_in_train`` lists category ids without a train image (rare, AP 0).
-    Open Images sets also carry ``openimages`` (what the challenge metric needs) and, when
-    boxes count for their ancestors in training, ``ancestors`` (index label - 1).
-    """
-
-    train: Any  # LvisDetection or OpenImagesDetection: the same (image, target) items
-    val: Any
-    cmap: CategoryMap
-    stats: CategoryStats
-    groups_note: str = ""
-    never_in_train: tuple[int, ...] = ()
-    openimages: Any = None  # data.openimages_bundle.OpenImagesEval
-    ancestors: tuple[tuple[int, ...], ...] | None = None
-
-    @property
-    def val_gt(self) -> dict:
-        return self.val.data
 
 
 def synthetic_spec(dataset: Any) -> SyntheticSpec:
@@ -85,7 +59,7 @@ def build_datasets(
     """
     kind = dataset.get("kind")
     if kind in OPENIMAGES_KINDS:
-        from acsl_cli.data.openimages_bundle import openimages_bundle
+        from acsl_cli.data.openimages.bundle import openimages_bundle
 
         return openimages_bundle(dataset, data_root, progress)
     if kind in GENERATED_KINDS:

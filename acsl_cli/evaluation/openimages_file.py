@@ -18,10 +18,11 @@ from os import PathLike
 from pathlib import Path
 
 from acsl_cli.data.groups import describe_groups, frequency_group
-from acsl_cli.data.hierarchy import read_hierarchy
-from acsl_cli.data.openimages import OpenImagesFiles, load_split
-from acsl_cli.data.openimages_csv import read_class_descriptions
+from acsl_cli.data.openimages.csv_parse import read_class_descriptions
+from acsl_cli.data.openimages.hierarchy import read_hierarchy
+from acsl_cli.data.openimages.loader import OpenImagesFiles, load_split
 from acsl_cli.errors import DataError
+from acsl_cli.evaluation.openimages_gt import ground_truth
 from acsl_cli.evaluation.openimages_metric import (
     evaluate_openimages,
     expand_detections,
@@ -89,7 +90,7 @@ def evaluate_predictions_file(dets: PathArg, ann: PathArg, train_ann: PathArg | 
         log.warning(unknown.note(dets))
     if expand:
         arrays = expand_detections(*arrays, ancestors)
-    gt = expand_ground_truth(val.gt(len(names)), ancestors)
+    gt = expand_ground_truth(ground_truth(val, len(names)), ancestors)
     r = evaluate_openimages(gt, *arrays, group_of_weight=group_of_weight, groups=groups)
     metrics = table_metrics(r, grouped=groups is not None)
     rows = category_rows(r, display, groups)

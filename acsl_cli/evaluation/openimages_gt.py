@@ -34,6 +34,15 @@ class OpenImagesGT:
         return len(self.box_offsets) - 1
 
 
+def ground_truth(split, num_classes: int) -> OpenImagesGT:
+    """A loaded split's ground truth (not hierarchy-expanded), sharing its arrays; the
+    split is any object with the CSR fields (``data.openimages.split.OpenImagesSplit``)."""
+    return OpenImagesGT(
+        num_classes=num_classes, box_offsets=split.box_offsets, boxes=split.boxes,
+        box_labels=split.box_labels, group_of=split.group_of, pos_offsets=split.pos_offsets,
+        pos_labels=split.pos_labels, neg_offsets=split.neg_offsets, neg_labels=split.neg_labels)
+
+
 # ---------------------------------------------------------------------------------------
 # Hierarchy expansion
 # ---------------------------------------------------------------------------------------

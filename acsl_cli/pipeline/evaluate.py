@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from acsl_cli.data.build import DatasetBundle
+from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.lvis_dataset import subset_gt
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_base
 from acsl_cli.engine.inference import eval_subset, predict
@@ -56,10 +56,12 @@ def scorer(s: Settings, data: DatasetBundle, images: int
     is cut (and expanded up the hierarchy) once, for all the heads scored."""
     oi = data.openimages
     if oi is not None:
+        from acsl_cli.evaluation.openimages_gt import ground_truth
         from acsl_cli.evaluation.openimages_metric import expand_ground_truth
         from acsl_cli.evaluation.openimages_scoring import first_images, score_openimages
 
-        full = expand_ground_truth(first_images(oi.gt, images), oi.ancestors)
+        gt = ground_truth(oi.split, len(oi.names))
+        full = expand_ground_truth(first_images(gt, images), oi.ancestors)
         expand = s.test.expand_hierarchy
         return lambda dets: score_openimages(
             full, dets, oi.widths, oi.heights, ancestors=oi.ancestors, names=oi.names,

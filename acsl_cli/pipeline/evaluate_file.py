@@ -16,7 +16,8 @@ def run_eval_results(plan: EvalPlan) -> tuple[dict[str, float], str]:
         group_of_weight = float(s.dataset.get("group_of_weight", 1.0))
         oi = evaluate_predictions_file(plan.dets, plan.ann, plan.train_ann,
                                        expand=s.test.expand_hierarchy,
-                                       group_of_weight=group_of_weight)
+                                       group_of_weight=group_of_weight,
+                                       unknown_images=s.test.unknown_images)
         return oi.metrics, oi.groups_note
     from acsl_cli.evaluation.results import evaluate_results_file
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
-from acsl_cli.data.build import DatasetBundle
+from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import (
     HEAD_FORMAT,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from acsl_cli.data.build import DatasetBundle
+from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
 from acsl_cli.engine.schedule import StageSchedule

@@ -71,6 +71,8 @@ class TestSettings:
     flip: bool = setting(False, boolean)
     max_detections: int = setting(300, integer(1, 1_000_000))
     expand_hierarchy: bool = setting(False, boolean)
+    #: Open Images ``eval dets=``: predictions for images not in the ground truth
+    unknown_images: str = setting("ignore", choice("ignore", "error"))
 
     @property
     def canonical(self) -> bool:

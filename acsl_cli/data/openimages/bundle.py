@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from acsl_cli.data.annotations import CategoryMap, CategoryStats
+from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.groups import describe_groups, frequency_group
-from acsl_cli.data.openimages import OpenImagesDetection, OpenImagesFiles, load_openimages
+from acsl_cli.data.openimages.loader import OpenImagesDetection, OpenImagesFiles, load_openimages
 
 # The file names of a release (V5/V6 boxable subset), also written by the embedded set.
 RELEASE_NAMES = {
@@ -38,7 +39,7 @@ class OpenImagesEval:
     """What the challenge metric needs beyond the detections: raw val GT, image sizes,
     the hierarchy, names and groups (index label - 1)."""
 
-    gt: Any  # OpenImagesGT (evaluation module; data does not import evaluation)
+    split: Any  # the val OpenImagesSplit (evaluation builds its ground truth from it)
     widths: np.ndarray
     heights: np.ndarray
     ancestors: tuple[tuple[int, ...], ...]
@@ -65,8 +66,6 @@ def dataset_paths(dataset: Any, data_root: Path,
 def openimages_bundle(dataset: Any, data_root: Path,
                       progress: Callable[[int, int], None] | None = None):
     """The ``DatasetBundle`` of an Open Images-format dataset (``bundle.openimages`` set)."""
-    from acsl_cli.data.build import DatasetBundle
-
     paths = dataset_paths(dataset, data_root, progress)
     data = load_openimages(
         paths["classes_csv"], paths["hierarchy_json"],
@@ -90,7 +89,7 @@ def openimages_bundle(dataset: Any, data_root: Path,
     train = OpenImagesDetection(data.train, paths["train_images"], "train", cache)
     val = OpenImagesDetection(data.val, paths["val_images"], "val", cache)
     evaluation = OpenImagesEval(
-        data.val.gt(C), np.asarray(data.val.widths), np.asarray(data.val.heights), ancestors,
+        data.val, np.asarray(data.val.widths), np.asarray(data.val.heights), ancestors,
         tuple(data.display_names), tuple(data.label_names),
         tuple(str(i) for i in data.val.image_ids), groups,
         float(dataset.get("group_of_weight", 1.0)))

@@ -7,7 +7,7 @@ box while parsing: 4 float64 coordinates (as the official evaluator reads them: 
 IoU exactly 0.5 must not move), an int32 label, an int32 image index and a bool (41 bytes;
 37 once the image index becomes CSR offsets); per image a dict entry ImageID ->
 index (~140 bytes) and where it is first listed. Columns are found by header name
-(releases differ in which ones they have and in order), by ``openimages_columns``, which
+(releases differ in which ones they have and in order), by ``columns``, which
 also checks the values and reads the class descriptions (re-exported here). Errors are one
 line naming the file and the data row: row N is line N + 1 of the file (the header is row 0).
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acsl_cli.data.openimages_columns import (
+from acsl_cli.data.openimages.columns import (
     OnBytes,
     check_image_ids,
     first_true,

@@ -1,6 +1,6 @@
 """Reading Open Images CSV columns by header name, and checking their values (torch-free).
 
-Apart from the parsers (``openimages_csv``) because this is what every Open Images CSV
+Apart from the parsers (``csv_parse``) because this is what every Open Images CSV
 shares, whatever its rows mean: the class descriptions file, rows streamed in chunks as
 tuples of the named columns, and the checks that name the first bad value. Errors are one
 line naming the file and the row: data row N is line N + 1 of the file (the header is row

@@ -1,6 +1,6 @@
 """The Open Images image check: which file each image is, and its size from the header.
 
-Apart from the loader (``openimages``) because it is the only part of loading that touches
+Apart from the loader (``loader``) because it is the only part of loading that touches
 the image folder: one listing instead of a stat per image, then one header read per image
 (~1.7 M at full size). ``load_openimages(check_images=False)`` skips it.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from acsl_cli.data.openimages_csv import BOXES, ParsedSplit
-from acsl_cli.data.openimages_split import IMAGE_EXTENSIONS, OpenImagesFiles, Progress
+from acsl_cli.data.openimages.csv_parse import BOXES, ParsedSplit
+from acsl_cli.data.openimages.split import IMAGE_EXTENSIONS, OpenImagesFiles, Progress
 from acsl_cli.errors import DataError
 
 

@@ -1,9 +1,9 @@
 """Open Images: class descriptions, hierarchy, boxes and image-level labels, as arrays.
 
-The CSVs are parsed once (streamed, ``openimages_csv``) into a compact CSR form by image
-(``openimages_split``) and cached as an ``.npz`` in ``cache_dir`` (``openimages_cache``);
+The CSVs are parsed once (streamed, ``csv_parse``) into a compact CSR form by image
+(``split``) and cached as an ``.npz`` in ``cache_dir`` (``cache``);
 later loads read the arrays back (no pickle). Image files are checked by
-``openimages_images``. Labels are 1..C in class-descriptions order (0 = background), the
+``images``. Labels are 1..C in class-descriptions order (0 = background), the
 ids acsl uses for Open Images. ``OpenImagesDetection`` yields the same items as
 ``LvisDetection``. The split's names are re-exported here, so callers import this module.
 """
@@ -20,11 +20,10 @@ import torch
 from torch.utils.data import Dataset
 
 from acsl_cli.data.groups import frequency_group
-from acsl_cli.data.hierarchy import Hierarchy, read_hierarchy
 from acsl_cli.data.lvis_dataset import read_rgb
-from acsl_cli.data.openimages_cache import ARRAYS as _ARRAYS  # noqa: F401 (the tests read it)
-from acsl_cli.data.openimages_cache import FORMAT_VERSION, cache_file, read_cache, write_cache
-from acsl_cli.data.openimages_csv import (
+from acsl_cli.data.openimages.cache import ARRAYS as _ARRAYS  # noqa: F401 (the tests read it)
+from acsl_cli.data.openimages.cache import FORMAT_VERSION, cache_file, read_cache, write_cache
+from acsl_cli.data.openimages.csv_parse import (
     CsrAnnotations,
     ImageRegistry,
     assemble,
@@ -32,8 +31,9 @@ from acsl_cli.data.openimages_csv import (
     parse_image_labels,
     read_class_descriptions,
 )
-from acsl_cli.data.openimages_images import image_info as _image_info
-from acsl_cli.data.openimages_split import (
+from acsl_cli.data.openimages.hierarchy import Hierarchy, read_hierarchy
+from acsl_cli.data.openimages.images import image_info as _image_info
+from acsl_cli.data.openimages.split import (
     IMAGE_EXTENSIONS,
     OpenImagesFiles,
     OpenImagesSplit,

@@ -1,7 +1,7 @@
 """Open Images: one split's arrays (``OpenImagesSplit``) and the files they come from.
 
-Apart from the loader (``openimages``) so that the split's cache (``openimages_cache``) and
-image check (``openimages_images``) can build and fill one without importing the loader.
+Apart from the loader (``loader``) so that the split's cache (``cache``) and
+image check (``images``) can build and fill one without importing the loader.
 ``IMAGE_EXTENSIONS`` is here because ``image_exts`` codes index it.
 """
 
@@ -11,14 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from acsl_cli.data.openimages_csv import CsrAnnotations, sorted_unique
-
-if TYPE_CHECKING:
-    from acsl_cli.evaluation.openimages_metric import OpenImagesGT
+from acsl_cli.data.openimages.csv_parse import CsrAnnotations, sorted_unique
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # tried in this order
 Progress = Callable[[int, int], None]
@@ -59,16 +55,6 @@ class OpenImagesSplit(CsrAnnotations):
 
     def image_file(self, i: int) -> str:
         return str(self.image_ids[i]) + IMAGE_EXTENSIONS[int(self.image_exts[i])]
-
-    def gt(self, num_classes: int) -> OpenImagesGT:
-        """The evaluation's ground truth (not hierarchy-expanded), sharing these arrays."""
-        from acsl_cli.evaluation.openimages_metric import OpenImagesGT
-
-        return OpenImagesGT(
-            num_classes=num_classes, box_offsets=self.box_offsets, boxes=self.boxes,
-            box_labels=self.box_labels, group_of=self.group_of,
-            pos_offsets=self.pos_offsets, pos_labels=self.pos_labels,
-            neg_offsets=self.neg_offsets, neg_labels=self.neg_labels)
 
     def _box_image(self) -> np.ndarray:
         return np.repeat(np.arange(self.num_images, dtype=np.int64), np.diff(self.box_offsets))

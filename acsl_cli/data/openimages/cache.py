@@ -1,6 +1,6 @@
 """The ``.npz`` cache of one parsed Open Images split: file name, key, read, write.
 
-Apart from the loader (``openimages``) because it is storage, not parsing: parsing the full
+Apart from the loader (``loader``) because it is storage, not parsing: parsing the full
 train CSVs takes minutes, reading the cached arrays back (no pickle) takes seconds. A
 cache that is stale, damaged or inconsistent is rebuilt; one that cannot be written only
 costs a re-parse next time.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acsl_cli.data.openimages_split import OpenImagesFiles, OpenImagesSplit
+from acsl_cli.data.openimages.split import OpenImagesFiles, OpenImagesSplit
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name
 from acsl_cli.locks import clean_stale

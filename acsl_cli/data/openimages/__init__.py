@@ -1,0 +1,1 @@
+"""Open Images: a release's CSVs and hierarchy JSON -> arrays, cache, dataset bundle."""
