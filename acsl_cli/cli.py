@@ -89,10 +89,10 @@ def main_options(
 
 
 def _print_table(rows: dict, title: str, note: str = "") -> None:
+    from acsl_cli.pipeline.report import metrics_table
     from acsl_cli.progress import console
-    from acsl_cli.reporting.tables import rich_table
 
-    console.print(rich_table(rows, title, note))
+    console.print(metrics_table(rows, title, note))
 
 
 @app.command(context_settings=EXTRA)
@@ -102,7 +102,7 @@ def train(overrides: list[str] = OVERRIDES) -> None:
 
     Example: acsl train loss=acsl xi=0.7 seed=1
     """
-    from acsl_cli.engine.distributed import is_main
+    from acsl_cli.pipeline.report import is_main
     from acsl_cli.pipeline.train import run_train
     from acsl_cli.progress import console
 
@@ -122,7 +122,7 @@ def sweep(overrides: list[str] = OVERRIDES) -> None:
 
     Example: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7
     """
-    from acsl_cli.engine.distributed import is_main
+    from acsl_cli.pipeline.report import is_main
     from acsl_cli.pipeline.sweep import run_sweep
     from acsl_cli.progress import console
 
@@ -153,8 +153,8 @@ def eval_(overrides: list[str] = OVERRIDES) -> None:
         check_out_file(Path(plan.out))
     note = ""
     if plan.ckpt:
-        from acsl_cli.engine.distributed import is_main
         from acsl_cli.pipeline.evaluate import run_eval_checkpoint
+        from acsl_cli.pipeline.report import is_main
 
         metrics = run_eval_checkpoint(plan)
         title = Path(plan.ckpt).parent.name
@@ -177,11 +177,9 @@ def eval_(overrides: list[str] = OVERRIDES) -> None:
 @user_errors
 def losses() -> None:
     """List the losses and presets that loss=NAME accepts (conf/loss/*.yaml)."""
-    from acsl_cli.config import available, config_dir
+    from acsl_cli.plan import loss_presets
 
-    for name in available("loss"):
-        first = (config_dir() / "loss" / f"{name}.yaml").read_text().splitlines()[:1]
-        about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+    for name, about in loss_presets():
         typer.echo(f"{name:<16}{about}")
 
 
@@ -197,8 +195,8 @@ def data_stats(overrides: list[str] = OVERRIDES) -> None:
     Examples: acsl data stats ; acsl data stats ann=lvis_v1_train.json sampler.t=0.001
     out=stats.json ; acsl data stats dataset=lvis_v0.5 dataset.root=/data/lvis
     """
-    from acsl_cli.data.stats import print_stats
     from acsl_cli.pipeline.data_stats import run_data_stats
+    from acsl_cli.pipeline.report import print_stats
     from acsl_cli.progress import console
 
     result = run_data_stats(overrides or [])
@@ -215,30 +213,12 @@ def report(args: list[str] = typer.Argument(
 
     Example: acsl report outputs/runs/NAME-sweep outputs/runs/OTHER out=cmp baseline=bce
     """
-    from acsl_cli.errors import ConfigError
+    from acsl_cli.pipeline.report import run_report
     from acsl_cli.progress import console
-    from acsl_cli.reporting.compare import compare, terminal_table
-    from acsl_cli.reporting.report import write_report
-    from acsl_cli.reporting.runs import load_runs
 
-    folders, options = [], {"out": None, "baseline": None}
-    for arg in args or []:
-        key, sep, value = arg.partition("=")
-        if sep and key in options:
-            if not value:
-                raise ConfigError(f"{key}=: needs a value")
-            options[key] = value
-        elif sep and not Path(arg).exists():
-            raise ConfigError(f"{key}: unknown option (acsl report takes out= and baseline=)")
-        else:
-            folders.append(arg)
-    if not folders:
-        raise ConfigError("acsl report: give at least one run or sweep folder")
-    runs = load_runs(folders)
-    out = Path(options["out"] or Path(folders[0]) / "report")
-    written = write_report(runs, out, options["baseline"])
-    console.print(terminal_table(compare(runs, options["baseline"])))
-    console.print(f"report: {written[0]}  ({len(written) - 3} figure(s) in {out})")
+    result = run_report(args or [])
+    console.print(result.table)
+    console.print(f"report: {result.markdown}  ({result.figures} figure(s) in {result.out})")
 
 
 def main() -> None:

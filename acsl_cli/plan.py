@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from acsl_cli.config import load_config, parse_overrides, to_settings
+from acsl_cli.config import available, config_dir, load_config, parse_overrides, to_settings
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import LossContext, build_loss
@@ -234,3 +234,17 @@ def saved_run_config(path: Path) -> dict:
     if not isinstance(cfg, dict):
         raise ValueError("not a mapping")
     return cfg
+
+
+def loss_presets() -> list[tuple[str, str]]:
+    """``loss=NAME`` choices with the description from the head comment of their yaml
+    (every leading comment line, joined)."""
+    out = []
+    for name in available("loss"):
+        about = []
+        for line in (config_dir() / "loss" / f"{name}.yaml").read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            about.append(line.lstrip("#").strip())
+        out.append((name, " ".join(a for a in about if a)))
+    return out

@@ -1,0 +1,60 @@
+"""``acsl report``: saved runs and sweeps -> comparison tables, figures and a Markdown
+report; also the pieces of reporting the other commands print (the CLI asks only the
+plan and the pipeline)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from acsl_cli.engine.distributed import is_main
+from acsl_cli.errors import ConfigError
+
+__all__ = ["ReportResult", "is_main", "metrics_table", "print_stats", "run_report"]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    table: object  # a rich renderable: the comparison as the terminal shows it
+    markdown: Path
+    figures: int
+    out: Path
+
+
+def metrics_table(rows: dict, title: str, note: str = "") -> object:
+    from acsl_cli.reporting.tables import rich_table
+
+    return rich_table(rows, title, note)
+
+
+def print_stats(stats: dict, title: str) -> None:
+    from acsl_cli.data.stats import print_stats as show
+
+    show(stats, title)
+
+
+def run_report(args: Sequence[str]) -> ReportResult:
+    """``FOLDER... [out=DIR] [baseline=NAME]``: compare the runs, write the report."""
+    from acsl_cli.reporting.compare import compare, terminal_table
+    from acsl_cli.reporting.report import write_report
+    from acsl_cli.reporting.runs import load_runs
+
+    folders, options = [], {"out": None, "baseline": None}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in options:
+            if not value:
+                raise ConfigError(f"{key}=: needs a value")
+            options[key] = value
+        elif sep and not Path(arg).exists():
+            raise ConfigError(f"{key}: unknown option (acsl report takes out= and baseline=)")
+        else:
+            folders.append(arg)
+    if not folders:
+        raise ConfigError("acsl report: give at least one run or sweep folder")
+    runs = load_runs(folders)
+    out = Path(options["out"] or Path(folders[0]) / "report")
+    written = write_report(runs, out, options["baseline"])
+    table = terminal_table(compare(runs, options["baseline"]))
+    return ReportResult(table, written[0], len(written) - 3, out)
