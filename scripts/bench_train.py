@@ -11,7 +11,7 @@ Quick CPU check (under a minute): ``scripts/bench_train.py --backbone small --si
 What is timed, on the same seeded synthetic batches (random images of ``size`` x ``size``
 pixels, 1 to 4 random boxes per image, labels in 1..C), already on the device:
 
-- **ours**: ``acsl_cli.engine.stage1.DetectorStep`` (the pipeline's stage-1 step: forward,
+- **ours**: ``acsl_cli.engine.train_detector.DetectorStep`` (the pipeline's stage-1 step: forward,
   loss guard, backward, gradient clipping at the default schedule's 35, SGD) on
   ``build_detector(conf/backbone/<backbone>.yaml, C, softmax_ce)``;
 - **bare**: a plain torchvision training step (forward, ``sum(losses)``, backward, SGD, as in
@@ -30,7 +30,7 @@ torchvision's detection reference (from 0.001 x over 1000 iterations), as the fi
 of a real run: at a constant 0.02 a randomly initialised r50 without gradient clipping
 (the bare step) gives non-finite losses within a few steps, and NaNs change the code paths
 (NMS, sampling) that are timed. Non-finite losses are counted and reported. The stage-2 step
-(``acsl_cli.engine.stage2.HeadsStep``, one bce head on a ``FrozenTrunk`` of a same-seed copy
+(``acsl_cli.engine.finetune_heads.HeadsStep``, one bce head on a ``FrozenTrunk`` of a same-seed copy
 of our detector) is timed too. The three steps take turns in a rotating order (A B C, B C A,
 C A B, ...) so that load from other processes hits all alike, and ``--warmup`` steps of each
 are not timed; every timed region is bracketed by ``torch.cuda.synchronize()`` on CUDA.
@@ -284,8 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from acsl_cli.engine.stage1 import DetectorStep
-    from acsl_cli.engine.stage2 import HeadsStep, new_head
+    from acsl_cli.engine.finetune_heads import HeadsStep, new_head
+    from acsl_cli.engine.train_detector import DetectorStep
     from acsl_cli.losses import LossContext, build_loss
     from acsl_cli.models.trunk import FrozenTrunk
 
@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     # stage 2 gets its own copy of our (same-seed) detector, frozen, so that its steps can
     # be interleaved with the stage-1 steps and see the same load
     trunk = FrozenTrunk(ours_detector(args).to(device))
-    head = new_head("bce", build_loss("bce", LossContext(args.classes, args.seed)), trunk,
+    head = new_head("bce", build_loss("bce", LossContext(args.classes, args.seed)),
+                    trunk.stage1_classifier,
                     args.classes)
     heads = HeadsStep(trunk, [head], schedule(GRAD_CLIP), device, **amp_kw2)
     guard, guard2 = CountingGuard(), CountingGuard()

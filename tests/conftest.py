@@ -14,7 +14,7 @@ TINY = ["dataset.num_classes=8", "dataset.max_images_per_class=12",
 def tiny(tmp_path_factory):
     """(config, datasets, an untrained detector) on the tiny benchmark."""
     from acsl_cli import config as config_mod
-    from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss
+    from acsl_cli.pipeline.components import build_model, load_data, loss_context, make_loss
     from acsl_cli.settings import LossSettings
 
     cfg = config_mod.load_settings(TINY + [f"output_root={tmp_path_factory.mktemp('o')}"])

@@ -10,10 +10,11 @@ import torch
 
 from acsl_cli import config as config_mod
 from acsl_cli.engine import distributed as dist
+from acsl_cli.engine.finetune_heads import finetune_heads, new_head
 from acsl_cli.engine.loaders import train_loader
 from acsl_cli.engine.schedule import StageSchedule
-from acsl_cli.engine.stage2 import finetune_heads, new_head
-from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss
+from acsl_cli.models.trunk import FrozenTrunk
+from acsl_cli.pipeline.components import build_model, load_data, loss_context, make_loss
 from acsl_cli.settings import LossSettings
 
 TINY = ["dataset.num_classes=8", "dataset.max_images_per_class=12",
@@ -27,13 +28,14 @@ def main(out: Path) -> None:
     ctx = loss_context(data, 0)
     torch.manual_seed(0)  # same detector on every rank
     model = build_model(cfg, data, make_loss(LossSettings("softmax_ce"), ctx))
-    heads = [new_head(n, make_loss(LossSettings(n), ctx), model,
+    heads = [new_head(n, make_loss(LossSettings(n), ctx), model.roi_heads.box_predictor.cls_score,
                       data.cmap.num_classes) for n in ("bce", "softmax_ce")]
     start = {h.name: h.classifier.weight.detach().clone() for h in heads}
     torch.manual_seed(1 + dist.rank())  # RoI sampling differs per rank, as in real runs
     loader = train_loader(data.train, 2, seed=5)
-    finetune_heads(model, heads, loader, StageSchedule.from_settings(cfg.schedule.stage2), "cpu",
-                   max_iters=4, show_progress=False)
+    sched = StageSchedule.from_settings(cfg.schedule.stage2)
+    finetune_heads(FrozenTrunk(model), heads, loader, sched, "cpu", max_iters=4,
+                   show_progress=False)
     torch.save({h.name: {"weight": h.classifier.weight.detach(), "start": start[h.name]}
                 for h in heads}, out / f"rank{dist.rank()}.pt")
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import LossContext, available_losses, build_loss
+from acsl_cli.models.trunk import FrozenTrunk
 from tests.test_losses import loss_and_grad
 
 C, N = 1230, 8192
@@ -194,7 +195,7 @@ def _sched():
 
 
 def test_detector_step_bf16_trains_with_finite_losses(tiny):
-    from acsl_cli.engine.stage1 import train_detector
+    from acsl_cli.engine.train_detector import train_detector
 
     _, data, model0 = tiny
     model = copy.deepcopy(model0)
@@ -209,15 +210,15 @@ def test_detector_step_bf16_trains_with_finite_losses(tiny):
 
 
 def test_heads_step_bf16_trains_with_finite_losses(tiny):
-    from acsl_cli.engine.stage2 import finetune_heads, new_head
+    from acsl_cli.engine.finetune_heads import finetune_heads, new_head
 
     _, data, model = tiny
     model = copy.deepcopy(model)
     context = long_tail_context(data.cmap.num_classes)
-    heads = [new_head(n, build_loss(n, context), model, data.cmap.num_classes)
-             for n in ("bce", "acsl", "bags")]
+    heads = [new_head(n, build_loss(n, context), model.roi_heads.box_predictor.cls_score,
+                      data.cmap.num_classes) for n in ("bce", "acsl", "bags")]
     torch.manual_seed(0)
-    finetune_heads(model, heads, _loader(data), _sched(), "cpu", max_iters=2,
+    finetune_heads(FrozenTrunk(model), heads, _loader(data), _sched(), "cpu", max_iters=2,
                    show_progress=False, amp="bf16")
     for h in heads:
         assert len(h.history) == 2 and all(math.isfinite(r["loss"]) for r in h.history)
@@ -225,14 +226,14 @@ def test_heads_step_bf16_trains_with_finite_losses(tiny):
 
 def test_fp16_on_cpu_is_a_one_line_config_error(tiny):
     from acsl_cli.engine.inference import predict
-    from acsl_cli.engine.stage1 import DetectorStep
+    from acsl_cli.engine.train_detector import DetectorStep
 
     _, data, model = tiny
     with pytest.raises(ConfigError, match="amp=fp16 needs CUDA") as e:
         DetectorStep(copy.deepcopy(model), _sched(), "cpu", amp="fp16")
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="amp=fp16 needs CUDA"):
-        predict(model, data.val, data.cmap, "cpu", amp="fp16", show_progress=False)
+        predict(FrozenTrunk(model), data.val, data.cmap, "cpu", amp="fp16", show_progress=False)
     with pytest.raises(ConfigError, match="amp"):
         DetectorStep(copy.deepcopy(model), _sched(), "cpu", amp="fp8")
 
@@ -240,15 +241,14 @@ def test_fp16_on_cpu_is_a_one_line_config_error(tiny):
 @pytest.fixture
 def fp16_on_cpu(monkeypatch):
     """fp16 where this machine can run it: the scaler plumbing is device-independent."""
-    from acsl_cli.engine import stage1
+    from acsl_cli.engine import mixed_precision
 
-    monkeypatch.setattr(stage1, "FP16_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(mixed_precision, "FP16_DEVICES", ("cuda", "cpu"))
 
 
 def test_fp16_resume_state_carries_the_scalers(tiny, fp16_on_cpu):
-    from acsl_cli.engine.stage1 import DetectorStep
-    from acsl_cli.engine.stage2 import HeadsStep, new_head
-    from acsl_cli.models.trunk import FrozenTrunk
+    from acsl_cli.engine.finetune_heads import HeadsStep, new_head
+    from acsl_cli.engine.train_detector import DetectorStep
 
     _, data, model = tiny
     step = DetectorStep(copy.deepcopy(model), _sched(), "cpu", amp="fp16")
@@ -265,7 +265,7 @@ def test_fp16_resume_state_carries_the_scalers(tiny, fp16_on_cpu):
 
     trunk = FrozenTrunk(copy.deepcopy(model))
     context = long_tail_context(data.cmap.num_classes)
-    heads = [new_head(n, build_loss(n, context), trunk, data.cmap.num_classes)
+    heads = [new_head(n, build_loss(n, context), trunk.stage1_classifier, data.cmap.num_classes)
              for n in ("bce", "acsl")]
     step2 = HeadsStep(trunk, heads, _sched(), "cpu", amp="fp16")
     step2.scalers[1].scale(torch.ones(()))
@@ -279,7 +279,7 @@ def test_fp16_resume_state_carries_the_scalers(tiny, fp16_on_cpu):
 
 def test_skipped_fp16_step_leaves_weights_and_halves_the_scale(fp16_on_cpu):
     from acsl_cli.engine.loop import LossGuard
-    from acsl_cli.engine.stage1 import MixedPrecision, optimizer_step
+    from acsl_cli.engine.mixed_precision import MixedPrecision, optimizer_step
 
     layer = torch.nn.Linear(3, 2)
     before = copy.deepcopy(layer.state_dict())
@@ -301,16 +301,16 @@ def test_train_smoke_bf16_end_to_end(tmp_path, monkeypatch):
     """`acsl train schedule=smoke amp=bf16` on CPU: exit 0, metrics, and autocast in all
     three places (stage 1, stage 2, inference)."""
     from acsl_cli.cli import app
-    from acsl_cli.engine import stage1
+    from acsl_cli.engine import mixed_precision
 
     seen: set[tuple[str, str]] = set()
-    init = stage1.MixedPrecision.__init__
+    init = mixed_precision.MixedPrecision.__init__
 
     def spy(self, amp, device):
         seen.add((sys._getframe(1).f_code.co_qualname, amp))
         init(self, amp, device)
 
-    monkeypatch.setattr(stage1.MixedPrecision, "__init__", spy)
+    monkeypatch.setattr(mixed_precision.MixedPrecision, "__init__", spy)
     res = CliRunner().invoke(app, ["train", "schedule=smoke", "amp=bf16", "progress=false",
                                    f"output_root={tmp_path}", "run_name=amp"])
     assert res.exit_code == 0, res.output

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from acsl_cli import config as config_mod
+from acsl_cli.engine.finetune_heads import finetune_heads, new_head
 from acsl_cli.engine.loaders import train_loader
 from acsl_cli.engine.schedule import StageSchedule, learning_rate
-from acsl_cli.engine.stage2 import finetune_heads, new_head
 from acsl_cli.errors import ConfigError
-from acsl_cli.pipeline.build import loss_context, make_loss
+from acsl_cli.models.trunk import FrozenTrunk
+from acsl_cli.pipeline.components import loss_context, make_loss
 from acsl_cli.plan import plan_train
 from acsl_cli.settings import stage1_key
 from tests.conftest import TINY  # noqa: E402 - re-exported: other tests import it from here
@@ -59,7 +60,8 @@ def _heads(cfg, data, model, names):
     for n in names:
         c = config_mod.load_settings(TINY + [f"loss={n}"])
         loss = make_loss(c.loss, loss_context(data, 0))
-        heads.append(new_head(n, loss, model, data.cmap.num_classes))
+        heads.append(new_head(n, loss, model.roi_heads.box_predictor.cls_score,
+                              data.cmap.num_classes))
     return heads
 
 
@@ -67,7 +69,8 @@ def _finetune(cfg, data, model, heads):
     torch.manual_seed(123)
     loader = train_loader(data.train, 4, seed=5)
     sched = StageSchedule.from_settings(cfg.schedule.stage2)
-    finetune_heads(model, heads, loader, sched, "cpu", max_iters=3, show_progress=False)
+    finetune_heads(FrozenTrunk(model), heads, loader, sched, "cpu", max_iters=3,
+                   show_progress=False)
 
 
 def test_stage2_trains_only_the_heads_and_keeps_bn_statistics(tiny):
@@ -101,7 +104,7 @@ def test_heads_sharing_a_pass_train_exactly_as_alone(tiny):
 def test_interrupted_stage1_resumes_exactly(tiny, tmp_path):
     """Two epochs in one go == one epoch, stop, resume for the second."""
     from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
-    from acsl_cli.engine.stage1 import train_detector
+    from acsl_cli.engine.train_detector import train_detector
 
     cfg, data, model0 = tiny
     sched = StageSchedule(epochs=2, lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_iters=0,
@@ -144,7 +147,7 @@ def test_interrupted_stage2_resumes_exactly(tiny, tmp_path, names):
         torch.manual_seed(11)
         loader = train_loader(data.train, 4, seed=5)
         s = StageSchedule(**{**sched.__dict__, "epochs": epochs})
-        finetune_heads(model, heads, loader, s, "cpu", None, False, resume=resume)
+        finetune_heads(FrozenTrunk(model), heads, loader, s, "cpu", None, False, resume=resume)
         return heads
 
     straight = fresh(None, 2)

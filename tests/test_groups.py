@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from acsl_cli.data.build import build_datasets
+from acsl_cli.data.datasets import build_datasets
 from acsl_cli.data.groups import (
     describe_groups,
     frequency_group,
     group_sizes,
     train_category_info,
-    train_groups,
     train_image_counts,
 )
 from acsl_cli.data.synthetic import SyntheticSpec, ensure_generated
@@ -40,6 +39,10 @@ LVIS_IMAGE_FIELDS = ("neg_category_ids", "not_exhaustive_category_ids")
     ("count", "group"),
     [(0, "r"), (1, "r"), (10, "r"), (11, "c"), (100, "c"), (101, "f"), (5000, "f")],
 )
+def train_groups(data: dict) -> dict[int, str]:
+    return {cid: str(row["frequency"]) for cid, row in train_category_info(data).items()}
+
+
 def test_lvis_thresholds(count, group):
     assert frequency_group(count) == group
 

@@ -80,7 +80,7 @@ def test_load_sorted_csr_sizes_and_labels(tmp_path: Path, caplog) -> None:
     s = data.train
     assert data.label_names[3] == "/m/d" and data.display_names[3] == "Duck"
     assert s.image_ids.tolist() == ["img1", "img2", "img3"] and s.image_ids.dtype.kind == "U"
-    assert s.image_files.tolist() == ["img1.png", "img2.jpg", "img3.png"]
+    assert [s.image_file(i) for i in range(3)] == ["img1.png", "img2.jpg", "img3.png"]
     assert s.widths.tolist() == [40, 20, 16] and s.heights.tolist() == [30, 10, 16]
     assert s.box_offsets.tolist() == [0, 2, 3, 3]
     assert s.box_labels.tolist() == [4, 2, 3] and s.box_labels.dtype == np.int32
@@ -294,7 +294,7 @@ def test_check_images_false_needs_no_images(tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     s = load_openimages(**kw, progress=lambda done, total: calls.append((done, total)),
                         check_images=False).train
-    assert s.widths.tolist() == [0, 0, 0] and s.image_files.tolist()[0] == "img1.jpg"
+    assert s.widths.tolist() == [0, 0, 0] and s.image_file(0) == "img1.jpg"
     total = kw["train"].boxes_csv.stat().st_size + kw["train"].labels_csv.stat().st_size
     assert calls[-1] == (total, total)  # CSV bytes read, then done
 

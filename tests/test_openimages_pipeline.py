@@ -18,7 +18,7 @@ from acsl_cli.evaluation.openimages_gt import ground_truth
 from acsl_cli.evaluation.openimages_metric import expand_ground_truth
 from acsl_cli.evaluation.openimages_scoring import score_openimages
 from acsl_cli.losses.registry import loss_class
-from acsl_cli.pipeline.build import load_data, loss_context, make_loss
+from acsl_cli.pipeline.components import load_data, loss_context, make_loss
 from acsl_cli.settings import LossSettings
 
 SMALL = ["dataset=openimages_synthetic", "dataset.num_classes=12",

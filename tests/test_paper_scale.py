@@ -104,7 +104,7 @@ def test_multi_scale_and_flip_test(smoke, tmp_path):
     # on the detections themselves (the smoke model's APs are all ~0)
     from acsl_cli import config as config_mod
     from acsl_cli.models.trunk import FrozenTrunk
-    from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss
+    from acsl_cli.pipeline.components import build_model, load_data, loss_context, make_loss
 
     cfg = config_mod.load_config([*TINY, f"output_root={root}"])
     data = load_data(cfg)
@@ -156,7 +156,7 @@ def test_the_cached_stage1_row_is_scored_canonically(tmp_path):
 def test_stage2_rois_per_image_sets_how_many_rois_stage2_samples(smoke):
     """``schedule.stage2.rois_per_image`` (paper: 512) changes stage 2's RoI sample only."""
     from acsl_cli import config as config_mod
-    from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss
+    from acsl_cli.pipeline.components import build_model, load_data, loss_context, make_loss
     from acsl_cli.pipeline.evaluate import test_trunk
 
     root, res = smoke

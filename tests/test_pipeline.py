@@ -31,6 +31,18 @@ def test_stage2_is_the_same_with_stage1_trained_or_loaded_from_the_cache(tmp_pat
     assert h1 == h2
 
 
+def test_a_head_with_fresh_columns_is_the_same_with_stage1_trained_or_loaded(tmp_path):
+    """BAGS's group columns are not copied from stage 1: their initial draw must not depend
+    on how much of the global random stream training stage 1 used."""
+    args = [*TINY, f"output_root={tmp_path}", "loss=bags", "loss.bins=[4]"]
+    first, second = run_train(args), run_train(args)
+    assert not first.stage1_reused and second.stage1_reused
+    assert first.metrics == second.metrics
+    h1, h2 = (json.loads(next(r.run_dir.glob("heads/bags/history.json")).read_text())
+              for r in (first, second))
+    assert h1 == h2
+
+
 def test_sweep_std_is_the_sample_std_of_the_runs(tmp_path):
     res = CliRunner().invoke(app, ["sweep", *TINY, "seed=0,1,2", "loss=bce",
                                    f"output_root={tmp_path}"])

@@ -189,7 +189,7 @@ def test_config_rules_and_self_repair(tmp_path):
     from acsl_cli.config import load_config
     from acsl_cli.config_rules import validate
     from acsl_cli.errors import ConfigError
-    from acsl_cli.pipeline.build import load_data
+    from acsl_cli.pipeline.components import load_data
 
     validate(load_config(["dataset=synthetic_lvis"]))
     for bad in ("dataset.max_images_per_class=100", "dataset.num_classes=301",

@@ -53,14 +53,6 @@ class CategoryStats:
     instance_counts: tuple[int, ...]
     num_images: int
 
-    def as_params(self) -> dict[str, Any]:
-        return {
-            "frequencies": list(self.frequencies),
-            "image_counts": list(self.image_counts),
-            "instance_counts": list(self.instance_counts),
-            "num_images": self.num_images,
-        }
-
 
 def load_json(path: Path) -> Any:
     """Parse a JSON file; unreadable, invalid or absurdly nested text is a DataError."""

@@ -1,5 +1,5 @@
 """``DatasetBundle``: what every dataset kind hands downstream (its own module so that the
-builders of each kind and the one dispatcher, ``data.build``, import it without a circle)."""
+builders of each kind and the one dispatcher, ``data.datasets``, import it without a circle)."""
 
 from __future__ import annotations
 

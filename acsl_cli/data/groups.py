@@ -49,13 +49,6 @@ def has_lvis_groups(data: dict) -> bool:
     return bool(cats) and all(c.get("frequency") in GROUPS for c in cats)
 
 
-def train_groups(train_data: dict) -> dict[int, str]:
-    """Group of every category: the file's LVIS ``frequency`` if all have one, else from
-    train image counts (see ``train_category_info``).
-    """
-    return {cid: str(row["frequency"]) for cid, row in train_category_info(train_data).items()}
-
-
 def train_category_info(train_data: dict) -> dict[int, dict[str, object]]:
     """``frequency``, ``image_count``, ``instance_count`` of every category, from train.
 

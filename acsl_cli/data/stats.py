@@ -13,9 +13,6 @@ from typing import Any
 
 from acsl_cli.data.groups import group_sizes, train_category_info
 
-STATS_KEYS = ("num_images", "num_instances", "num_categories", "groups", "never_in_train",
-              "rfs_t", "rfs_epoch_images", "categories")
-
 
 def image_categories(data: dict) -> list[frozenset[int]]:
     """Categories present in each image, in image-id order (the order of ``LvisDetection``,

@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from acsl_cli.data.lvis_dataset import CategoryMap, collate
 from acsl_cli.engine import distributed as dist
-from acsl_cli.engine.stage1 import MixedPrecision
+from acsl_cli.engine.mixed_precision import MixedPrecision
 from acsl_cli.models.trunk import FrozenTrunk, Scorer
 from acsl_cli.progress import progress_bar
 
@@ -31,7 +30,7 @@ def eval_subset(dataset: Dataset, max_images: int | None) -> Dataset:
 
 @torch.no_grad()
 def predict(
-    model: FrozenTrunk | nn.Module, dataset: Dataset, cmap: CategoryMap, device: str,
+    trunk: FrozenTrunk, dataset: Dataset, cmap: CategoryMap, device: str,
     scorers: Mapping[str, Scorer] | None = None, batch_size: int = 8,
     show_progress: bool = True, amp: str = "off",
 ) -> dict[str, list[dict]]:
@@ -41,7 +40,6 @@ def predict(
     so every rank returns the full list.
     """
     precision = MixedPrecision(amp, device)
-    trunk = model if isinstance(model, FrozenTrunk) else FrozenTrunk(model)
     trunk.detector.to(device).eval()
     names = list(scorers) if scorers is not None else ["model"]
     shard = Subset(dataset, range(dist.rank(), len(dataset), dist.world_size()))

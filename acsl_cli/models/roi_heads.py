@@ -42,6 +42,21 @@ class LossAwareRoIHeads(RoIHeads):
     def box_features(self, features, proposals, image_shapes) -> Tensor:
         return self.box_head(self.box_roi_pool(features, proposals, image_shapes))
 
+    def sample_rois(self, proposals: list[Tensor], targets: list[dict[str, Tensor]],
+                    sampler) -> tuple[list[Tensor], list[Tensor]]:
+        """The RoIs (and their labels) that ``sampler`` picks, with the ground-truth boxes
+        added and matched as torchvision's ``select_training_samples`` does: stage 2 samples
+        with its own count without touching this head's sampler."""
+        self.check_targets(targets)
+        gt_boxes = [t["boxes"].to(proposals[0].dtype) for t in targets]
+        proposals = self.add_gt_proposals(proposals, gt_boxes)
+        _, labels = self.assign_targets_to_proposals(proposals, gt_boxes,
+                                                     [t["labels"] for t in targets])
+        pos, neg = sampler(labels)
+        keep = [torch.where(p | n)[0] for p, n in zip(pos, neg, strict=True)]
+        return ([p[k] for p, k in zip(proposals, keep, strict=True)],
+                [lab[k] for lab, k in zip(labels, keep, strict=True)])
+
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:
             proposals, _, labels, regression_targets = self.select_training_samples(
@@ -67,8 +82,10 @@ class LossAwareRoIHeads(RoIHeads):
         box_regression: Tensor,
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
+        max_detections: int | None = None,
     ) -> list[dict[str, Tensor]]:
-        """Top-k before NMS, per-class NMS, top ``detections_per_img``.
+        """Top-k before NMS, per-class NMS, top ``max_detections`` (default: the head's
+        ``detections_per_img``).
 
         ``scores_all`` (N, C) come from a loss's ``scores``: the head never special-cases a
         loss. The top-k keeps a 1231-way sigmoid head fast: with score threshold 0 every
@@ -100,7 +117,7 @@ class LossAwareRoIHeads(RoIHeads):
             ok = box_ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, sc, labels = boxes[ok], sc[ok], labels[ok]
             kept = box_ops.batched_nms(boxes, sc, labels, self.nms_thresh)
-            kept = kept[: self.detections_per_img]
+            kept = kept[: max_detections or self.detections_per_img]
             results.append({"boxes": boxes[kept], "scores": sc[kept], "labels": labels[kept]})
         return results
 

@@ -5,7 +5,9 @@ features is shared by every head: ``FrozenTrunk`` runs that part once per batch 
 several heads (a ``cls_score`` layer plus the loss that trains and scores it) use the same
 RoIs. It goes through the detector's own modules (transform, backbone, RPN, RoI pooling)
 rather than re-implementing ``GeneralizedRCNN.forward``, and never swaps attributes of the
-live model: a head is "installed" only in a state dict for saving.
+live model: a head is "installed" only in a state dict for saving. Where stage 2 or the
+test differs from the detector's settings (RoIs sampled per image, detections kept, test
+scales), the trunk holds its own torchvision objects built with those parameters.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
@@ -36,6 +39,9 @@ class FrozenTrunk:
         # stage 2 may sample more RoIs per image than stage 1 did (the paper: 512)
         sampler = detector.roi_heads.fg_bg_sampler
         self.rois_per_image = rois_per_image or sampler.batch_size_per_image
+        self.sampler = type(sampler)(self.rois_per_image, sampler.positive_fraction)
+        self.transforms = [_scaled(detector.transform, s) for s in self.scales] or [
+            detector.transform]
         freeze(detector)
 
     @property
@@ -50,18 +56,15 @@ class FrozenTrunk:
         the authors' stage 2; its losses are computed and discarded.
         """
         d = self.detector
-        sampler = d.roi_heads.fg_bg_sampler
-        kept, sampler.batch_size_per_image = sampler.batch_size_per_image, self.rois_per_image
         d.rpn.train()
         try:
             images_t, targets_t = d.transform(images, targets)
             features = d.backbone(images_t.tensors)
             proposals, _ = d.rpn(images_t, features, targets_t)
-            proposals, _, labels, _ = d.roi_heads.select_training_samples(proposals, targets_t)
+            proposals, labels = d.roi_heads.sample_rois(proposals, targets_t, self.sampler)
             feats = d.roi_heads.box_features(features, proposals, images_t.image_sizes)
         finally:
             d.rpn.eval()
-            sampler.batch_size_per_image = kept
         return feats, torch.cat(labels)
 
     @torch.no_grad()
@@ -76,43 +79,26 @@ class FrozenTrunk:
         d = self.detector
         if scorers is None:
             scorers = {"model": (self.stage1_classifier, d.roi_heads.cls_loss)}
-        rh = d.roi_heads
-        cap, rh.detections_per_img = rh.detections_per_img, self.max_detections
-        try:
-            return self._detect(images, scorers)
-        finally:
-            rh.detections_per_img = cap
-
-    def _detect(self, images: list[Tensor], scorers: Mapping[str, Scorer]
-                ) -> dict[str, list[dict[str, Tensor]]]:
-        d = self.detector
         if not self.scales and not self.flip:
-            return self._detect_once(images, scorers)
-        t = d.transform
-        size0, max0 = t.min_size, t.max_size
+            return self._detect_once(images, scorers, d.transform)
         parts: list[dict[str, list[dict[str, Tensor]]]] = []
-        try:
-            for scale in self.scales or [size0[-1]]:
-                t.min_size = (int(scale),)
-                t.max_size = int(round(max0 * scale / size0[-1]))
-                parts.append(self._detect_once(images, scorers))
-                if self.flip:
-                    flipped = self._detect_once([im.flip(-1) for im in images], scorers)
-                    parts.append({k: [_unflip(r, im.shape[-1]) for r, im in zip(v, images,
-                                                                                 strict=True)]
-                                  for k, v in flipped.items()})
-        finally:
-            t.min_size, t.max_size = size0, max0
-        rh = d.roi_heads
-        return {name: [merge_detections([p[name][i] for p in parts], rh.nms_thresh,
-                                        rh.detections_per_img) for i in range(len(images))]
+        for transform in self.transforms:
+            parts.append(self._detect_once(images, scorers, transform))
+            if self.flip:
+                flipped = self._detect_once([im.flip(-1) for im in images], scorers, transform)
+                parts.append({k: [_unflip(r, im.shape[-1]) for r, im in zip(v, images,
+                                                                             strict=True)]
+                              for k, v in flipped.items()})
+        nms = d.roi_heads.nms_thresh
+        return {name: [merge_detections([p[name][i] for p in parts], nms, self.max_detections)
+                       for i in range(len(images))]
                 for name in scorers}
 
-    def _detect_once(self, images: list[Tensor], scorers: Mapping[str, Scorer]
-                     ) -> dict[str, list[dict[str, Tensor]]]:
+    def _detect_once(self, images: list[Tensor], scorers: Mapping[str, Scorer],
+                     transform: GeneralizedRCNNTransform) -> dict[str, list[dict[str, Tensor]]]:
         d = self.detector
         sizes = [tuple(im.shape[-2:]) for im in images]
-        images_t, _ = d.transform(images)
+        images_t, _ = transform(images)
         features = d.backbone(images_t.tensors)
         proposals, _ = d.rpn(images_t, features)
         rh = d.roi_heads
@@ -121,13 +107,9 @@ class FrozenTrunk:
         out = {}
         for name, (layer, loss) in scorers.items():
             dets = rh.detect(loss.scores(layer(feats)), box_regression, proposals,
-                             images_t.image_sizes)
-            out[name] = d.transform.postprocess(dets, images_t.image_sizes, sizes)
+                             images_t.image_sizes, self.max_detections)
+            out[name] = transform.postprocess(dets, images_t.image_sizes, sizes)
         return out
-
-    def state_dict_with(self, classifier: nn.Module) -> dict[str, Any]:
-        """The detector's state dict with ``classifier`` installed as its ``cls_score``."""
-        return with_classifier(self.detector.state_dict(), classifier.state_dict())
 
 
 def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping[str, Any]
@@ -136,6 +118,15 @@ def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping
     state = {k: v for k, v in detector_state.items() if not k.startswith(CLS_SCORE)}
     state.update({CLS_SCORE + k: v for k, v in classifier_state.items()})
     return state
+
+
+def _scaled(t: GeneralizedRCNNTransform, scale: int) -> GeneralizedRCNNTransform:
+    """The detector's input transform at another test scale (shorter side ``scale``, the
+    longer-side cap scaled alike)."""
+    max_size = int(round(t.max_size * scale / t.min_size[-1]))
+    return GeneralizedRCNNTransform(int(scale), max_size, t.image_mean, t.image_std,
+                                    size_divisible=t.size_divisible,
+                                    fixed_size=t.fixed_size).eval()
 
 
 def freeze(model: nn.Module) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from acsl_cli.config import load_settings, parse_overrides
 from acsl_cli.data.annotations import read_annotations
-from acsl_cli.data.build import OPENIMAGES_KINDS
+from acsl_cli.data.datasets import OPENIMAGES_KINDS
 from acsl_cli.data.stats import counts_stats, dataset_stats
 from acsl_cli.errors import ConfigError
 from acsl_cli.files import atomic_write_json
@@ -51,7 +51,7 @@ def _train_annotations(s: Settings) -> tuple[dict, str]:
         return read_annotations(s.ann), str(s.ann)
     if s.dataset.kind == "lvis":
         return read_annotations(s.dataset["train_ann"]), str(s.dataset["train_ann"])
-    from acsl_cli.pipeline.build import load_data  # torch: only for the embedded set
+    from acsl_cli.pipeline.components import load_data  # torch: only for the embedded set
 
     return load_data(s).train.data, f"dataset={s.dataset.name} (train)"
 
@@ -59,7 +59,7 @@ def _train_annotations(s: Settings) -> tuple[dict, str]:
 def _openimages_stats(s: Settings) -> tuple[dict[str, Any], str]:
     """An Open Images train split's stats, with the counts and groups that training uses
     (a box counted for its class's ancestors when ``dataset.expand_labels``)."""
-    from acsl_cli.pipeline.build import load_data
+    from acsl_cli.pipeline.components import load_data
 
     data = load_data(s)
     st, C = data.stats, data.cmap.num_classes

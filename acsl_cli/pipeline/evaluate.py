@@ -13,7 +13,13 @@ from acsl_cli.engine.inference import eval_subset, predict
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation import evaluate_lvis
 from acsl_cli.models.trunk import FrozenTrunk, Scorer, with_classifier
-from acsl_cli.pipeline.build import build_model, load_data, loss_context, make_loss, setup_torch
+from acsl_cli.pipeline.components import (
+    build_model,
+    load_data,
+    loss_context,
+    make_loss,
+    setup_torch,
+)
 from acsl_cli.plan import EvalPlan, checkpoint_settings
 from acsl_cli.settings import Settings
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from acsl_cli.data.build import GENERATED_KINDS, OPENIMAGES_KINDS
+from acsl_cli.data.datasets import GENERATED_KINDS, OPENIMAGES_KINDS
 from acsl_cli.engine.distributed import resolve_device
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.layout import OutputLayout

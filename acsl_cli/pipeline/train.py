@@ -16,10 +16,10 @@ import torch
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
+from acsl_cli.engine.finetune_heads import ClassifierHead, finetune_heads, new_head
 from acsl_cli.engine.schedule import StageSchedule
-from acsl_cli.engine.stage2 import ClassifierHead, finetune_heads, new_head
 from acsl_cli.layout import OutputLayout, pointer
-from acsl_cli.pipeline.build import (
+from acsl_cli.pipeline.components import (
     load_data,
     loss_context,
     make_loss,
@@ -37,7 +37,7 @@ from acsl_cli.pipeline.rundir import (
     clean_stale,
     default_run_name,
 )
-from acsl_cli.pipeline.stage1 import checkpoint_payload, train_or_load_stage1
+from acsl_cli.pipeline.stage1_cache import checkpoint_payload, train_or_load_stage1
 from acsl_cli.plan import HeadSpec, RunPlan, plan_train
 from acsl_cli.reporting.events import event_handlers
 from acsl_cli.reporting.tables import markdown_table, write_metrics, write_per_category
@@ -82,8 +82,12 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         s1 = train_or_load_stage1(s, data, device)
         trunk = test_trunk(s, s1.model)
         C = data.cmap.num_classes
-        heads = [new_head(h.id, loss, trunk, C) for h, loss in zip(plan.heads, losses,
-                                                                     strict=True)]
+        with torch.random.fork_rng(devices=[]):  # the global stream below stays as it was
+            # layers a loss does not copy from stage 1 (BAGS's group columns) are drawn the
+            # same whether stage 1 was trained in this process or loaded from the cache
+            torch.manual_seed(s.seed + 1)
+            heads = [new_head(h.id, loss, trunk.stage1_classifier, C)
+                     for h, loss in zip(plan.heads, losses, strict=True)]
         # Stage 2 must not depend on whether stage 1 was trained in this process or loaded
         # from the cache (training consumes the global RNG that RoI sampling uses).
         torch.manual_seed(s.seed + 1)

@@ -302,7 +302,3 @@ def _num_categories(path: Path) -> int | None:
     return len(cats) if isinstance(cats, list) else None
 
 
-def tidy(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One flat record per (run, row): run, seed, label, loss, xi and the nine metrics."""
-    return [{"run": r.name, "seed": r.seed, "label": m.label, "loss": m.loss, "xi": m.xi,
-             **m.metrics} for r in runs for m in r.models.values()]

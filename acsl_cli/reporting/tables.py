@@ -92,11 +92,6 @@ def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]]
     atomic_write_text(path, buf.getvalue())
 
 
-def write_json(path: Path, m: Mapping[str, float]) -> None:
-    """The ``out=PATH`` file: one model's metrics (strict JSON, null where undefined)."""
-    atomic_write_json(path, metrics_json(m))
-
-
 def markdown_mean_std(mean: Mapping[str, Mapping[str, float]],
                       std: Mapping[str, Mapping[str, float]], runs: int,
                       keys: Sequence[str] = HEADLINE) -> str:

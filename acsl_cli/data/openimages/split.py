@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +46,6 @@ class OpenImagesSplit(CsrAnnotations):
     @property
     def num_images(self) -> int:
         return len(self.image_ids)
-
-    @cached_property
-    def image_files(self) -> np.ndarray:
-        """File names inside the image folder, derived on first use (not cached on disk)."""
-        return np.char.add(self.image_ids, np.array(IMAGE_EXTENSIONS)[self.image_exts])
 
     def image_file(self, i: int) -> str:
         return str(self.image_ids[i]) + IMAGE_EXTENSIONS[int(self.image_exts[i])]

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.loaders import loader_generators
 from acsl_cli.engine.loop import LossGuard, fit
+from acsl_cli.engine.mixed_precision import MixedPrecision, optimizer_step
 from acsl_cli.engine.schedule import StageSchedule
-from acsl_cli.engine.stage1 import MixedPrecision, optimizer_step
 from acsl_cli.losses import ClassificationLoss
 from acsl_cli.models.trunk import FrozenTrunk
 
@@ -45,11 +45,9 @@ class ClassifierHead:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def new_head(name: str, loss: ClassificationLoss, trunk: FrozenTrunk | nn.Module,
-             num_classes: int) -> ClassifierHead:
-    """A head whose layer is initialised from the detector's stage-1 ``cls_score``."""
-    detector = trunk.detector if isinstance(trunk, FrozenTrunk) else trunk
-    stage1 = detector.roi_heads.box_predictor.cls_score
+def new_head(name: str, loss: ClassificationLoss, stage1: nn.Linear, num_classes: int
+             ) -> ClassifierHead:
+    """A head whose layer is initialised (by its loss) from the stage-1 ``cls_score``."""
     layer = nn.Linear(stage1.in_features, loss.num_outputs(num_classes))
     loss.init_classifier(layer, stage1)
     return ClassifierHead(name, loss, layer.to(stage1.weight.device))
@@ -108,7 +106,7 @@ class HeadsStep:
 
 
 def finetune_heads(
-    trunk: FrozenTrunk | nn.Module, heads: list[ClassifierHead], loader: DataLoader,
+    trunk: FrozenTrunk, heads: list[ClassifierHead], loader: DataLoader,
     sched: StageSchedule, device: str, max_iters: int | None = None,
     show_progress: bool = True, resume: Path | None = None, amp: str = "off",
 ) -> None:
@@ -116,8 +114,6 @@ def finetune_heads(
 
     With ``resume``, the heads' layers, optimizers and loss generators resume exactly.
     """
-    if not isinstance(trunk, FrozenTrunk):
-        trunk = FrozenTrunk(trunk.to(device))
     trunk.detector.to(device)
     generators = [g for h in heads if (g := getattr(h.loss, "generator", None)) is not None]
     generators += loader_generators(loader)

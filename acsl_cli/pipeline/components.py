@@ -7,8 +7,13 @@ from pathlib import Path
 
 import torch
 
-from acsl_cli.data.build import GENERATED_KINDS, OPENIMAGES_KINDS, build_datasets, generated_folder
 from acsl_cli.data.bundle import DatasetBundle
+from acsl_cli.data.datasets import (
+    GENERATED_KINDS,
+    OPENIMAGES_KINDS,
+    build_datasets,
+    generated_folder,
+)
 from acsl_cli.data.transforms import RandomHorizontalFlip, Transformed
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.loaders import train_loader

@@ -32,12 +32,12 @@ from acsl_cli.engine.checkpoint import (
 )
 from acsl_cli.engine.loaders import loader_generators
 from acsl_cli.engine.schedule import StageSchedule
-from acsl_cli.engine.stage1 import train_detector
+from acsl_cli.engine.train_detector import train_detector
 from acsl_cli.errors import DataError
 from acsl_cli.layout import OutputLayout
 from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import FrozenTrunk, with_classifier
-from acsl_cli.pipeline.build import build_model, loss_context, make_loss, train_data_loader
+from acsl_cli.pipeline.components import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock, atomic_write_json, tmp_name
 from acsl_cli.progress import status
