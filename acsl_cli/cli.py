@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from acsl_cli import __version__
+from acsl_cli.conf_groups import groups_help
 from acsl_cli.errors import AcslError
 
 app = typer.Typer(
@@ -27,6 +28,11 @@ app = typer.Typer(
 )
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. loss=acsl xi=0.7 seed=1")
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the resolved settings of every run "
+                       "and head, the stage-1 entries cached or to train, and the disk "
+                       "needed; write nothing.")
+GROUPS_EPILOG = ("Config groups (GROUP=OPTION): " + groups_help() + ". Every key and its "
+                 "value: acsl train --dry-run KEY=VALUE...; their rules: README, Config groups.")
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
@@ -95,9 +101,9 @@ def _print_table(rows: dict, title: str, note: str = "") -> None:
     console.print(metrics_table(rows, title, note))
 
 
-@app.command(context_settings=EXTRA)
+@app.command(context_settings=EXTRA, epilog=GROUPS_EPILOG)
 @user_errors
-def train(overrides: list[str] = OVERRIDES) -> None:
+def train(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
     """Stage 1 (or reuse) + stage 2 with the chosen loss(es) + LVIS evaluation.
 
     Example: acsl train loss=acsl xi=0.7 seed=1
@@ -106,6 +112,12 @@ def train(overrides: list[str] = OVERRIDES) -> None:
     from acsl_cli.pipeline.train import run_train
     from acsl_cli.progress import console
 
+    if dry_run:
+        from acsl_cli.pipeline.dry_run import describe_train
+        from acsl_cli.plan import plan_train
+
+        typer.echo(describe_train(plan_train(overrides or [])))
+        return
     result = run_train(overrides or [])
     if not is_main():
         return
@@ -115,9 +127,9 @@ def train(overrides: list[str] = OVERRIDES) -> None:
     console.print(f"run directory: {result.run_dir}  ({result.seconds:.0f} s)")
 
 
-@app.command(context_settings=EXTRA)
+@app.command(context_settings=EXTRA, epilog=GROUPS_EPILOG)
 @user_errors
-def sweep(overrides: list[str] = OVERRIDES) -> None:
+def sweep(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
     """Comma lists: loss/xi values share one stage-2 pass, other keys (seed=0,1,2) are runs.
 
     Example: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7
@@ -126,6 +138,12 @@ def sweep(overrides: list[str] = OVERRIDES) -> None:
     from acsl_cli.pipeline.sweep import run_sweep
     from acsl_cli.progress import console
 
+    if dry_run:
+        from acsl_cli.pipeline.dry_run import describe_sweep
+        from acsl_cli.plan import plan_sweep
+
+        typer.echo(describe_sweep(plan_sweep(overrides or [])))
+        return
     result = run_sweep(overrides or [])
     if not is_main():
         return
@@ -135,7 +153,7 @@ def sweep(overrides: list[str] = OVERRIDES) -> None:
 
 @app.command(name="eval", context_settings=EXTRA)
 @user_errors
-def eval_(overrides: list[str] = OVERRIDES) -> None:
+def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
     """Evaluate ckpt=PATH (with the config saved beside it) or dets=RESULTS.json ann=ANN.json.
 
     Examples: acsl eval ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt dataset.seed=0 ;
@@ -147,6 +165,11 @@ def eval_(overrides: list[str] = OVERRIDES) -> None:
     from acsl_cli.progress import console
 
     plan = plan_eval(overrides or [])
+    if dry_run:
+        from acsl_cli.pipeline.dry_run import describe_eval
+
+        typer.echo(describe_eval(plan))
+        return
     if plan.out:
         from acsl_cli.pipeline.rundir import check_out_file
 

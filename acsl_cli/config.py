@@ -7,10 +7,8 @@ the same one-line error everywhere, before anything is written.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -19,32 +17,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from acsl_cli.conf_groups import GROUPS, available, config_dir
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings import Settings, settings_from
 
-GROUPS = ("dataset", "backbone", "loss", "schedule", "sampler")
 __all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "load_settings",
            "parse_overrides", "to_settings", "to_yaml", "validate"]
-
-
-def config_dir() -> Path:
-    """The config groups: $ACSL_CONF, else ``acsl_cli/conf`` (installed wheel), else the
-    checkout's top-level ``conf/`` (editable install, running from the repo)."""
-    env = os.environ.get("ACSL_CONF")
-    here = Path(__file__).resolve().parent
-    if env:
-        path = Path(env)
-    else:
-        path = next((p for p in (here / "conf", here.parent / "conf")
-                     if (p / "config.yaml").is_file()), here / "conf")
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"{path}: no config.yaml (set ACSL_CONF to the conf/ folder)")
-    return path
-
-
-def available(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
 @dataclass(frozen=True)
