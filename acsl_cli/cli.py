@@ -196,6 +196,24 @@ def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
         console.print(f"metrics written to {plan.out}")
 
 
+@app.command(context_settings=EXTRA)
+@user_errors
+def show(overrides: list[str] = OVERRIDES) -> None:
+    """Draw ground truth and detections on val images, and rare classes' false positives.
+
+    Examples: acsl show ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt out=show images=8
+    score=0.3 classes=[circle_red] ; acsl show dets=results.json ann=val.json
+    image_dir=val2017 out=show. White: ground truth; red/orange/blue: detections of
+    rare/common/frequent classes.
+    """
+    from acsl_cli.pipeline.show import run_show
+    from acsl_cli.plan_show import plan_show
+    from acsl_cli.progress import console
+
+    written = run_show(plan_show(overrides or []))
+    console.print(f"{len(written)} picture(s) written, e.g. {written[0] if written else '-'}")
+
+
 @app.command()
 @user_errors
 def losses() -> None:

@@ -248,3 +248,4 @@ def loss_presets() -> list[tuple[str, str]]:
             about.append(line.lstrip("#").strip())
         out.append((name, " ".join(a for a in about if a)))
     return out
+

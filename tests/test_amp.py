@@ -233,7 +233,8 @@ def test_fp16_on_cpu_is_a_one_line_config_error(tiny):
         DetectorStep(copy.deepcopy(model), _sched(), "cpu", amp="fp16")
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="amp=fp16 needs CUDA"):
-        predict(FrozenTrunk(model), data.val, data.cmap, "cpu", amp="fp16", show_progress=False)
+        predict(FrozenTrunk(copy.deepcopy(model)), data.val, data.cmap, "cpu", amp="fp16",
+                show_progress=False)
     with pytest.raises(ConfigError, match="amp"):
         DetectorStep(copy.deepcopy(model), _sched(), "cpu", amp="fp8")
 
