@@ -102,6 +102,23 @@ def test_record_under_a_hierarchy_leaves_ancestors_out():
     assert counts.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 0]] and rois.tolist() == [0, 1, 0]
 
 
+def test_record_resumes_through_state_dict_and_is_never_required():
+    """Stage 2's resume file keeps each loss's state_dict: the record continues from it;
+    a module holding an ACSL loss still loads a state dict without it, strictly."""
+    z = torch.tensor([[logit(p) for p in (0.1, 0.2, 0.9)]], dtype=torch.float64)
+    first = build_loss("acsl", xi=0.5, bg_mode="adaptive")
+    assert first.state_dict() == {}  # nothing recorded, nothing saved
+    first(z, torch.tensor([1]))
+    resumed = build_loss("acsl", xi=0.5, bg_mode="adaptive")
+    resumed.load_state_dict(first.state_dict())
+    resumed(z, torch.tensor([1]))
+    counts, rois = resumed.suppression()
+    assert counts.tolist() == [[0, 2], [0, 0]] and rois.tolist() == [2, 0]
+    assert first.suppression()[1].tolist() == [1, 0]  # not shared with the copy
+    holder = torch.nn.ModuleDict({"cls_loss": resumed})
+    holder.load_state_dict({})  # strict: the record is never a missing key
+
+
 def test_write_and_read_back_without_pickle(tmp_path):
     loss = build_loss("acsl", xi=0.5, bg_mode="adaptive")
     z = torch.tensor([[logit(p) for p in (0.1, 0.2, 0.9)]], dtype=torch.float64)

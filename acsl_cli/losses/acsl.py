@@ -30,9 +30,9 @@ Suppression record (the paper's Figure 3 on real runs): in training mode every c
 per foreground RoI of class k, a 1 to cell (k, j) for each column j != k with W = 1, and a
 1 to the RoI count of k, in place on the logits' device with tensor ops only (no host
 sync). ``suppression()`` returns the (C, C) counts and (C,) RoIs, background row and column
-left out. They are not part of ``state_dict`` (a head's checkpoint and an ``acsl eval``
-detector stay as they were): after a resumed stage 2 they cover the iterations since the
-resume, and under DDP the RoIs of the process that records them.
+left out. ``state_dict`` carries them once recorded, so a resumed stage 2 (which saves its
+losses' state) continues them; loading never requires them, so a detector whose loss is
+ACSL still loads a stage-1 state dict strictly. Under DDP each process records its RoIs.
 
 Under a class hierarchy (``use_hierarchy``, Open Images) a RoI has several target columns,
 its class and every ancestor; W is 1 on all of them, and a plain autograd form computes
@@ -42,7 +42,7 @@ the same loss (it equals the fused one exactly when no class has an ancestor, te
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ from acsl_cli.losses.common import (
 from acsl_cli.losses.registry import register_loss
 
 BG_MODES = ("official", "adaptive")
+RECORD_KEYS = ("suppression_counts", "suppression_rois")  # in state_dict once recorded
 
 
 @register_loss("acsl")
@@ -163,6 +164,18 @@ class ACSL(ClassificationLoss):
         elif self._record[1].device != logits.device:
             self._record = (self._record[0].to(logits.device), self._record[1].to(logits.device))
         return self._record
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._record is not None:
+            destination[prefix + RECORD_KEYS[0]], destination[prefix + RECORD_KEYS[1]] = \
+                self._record
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        saved = [state_dict.pop(prefix + key, None) for key in RECORD_KEYS]
+        if saved[0] is not None and saved[1] is not None:
+            self._record = (saved[0].clone(), saved[1].clone())
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def suppression(self) -> tuple[Tensor, Tensor] | None:
         """What training has suppressed so far (None before any training call).
