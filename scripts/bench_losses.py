@@ -1,10 +1,11 @@
 """Forward + backward wall time of every registered loss against plain sigmoid BCE.
 
 Run: ``.venv/bin/python scripts/bench_losses.py [--n 8192 --classes 1230 --repeats 7
---device cpu|cuda --dtype float32|bfloat16|float16]``. Logits are N(-4, 2) so ACSL masks
-are as sparse as on a trained head, 25 % of the RoIs are foreground, and the dataset
-statistics are a synthetic LVIS-like long tail. Losses are timed round-robin (one repeat
-of each, then the next round) so that load from other processes hits all of them alike;
+--device cpu|cuda --dtype float32|bfloat16|float16 --threads T --acsl-only]``. Logits are
+N(-4, 2) so ACSL masks are as sparse as on a trained head, 25 % of the RoIs are
+foreground, and the dataset statistics are a synthetic LVIS-like long tail. Losses are
+timed round-robin (one repeat of each, then the next round) so that load from other
+processes hits all of them alike;
 the table reports the median per loss after one warm-up call. On CUDA every timing starts
 and ends with ``torch.cuda.synchronize()``, the losses and their buffers live on the
 device, and a column counts the host synchronisations of one forward (CUDA's sync debug
@@ -16,6 +17,13 @@ Besides the registered losses it times, for comparison, the formulations they re
 (dense on CPU, gathered on CUDA) and an ACSL written as a per-class Python loop in the
 style of the authors' release (official background draws); it checks that each gives the
 loss's value and gradient, and prints everything as a Markdown table.
+
+ACSL records its suppression counts (Figure 3) in training mode, as in stage 2; each ACSL
+mode is also timed in eval mode, which records nothing, and the ratio of the two medians
+(the recording's overhead) is printed below the table. ``--acsl-only`` times just those
+rows and the baseline, for a quick, less noisy measurement (raise ``--repeats``). On a
+CPU shared with other processes, ``--threads 1`` keeps the thread pool's wake-up latency
+(milliseconds per parallel op when the cores are busy) out of small ops.
 """
 
 from __future__ import annotations
@@ -166,11 +174,38 @@ def step(
     return run
 
 
-def with_attrs(module: torch.nn.Module, **attrs: object) -> torch.nn.Module:
-    """``module`` with attributes set (e.g. ACSL's ``dense`` form switch)."""
-    for key, value in attrs.items():
-        setattr(module, key, value)
-    return module
+def other_form(loss: torch.nn.Module, form: str, frequencies: list[str]
+               ) -> Callable[[Tensor, Tensor], Tensor]:
+    """ACSL (float32 logits, one target per row) run in ``form`` rather than the form its
+    device picks, through the same ``fused_acsl``, with the loss's xi, mode and generator
+    (so the same draws) and a suppression record of its own."""
+    from acsl_cli.losses.acsl_forms import (
+        dense_background,
+        fused_acsl,
+        gathered_background,
+        group_masks,
+        threshold_below,
+    )
+    from acsl_cli.losses.common import frequency_columns
+
+    columns = frequency_columns("acsl", frequencies)
+    masks = group_masks(columns, len(frequencies) + 1)
+    record: list[tuple[Tensor, Tensor]] = []
+
+    def run(z: Tensor, y: Tensor) -> Tensor:
+        background = None
+        if loss.bg_mode == "official" and form == "dense":
+            background = dense_background(y, loss.generator, masks)
+        elif loss.bg_mode == "official":
+            background = gathered_background(y, loss.generator, columns)
+        if not record:
+            width = z.shape[1]
+            record.append((torch.zeros(width, width, dtype=torch.int64, device=z.device),
+                           torch.zeros(width, dtype=torch.int64, device=z.device)))
+        return fused_acsl(z.float(), y, threshold_below(loss.xi, torch.float32), background,
+                          form, record[0])
+
+    return run
 
 
 def host_syncs(fn: Callable[[], None], device: str) -> str:
@@ -214,6 +249,7 @@ def check_release_style(args: argparse.Namespace, stats: dict[str, object]) -> f
 
 def main(argv: list[str] | None = None) -> None:
     from acsl_cli.losses import available_losses, build_loss, loss_class
+    from acsl_cli.losses.acsl import BG_MODES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8192, help="RoIs per batch (N)")
@@ -222,10 +258,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
                         help="dtype of the logits handed to the losses")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--acsl-only", action="store_true",
+                        help="time only ACSL with and without its suppression record")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     n, c, dev, dtype = args.n, args.classes, args.device, DTYPES[args.dtype]
     stats = synthetic_statistics(c)
     logits, labels = make_batch(n, c + 1, c, dev, seed=0, dtype=dtype)
@@ -240,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     cases[BASELINE] = (
         lambda z, y: F.binary_cross_entropy_with_logits(z.float(), onehot, reduction="sum") / n,
         logits)
-    for name in available_losses():
+    for name in [] if args.acsl_only else available_losses():
         loss = build(name)
         width = loss.num_outputs(c)
         z = logits if width == c + 1 else make_batch(n, width, c, dev, seed=0, dtype=dtype)[0]
@@ -250,16 +292,19 @@ def main(argv: list[str] | None = None) -> None:
         if name == "federated":
             cases["federated, before (advanced indexing)"] = (
                 partial(federated_before, build(name)), z)
-    other_form = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
-    dense = other_form == "dense"
-    cases[f"acsl, {other_form} form"] = (with_attrs(build("acsl"), dense=dense), logits)
-    cases["acsl (bg_mode=official)"] = (build("acsl", bg_mode="official"), logits)
-    cases[f"acsl (bg_mode=official), {other_form} form"] = (
-        with_attrs(build("acsl", bg_mode="official"), dense=dense), logits)
-    release_gen = torch.Generator().manual_seed(0)
-    cases["acsl, per-class loop (release style)"] = (
-        lambda z, y: acsl_release_style(z.float(), y, 0.7, stats["frequencies"], release_gen),
-        logits)
+    other = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
+    for mode in BG_MODES:
+        key = f"acsl (bg_mode={mode})"
+        cases[key] = (build("acsl", bg_mode=mode), logits)
+        cases[f"{key}, not recording (eval mode)"] = (build("acsl", bg_mode=mode).eval(), logits)
+        if not args.acsl_only:
+            cases[f"{key}, {other} form"] = (other_form(build("acsl", bg_mode=mode), other,
+                                                         stats["frequencies"]), logits)
+    if not args.acsl_only:
+        release_gen = torch.Generator().manual_seed(0)
+        cases["acsl, per-class loop (release style)"] = (
+            lambda z, y: acsl_release_style(z.float(), y, 0.7, stats["frequencies"],
+                                            release_gen), logits)
 
     runs = {key: step(fn, z, labels) for key, (fn, z) in cases.items()}
     syncs = {key: host_syncs(lambda f=fn, z=z: f(z, labels), dev)
@@ -282,24 +327,28 @@ def main(argv: list[str] | None = None) -> None:
     for key, value in medians.items():
         print(f"| {key} | {value:.1f} | {value / base:.2f} | {syncs[key]} |")
 
+    print()
+    for mode in BG_MODES:
+        key = f"acsl (bg_mode={mode})"
+        on, off = medians[key], medians[f"{key}, not recording (eval mode)"]
+        print(f"{key}: recording suppression counts costs x{on / off:.3f} "
+              f"({on:.1f} ms vs {off:.1f} ms, {100 * (on / off - 1):+.1f} %)")
+    if args.acsl_only:
+        return
     # fresh pairs built alike (same seeds, so the same draws on both sides)
-    acsl_form = {"dense": other_form == "dense"}
     pairs = [
         ("bags", build("bags"), partial(bags_before, build("bags")), cases["bags"][1]),
         ("federated", build("federated"), partial(federated_before, build("federated")),
          logits),
-        (f"acsl vs its {other_form} form", build("acsl"),
-         with_attrs(build("acsl"), **acsl_form), logits),
-        (f"acsl (bg_mode=official) vs its {other_form} form", build("acsl", bg_mode="official"),
-         with_attrs(build("acsl", bg_mode="official"), **acsl_form), logits),
+        *((f"acsl (bg_mode={mode}) vs its {other} form", build("acsl", bg_mode=mode),
+           other_form(build("acsl", bg_mode=mode), other, stats["frequencies"]), logits)
+          for mode in BG_MODES),
     ]
-    print()
     for label, new, old, z in pairs:
         what = label if " vs " in label else f"{label} vs before"
         print(f"{what}: max |diff| of value and gradient {max_diff(new, old, z, labels):.2e}")
     diff = check_release_style(args, stats)
     print(f"release-style loop vs vectorised acsl (official, same draws): max |diff| {diff:.2e}")
-
 
 if __name__ == "__main__":
     main()

@@ -111,8 +111,8 @@ def record_gathered(record: Record, labels: Tensor, kept: Tensor, width: int) ->
     rois.index_add_(0, labels, torch.ones_like(labels))
     fg = labels.nonzero().squeeze(1)
     start = fg * width
-    lo = torch.searchsorted(kept, start)
-    length = torch.searchsorted(kept, start + width) - lo
+    lo, hi = torch.searchsorted(kept, torch.stack([start, start + width]))
+    length = hi - lo
     segment = torch.repeat_interleave(length)  # which foreground row each entry belongs to
     offset = lo - (length.cumsum(0) - length)
     flat = kept[torch.arange(segment.numel(), device=kept.device) + offset[segment]]
