@@ -142,8 +142,7 @@ def suppression_figure(records: Mapping[str, Suppression], counts: TrainCounts |
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1.0, 4.4 * rows), squeeze=False)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = None
     ticks = [names.get(int(first.category_ids[i]), str(first.category_ids[i])) for i in order]
     for n, (ax, (title, rates)) in enumerate(zip(axes.flat, panels, strict=False)):
