@@ -195,3 +195,24 @@ def test_a_trained_acsl_head_keeps_its_record_and_the_report_draws_it(acsl_run, 
         for part in filter(lambda p: p != "none", columns.split(", ")):
             other, share, _ = part.rsplit(" ", 2)
             assert share == f"{100 * rec.counts[i, row_of[other]] / rec.rois[i]:.1f}"
+
+
+def test_classes_sorted_by_train_images_and_a_large_map_draws(tmp_path):
+    from acsl_cli.reporting.suppression import class_order, suppression_figure
+
+    rng = np.random.default_rng(0)
+    c = 60
+    ids = np.arange(100, 100 + c)
+    rois = rng.integers(0, 50, c)
+    counts = np.minimum(rng.integers(0, 50, (c, c)), rois[:, None])
+    np.fill_diagonal(counts, 0)
+    rec = Suppression(ids, counts, rois)
+    images = {int(i): int(n) for i, n in zip(ids, rng.permutation(c) + 1, strict=True)}
+    train = TrainCounts(images, {int(i): "r" for i in ids}, Path("x"))
+    order = class_order(rec, train)
+    assert [images[int(ids[i])] for i in order] == sorted(images.values(), reverse=True)
+    # without train counts: by RoIs, most first
+    assert [int(rois[i]) for i in class_order(rec, None)] == sorted(rois.tolist(), reverse=True)
+    path = suppression_figure({"a": rec, "b": rec}, train, {}, tmp_path / "s.png")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] >= 600
