@@ -1,16 +1,16 @@
 """Forward + backward wall time of every registered loss against plain sigmoid BCE.
 
 Run: ``.venv/bin/python scripts/bench_losses.py [--n 8192 --classes 1230 --repeats 7
---device cpu|cuda --dtype float32|bfloat16|float16 --threads T --acsl-only]``. Logits are
-N(-4, 2) so ACSL masks are as sparse as on a trained head, 25 % of the RoIs are
-foreground, and the dataset statistics are a synthetic LVIS-like long tail. Losses are
-timed round-robin (one repeat of each, then the next round) so that load from other
-processes hits all of them alike;
-the table reports the median per loss after one warm-up call. On CUDA every timing starts
-and ends with ``torch.cuda.synchronize()``, the losses and their buffers live on the
-device, and a column counts the host synchronisations of one forward (CUDA's sync debug
-mode). ``--dtype`` is the logits' dtype (what autocast hands the loss); the losses reduce
-in float32 whatever it is, and so does the BCE baseline.
+--device cpu|cuda --dtype float32|bfloat16|float16 --threads T --clock wall|cpu
+--acsl-only]``. Logits are N(-4, 2) so ACSL masks are as sparse as on a trained head, 25 % of the
+RoIs are foreground, and the dataset statistics are a synthetic LVIS-like long tail.
+Losses are timed round-robin (one repeat of each, then the next round) so that load from
+other processes hits all of them alike; the table reports the median per loss after one
+warm-up call. On CUDA every timing starts and ends with ``torch.cuda.synchronize()``, the
+losses and their buffers live on the device, and a column counts the host synchronisations
+of one forward (CUDA's sync debug mode). ``--dtype`` is the logits' dtype (what autocast
+hands the loss); the losses reduce in float32 whatever it is, and so does the BCE
+baseline.
 
 Besides the registered losses it times, for comparison, the formulations they replaced
 (BAGS with ``nonzero`` per group, Federated with advanced indexing), ACSL's other form
@@ -22,8 +22,9 @@ ACSL records its suppression counts (Figure 3) in training mode, as in stage 2; 
 mode is also timed in eval mode, which records nothing, and the ratio of the two medians
 (the recording's overhead) is printed below the table. ``--acsl-only`` times just those
 rows and the baseline, for a quick, less noisy measurement (raise ``--repeats``). On a
-CPU shared with other processes, ``--threads 1`` keeps the thread pool's wake-up latency
-(milliseconds per parallel op when the cores are busy) out of small ops.
+CPU shared with other processes, ``--threads 1 --clock cpu`` measures the work itself: wall
+time there mostly measures how often the scheduler runs this process (and, with several
+threads, how long a parallel op waits for its second thread).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BASELINE = "BCE baseline (F.bce_with_logits, one-hot given)"
-if str(ROOT) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "scripts"):  # the package from a checkout; the refs beside this
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from bench_losses_refs import (  # noqa: E402 - beside this script
     acsl_release_style,
@@ -84,14 +86,15 @@ def make_batch(
     return logits.to(device=device, dtype=dtype), labels.to(device)
 
 
-def timed(fn: Callable[[], None], device: str) -> float:
+def timed(fn: Callable[[], None], device: str, clock: Callable[[], float] = time.perf_counter
+          ) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
+    return (clock() - start) * 1e3
 
 
 def step(
@@ -159,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="dtype of the logits handed to the losses")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time (CPU device; with --threads 1 it "
+                        "ignores other processes' load)")
     parser.add_argument("--acsl-only", action="store_true",
                         help="time only ACSL with and without its suppression record")
     args = parser.parse_args(argv)
@@ -167,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu times CPU work only: use it with --device cpu")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     n, c, dev, dtype = args.n, args.classes, args.device, DTYPES[args.dtype]
     stats = synthetic_statistics(c)
     logits, labels = make_batch(n, c + 1, c, dev, seed=0, dtype=dtype)
@@ -213,14 +222,14 @@ def main(argv: list[str] | None = None) -> None:
         run()
     for _ in range(args.repeats):
         for key, run in runs.items():
-            times[key].append(timed(run, dev))
+            times[key].append(timed(run, dev, clock))
 
     medians = {key: statistics.median(values) for key, values in times.items()}
     base = medians[BASELINE]
     device_name = torch.cuda.get_device_name() if dev == "cuda" \
         else f"cpu x{torch.get_num_threads()}"
-    print(f"N={n} C={c} logits {args.dtype}, forward+backward, median of {args.repeats} "
-          f"(torch {torch.__version__}, {device_name})\n")
+    print(f"N={n} C={c} logits {args.dtype}, forward+backward ({args.clock} clock), median of "
+          f"{args.repeats} (torch {torch.__version__}, {device_name})\n")
     print("| loss | ms (median) | x BCE | host syncs / forward |")
     print("|---|---:|---:|---:|")
     for key, value in medians.items():
