@@ -1,21 +1,30 @@
 """Forward + backward wall time of every registered loss against plain sigmoid BCE.
 
 Run: ``.venv/bin/python scripts/bench_losses.py [--n 8192 --classes 1230 --repeats 7
---device cpu|cuda --dtype float32|bfloat16|float16]``. Logits are N(-4, 2) so ACSL masks
-are as sparse as on a trained head, 25 % of the RoIs are foreground, and the dataset
-statistics are a synthetic LVIS-like long tail. Losses are timed round-robin (one repeat
-of each, then the next round) so that load from other processes hits all of them alike;
-the table reports the median per loss after one warm-up call. On CUDA every timing starts
-and ends with ``torch.cuda.synchronize()``, the losses and their buffers live on the
-device, and a column counts the host synchronisations of one forward (CUDA's sync debug
-mode). ``--dtype`` is the logits' dtype (what autocast hands the loss); the losses reduce
-in float32 whatever it is, and so does the BCE baseline.
+--device cpu|cuda --dtype float32|bfloat16|float16 --threads T --clock wall|cpu
+--acsl-only]``. Logits are N(-4, 2) so ACSL masks are as sparse as on a trained head, 25 % of the
+RoIs are foreground, and the dataset statistics are a synthetic LVIS-like long tail.
+Losses are timed round-robin (one repeat of each, then the next round) so that load from
+other processes hits all of them alike; the table reports the median per loss after one
+warm-up call. On CUDA every timing starts and ends with ``torch.cuda.synchronize()``, the
+losses and their buffers live on the device, and a column counts the host synchronisations
+of one forward (CUDA's sync debug mode). ``--dtype`` is the logits' dtype (what autocast
+hands the loss); the losses reduce in float32 whatever it is, and so does the BCE
+baseline.
 
 Besides the registered losses it times, for comparison, the formulations they replaced
 (BAGS with ``nonzero`` per group, Federated with advanced indexing), ACSL's other form
 (dense on CPU, gathered on CUDA) and an ACSL written as a per-class Python loop in the
 style of the authors' release (official background draws); it checks that each gives the
 loss's value and gradient, and prints everything as a Markdown table.
+
+ACSL records its suppression counts (Figure 3) in training mode, as in stage 2; each ACSL
+mode is also timed in eval mode, which records nothing, and the ratio of the two medians
+(the recording's overhead) is printed below the table. ``--acsl-only`` times just those
+rows and the baseline, for a quick, less noisy measurement (raise ``--repeats``). On a
+CPU shared with other processes, ``--threads 1 --clock cpu`` measures the work itself: wall
+time there mostly measures how often the scheduler runs this process (and, with several
+threads, how long a parallel op waits for its second thread).
 """
 
 from __future__ import annotations
@@ -37,8 +46,16 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BASELINE = "BCE baseline (F.bce_with_logits, one-hot given)"
-if str(ROOT) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "scripts"):  # the package from a checkout; the refs beside this
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from bench_losses_refs import (  # noqa: E402 - beside this script
+    acsl_release_style,
+    bags_before,
+    federated_before,
+    other_form,
+)
 
 
 def synthetic_statistics(num_classes: int, seed: int = 0) -> dict[str, object]:
@@ -58,80 +75,6 @@ def synthetic_statistics(num_classes: int, seed: int = 0) -> dict[str, object]:
     }
 
 
-def acsl_release_style(
-    logits: Tensor,
-    labels: Tensor,
-    xi: float,
-    frequencies: list[str],
-    generator: torch.Generator,
-) -> Tensor:
-    """ACSL the way the authors' release computes it: a Python loop over the unique
-    labels building the weight mask group by group, then a weighted BCE by autograd.
-    Background rows use the release's draws (common rows first, then rare rows)."""
-    n, width = logits.shape
-    device = logits.device
-    cols = {
-        group: torch.tensor(
-            [i + 1 for i, f in enumerate(frequencies) if f == group], dtype=torch.long
-        ).to(device)
-        for group in "rcf"
-    }
-    target = logits.new_zeros(n, width)
-    weight = logits.new_zeros(n, width)
-    with torch.no_grad():
-        high = torch.nonzero(torch.sigmoid(logits) >= xi)
-    weight[high[:, 0], high[:, 1]] = 1
-    for cls in torch.unique(labels).tolist():
-        rows = torch.nonzero(labels == cls).squeeze(1)
-        if cls == 0:
-            target[rows, 0] = 1
-            base = logits.new_zeros(width)
-            base[0] = 1
-            base[cols["f"]] = 1
-            weight[rows] = base.expand(rows.numel(), width)
-            n_common = int(rows.numel() * 0.1)
-            common = torch.randperm(rows.numel(), generator=generator)[:n_common]
-            n_rare = int(rows.numel() * 0.01)
-            rare = torch.randperm(rows.numel(), generator=generator)[:n_rare]
-            for picked, group in ((common, "c"), (rare, "r")):
-                picked_rows = rows[picked.to(device)]
-                weight[picked_rows[:, None], cols[group][None, :]] = 1
-        else:
-            target[rows, cls] = 1
-            weight[rows, cls] = 1
-    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return (weight * loss).sum() / n
-
-
-def bags_before(loss: torch.nn.Module, logits: Tensor, labels: Tensor) -> Tensor:
-    """BAGS as written before it was vectorised: ``nonzero`` per group (two syncs each)."""
-    logits = logits.float()
-    blocks = logits.split([stop - start for start, stop in loss.group_slices], dim=1)
-    total = F.cross_entropy(blocks[0], (labels > 0).long())
-    groups = loss.group_of_label(labels)
-    local = loss.label_local[labels]
-    for k in range(1, loss.num_groups):
-        is_pos = groups == k
-        pos = is_pos.nonzero().squeeze(1)
-        if pos.numel() == 0:
-            continue
-        available = (~is_pos).nonzero().squeeze(1)
-        n_sample = loss.others_sample_size(pos.numel(), available.numel())
-        pick = torch.randperm(available.numel(), generator=loss.generator)[:n_sample]
-        rows = torch.cat([pos, available[pick.to(logits.device)]])
-        target = torch.cat([local[pos], local.new_zeros(n_sample)])
-        total = total + F.cross_entropy(blocks[k][rows], target)
-    return total
-
-
-def federated_before(loss: torch.nn.Module, logits: Tensor, labels: Tensor) -> Tensor:
-    """Federated as written before: advanced indexing (backward: accumulating index_put)."""
-    selected = loss.select_classes(labels).to(logits.device)
-    z = logits[:, selected].float()
-    target = (labels[:, None] == selected[None, :]).to(z.dtype)
-    return F.binary_cross_entropy_with_logits(z, target, reduction="sum") / logits.shape[0]
-
-
 def make_batch(
     n: int, width: int, num_classes: int, device: str, seed: int,
     dtype: torch.dtype = torch.float32,
@@ -143,14 +86,15 @@ def make_batch(
     return logits.to(device=device, dtype=dtype), labels.to(device)
 
 
-def timed(fn: Callable[[], None], device: str) -> float:
+def timed(fn: Callable[[], None], device: str, clock: Callable[[], float] = time.perf_counter
+          ) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
+    return (clock() - start) * 1e3
 
 
 def step(
@@ -164,13 +108,6 @@ def step(
         loss_fn(leaf, labels).backward()
 
     return run
-
-
-def with_attrs(module: torch.nn.Module, **attrs: object) -> torch.nn.Module:
-    """``module`` with attributes set (e.g. ACSL's ``dense`` form switch)."""
-    for key, value in attrs.items():
-        setattr(module, key, value)
-    return module
 
 
 def host_syncs(fn: Callable[[], None], device: str) -> str:
@@ -214,6 +151,7 @@ def check_release_style(args: argparse.Namespace, stats: dict[str, object]) -> f
 
 def main(argv: list[str] | None = None) -> None:
     from acsl_cli.losses import available_losses, build_loss, loss_class
+    from acsl_cli.losses.acsl import BG_MODES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8192, help="RoIs per batch (N)")
@@ -222,10 +160,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
                         help="dtype of the logits handed to the losses")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time (CPU device; with --threads 1 it "
+                        "ignores other processes' load)")
+    parser.add_argument("--acsl-only", action="store_true",
+                        help="time only ACSL with and without its suppression record")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu times CPU work only: use it with --device cpu")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     n, c, dev, dtype = args.n, args.classes, args.device, DTYPES[args.dtype]
     stats = synthetic_statistics(c)
     logits, labels = make_batch(n, c + 1, c, dev, seed=0, dtype=dtype)
@@ -240,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     cases[BASELINE] = (
         lambda z, y: F.binary_cross_entropy_with_logits(z.float(), onehot, reduction="sum") / n,
         logits)
-    for name in available_losses():
+    for name in [] if args.acsl_only else available_losses():
         loss = build(name)
         width = loss.num_outputs(c)
         z = logits if width == c + 1 else make_batch(n, width, c, dev, seed=0, dtype=dtype)[0]
@@ -250,16 +200,19 @@ def main(argv: list[str] | None = None) -> None:
         if name == "federated":
             cases["federated, before (advanced indexing)"] = (
                 partial(federated_before, build(name)), z)
-    other_form = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
-    dense = other_form == "dense"
-    cases[f"acsl, {other_form} form"] = (with_attrs(build("acsl"), dense=dense), logits)
-    cases["acsl (bg_mode=official)"] = (build("acsl", bg_mode="official"), logits)
-    cases[f"acsl (bg_mode=official), {other_form} form"] = (
-        with_attrs(build("acsl", bg_mode="official"), dense=dense), logits)
-    release_gen = torch.Generator().manual_seed(0)
-    cases["acsl, per-class loop (release style)"] = (
-        lambda z, y: acsl_release_style(z.float(), y, 0.7, stats["frequencies"], release_gen),
-        logits)
+    other = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
+    for mode in BG_MODES:
+        key = f"acsl (bg_mode={mode})"
+        cases[key] = (build("acsl", bg_mode=mode), logits)
+        cases[f"{key}, not recording (eval mode)"] = (build("acsl", bg_mode=mode).eval(), logits)
+        if not args.acsl_only:
+            cases[f"{key}, {other} form"] = (other_form(build("acsl", bg_mode=mode), other,
+                                                         stats["frequencies"]), logits)
+    if not args.acsl_only:
+        release_gen = torch.Generator().manual_seed(0)
+        cases["acsl, per-class loop (release style)"] = (
+            lambda z, y: acsl_release_style(z.float(), y, 0.7, stats["frequencies"],
+                                            release_gen), logits)
 
     runs = {key: step(fn, z, labels) for key, (fn, z) in cases.items()}
     syncs = {key: host_syncs(lambda f=fn, z=z: f(z, labels), dev)
@@ -269,37 +222,41 @@ def main(argv: list[str] | None = None) -> None:
         run()
     for _ in range(args.repeats):
         for key, run in runs.items():
-            times[key].append(timed(run, dev))
+            times[key].append(timed(run, dev, clock))
 
     medians = {key: statistics.median(values) for key, values in times.items()}
     base = medians[BASELINE]
     device_name = torch.cuda.get_device_name() if dev == "cuda" \
         else f"cpu x{torch.get_num_threads()}"
-    print(f"N={n} C={c} logits {args.dtype}, forward+backward, median of {args.repeats} "
-          f"(torch {torch.__version__}, {device_name})\n")
+    print(f"N={n} C={c} logits {args.dtype}, forward+backward ({args.clock} clock), median of "
+          f"{args.repeats} (torch {torch.__version__}, {device_name})\n")
     print("| loss | ms (median) | x BCE | host syncs / forward |")
     print("|---|---:|---:|---:|")
     for key, value in medians.items():
         print(f"| {key} | {value:.1f} | {value / base:.2f} | {syncs[key]} |")
 
+    print()
+    for mode in BG_MODES:
+        key = f"acsl (bg_mode={mode})"
+        on, off = medians[key], medians[f"{key}, not recording (eval mode)"]
+        print(f"{key}: recording suppression counts costs x{on / off:.3f} "
+              f"({on:.1f} ms vs {off:.1f} ms, {100 * (on / off - 1):+.1f} %)")
+    if args.acsl_only:
+        return
     # fresh pairs built alike (same seeds, so the same draws on both sides)
-    acsl_form = {"dense": other_form == "dense"}
     pairs = [
         ("bags", build("bags"), partial(bags_before, build("bags")), cases["bags"][1]),
         ("federated", build("federated"), partial(federated_before, build("federated")),
          logits),
-        (f"acsl vs its {other_form} form", build("acsl"),
-         with_attrs(build("acsl"), **acsl_form), logits),
-        (f"acsl (bg_mode=official) vs its {other_form} form", build("acsl", bg_mode="official"),
-         with_attrs(build("acsl", bg_mode="official"), **acsl_form), logits),
+        *((f"acsl (bg_mode={mode}) vs its {other} form", build("acsl", bg_mode=mode),
+           other_form(build("acsl", bg_mode=mode), other, stats["frequencies"]), logits)
+          for mode in BG_MODES),
     ]
-    print()
     for label, new, old, z in pairs:
         what = label if " vs " in label else f"{label} vs before"
         print(f"{what}: max |diff| of value and gradient {max_diff(new, old, z, labels):.2e}")
     diff = check_release_style(args, stats)
     print(f"release-style loop vs vectorised acsl (official, same draws): max |diff| {diff:.2e}")
-
 
 if __name__ == "__main__":
     main()

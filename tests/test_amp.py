@@ -93,17 +93,46 @@ def test_upcast_keeps_full_precision_tensors():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bg_mode", ["adaptive", "official"])
 def test_acsl_dense_form_equals_gathered_form(bg_mode, dtype):
+    """Both forms, run side by side on the same draws (generators seeded alike): the same
+    value to rounding, the same gradient and the same suppression record; the loss itself
+    (CPU: gathered) gives the gathered result."""
+    from acsl_cli.losses.acsl_forms import (
+        dense_background,
+        fused_acsl,
+        gathered_background,
+        group_masks,
+        threshold_below,
+    )
+    from acsl_cli.losses.common import frequency_columns
+
     context = long_tail_context(300)
-    gathered = build_loss("acsl", context, bg_mode=bg_mode, xi=0.5, seed=4)
-    dense = build_loss("acsl", context, bg_mode=bg_mode, xi=0.5, seed=4)
-    gathered.dense, dense.dense = False, True
+    columns = frequency_columns("acsl", context.frequencies)
+    masks = group_masks(columns, 301)
+    loss = build_loss("acsl", context, bg_mode=bg_mode, xi=0.5, seed=4)
+    gens = [torch.Generator().manual_seed(4) for _ in range(2)]
+    records = [(torch.zeros(301, 301, dtype=torch.long), torch.zeros(301, dtype=torch.long))
+               for _ in range(2)]
     for call in range(3):  # the draws stay aligned over calls
         logits, labels = lvis_batch(301, seed=call, n=2048, c=300)
         logits = (logits / 3).to(dtype)
-        v0, g0 = loss_and_grad(gathered, logits, labels)
-        v1, g1 = loss_and_grad(dense, logits, labels)
+        official = bg_mode == "official"
+        backgrounds = (gathered_background(labels, gens[0], columns) if official else None,
+                       dense_background(labels, gens[1], masks) if official else None)
+        results = [loss_and_grad(
+            lambda z, y, f=form, b=b, r=r: fused_acsl(z, y, threshold_below(0.5, dtype), b,
+                                                      f, r), logits, labels)
+            for form, b, r in zip(("gathered", "dense"), backgrounds, records, strict=True)]
+        (v0, g0), (v1, g1) = results
         assert v1.item() == pytest.approx(v0.item(), rel=1e-6, abs=0)
         torch.testing.assert_close(g1, g0, rtol=1e-6, atol=1e-12)
+        v, g = loss_and_grad(loss, logits, labels)
+        assert torch.equal(v, v0) and torch.equal(g, g0)
+    # background row 0 is recorded by the dense form only; the foreground rows agree
+    assert torch.equal(records[0][0][1:], records[1][0][1:])
+    assert torch.equal(records[0][1], records[1][1])
+    counts, rois = loss.suppression()
+    assert torch.equal(counts, records[0][0][1:, 1:]) and torch.equal(rois, records[0][1][1:])
+    assert counts.sum() > 0
 
 
 def bags_loop(loss, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -158,11 +187,11 @@ def test_federated_index_select_equals_advanced_indexing():
 
 @pytest.mark.cuda  # deselected by default; scripts/gpu_check.sh runs it on a GPU
 def test_loss_forwards_sync_at_most_once_on_cuda():
-    expected = {"softmax_ce": 0, "bce": 0, "eql": 0, "acsl": 0, "acsl_official": 1,
+    expected = {"softmax_ce": 0, "bce": 0, "eql": 0, "acsl_adaptive": 0, "acsl": 1,
                 "bags": 1, "federated": 1}
     context = long_tail_context()
     for key, allowed in expected.items():
-        name, params = ("acsl", {"bg_mode": "official"}) if key == "acsl_official" else (key, {})
+        name, params = ("acsl", {"bg_mode": "adaptive"}) if key == "acsl_adaptive" else (key, {})
         loss = build_loss(name, context, **params).cuda()
         logits, labels = (t.cuda() for t in lvis_batch(loss.num_outputs(C)))
         loss(logits, labels)  # warm-up: lazy CUDA initialisation may sync
@@ -176,6 +205,9 @@ def test_loss_forwards_sync_at_most_once_on_cuda():
                 torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
         assert len(syncs) <= allowed, (key, [str(w.message) for w in syncs])
+        if name == "acsl":  # the suppression record (two calls) stays on the device
+            counts, rois = loss.suppression()
+            assert counts.is_cuda and int(rois.sum()) == 2 * int((labels > 0).sum())
 
 
 # ------------------------------------------------------------------ training steps

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import STAT_NAMES, available_losses, build_loss, loss_class
-from acsl_cli.losses.acsl import official_background_weights
+from acsl_cli.losses.acsl_forms import FORMS, fused_acsl, threshold_below
 from acsl_cli.losses.bags import assign_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,9 +130,11 @@ def test_bce_hand_value_and_gradient():
 def test_sigmoid_scores_and_bg_factor():
     logits, _ = random_batch(6, 3)
     p = torch.sigmoid(logits)
-    for name, extra in [("bce", {}), ("acsl", {}), ("eql", "eql"), ("federated", "fed")]:
+    for name, extra in [("bce", {}), ("acsl", "acsl"), ("eql", "eql"), ("federated", "fed")]:
         stats = {}
-        if extra == "eql":
+        if extra == "acsl":
+            stats = {"frequencies": ["r", "c", "f"]}
+        elif extra == "eql":
             stats = {"image_counts": [1, 2, 3], "num_images": 10}
         elif extra == "fed":
             stats = {"image_counts": [1, 2, 3]}
@@ -185,7 +187,8 @@ def test_acsl_hand_derived_2x3():
         ],
         dtype=torch.float64,
     )
-    value, grad = loss_and_grad(build_loss("acsl", xi=0.7), z, torch.tensor([1, 0]))
+    value, grad = loss_and_grad(build_loss("acsl", xi=0.7, bg_mode="adaptive"), z,
+                                  torch.tensor([1, 0]))
     assert value.item() == pytest.approx(math.log(200.0 / 3.0) / 2, rel=1e-12)
     expected = torch.tensor([[0.4, -0.25, 0.0], [-0.2, 0.375, 0.0]], dtype=torch.float64)
     assert torch.allclose(grad, expected, atol=1e-12)
@@ -194,7 +197,8 @@ def test_acsl_hand_derived_2x3():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_acsl_matches_loop_reference_adaptive(dtype):
     logits, labels = random_batch(24, 9, seed=3)
-    value, grad = loss_and_grad(build_loss("acsl", xi=0.6), logits.to(dtype), labels)
+    value, grad = loss_and_grad(build_loss("acsl", xi=0.6, bg_mode="adaptive"),
+                                logits.to(dtype), labels)
     ref_value, ref_grad = acsl_reference(logits.tolist(), labels.tolist(), 0.6)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     assert value.dtype == dtype and grad.dtype == dtype
@@ -205,7 +209,7 @@ def test_acsl_matches_loop_reference_adaptive(dtype):
 def test_acsl_large_logits_are_finite_and_exact():
     # |z| = 40: sigmoid rounds to 0 or 1 in float32; BCE must still be softplus-exact.
     z = torch.tensor([[40.0, -40.0, 40.0], [-40.0, 40.0, -40.0]])
-    value, grad = loss_and_grad(build_loss("acsl"), z, torch.tensor([1, 1]))
+    value, grad = loss_and_grad(build_loss("acsl", bg_mode="adaptive"), z, torch.tensor([1, 1]))
     # row 0: target col 1 (-ln sigmoid(-40) ~ 40), cols 0 and 2 kept (p ~ 1): 40 + 40
     # row 1: target col 1 (~ e^-40), cols 0 and 2 dropped. Mean: (120 + ~0) / 2.
     assert value.item() == pytest.approx(60.0, rel=1e-6)
@@ -214,7 +218,8 @@ def test_acsl_large_logits_are_finite_and_exact():
 
 def test_acsl_tiny_xi_is_bce():
     logits, labels = random_batch(20, 6, seed=5)
-    acsl_value, acsl_grad = loss_and_grad(build_loss("acsl", xi=1e-12), logits, labels)
+    acsl_value, acsl_grad = loss_and_grad(build_loss("acsl", xi=1e-12, bg_mode="adaptive"),
+                                          logits, labels)
     bce_value, bce_grad = loss_and_grad(build_loss("bce"), logits, labels)
     assert acsl_value.item() == pytest.approx(bce_value.item(), rel=1e-12)
     assert torch.allclose(acsl_grad, bce_grad, rtol=0, atol=1e-15)
@@ -275,11 +280,9 @@ def test_acsl_official_counts(n_bg, n_common, n_rare):
     # a drawn row gets the whole group, an undrawn row none of it
     assert (kept[:, rare].all(1) == rare_rows).all()
     assert (kept[:, common].all(1) == common_rows).all()
-    # the same draws replayed by hand and by the exposed helper
+    # the same draws replayed by hand
     replay = replay_official_draws(n_bg, freqs, torch.Generator().manual_seed(1))
     assert torch.equal(kept, replay)
-    helper = official_background_weights(n_bg, freqs, torch.Generator().manual_seed(1))
-    assert torch.equal(helper, replay)
 
 
 def test_acsl_official_matches_row_by_row_reference_over_calls():
@@ -307,17 +310,46 @@ def test_acsl_seed_repeats_and_differs():
 
     assert run(0).item() == run(0).item()
     assert run(0).item() != run(1).item()
-    w0 = official_background_weights(300, freqs, torch.Generator().manual_seed(0))
-    w1 = official_background_weights(300, freqs, torch.Generator().manual_seed(1))
+    w0 = replay_official_draws(300, freqs, torch.Generator().manual_seed(0))
+    w1 = replay_official_draws(300, freqs, torch.Generator().manual_seed(1))
     assert not torch.equal(w0, w1)
 
 
-def test_acsl_needs_and_statistic_free():
-    loss = build_loss("acsl")  # adaptive needs no statistics
-    assert loss.statistic_free and loss_class("acsl").needs_for("adaptive") == ()
+def test_acsl_needs_and_default_mode():
+    loss = build_loss("acsl", bg_mode="adaptive")  # adaptive needs no statistics
+    assert loss.num_classes is None and loss_class("acsl").needs_for("adaptive") == ()
     assert loss_class("acsl").needs_for("official") == ("frequencies",)
-    official = build_loss("acsl", bg_mode="official", frequencies=["r", "c", "f"])
-    assert not official.statistic_free and official.num_classes == 3
+    official = build_loss("acsl", frequencies=["r", "c", "f"])
+    assert official.bg_mode == "official" and official.num_classes == 3
+    # the code's default is the config's: conf/loss/acsl.yaml says official
+    default = inspect.signature(loss_class("acsl").__init__).parameters["bg_mode"].default
+    assert default == OmegaConf.load(ROOT / "conf" / "loss" / "acsl.yaml").bg_mode == "official"
+    assert loss_class("acsl").needs_for() == ("frequencies",)
+    with pytest.raises(ConfigError, match="frequencies"):
+        build_loss("acsl")  # official by default: the frequency groups are required
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bg_mode", ["adaptive", "official"])
+def test_acsl_suppresses_a_column_whose_p_is_exactly_xi(bg_mode, dtype):
+    """p >= xi, not p > xi: z = 0 gives sigmoid(z) = 0.5 = xi exactly in float."""
+    assert torch.sigmoid(torch.zeros((), dtype=dtype)).item() == 0.5
+    # one foreground RoI of class 1: columns 0 and 2 sit exactly at xi, column 3 just below
+    z = torch.tensor([[0.0, 2.0, 0.0, -1e-3]], dtype=dtype)
+    loss = build_loss("acsl", xi=0.5, bg_mode=bg_mode, frequencies=["r", "c", "f"])
+    value, grad = loss_and_grad(loss, z, torch.tensor([1]))
+    # W = [1, 1 (target), 1, 0]: ln 2 + ln(1 + e^-2) + ln 2, over N = 1
+    expected = 2 * LN2 + math.log1p(math.exp(-2.0))
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert value.item() == pytest.approx(expected, rel=tol)
+    assert grad[0].tolist() == pytest.approx([0.5, sigmoid(2.0) - 1.0, 0.5, 0.0], abs=tol)
+    assert grad[0, 3].item() == 0.0  # p = sigmoid(-1e-3) < xi: not suppressed
+    for form in FORMS:  # both forms of the arithmetic apply the same rule
+        zf = z.clone().requires_grad_(True)
+        fused_acsl(zf, torch.tensor([1]), threshold_below(0.5, dtype), None, form).backward()
+        assert torch.equal(zf.grad, grad), form
+    counts, rois = loss.suppression()
+    assert counts.tolist() == [[0, 1, 0], [0, 0, 0], [0, 0, 0]] and rois.tolist() == [1, 0, 0]
 
 
 # --------------------------------------------------------------------------- EQL

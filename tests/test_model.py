@@ -29,7 +29,7 @@ def small_detector(num_classes: int, loss, **over):
 
 def test_1231_way_head_on_real_lvis_categories():
     cmap = category_map(read_annotations(FIXTURE))
-    loss = build_loss("acsl", num_classes=cmap.num_classes, xi=0.7)
+    loss = build_loss("acsl", num_classes=cmap.num_classes, xi=0.7, bg_mode="adaptive")
     torch.manual_seed(0)
     model = small_detector(cmap.num_classes, loss).eval()
     assert model.roi_heads.box_predictor.cls_score.out_features == 1231
@@ -53,7 +53,8 @@ def _fixed_head_inputs(num_classes: int):
 
 @pytest.mark.parametrize("loss_name", ["softmax_ce", "bce", "acsl"])
 def test_detection_scores_come_from_the_loss(loss_name):
-    loss = build_loss(loss_name, num_classes=3)
+    params = {"bg_mode": "adaptive"} if loss_name == "acsl" else {}
+    loss = build_loss(loss_name, num_classes=3, **params)
     model = small_detector(3, loss)
     proposals, logits, deltas = _fixed_head_inputs(3)
     scores = model.roi_heads.cls_loss.scores(logits)  # what forward and FrozenTrunk pass

@@ -129,9 +129,10 @@ def test_report_on_a_sweep_matches_its_runs(made):
     assert proc.returncode == 0, proc.stderr
     _check_tables(out, _expected(_sweep_runs(made["sweep"])), proc.stdout)
     figures = {p.name for p in out.glob("*.png")}
-    assert figures == FIGURES  # ACSL at xi 0.3 and 0.7: the xi figure is drawn
+    # ACSL at xi 0.3 and 0.7: the xi figure and ACSL's suppression map are drawn
+    assert figures == FIGURES | {"suppression.png"}
     _check_pngs(sorted(out.glob("*.png")))
-    assert all(f"({name})" in (out / "report.md").read_text() for name in FIGURES)
+    assert all(f"({name})" in (out / "report.md").read_text() for name in figures)
 
 
 def test_report_on_two_train_runs_with_a_baseline(made):
@@ -139,7 +140,7 @@ def test_report_on_two_train_runs_with_a_baseline(made):
     assert proc.returncode == 0, proc.stderr
     out = made["a"] / "report"  # default: <first folder>/report
     _check_tables(out, _expected([made["a"], made["b"]], "bce"), proc.stdout)
-    # no ACSL head with several xi: no xi figure
+    # no ACSL head: no xi figure, no suppression map
     assert {p.name for p in out.glob("*.png")} == FIGURES - {"xi_sweep.png"}
     _check_pngs(sorted(out.glob("*.png")))
 

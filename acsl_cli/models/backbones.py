@@ -1,14 +1,17 @@
 """Backbone registry: ``backbone=NAME`` -> a torchvision FPN backbone.
 
 ``small`` is a ResNet-10 (one BasicBlock per stage) with a 64-channel FPN: it trains from
-scratch on the embedded benchmark within a CPU budget. ``r50`` / ``r101`` are the paper's
-ResNet-FPN backbones with frozen BatchNorm; their ImageNet weights come from a local file
-(``weights=/path/resnet50.pth``), from torchvision's download (``weights=DEFAULT``), or
-nowhere (``weights=null``, used by the tests).
+scratch on the embedded benchmark within a CPU budget. The others are the paper's
+ResNet / ResNeXt FPN backbones with frozen BatchNorm: ``r50``, ``r101``, ``r152`` (Table 5,
+Open Images), ``x101_64x4d`` (Table 3, the paper's ResNeXt-101-64x4d) and ``x101_32x8d``.
+Their ImageNet weights come from a local file (``weights=/path/resnet50.pth``), from
+torchvision's download (``weights=DEFAULT`` or one of the arch's named weights, e.g.
+``IMAGENET1K_V2``), or nowhere (``weights=null``, used by the tests).
 """
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,17 +63,25 @@ def _resnet_fpn(arch: str, cfg: Any) -> nn.Module:
     if weights in (None, "", "none", "null"):
         return resnet_fpn_backbone(backbone_name=arch, weights=None, trainable_layers=trainable,
                                    norm_layer=misc.FrozenBatchNorm2d)
-    if str(weights).upper() in ("DEFAULT", "IMAGENET1K_V1", "IMAGENET1K_V2"):
-        # torchvision's normal download path, for users with internet access
-        w = get_model_weights(arch).__members__[str(weights).upper()]
+    members = get_model_weights(arch).__members__
+    key = str(weights).upper()
+    if key in members:  # torchvision's normal download path, for users with internet access
         try:
-            return resnet_fpn_backbone(backbone_name=arch, weights=w,
+            return resnet_fpn_backbone(backbone_name=arch, weights=members[key],
                                        trainable_layers=trainable)
+        except (pickle.UnpicklingError, EOFError) as e:  # a damaged file in torch's cache
+            raise DataError(
+                f"backbone.weights={weights}: the cached {arch} weights under "
+                f"{torch.hub.get_dir()}/checkpoints are damaged ({_one_line(e)}); delete that "
+                f"file, or pass a local file: backbone.weights=/path/{arch}.pth") from None
         except (OSError, RuntimeError) as e:  # URLError is an OSError; bad download: Runtime
-            reason = " ".join(str(getattr(e, "reason", e)).split())[:160]
+            reason = _one_line(getattr(e, "reason", e))
             raise DataError(
                 f"backbone.weights={weights}: cannot download {arch} weights ({reason}); "
                 f"offline, pass a local file: backbone.weights=/path/{arch}.pth") from None
+    if key.startswith("IMAGENET") and not Path(weights).exists():
+        raise ConfigError(f"backbone.weights={weights}: torchvision has no such {arch} weights "
+                          f"(choose from {', '.join(members)}, null or a local file)")
     path = Path(weights)
     if not path.is_file():
         raise DataError(f"{path}: backbone weights file not found")
@@ -88,6 +99,10 @@ def _resnet_fpn(arch: str, cfg: Any) -> nn.Module:
     return model
 
 
+def _one_line(reason: object) -> str:
+    return " ".join(str(reason).split())[:160]
+
+
 def _freeze_stages(body: nn.Module, trainable_layers: int) -> None:
     keep = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     for name, p in body.named_parameters():
@@ -103,3 +118,18 @@ def r50_fpn(cfg: Any) -> nn.Module:
 @register_backbone("r101")
 def r101_fpn(cfg: Any) -> nn.Module:
     return _resnet_fpn("resnet101", cfg)
+
+
+@register_backbone("r152")
+def r152_fpn(cfg: Any) -> nn.Module:
+    return _resnet_fpn("resnet152", cfg)
+
+
+@register_backbone("x101_64x4d")
+def x101_64x4d_fpn(cfg: Any) -> nn.Module:
+    return _resnet_fpn("resnext101_64x4d", cfg)
+
+
+@register_backbone("x101_32x8d")
+def x101_32x8d_fpn(cfg: Any) -> nn.Module:
+    return _resnet_fpn("resnext101_32x8d", cfg)

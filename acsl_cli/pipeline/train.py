@@ -40,6 +40,7 @@ from acsl_cli.pipeline.rundir import (
 from acsl_cli.pipeline.stage1_cache import checkpoint_payload, train_or_load_stage1
 from acsl_cli.plan import HeadSpec, RunPlan, plan_train
 from acsl_cli.reporting.events import event_handlers
+from acsl_cli.reporting.suppression import write_suppression
 from acsl_cli.reporting.tables import markdown_table, write_metrics, write_per_category
 from acsl_cli.settings import Settings, stage2_key, yaml_text
 
@@ -197,6 +198,7 @@ def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, head: Classifi
     save_checkpoint(folder / "checkpoint.pt", payload, HEAD_FORMAT)
     atomic_write_text(folder / "config.yaml", spec.settings.to_yaml())
     atomic_write_json(folder / "history.json", head.history)
+    write_suppression(folder, head.loss, data.cmap.category_ids)  # ACSL: Figure 3's counts
 
 
 def _log_to(path: Path) -> logging.Handler:

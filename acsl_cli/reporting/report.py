@@ -10,6 +10,7 @@ from acsl_cli.files import atomic_write_json, atomic_write_text
 from acsl_cli.reporting.compare import compare, csv_text, json_rows, markdown
 from acsl_cli.reporting.figures import draw_figures
 from acsl_cli.reporting.runs import Run
+from acsl_cli.reporting.suppression import suppression_report
 from acsl_cli.reporting.tail_classes import tail_classes_markdown
 
 
@@ -23,6 +24,7 @@ def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
     except OSError as e:
         raise ConfigError(f"out={out_dir}: cannot create the folder ({e.strerror})") from None
     figures, notes = draw_figures(c, out_dir)
+    suppression_figures, suppression_text = suppression_report(c, out_dir)
     sources = "\n".join(f"- `{r.path}` (seed {r.seed}"
                         + (f"; {r.setting})" if r.setting not in ("", f"seed={r.seed}") else ")")
                         for r in runs)
@@ -30,9 +32,10 @@ def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
     tail = tail_classes_markdown(c)
     tail = f"## Rarest classes: AP per model (%, mean over seeds)\n\n{tail}\n" if tail else ""
     text = (f"# Comparison of {len(runs)} run(s)\n\n{markdown(c)}\n{tail}## Runs\n\n{sources}\n\n"
-            f"## Figures\n\n{pictures}\n" + "".join(f"\n{n}\n" for n in notes))
+            f"## Figures\n\n{pictures}\n" + "".join(f"\n{n}\n" for n in notes)
+            + suppression_text)
     paths = [out_dir / "report.md", out_dir / "report.csv", out_dir / "report.json"]
     atomic_write_text(paths[0], text)
     atomic_write_text(paths[1], csv_text(c))
     atomic_write_json(paths[2], json_rows(c))
-    return paths + figures
+    return paths + figures + suppression_figures

@@ -1,0 +1,198 @@
+"""ACSL's arithmetic (eq. 5-7) in its two forms, the official background draws, and the
+suppression record; ``acsl.py`` picks a form by device and owns the configuration.
+
+One custom autograd Function computes ``p`` once, turns it in place into the gradient
+buffer ``W * (p - t)`` and sums the loss only over the kept entries, as ``softplus(z)``
+off target and ``softplus(-z)`` on target (BCE = softplus(z) - z t), which stays exact for
+large ``|z|``. Backward is a single scale of the saved buffer (eq. 7). The form is an
+argument of that Function, so both are production paths that tests can run side by side:
+
+* ``gathered`` (CPU): the kept entries are gathered (``nonzero``) and only they pass
+  through softplus, which is fastest there; it is the reference result.
+* ``dense`` (accelerators): a masked sum over the whole matrix, which avoids every host
+  synchronisation in adaptive mode; official mode syncs once, to count the background
+  rows that the CPU draws need.
+
+The two agree to float rounding (the order of the sum differs); W and the gradient are the
+same, and so is the suppression record.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+COMMON_FRACTION = 0.1
+RARE_FRACTION = 0.01
+FORMS = ("gathered", "dense")
+
+#: (W, W) int64 counts (row: a RoI's label, column: a logit column where W = 1 off target)
+#: and (W,) int64 RoIs per label, W = C + 1; accumulated in place on the logits' device.
+Record = tuple[Tensor, Tensor]
+
+
+def form_for(device: torch.device) -> str:
+    """The form a device runs: gathered on CPU, dense (sync-free) anywhere else."""
+    return "gathered" if device.type == "cpu" else "dense"
+
+
+@functools.lru_cache(maxsize=32)
+def threshold_below(xi: float, dtype: torch.dtype) -> float:
+    """Largest ``dtype`` value below ``xi``: ``x > below`` is exactly ``x >= xi`` in dtype,
+    which lets ``threshold_`` apply the ``p >= xi`` rule in place in one pass."""
+    value = torch.tensor(xi, dtype=dtype)
+    return torch.nextafter(value, torch.tensor(-math.inf, dtype=dtype)).item()
+
+
+def draw_official_rows(n_bg: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Positions (among the n_bg background rows) that are suppressed on common / rare
+    columns; draws common first, then rare, both on every call so the stream stays aligned."""
+    common = torch.randperm(n_bg, generator=generator)[: int(n_bg * COMMON_FRACTION)]
+    rare = torch.randperm(n_bg, generator=generator)[: int(n_bg * RARE_FRACTION)]
+    return common, rare
+
+
+def group_masks(columns: dict[str, Tensor], width: int) -> Tensor:
+    """(3, width) bool column masks "frequent or background", "common", "rare" (dense form)."""
+    masks = torch.zeros(3, width, dtype=torch.bool)
+    masks[0, 0] = True
+    for i, group in enumerate("fcr"):
+        masks[i, columns[group]] = True
+    return masks
+
+
+def gathered_background(labels: Tensor, generator: torch.Generator,
+                        columns: dict[str, Tensor]) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Background rows and the (rows, columns) blocks where their W is 1 (gathered form)."""
+    device = labels.device
+    bg_rows = (labels == 0).nonzero().squeeze(1)
+    common, rare = draw_official_rows(bg_rows.numel(), generator)
+    cols = {k: v.to(device) for k, v in columns.items()}
+    return bg_rows, [(bg_rows, cols["f"]), (bg_rows[common.to(device)], cols["c"]),
+                     (bg_rows[rare.to(device)], cols["r"])]
+
+
+def dense_background(labels: Tensor, generator: torch.Generator, masks: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+    """(N,) background mask and (N, C + 1) W of the background rows, from the same draws;
+    one host sync (the background count), no data-dependent shapes."""
+    device = labels.device
+    is_bg = labels == 0
+    n_bg = int(is_bg.sum())
+    common, rare = draw_official_rows(n_bg, generator)
+    drawn = torch.zeros(2, n_bg + 1, dtype=torch.bool, device=device)  # [:, n_bg]: fg
+    drawn[0, common.to(device, non_blocking=True)] = True  # no stream sync
+    drawn[1, rare.to(device, non_blocking=True)] = True
+    position = torch.where(is_bg, is_bg.cumsum(0) - 1, n_bg)  # rank among bg rows
+    common_row, rare_row = drawn[:, position]
+    masks = masks.to(device)
+    keep = masks[0][None, :] | (common_row[:, None] & masks[1][None, :]) \
+        | (rare_row[:, None] & masks[2][None, :])
+    return is_bg, keep & is_bg[:, None]
+
+
+def record_dense(record: Record, labels: Tensor, suppressed: Tensor) -> None:
+    """Add a batch's (N, W) bool off-target W to the record: tensor ops only, no sync."""
+    counts, rois = record
+    counts.index_add_(0, labels, suppressed.to(counts.dtype))
+    rois.index_add_(0, labels, torch.ones_like(labels))
+
+
+def record_gathered(record: Record, labels: Tensor, kept: Tensor, width: int) -> None:
+    """The same from the sorted flat indices of the kept off-target entries: only the
+    foreground rows' segments of ``kept`` are visited (background rows may hold most)."""
+    counts, rois = record
+    rois.index_add_(0, labels, torch.ones_like(labels))
+    fg = labels.nonzero().squeeze(1)
+    start = fg * width
+    lo, hi = torch.searchsorted(kept, torch.stack([start, start + width]))
+    length = hi - lo
+    segment = torch.repeat_interleave(length)  # which foreground row each entry belongs to
+    offset = lo - (length.cumsum(0) - length)
+    flat = kept[torch.arange(segment.numel(), device=kept.device) + offset[segment]]
+    cells = labels[fg][segment] * width + (flat - start[segment])
+    counts.view(-1).index_add_(0, cells, torch.ones_like(cells))
+
+
+def gathered_form(z: Tensor, labels: Tensor, threshold: float, background: Any,
+                  record: Record | None) -> tuple[Tensor, Tensor]:
+    """(loss sum, gradient buffer N * dL/dz): softplus over the gathered kept entries."""
+    n, width = z.shape
+    rows = torch.arange(n, device=z.device)
+    z_target = z[rows, labels]
+    grad = torch.sigmoid(z)
+    F.threshold_(grad, threshold, 0.0)  # W * p off target: p where p >= xi, else 0
+    if background is not None:  # official mode: replace the adaptive background rows
+        bg_rows, bg_blocks = background
+        grad.index_fill_(0, bg_rows, 0.0)
+        for block_rows, block_cols in bg_blocks:
+            r, c = block_rows[:, None], block_cols[None, :]
+            grad[r, c] = torch.sigmoid(z[r, c])
+    grad[rows, labels] = 0.0  # the target column is accounted for separately below
+    kept = grad.view(-1).nonzero().squeeze(1)
+    if record is not None:
+        record_gathered(record, labels, kept, width)
+    loss = F.softplus(z.view(-1)[kept]).sum() + F.softplus(-z_target).sum()
+    grad[rows, labels] = torch.sigmoid(z_target) - 1.0
+    return loss, grad
+
+
+def dense_form(z: Tensor, labels: Tensor, threshold: float, background: Any,
+               record: Record | None) -> tuple[Tensor, Tensor]:
+    """(loss sum, gradient buffer N * dL/dz): a masked sum, no data-dependent shapes."""
+    rows = torch.arange(z.shape[0], device=z.device)
+    z_target = z[rows, labels]
+    grad = torch.sigmoid(z)
+    if background is not None:  # official mode: W of the background rows given
+        is_bg, keep = background
+        p = grad.clone()
+        F.threshold_(grad, threshold, 0.0)
+        grad.masked_fill_(is_bg[:, None], 0.0)
+        grad = torch.where(keep, p, grad)
+    else:
+        F.threshold_(grad, threshold, 0.0)  # W * p off target: p where p >= xi
+    grad[rows, labels] = 0.0
+    dropped = grad == 0
+    if record is not None:
+        record_dense(record, labels, ~dropped)
+    loss = F.softplus(z).masked_fill_(dropped, 0.0).sum() + F.softplus(-z_target).sum()
+    grad[rows, labels] = torch.sigmoid(z_target) - 1.0
+    return loss, grad
+
+
+_FORM_FNS = {"gathered": gathered_form, "dense": dense_form}
+
+
+class _ACSLFunction(torch.autograd.Function):
+    """Single pass: sigmoid once, mask in place, loss over the kept entries only."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: Tensor, labels: Tensor, threshold: float, background: Any,
+        form: str, record: Record | None,
+    ) -> Tensor:
+        loss, grad = _FORM_FNS[form](logits.contiguous(), labels, threshold, background, record)
+        ctx.save_for_backward(grad)
+        ctx.n = logits.shape[0]
+        return loss / ctx.n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad * (grad_out / ctx.n), None, None, None, None, None
+
+
+def fused_acsl(logits: Tensor, labels: Tensor, threshold: float, background: Any, form: str,
+               record: Record | None = None) -> Tensor:
+    """Mean ACSL of float32/64 ``logits`` (one target per row) in ``form``; ``background`` is
+    that form's official-mode W of the background rows (None: adaptive rule)."""
+    if form not in _FORM_FNS:
+        raise ValueError(f"ACSL form must be one of {', '.join(FORMS)}, got {form!r}")
+    return _ACSLFunction.apply(logits, labels, threshold, background, form, record)
