@@ -25,7 +25,8 @@ from acsl_cli.settings import Settings
 
 # Parameters of the detector without its class-dependent layers, per backbone (measured
 # from the built models); each class adds (1 + 4) x representation_size weights.
-BACKBONE_PARAMS = {"small": 5.9e6, "r50": 41.1e6, "r101": 60.1e6}
+BACKBONE_PARAMS = {"small": 5.9e6, "r50": 41.1e6, "r101": 60.1e6, "r152": 75.8e6,
+                   "x101_64x4d": 99.1e6, "x101_32x8d": 104.5e6}
 BYTES_PER_PARAM = 4
 MARGIN = 1.25
 
