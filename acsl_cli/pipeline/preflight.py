@@ -21,6 +21,7 @@ from acsl_cli.pipeline.rundir import (
     check_run_name,
 )
 from acsl_cli.reporting.tables import metrics_json
+from acsl_cli.reporting.trackers import check_tracker
 from acsl_cli.settings import Settings
 
 # Parameters of the detector without its class-dependent layers, per backbone (measured
@@ -52,7 +53,8 @@ def disk_needed(s: Settings, num_heads: int) -> int:
 
 
 def check_run(s: Settings, num_heads: int) -> None:
-    """Everything about paths and space that can be known before a run starts."""
+    """Everything about paths, space and packages that can be known before a run starts."""
+    check_tracker(s.tracker)
     check_output_root(Path(s.output_root))
     if s.run_name:
         check_run_name(s.run_name)

@@ -144,6 +144,23 @@ def _apply_init(path: str, model: nn.Module) -> None:
         log.info("init: not used (not in this detector): %s", ", ".join(report.unused))
 
 
+def replay_history(folder: Path, every: int = 50) -> None:
+    """Log a cached stage 1's saved training curve as the loop logged it (every ``every``th
+    iteration and the last), marked ``replayed``."""
+    try:
+        history = json.loads((folder / "history.json").read_text())
+    except (OSError, ValueError):
+        return  # a cache entry without a readable curve still serves its detector
+    if not isinstance(history, list):
+        return
+    for i, row in enumerate(history):
+        if isinstance(row, dict) and (i % every == 0 or i == len(history) - 1):
+            values = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+            log.info("stage1 (cached, replayed) it %s loss %s", row.get("iter"), row.get("loss"),
+                      extra={"event": {"type": "train", "stage": "stage 1", "replayed": True,
+                                       **values}})
+
+
 def _waiting(message: str) -> None:
     status.print(f"[dim]{message}: another acsl process is training this stage 1[/dim]")
 

@@ -37,11 +37,16 @@ from acsl_cli.pipeline.rundir import (
     clean_stale,
     default_run_name,
 )
-from acsl_cli.pipeline.stage1_cache import checkpoint_payload, train_or_load_stage1
+from acsl_cli.pipeline.stage1_cache import (
+    checkpoint_payload,
+    replay_history,
+    train_or_load_stage1,
+)
 from acsl_cli.plan import HeadSpec, RunPlan, plan_train
 from acsl_cli.reporting.events import event_handlers
 from acsl_cli.reporting.suppression import write_suppression
 from acsl_cli.reporting.tables import markdown_table, write_metrics, write_per_category
+from acsl_cli.reporting.trackers import tracker_handlers
 from acsl_cli.settings import Settings, stage2_key, yaml_text
 
 log = logging.getLogger("acsl")
@@ -81,6 +86,8 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         context = loss_context(data, s.seed)
         losses = [make_loss(h.loss, context) for h in plan.heads]  # fail fast
         s1 = train_or_load_stage1(s, data, device)
+        if s1.reused:  # the curves of a cached stage 1 reach this run's log and trackers
+            replay_history(s1.folder)
         trunk = test_trunk(s, s1.model)
         C = data.cmap.num_classes
         with torch.random.fork_rng(devices=[]):  # the global stream below stays as it was
@@ -132,7 +139,9 @@ def run_folder(s: Settings, name: str):
     with run:
         run.open()
         logger = logging.getLogger("acsl")
-        handlers = [_log_to(run.path / "train.log"), *event_handlers(run.path)]
+        handlers = [_log_to(run.path / "train.log"), *event_handlers(run.path),
+                    *tracker_handlers(s.tracker, run.path, Path(s.output_root), s.as_dict(),
+                                      s.to_yaml(), name)]
         for h in handlers[1:]:
             logger.addHandler(h)
         try:

@@ -1,5 +1,5 @@
 """Machine-readable run records: every logged iteration and evaluation as one JSON line
-(``events.jsonl``), and the same scalars for TensorBoard when it is installed.
+(``events.jsonl``); ``trackers`` sends the same records to TensorBoard or W&B.
 
 The engine and the pipeline log through the ``acsl`` logger and attach the structured
 record as ``extra={"event": {...}}``; these handlers pick those records up, so no layer
@@ -38,47 +38,6 @@ class EventsHandler(logging.Handler):
         super().close()
 
 
-class TensorBoardHandler(logging.Handler):
-    """Training losses and lr as ``<stage>/<name>`` at the iteration, evaluation metrics as
-    ``eval/<model>/<metric>``."""
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__(logging.INFO)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(str(folder))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "event", None)
-        if not isinstance(event, dict):
-            return
-        if event.get("type") == "train":
-            step, stage = int(event["iter"]), str(event["stage"]).replace(" ", "")
-            for k, v in event.items():
-                if k not in ("type", "stage", "iter", "epoch") and isinstance(v, (int, float)):
-                    self._writer.add_scalar(f"{stage}/{k}", v, step)
-        elif event.get("type") == "eval":
-            for k, v in event.items():
-                if isinstance(v, float) and v == v:
-                    self._writer.add_scalar(f"eval/{event['model']}/{k}", v, 0)
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
-        super().close()
-
-
-def tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def event_handlers(folder: Path) -> list[logging.Handler]:
-    """events.jsonl always; TensorBoard files under ``tensorboard/`` if it is installed."""
-    handlers: list[logging.Handler] = [EventsHandler(folder / "events.jsonl")]
-    if tensorboard_available():
-        handlers.append(TensorBoardHandler(folder / "tensorboard"))
-    return handlers
+    """``events.jsonl`` (trackers: ``reporting.trackers``)."""
+    return [EventsHandler(folder / "events.jsonl")]

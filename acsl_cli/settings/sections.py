@@ -153,6 +153,7 @@ class Settings:
     ann: str | None = setting(None, text(null=True), outcome=False)
     train_ann: str | None = setting(None, text(null=True), outcome=False)
     progress: bool = setting(True, boolean, outcome=False)
+    tracker: str = setting("none", choice("none", "tensorboard", "wandb"), outcome=False)
     amp: str = setting("off", choice(*AMP_MODES), caches=(STAGE1, STAGE2),
                        changed_only=(STAGE1,))
     #: start stage 1 from this detector; its file's digest enters the stage-1 key

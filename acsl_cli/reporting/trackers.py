@@ -1,0 +1,111 @@
+"""Experiment trackers (``tracker=tensorboard|wandb``): the run's settings, its training
+scalars and its final metrics, fed from the same ``event`` log records as
+``events.jsonl``, so no layer below the pipeline knows a tracker exists.
+
+Scalars: ``<stage>/<name>`` against ``<stage>/iter`` (stage1, stage2), and each evaluated
+model's metrics as ``eval/<model>/<metric>``. W&B honours its own environment
+(``WANDB_PROJECT``, ``WANDB_MODE=offline``, ``WANDB_DIR``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from acsl_cli.errors import ConfigError
+
+TRACKERS = ("none", "tensorboard", "wandb")
+_PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_tracker(name: str) -> None:
+    """One line before any work when the tracker's package is not installed."""
+    package = _PACKAGE.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"tracker={name} needs the {package} package "
+                          f"(pip install 'acsl-cli[{name}]')")
+
+
+def _scalars(event: dict) -> tuple[str, int, dict[str, float]] | None:
+    """(prefix, step, values) of a training or evaluation event, else None."""
+    if event.get("type") == "train":
+        values = {k: float(v) for k, v in event.items() if k not in (
+            "type", "stage", "iter", "epoch", "replayed") and isinstance(v, (int, float))}
+        return str(event["stage"]).replace(" ", ""), int(event["iter"]), values
+    if event.get("type") == "eval":
+        values = {k: float(v) for k, v in event.items() if k not in ("type", "model", "images")
+                  and isinstance(v, float) and v == v}
+        return f"eval/{event['model']}", int(event.get("epoch", 0) or 0), values
+    return None
+
+
+class TensorBoardHandler(logging.Handler):
+    """Scalars and the settings (as text) for TensorBoard."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], config_text: str) -> None:
+        super().__init__(logging.INFO)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(str(folder))
+        self._writer.add_text("config", "```\n" + config_text + "\n```", 0)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        parsed = _scalars(event) if isinstance(event, dict) else None
+        if parsed is None:
+            return
+        prefix, step, values = parsed
+        for k, v in values.items():
+            self._writer.add_scalar(f"{prefix}/{k}", v, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+        super().close()
+
+
+class WandbHandler(logging.Handler):
+    """A W&B run per acsl run; its files go to ``<output_root>/wandb`` (not into the run
+    folder, which is renamed when it is complete)."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], name: str) -> None:
+        super().__init__(logging.INFO)
+        import wandb
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(project=os.environ.get("WANDB_PROJECT", "acsl"), name=name,
+                               dir=os.environ.get("WANDB_DIR", str(folder)), config=config,
+                               reinit="create_new")
+        for stage in ("stage1", "stage2"):
+            self._run.define_metric(f"{stage}/iter")
+            self._run.define_metric(f"{stage}/*", step_metric=f"{stage}/iter")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        parsed = _scalars(event) if isinstance(event, dict) else None
+        if parsed is None:
+            return
+        prefix, step, values = parsed
+        if prefix.startswith("eval/"):  # final metrics: the run's summary
+            for k, v in values.items():
+                self._run.summary[f"{prefix}/{k}"] = v
+            return
+        self._run.log({f"{prefix}/iter": step, **{f"{prefix}/{k}": v for k, v in values.items()}})
+
+    def close(self) -> None:
+        self._run.finish()
+        super().close()
+
+
+def tracker_handlers(name: str, run_folder: Path, output_root: Path, config: dict[str, Any],
+                     config_text: str, run_name: str) -> list[logging.Handler]:
+    """The handler of ``tracker=name`` (none for ``none``): TensorBoard files in the run
+    folder's ``tensorboard/``, W&B runs under ``<output_root>/wandb``."""
+    if name == "tensorboard":
+        return [TensorBoardHandler(run_folder / "tensorboard", config, config_text)]
+    if name == "wandb":
+        return [WandbHandler(Path(output_root), config, run_name)]
+    return []
