@@ -233,8 +233,9 @@ def test_eqlv2_gradcheck():
 def test_eqlv2_scores_and_bg_factor():
     logits, _ = random_batch(6, 3)
     p = torch.sigmoid(logits)
-    assert torch.allclose(build_loss("eqlv2", num_classes=3).scores(logits), p[:, 1:])
-    factored = build_loss("eqlv2", num_classes=3, bg_factor=True).scores(logits)
+    plain = build_loss("eqlv2", num_classes=3, bg_factor=False).scores(logits)
+    assert torch.allclose(plain, p[:, 1:])
+    factored = build_loss("eqlv2", num_classes=3).scores(logits)  # the release's default
     assert torch.allclose(factored, p[:, 1:] * (1 - p[:, :1]))
 
 
@@ -248,6 +249,7 @@ def test_eqlv2_half_precision_and_empty_batch():
 
 
 # --------------------------------------------------------------------------- Seesaw
+# (these pin layout=single_softmax; the release layout: tests/test_losses_release.py)
 
 # C = 3, columns [bg, 1, 2, 3]; counts N = [bg 100, 16, 4, 1], p = 0.5, q = 2, eps = 0.01.
 #   row 0, label 1: z = [ln4, 0, ln2, 0]; sigma (fg softmax) = [1/4, 1/2, 1/4]
@@ -273,7 +275,7 @@ SEESAW_LABELS = torch.tensor([1, 2, 3, 0])
 
 
 def hand_seesaw_loss():
-    loss = build_loss("seesaw", num_classes=3, p=0.5, q=2.0)
+    loss = build_loss("seesaw", num_classes=3, layout="single_softmax", p=0.5, q=2.0)
     loss.cum_samples.copy_(torch.tensor([100.0, 16.0, 4.0, 1.0]))
     return loss.eval()  # counts stay as set
 
@@ -302,10 +304,10 @@ def test_seesaw_hand_value_and_gradient():
 def test_seesaw_without_factors_is_softmax_ce():
     logits, labels = random_batch(16, 5, seed=4)
     plain = torch.nn.functional.cross_entropy(logits, labels)
-    loss = build_loss("seesaw", num_classes=5, p=0.0, q=0.0)
+    loss = build_loss("seesaw", num_classes=5, layout="single_softmax", p=0.0, q=0.0)
     assert loss(logits, labels).item() == pytest.approx(plain.item(), rel=1e-12)
     # first batch with equal counts and the target ahead of every other class: no factor
-    same = build_loss("seesaw", num_classes=2)
+    same = build_loss("seesaw", num_classes=2, layout="single_softmax")
     z = torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 2.0]], dtype=torch.float64)
     y = torch.tensor([1, 2])
     assert same(z, y).item() == pytest.approx(
@@ -313,7 +315,7 @@ def test_seesaw_without_factors_is_softmax_ce():
 
 
 def test_seesaw_counts_online_before_the_loss_default_p():
-    loss = build_loss("seesaw", num_classes=3, q=0.0)
+    loss = build_loss("seesaw", num_classes=3, layout="single_softmax", q=0.0)
     labels = torch.tensor([1, 1, 1, 1, 2, 0, 0])
     z = torch.zeros(7, 4, dtype=torch.float64)
     value, grad = loss_and_grad(loss, z, labels)
@@ -357,7 +359,7 @@ def seesaw_reference(z, labels, counts, p, q, eps):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_seesaw_matches_loop_reference_over_steps(dtype):
     c = 7
-    loss = build_loss("seesaw", num_classes=c)
+    loss = build_loss("seesaw", num_classes=c, layout="single_softmax")
     counts = [0.0] * (c + 1)
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     for s in range(3):
@@ -379,7 +381,7 @@ def test_seesaw_gradcheck(q):
     # release's stop-gradient), so the loss is differentiated with C held constant: with
     # q = 2 the fg rows are chosen with the target ahead of every other class (C = 1 near
     # the point), where that is the exact derivative.
-    loss = build_loss("seesaw", num_classes=4, q=q)
+    loss = build_loss("seesaw", num_classes=4, layout="single_softmax", q=q)
     loss.cum_samples.copy_(torch.tensor([50.0, 30.0, 10.0, 3.0, 0.0]))
     loss.eval()
     g = torch.Generator().manual_seed(1)
@@ -393,7 +395,7 @@ def test_seesaw_gradcheck(q):
 
 
 def test_seesaw_state_dict_scores_and_half_precision():
-    loss = build_loss("seesaw", num_classes=3)
+    loss = build_loss("seesaw", num_classes=3, layout="single_softmax")
     logits, labels = random_batch(9, 3, seed=3)
     loss(logits, labels)
     assert set(loss.state_dict()) == {"cum_samples"}

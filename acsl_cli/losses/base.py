@@ -112,6 +112,22 @@ class ClassificationLoss(nn.Module):
             return one_hot_targets(labels, num_columns, dtype)
         return self.expansion.to(labels.device)[labels].to(dtype)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any
+                              ) -> None:
+        """A state without any entry of this loss loads with fresh statistics.
+
+        A loss's buffers (EQLv2's gradient sums, Seesaw's counts) are training statistics,
+        never used to score: a detector rebuilt around a head's loss and loaded with its
+        stage-1 weights (``acsl eval ckpt=``) has none of them. A state holding some of
+        them (a stage-2 resume file) must hold all of them, as usual.
+        """
+        local_metadata, strict, missing_keys, unexpected_keys, error_msgs = args
+        own_missing: list[str] = []
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      own_missing, unexpected_keys, error_msgs)
+        if any(k.startswith(prefix) for k in state_dict):
+            missing_keys.extend(own_missing)
+
     def num_outputs(self, num_classes: int) -> int:
         """Width of the classifier layer for ``num_classes`` foreground classes."""
         return num_classes + 1

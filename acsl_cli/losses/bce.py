@@ -37,7 +37,7 @@ class SigmoidBCE(ClassificationLoss):
         logits = upcast(logits)
         target = self.targets(labels, logits.shape[1], logits.dtype)
         loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-        return loss / logits.shape[0]
+        return loss / max(logits.shape[0], 1)  # an empty batch: 0, not 0 / 0
 
     def scores(self, logits: Tensor) -> Tensor:
         check_width(self.name, logits, self._columns(logits))

@@ -34,8 +34,12 @@ Differences from the release: the accumulators are float64 registered buffers (`
 ``state_dict()``, and float64 keeps a sum over ~10^5 iterations from stalling. Like
 BatchNorm's running statistics they are updated only in training mode (``loss.train()``,
 the default); ``loss.eval()`` evaluates the loss with the current weights and leaves the
-statistics alone. Scoring: ``sigmoid(z_j)`` of the foreground columns, like ``bce``; the
-release multiplies by ``1 - sigmoid(z_bg)``, which is ``bg_factor=true`` here.
+statistics alone.
+
+Scoring, by default the release's (its ``get_activation``, used with its ``test_with_obj``
+on): ``sigmoid(z_j) * (1 - sigmoid(z_bg))``, the background logit acting as objectness
+(``bg_factor=true``). ``bg_factor=false`` scores with ``sigmoid(z_j)`` alone, like ``bce``
+(this project's default before; kept to compare).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ class EqualizationLossV2(ClassificationLoss):
         gamma: float = 12.0,
         mu: float = 0.8,
         alpha: float = 4.0,
-        bg_factor: bool = False,
+        bg_factor: bool = True,
     ) -> None:
         super().__init__(num_classes)
         if self.num_classes is None:
@@ -85,7 +89,9 @@ class EqualizationLossV2(ClassificationLoss):
         self.gamma = check_number("eqlv2", "gamma", gamma)
         self.mu = check_number("eqlv2", "mu", mu)
         self.alpha = check_number("eqlv2", "alpha", alpha)
-        self.bg_factor = bool(bg_factor)
+        if not isinstance(bg_factor, bool):
+            raise ConfigError(f"loss 'eqlv2': bg_factor must be true or false, got {bg_factor!r}")
+        self.bg_factor = bg_factor
         c = self.num_classes
         self.register_buffer("pos_grad", torch.zeros(c, dtype=torch.float64))
         self.register_buffer("neg_grad", torch.zeros(c, dtype=torch.float64))

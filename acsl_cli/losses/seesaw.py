@@ -1,42 +1,43 @@
-"""Seesaw Loss (Wang et al., CVPR 2021) in our single C + 1 softmax layout.
+"""Seesaw Loss (Wang et al., CVPR 2021), in the release's layout or one C + 1 softmax.
 
-Layout: logits (N, C + 1), column 0 = background, labels 0..C (0 = background). For a
-foreground RoI of class i, every other foreground column j gets its logit shifted by
-``log S_ij`` with ``S_ij = M_ij * C_ij``, then ordinary softmax CE is taken:
+For a foreground RoI of class i, every other class j gets its logit shifted by
+``log S_ij``, ``S_ij = M_ij * C_ij``, before an ordinary softmax CE over the classes:
 
     M_ij = (N_j / N_i)^p  if N_j < N_i  else 1      (mitigation, p = 0.8)
     C_ij = (sigma_j / max(sigma_i, eps))^q  if that ratio > 1  else 1
                                                      (compensation, q = 2, eps = 1e-2)
-    loss = sum_i CE(z_i + log S_i, label_i) / N
 
-N_j is the cumulative number of RoIs of class j seen in training, counted online: each
-batch's labels are added *before* its loss is formed, and counts are clamped to >= 1 in the
-ratio. sigma is the softmax over the foreground columns 1..C of the detached logits, so
-both factors are constants for autograd (as in the release) and the gradient is
-``(softmax(z + log S) - onehot) / N``. In log space the factors are
-``log M = p * min(log N_j - log N_i, 0)`` and ``log C = q * max(log sigma_j - log
-max(sigma_i, eps), 0)``, which is the release's formula without its underflow.
+N_j is the cumulative number of RoIs of class j seen in training, counted before the
+batch's loss is formed and clamped to >= 1 in the ratio; sigma is the softmax over the C
+class logits, detached, so both factors are constants for autograd (as in the release). In
+log space ``log M = p * min(log N_j - log N_i, 0)`` and ``log C = q * max(log sigma_j - log
+max(sigma_i, eps), 0)``: the release's formula without its underflow.
 
-The release (mmdetection ``SeesawLoss``) has C + 2 outputs: C class logits (label C =
-background) and a separate 2-way objectness softmax; the seesaw CE runs over the C class
-columns on foreground RoIs only, plain CE trains objectness on every RoI, and both sums
-are divided by N. Adapted here to one C + 1 softmax:
+``layout: release`` (default), the authors' mmdetection ``SeesawLoss``: C + 2 outputs, C
+class logits plus a separate 2-way objectness softmax. Here, so that column 0 stays
+background as everywhere in this project (and as in BAGS's G0):
 
-* a background RoI takes plain softmax CE with target column 0 (no factors: in the release
-  it only meets the unweighted objectness CE);
-* a foreground RoI's background column is never re-weighted (S = 1 there: the release's
-  class softmax has no background column), and sigma excludes column 0, so the eps clamp
-  acts on the same probability as in the release;
-* counts (buffer ``cum_samples``, float64, C + 1 entries, background RoIs counted in entry
-  0 but never used) are per process like the release's, not all-reduced. They are updated
-  only in training mode (``loss.train()``, the default), move with ``.to(device)`` and are
-  saved in ``state_dict()``;
-* the release's cosine ("normed linear") classifier is not used: the head's layer stays
-  the project's plain linear ``cls_score``.
+    columns 0, 1: objectness [background, foreground];  column l + 1: class label l (1..C)
 
-Scoring: softmax over the C + 1 columns, background column dropped. That is
-``softmax_fg(z)_j * (1 - p_bg)``, the release's "class softmax times objectness" product
-with the objectness read from the same softmax instead of a separate branch.
+    loss = (sum_{fg RoIs} CE(z_cls + log S, label) + sum_{all RoIs} CE(z_obj, fg)) / N
+
+with N = all sampled RoIs (the release's ``avg_factor``, ``loss_weight`` 1 for both
+terms). Scores: ``softmax(z_cls)_j * p_obj(foreground)``; ``p_obj(background)`` is the
+background score the release appends and the detector drops.
+
+``layout: single_softmax``, this project's earlier adaptation: one (C + 1)-way softmax,
+column 0 = background, the factors on foreground columns of foreground RoIs only (sigma
+still over columns 1..C), plain CE for a background RoI, sum / N. Scores: softmax over
+C + 1 columns, background dropped, i.e. the class softmax times ``1 - p_bg`` of the same
+softmax.
+
+Both: counts (buffer ``cum_samples``, float64, C + 1 entries) count background RoIs in
+entry 0 like the release counts them in its entry C, and never use them. They are per
+process like the release's (not all-reduced), updated only in training mode
+(``loss.train()``, the default), move with ``.to(device)`` and are saved in
+``state_dict()``. The release's cosine ("normed linear") classifier is not used: the
+head's layer stays the project's plain linear ``cls_score``. No host synchronisation in
+``forward`` (background rows are masked, not removed).
 """
 
 from __future__ import annotations
@@ -45,18 +46,41 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from acsl_cli.errors import ConfigError
+from acsl_cli.losses.bags import NEW_LOGIT_STD
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import check_width, upcast
+from acsl_cli.losses.common import upcast
 from acsl_cli.losses.eqlv2 import check_number
 from acsl_cli.losses.registry import register_loss
+
+LAYOUTS = ("release", "single_softmax")
+
+
+def seesaw_log_factors(class_logits: Tensor, targets: Tensor, counts: Tensor, p: float,
+                       q: float, eps: float) -> tuple[Tensor, Tensor]:
+    """(N, C) ``log M`` and ``log C`` of class logits (N, C), targets 0..C-1, counts (C,).
+
+    Zero on each row's own column by construction (ratio 1 there). No gradient.
+    """
+    z = class_logits.detach()
+    log_m = torch.zeros_like(z)
+    log_c = torch.zeros_like(z)
+    if p > 0:
+        log_n = counts.clamp(min=1.0).log().to(z.device, z.dtype)
+        log_m = p * (log_n[None, :] - log_n[targets][:, None]).clamp(max=0.0)
+    if q > 0:
+        log_sigma = F.log_softmax(z, dim=1)
+        log_self = log_sigma.gather(1, targets[:, None]).clamp(min=math.log(eps))
+        log_c = q * (log_sigma - log_self).clamp(min=0.0)
+    return log_m, log_c
 
 
 @register_loss("seesaw")
 class SeesawLoss(ClassificationLoss):
-    """Seesaw with mitigation power ``p``, compensation power ``q`` and clamp ``eps``.
+    """Seesaw with mitigation power ``p``, compensation power ``q``, clamp ``eps`` and a
+    classifier ``layout`` (``release``: C + 2 outputs; ``single_softmax``: C + 1).
 
     Needs no dataset statistic (the counts are gathered online), only ``num_classes``.
     """
@@ -67,6 +91,7 @@ class SeesawLoss(ClassificationLoss):
         p: float = 0.8,
         q: float = 2.0,
         eps: float = 1e-2,
+        layout: str = "release",
     ) -> None:
         super().__init__(num_classes)
         if self.num_classes is None:
@@ -76,49 +101,99 @@ class SeesawLoss(ClassificationLoss):
         self.eps = check_number("seesaw", "eps", eps)
         if self.eps <= 0:
             raise ConfigError(f"loss 'seesaw': eps must be positive, got {eps!r}")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"loss 'seesaw': layout must be one of {', '.join(LAYOUTS)}, "
+                              f"got {layout!r}")
+        self.layout = layout
         self.register_buffer("cum_samples", torch.zeros(self.num_classes + 1,
                                                         dtype=torch.float64))
 
+    @property
+    def release(self) -> bool:
+        return self.layout == "release"
+
+    def num_outputs(self, num_classes: int) -> int:
+        return num_classes + 2 if self.release else num_classes + 1
+
+    def _split(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(the leading columns, class logits (N, C)): the objectness pair (release) or the
+        background column (single_softmax)."""
+        return (logits[:, :2], logits[:, 2:]) if self.release else (logits[:, :1],
+                                                                   logits[:, 1:])
+
     def log_factors(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, C + 1) ``log M`` and ``log C`` from the current counts; zero on background
-        rows, on column 0 and on each RoI's own column. No gradient flows through them."""
-        logits = logits.detach()
-        cols = torch.arange(logits.shape[1], device=logits.device)[None, :]
-        rows = labels[:, None]
-        keep = (rows > 0) & (cols > 0) & (cols != rows)  # fg RoI, other fg columns
-        log_m = torch.zeros_like(logits)
-        log_c = torch.zeros_like(logits)
-        if self.p > 0:
-            log_n = self.cum_samples.clamp(min=1.0).log().to(logits.device, logits.dtype)
-            diff = log_n[None, :] - log_n[labels][:, None]  # log(N_j / N_i)
-            log_m = (self.p * diff.clamp(max=0.0)) * keep
-        if self.q > 0:
-            log_sigma = torch.zeros_like(logits)
-            log_sigma[:, 1:] = F.log_softmax(logits[:, 1:], dim=1)
-            log_self = log_sigma.gather(1, labels[:, None]).clamp(min=math.log(self.eps))
-            log_c = (self.q * (log_sigma - log_self).clamp(min=0.0)) * keep
+        """``log M`` and ``log C`` over the columns the seesaw CE runs on: the C class
+        columns (release, (N, C)) or all C + 1 columns (single_softmax, column 0 zero).
+        Zero on background rows; no gradient flows through them."""
+        class_logits = self._split(logits)[1]
+        fg = (labels > 0).to(class_logits.dtype)[:, None]
+        log_m, log_c = seesaw_log_factors(class_logits, (labels - 1).clamp(min=0),
+                                          self.cum_samples[1:], self.p, self.q, self.eps)
+        log_m, log_c = log_m * fg, log_c * fg
+        if not self.release:
+            log_m, log_c = (F.pad(t, (1, 0)) for t in (log_m, log_c))
         return log_m, log_c
 
     def factors(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, C + 1) mitigation M and compensation C (ones where not applied)."""
+        """Mitigation M and compensation C (ones where not applied), as ``log_factors``."""
         log_m, log_c = self.log_factors(logits, labels)
         return log_m.exp(), log_c.exp()
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         assert self.num_classes is not None
-        check_labels(logits, labels, self.num_classes + 1)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
+        check_labels(logits, labels, self.num_outputs(self.num_classes))
+        logits = upcast(logits)
         if self.training:
             # index_add_ rather than bincount: no host synchronisation on CUDA
             device = self.cum_samples.device
             ones = torch.ones(labels.shape, dtype=self.cum_samples.dtype, device=device)
             self.cum_samples.index_add_(0, labels.to(device), ones)
+        n = max(logits.shape[0], 1)
         log_m, log_c = self.log_factors(logits, labels)
-        adjusted = logits + (log_m + log_c)
-        return F.cross_entropy(adjusted, labels, reduction="sum") / max(logits.shape[0], 1)
+        if not self.release:
+            adjusted = logits + (log_m + log_c)
+            return F.cross_entropy(adjusted, labels, reduction="sum") / n
+        objectness, class_logits = self._split(logits)
+        fg = labels > 0
+        per_roi = F.cross_entropy(class_logits + (log_m + log_c), (labels - 1).clamp(min=0),
+                                  reduction="none")
+        classes = (per_roi * fg.to(per_roi.dtype)).sum()
+        return (classes + F.cross_entropy(objectness, fg.long(), reduction="sum")) / n
 
     def scores(self, logits: Tensor) -> Tensor:
         assert self.num_classes is not None
-        check_width(self.name, logits, self.num_classes + 1)
-        return F.softmax(upcast(logits), dim=1)[:, 1:]
+        width = self.num_outputs(self.num_classes)
+        if logits.dim() != 2 or logits.shape[1] != width:
+            raise ValueError(f"loss 'seesaw': expected (N, {width}) logits, got "
+                             f"{tuple(logits.shape)}")
+        logits = upcast(logits)
+        if not self.release:
+            return F.softmax(logits, dim=1)[:, 1:]
+        objectness, class_logits = self._split(logits)
+        return F.softmax(class_logits, dim=1) * F.softmax(objectness, dim=1)[:, 1:2]
+
+    @torch.no_grad()
+    def init_classifier(self, layer: nn.Linear, stage1: nn.Linear | None) -> None:
+        """single_softmax: copy the stage-1 layer. release: class rows copied from the
+        stage-1 (C + 1)-way classifier's class rows, the objectness background row from its
+        background row, the objectness foreground row (no stage-1 counterpart) drawn from
+        N(0, 0.01^2) with zero bias, as BAGS does for its new logits."""
+        if not self.release:
+            super().init_classifier(layer, stage1)
+            return
+        assert self.num_classes is not None
+        c = self.num_classes
+        if layer.out_features != c + 2:
+            raise ValueError(f"loss 'seesaw': classifier has {layer.out_features} outputs, "
+                             f"needs {c + 2}")
+        nn.init.normal_(layer.weight, std=NEW_LOGIT_STD)
+        nn.init.zeros_(layer.bias)
+        if stage1 is None:
+            return
+        if stage1.out_features != c + 1 or stage1.in_features != layer.in_features:
+            raise ValueError(f"loss 'seesaw': stage-1 classifier is "
+                             f"{tuple(stage1.weight.shape)}, expected ({c + 1}, "
+                             f"{layer.in_features})")
+        rows = [0, *range(2, c + 2)]  # stage-1 row 0 (background) -> 0, label l -> l + 1
+        layer.weight[rows] = stage1.weight.to(layer.weight)
+        layer.bias[rows] = stage1.bias.to(layer.bias)
