@@ -109,7 +109,9 @@ def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0][:160]
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        # torch's first line is a header ("Error(s) in loading ..."); the cause is next
+        first = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:160]
         raise DataError(f"{plan.ckpt}: weights do not fit the configured detector ({first})"
                         ) from None
     return evaluate(s, data, model, None, device).metrics["model"]
