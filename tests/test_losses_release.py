@@ -282,14 +282,15 @@ def _empty_batch_cases() -> list[tuple[str, dict]]:
 
 @pytest.mark.parametrize(("name", "extra"), _empty_batch_cases())
 def test_every_loss_returns_zero_with_zero_gradient_on_an_empty_batch(name, extra):
-    from acsl_cli.config import load_config
-    from acsl_cli.pipeline.build import make_loss
+    from acsl_cli.config import load_settings
+    from acsl_cli.pipeline.components import make_loss
+    from acsl_cli.settings import LossSettings
 
     counts = (1, 5, 50, 200, 3, 30)
     context = LossContext(6, frequencies=tuple("rcfrcf"), image_counts=counts,
                           instance_counts=counts, num_images=300)
-    node = load_config([f"loss={name}"]).loss  # the yaml's defaults
-    loss = make_loss(OmegaConf.merge(node, extra), context)
+    node = load_settings([f"loss={name}"]).loss  # the yaml's defaults
+    loss = make_loss(LossSettings(node.name, {**node.params, **extra}), context)
     layer = torch.nn.Linear(4, loss.num_outputs(6))
     for training in (True, False):
         loss.train(training)
