@@ -42,7 +42,13 @@ from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import FrozenTrunk, with_classifier
 from acsl_cli.pipeline.build import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate
-from acsl_cli.pipeline.rundir import CacheEntry, FileLock, atomic_write_json, tmp_name
+from acsl_cli.pipeline.rundir import (
+    CacheEntry,
+    FileLock,
+    atomic_write_json,
+    atomic_write_text,
+    tmp_name,
+)
 from acsl_cli.progress import status
 
 log = logging.getLogger("acsl")
@@ -144,7 +150,7 @@ def _train(cfg: DictConfig, data: DatasetBundle, model: nn.Module, device: str, 
         try:
             save_checkpoint(tmp / "checkpoint.pt",
                             checkpoint_payload(cfg, data, model.state_dict(), CE_NODE))
-            (tmp / "config.yaml").write_text(config_mod.to_yaml(cfg))
+            atomic_write_text(tmp / "config.yaml", config_mod.to_yaml(cfg))
             atomic_write_json(tmp / "history.json", history)
             atomic_write_json(tmp / "metrics.json", saved)
             entry.publish(tmp)
