@@ -3,18 +3,49 @@
 Every write goes to a temp name unique to this process in the target's folder, then is
 renamed into place: a reader sees the old file or the new one, never half of one. Temp
 names carry host and pid, so a later process can tell those of dead processes and remove
-them (``locks.clean_stale``). JSON is strict: undefined numbers become null.
+them (``locks.clean_stale``). JSON is strict: undefined numbers become null. A write
+that fails (full disk, file-size limit, permissions) is a ``WriteError``: one line naming
+the file and the OS error, with the temp file removed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import secrets
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from acsl_cli.errors import AcslError
+
+
+class WriteError(AcslError, OSError):
+    """A file of ours could not be written. Still an ``OSError`` (callers that handle
+    those keep doing so), and an ``AcslError``: the CLI prints one line, exit 2."""
+
+    def __init__(self, path: str | os.PathLike[str], error: OSError) -> None:
+        super().__init__(error.errno, error.strerror or str(error), str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        code = errno.errorcode.get(self.errno or 0, "")
+        return f"{self.path}: cannot write ({self.strerror}{', ' + code if code else ''})"
+
+
+@contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into a ``WriteError`` naming it."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(path, e) from None
 
 
 def tmp_name(path: Path, suffix: str = "tmp") -> Path:
@@ -25,15 +56,18 @@ def tmp_name(path: Path, suffix: str = "tmp") -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; a failure is a ``WriteError`` and leaves
+    neither a temp file nor a half-written ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -67,6 +67,8 @@ def load_json(path: Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         first_line = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"{path}: not valid JSON ({e.__class__.__name__}: {first_line})") from None
+    except ValueError as e:  # an integer past Python's int_max_str_digits (4300 digits)
+        raise DataError(f"{path}: not valid JSON ({str(e).split(';')[0]})") from None
     except RecursionError:
         raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
 

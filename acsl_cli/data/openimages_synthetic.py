@@ -49,7 +49,7 @@ from acsl_cli.data import synthetic as syn
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.data.synthetic import COLOURS, SHAPES, class_attributes
 from acsl_cli.errors import ConfigError
-from acsl_cli.files import tmp_name
+from acsl_cli.files import tmp_name, writing
 from acsl_cli.locks import CacheEntry, FileLock
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
@@ -321,7 +321,8 @@ def ensure_generated(spec: OpenImagesSyntheticSpec, data_root: Path,
             tmp = tmp_name(out, "partial")
             tmp.mkdir(parents=True)
             try:
-                generate(spec, tmp, progress)
+                with writing(tmp):  # a failed write names the set being generated
+                    generate(spec, tmp, progress)
                 entry.publish(tmp)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

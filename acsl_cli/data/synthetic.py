@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from acsl_cli.data.generation import partial_folder, publish
 from acsl_cli.data.groups import frequency_group  # re-exported: the one LVIS group rule
+from acsl_cli.files import writing
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 # (name, RGB). Neighbours in this list are deliberately close in colour space.
@@ -204,7 +204,8 @@ def write_split(
         img, placed = render(classes, spec, rng, attrs)
         image_id = first_image_id + i
         file_name = f"{name}/{image_id:06d}.png"
-        img.save(out / file_name, optimize=False, compress_level=1)
+        with writing(out / file_name):
+            img.save(out / file_name, optimize=False, compress_level=1)
         present = sorted({r + 1 for r, _ in placed})
         images.append(
             {
@@ -233,13 +234,9 @@ def write_split(
 
 
 def generate(spec: SyntheticSpec, out: Path, progress: Callable[[int, int], None] | None = None):
-    """Write ``train.json``, ``val.json`` and PNGs under ``out`` (atomically).
-
-    Files go to a sibling temp folder first and are renamed into place at the end, so an
-    interrupted generation never leaves a half-written dataset that looks complete.
-    """
+    """Write ``train.json``, ``val.json`` and PNGs under ``out``, atomically: an interrupted
+    generation leaves nothing, never a half-written set (``data.generation``)."""
     out = Path(out)
-    tmp = partial_folder(out)
     rng = np.random.default_rng(spec.seed)
     attrs = [class_attributes(r) for r in range(spec.num_classes)]
     counts = train_image_counts(spec)
@@ -255,33 +252,26 @@ def generate(spec: SyntheticSpec, out: Path, progress: Callable[[int, int], None
         if progress is not None:
             progress(done, total)
 
-    tr_imgs, tr_anns = write_split("train", train_images, spec, rng, tmp, attrs, 1, tick)
-    va_imgs, va_anns = write_split("val", val_images, spec, rng, tmp, attrs, 100_000, tick)
-    # Category statistics come from what was actually placed in train.
-    img_count, inst_count = placed_counts(tr_anns, spec.num_classes)
-    categories = [
-        {
-            "id": r + 1,
-            "name": f"{attrs[r][1]}_{attrs[r][0]}",
-            "synset": f"{attrs[r][1]}_{attrs[r][0]}.n.01",
-            "shape": attrs[r][0],
-            "colour": attrs[r][1],
-            "frequency": frequency_group(int(img_count[r])),
-            "image_count": int(img_count[r]),
-            "instance_count": int(inst_count[r]),
-        }
-        for r in range(spec.num_classes)
-    ]
-    info = {"description": "acsl synthetic long-tail benchmark", "spec": asdict(spec)}
-    return publish(tmp, out, info, categories, (tr_imgs, tr_anns), (va_imgs, va_anns))
-
-
-def partial_folder(out: Path) -> Path:
-    """A fresh, empty sibling of ``out`` to generate into (see ``publish``)."""
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
+    with partial_folder(out) as tmp:  # removed unless published, however generation stops
+        tr_imgs, tr_anns = write_split("train", train_images, spec, rng, tmp, attrs, 1, tick)
+        va_imgs, va_anns = write_split("val", val_images, spec, rng, tmp, attrs, 100_000, tick)
+        # Category statistics come from what was actually placed in train.
+        img_count, inst_count = placed_counts(tr_anns, spec.num_classes)
+        categories = [
+            {
+                "id": r + 1,
+                "name": f"{attrs[r][1]}_{attrs[r][0]}",
+                "synset": f"{attrs[r][1]}_{attrs[r][0]}.n.01",
+                "shape": attrs[r][0],
+                "colour": attrs[r][1],
+                "frequency": frequency_group(int(img_count[r])),
+                "image_count": int(img_count[r]),
+                "instance_count": int(inst_count[r]),
+            }
+            for r in range(spec.num_classes)
+        ]
+        info = {"description": "acsl synthetic long-tail benchmark", "spec": asdict(spec)}
+        return publish(tmp, out, info, categories, (tr_imgs, tr_anns), (va_imgs, va_anns))
 
 
 def placed_counts(train_anns: list[dict], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,18 +285,6 @@ def placed_counts(train_anns: list[dict], num_classes: int) -> tuple[np.ndarray,
             seen.add((a["image_id"], a["category_id"]))
             img_count[a["category_id"] - 1] += 1
     return img_count, inst_count
-
-
-def publish(tmp: Path, out: Path, info: dict, categories: list[dict], train: tuple,
-            val: tuple) -> Path:
-    """Write ``train.json`` / ``val.json`` (each an (images, annotations) pair) into ``tmp``
-    and rename ``tmp`` to ``out``: a set is either complete or absent."""
-    for name, (imgs, anns) in (("train", train), ("val", val)):
-        data = {"info": info, "categories": categories, "images": imgs, "annotations": anns}
-        (tmp / f"{name}.json").write_text(json.dumps(data))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
 
 
 def ensure_generated(

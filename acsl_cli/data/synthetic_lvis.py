@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from acsl_cli.data.generation import partial_folder, publish
 from acsl_cli.data.groups import COMMON_MAX, RARE_MAX, frequency_group
 from acsl_cli.data.synthetic import (
     COLOURS,
@@ -47,9 +48,7 @@ from acsl_cli.data.synthetic import (
     draw_shape,
     iou,
     pack,
-    partial_folder,
     placed_counts,
-    publish,
     write_split,
 )
 
@@ -231,7 +230,6 @@ def generate(spec: SyntheticLvisSpec, out: Path,
     out = Path(out)
     counts = train_image_counts(spec)  # checks the spec first
     n = spec.num_classes
-    tmp = partial_folder(out)
     rng = np.random.default_rng(spec.seed)
     attrs = [class_attributes(r, n) for r in range(n)]
     per_class = rng.integers(1, spec.max_instances_per_image + 1, size=n)
@@ -247,21 +245,22 @@ def generate(spec: SyntheticLvisSpec, out: Path,
         if progress is not None:
             progress(done, total)
 
-    train = write_split("train", train_images, spec, rng, tmp, attrs, 1, tick, _render)
-    val = write_split("val", val_images, spec, rng, tmp, attrs, 100_000, tick, _render)
-    img_count, inst_count = placed_counts(train[1], n)
-    categories = []
-    for r, (shape, colour, pattern) in enumerate(attrs):
-        name = f"{colour}_{pattern}_{shape}"
-        categories.append({
-            "id": r + 1, "name": name, "synset": f"{name}.n.01", "shape": shape,
-            "colour": colour, "pattern": pattern,
-            "frequency": frequency_group(int(img_count[r])),
-            "image_count": int(img_count[r]), "instance_count": int(inst_count[r]),
-        })
-    info = {"description": "acsl synthetic LVIS-shaped long-tail benchmark",
-            "spec": asdict(spec)}
-    return publish(tmp, out, info, categories, train, val)
+    with partial_folder(out) as tmp:  # removed unless published, however generation stops
+        train = write_split("train", train_images, spec, rng, tmp, attrs, 1, tick, _render)
+        val = write_split("val", val_images, spec, rng, tmp, attrs, 100_000, tick, _render)
+        img_count, inst_count = placed_counts(train[1], n)
+        categories = []
+        for r, (shape, colour, pattern) in enumerate(attrs):
+            name = f"{colour}_{pattern}_{shape}"
+            categories.append({
+                "id": r + 1, "name": name, "synset": f"{name}.n.01", "shape": shape,
+                "colour": colour, "pattern": pattern,
+                "frequency": frequency_group(int(img_count[r])),
+                "image_count": int(img_count[r]), "instance_count": int(inst_count[r]),
+            })
+        info = {"description": "acsl synthetic LVIS-shaped long-tail benchmark",
+                "spec": asdict(spec)}
+        return publish(tmp, out, info, categories, train, val)
 
 
 def ensure_generated(spec: SyntheticLvisSpec, root: Path,

@@ -18,21 +18,38 @@ from typing import Any
 import torch
 
 from acsl_cli.errors import DataError
-from acsl_cli.files import tmp_name
+from acsl_cli.files import tmp_name, writing
 
 FORMAT = "acsl-detector/1"  # a whole detector
 HEAD_FORMAT = "acsl-head/1"  # a stage-2 classifier + pointer to its stage-1 checkpoint
 
 
 def save_state_file(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a per-process temp name, then rename: never a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """torch.save to a per-process temp name, then rename: never a truncated file. A failed
+    write (full disk, file-size limit) is a one-line ``WriteError`` and leaves no temp file.
+    """
+    path = Path(path)
     tmp = tmp_name(path)  # host and pid in the name: a later run removes it if we die
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:  # a Python file: torch's error then keeps the OSError
+                try:
+                    torch.save(payload, f)
+                except RuntimeError as e:  # torch's zip writer hides the OSError of a write
+                    raise _os_error(e) from None
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _os_error(error: RuntimeError) -> BaseException:
+    """The ``OSError`` behind torch's RuntimeError ("unexpected pos ...") when a write
+    into our file object failed, else ``error`` itself."""
+    cause = error.__cause__ or error.__context__
+    return cause if isinstance(cause, OSError) else error
 
 
 def load_state_file(path: str | Path) -> Any:

@@ -44,16 +44,21 @@ class Step(Protocol):
 
 
 class LossGuard:
-    """Stops training when a loss is not finite or explodes.
+    """Stops training when a loss is not finite or explodes, from the first iteration on.
 
-    Exploding means: more than ``factor`` times the median of its last ``window`` values,
-    once ``warmup`` values have been seen (a median ignores single spikes, and a real
-    divergence grows by orders of magnitude within a few iterations).
+    A non-finite value stops the run at once. Exploding means more than ``factor`` times
+    the median of the last ``window`` values (the lower median: an explosion in progress
+    cannot raise its own bar). While fewer than ``steady`` values have been seen the bar
+    is ``early_factor``: a handful of values is a noisy median, but no normal first
+    iterations grow a loss a hundredfold, and a diverging one (lr far too high) does so
+    within two or three steps, long before a short run ends. A median ignores single
+    spikes once the window has filled.
     """
 
-    def __init__(self, stage: str, factor: float = 20.0, window: int = 100, warmup: int = 20
-                 ) -> None:
-        self.stage, self.factor, self.warmup = stage, factor, warmup
+    def __init__(self, stage: str, factor: float = 20.0, window: int = 100, steady: int = 20,
+                 early_factor: float = 100.0) -> None:
+        self.stage, self.factor, self.steady, self.early_factor = stage, factor, steady, \
+            early_factor
         self.epoch = 0
         self._recent: dict[str, deque[float]] = {}
         self._window = window
@@ -65,12 +70,14 @@ class LossGuard:
         if not math.isfinite(value):
             raise TrainingDiverged(f"{where}: loss is {value} {when}; training stopped")
         recent = self._recent.setdefault(track, deque(maxlen=self._window))
-        if len(recent) >= self.warmup:
-            median = sorted(recent)[len(recent) // 2]
-            if median > 0 and value > self.factor * median:
+        if recent:
+            median = sorted(recent)[(len(recent) - 1) // 2]
+            steady = len(recent) >= min(self.steady, self._window)
+            factor = self.factor if steady else self.early_factor
+            if median > 0 and value > factor * median:
                 raise TrainingDiverged(
                     f"{where}: loss exploded to {value:.4g} {when}, more than "
-                    f"{self.factor:g} x its running median {median:.4g}; training stopped"
+                    f"{factor:g} x its running median {median:.4g}; training stopped"
                 )
         recent.append(value)
 

@@ -157,6 +157,11 @@ def parse_detections(gt: dict, detections: Any, source: str) -> Detections:
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         raise DataError(f"{source}: detection {i} has a non-finite score or bbox")
+    negative = (dets.boxes[:, 2:] < 0).any(axis=1)  # zero is fine: lvis-api scores it (a miss)
+    if negative.any():
+        i = int(np.flatnonzero(negative)[0])
+        raise DataError(f"{source}: detection {i} has bbox {describe(detections[i]['bbox'])}: "
+                        "negative width or height (LVIS boxes are [x, y, w, h])")
     _unknown_ids(dets.image_ids, gt_ids(gt, "images"), "image", source)
     _unknown_ids(dets.category_ids, gt_ids(gt, "categories"), "category", source)
     return dets
@@ -166,7 +171,8 @@ def validate_detections(gt: dict, detections: list, source: str) -> None:
     """Raise DataError (one line naming ``source``) unless detections are LVIS results.
 
     Checks: a list of objects with integer image_id/category_id, numeric score and 4-number
-    bbox, all finite, and every image and category id present in ``gt``.
+    bbox, all finite, no negative width or height, and every image and category id present
+    in ``gt``.
     """
     parse_detections(gt, detections, source)
 
@@ -185,6 +191,8 @@ def read_detections(path: str | PathLike[str]) -> Any:
         raise DataError(
             f"{path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})"
         ) from None
+    except ValueError as err:  # an integer past Python's int_max_str_digits (4300 digits)
+        raise DataError(f"{path}: invalid JSON ({str(err).split(';')[0]})") from None
     except RecursionError:
         raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
 

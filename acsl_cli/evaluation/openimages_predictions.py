@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from acsl_cli.errors import DataError
-from acsl_cli.files import tmp_name
+from acsl_cli.files import tmp_name, writing
 
 COLUMNS = ("ImageID", "LabelName", "Score", "XMin", "XMax", "YMin", "YMax")
 BLOCK = 1 << 16  # rows parsed per numpy step
@@ -186,7 +186,7 @@ def write_predictions_csv(path: Path | str, image_ids: Sequence[str], label_name
     if len(labels) and not (0 <= image_index.min() and image_index.max() < len(image_ids)):
         raise ValueError(f"image_index outside [0, {len(image_ids)})")
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with writing(path), open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(COLUMNS)
             for a in range(0, len(boxes), BLOCK):
@@ -199,6 +199,7 @@ def write_predictions_csv(path: Path | str, image_ids: Sequence[str], label_name
                 writer.writerows(zip(ids, names, *text, strict=True))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -39,7 +39,13 @@ from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import FrozenTrunk, with_classifier
 from acsl_cli.pipeline.components import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate
-from acsl_cli.pipeline.rundir import CacheEntry, FileLock, atomic_write_json, tmp_name
+from acsl_cli.pipeline.rundir import (
+    CacheEntry,
+    FileLock,
+    atomic_write_json,
+    atomic_write_text,
+    tmp_name,
+)
 from acsl_cli.progress import status
 from acsl_cli.settings import LossSettings, Settings, stage1_key
 
@@ -120,7 +126,7 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
         try:
             save_checkpoint(tmp / "checkpoint.pt",
                             checkpoint_payload(s, data, model.state_dict(), CE))
-            (tmp / "config.yaml").write_text(s.to_yaml())
+            atomic_write_text(tmp / "config.yaml", s.to_yaml())
             atomic_write_json(tmp / "history.json", history)
             atomic_write_json(tmp / "metrics.json", saved)
             entry.publish(tmp)
