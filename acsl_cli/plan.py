@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from acsl_cli.config import available, config_dir, load_config, parse_overrides, to_settings
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.errors import ConfigError
-from acsl_cli.losses import LossContext, build_loss
 from acsl_cli.settings import LossSettings, Settings, loss_settings
 
 HEAD_KEYS = ("loss", "xi")
@@ -84,11 +83,13 @@ def head_label(loss: LossSettings) -> str:
 
 def check_loss(loss: LossSettings) -> None:
     """Build the loss on stand-in statistics: its own checks run before any data exists."""
+    from acsl_cli.losses import build_loss  # torch: only for commands that plan a run
+
     build_loss(loss.name, probe_context(loss.params),
                **{k: list(v) if isinstance(v, tuple) else v for k, v in loss.params.items()})
 
 
-def probe_context(params: Mapping[str, Any]) -> LossContext:
+def probe_context(params: Mapping[str, Any]):
     """Stand-in train statistics for checking a loss's parameters: one class in each
     frequency group and one at every count the parameters name (BAGS's bin edges), so
     that no group a parameter defines is empty."""
@@ -97,6 +98,8 @@ def probe_context(params: Mapping[str, Any]) -> LossContext:
         if isinstance(value, (list, tuple)):
             counts.update(v for v in value if isinstance(v, int) and not isinstance(v, bool)
                           and 0 < v < 10**12)
+    from acsl_cli.losses import LossContext
+
     ordered = tuple(sorted(counts))
     groups = tuple(frequency_group(n) for n in ordered)
     return LossContext(len(ordered), 0, groups, ordered, ordered, max(ordered))

@@ -17,7 +17,7 @@ from acsl_cli.data.lvis_dataset import (
     image_path,
     read_annotations,
 )
-from acsl_cli.data.synthetic import (
+from acsl_cli.data.synthetic.shapes import (
     SHAPES,
     SyntheticSpec,
     class_attributes,
@@ -68,7 +68,7 @@ def test_rare_classes_have_frequent_lookalikes():
     attrs = [class_attributes(r) for r in range(60)]
     assert len(set(attrs)) == 60  # shape x colour pairs are unique
     spec = SyntheticSpec()
-    from acsl_cli.data.synthetic import train_image_counts
+    from acsl_cli.data.synthetic.shapes import train_image_counts
 
     groups = [frequency_group(n) for n in train_image_counts(spec)]
     frequent_shapes = {attrs[r][0] for r in range(60) if groups[r] == "f"}

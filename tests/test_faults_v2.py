@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from acsl_cli.data.synthetic import SyntheticSpec, ensure_generated, generate
-from acsl_cli.data.synthetic_lvis import SyntheticLvisSpec
-from acsl_cli.data.synthetic_lvis import generate as generate_lvis
+from acsl_cli.data.synthetic.lvis_like import SyntheticLvisSpec
+from acsl_cli.data.synthetic.lvis_like import generate as generate_lvis
+from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated, generate
 from acsl_cli.engine.loop import LossGuard
 from acsl_cli.errors import TrainingDiverged
 from tests.test_engine import TINY
@@ -221,7 +221,7 @@ def test_an_exception_during_generation_leaves_nothing(tmp_path):
 def test_a_sigkilled_generators_leftover_is_removed_by_the_next_generation(tmp_path):
     code = f"""
         from pathlib import Path
-        from acsl_cli.data.synthetic import SyntheticSpec, ensure_generated
+        from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
         def tick(done, total):
             if done == 10:
                 print("generating", flush=True)
@@ -245,7 +245,7 @@ WRITER = """
     from pathlib import Path
     import numpy as np
     import torch
-    from acsl_cli.data.synthetic import SyntheticSpec, generate
+    from acsl_cli.data.synthetic.shapes import SyntheticSpec, generate
     from acsl_cli.errors import AcslError
     from acsl_cli.files import atomic_write_json, atomic_write_text
     from acsl_cli.engine.checkpoint import save_state_file

@@ -25,7 +25,7 @@ from acsl_cli.data.groups import (
     train_category_info,
     train_image_counts,
 )
-from acsl_cli.data.synthetic import SyntheticSpec, ensure_generated
+from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 from acsl_cli.evaluation import evaluate_lvis
 from acsl_cli.evaluation.results import evaluate_results_file
 
@@ -35,14 +35,14 @@ LVIS_CATEGORY_FIELDS = ("frequency", "image_count", "instance_count")
 LVIS_IMAGE_FIELDS = ("neg_category_ids", "not_exhaustive_category_ids")
 
 
-@pytest.mark.parametrize(
-    ("count", "group"),
-    [(0, "r"), (1, "r"), (10, "r"), (11, "c"), (100, "c"), (101, "f"), (5000, "f")],
-)
 def train_groups(data: dict) -> dict[int, str]:
     return {cid: str(row["frequency"]) for cid, row in train_category_info(data).items()}
 
 
+@pytest.mark.parametrize(
+    ("count", "group"),
+    [(0, "r"), (1, "r"), (10, "r"), (11, "c"), (100, "c"), (101, "f"), (5000, "f")],
+)
 def test_lvis_thresholds(count, group):
     assert frequency_group(count) == group
 

@@ -13,9 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import acsl_cli.data.openimages_synthetic as ois
+import acsl_cli.data.synthetic.openimages_like as ois
 from acsl_cli.data.groups import frequency_group
-from acsl_cli.data.synthetic import COLOURS, SyntheticSpec, class_attributes, train_image_counts
+from acsl_cli.data.synthetic.shapes import (
+    COLOURS,
+    SyntheticSpec,
+    class_attributes,
+    train_image_counts,
+)
 
 SMALL = ois.OpenImagesSyntheticSpec(seed=3, num_classes=24, max_images_per_class=150,
                                     val_instances_per_class=3, group_of_fraction=0.2,

@@ -115,7 +115,7 @@ def test_ddp_heads_end_identical_on_both_ranks(tmp_path):
 
 def test_plain_coco_copy_of_the_benchmark_trains_with_the_train_groups(tmp_path):
     """LVIS fields stripped: the run still reports 24 r / 22 c / 14 f, taken from train."""
-    from acsl_cli.data.synthetic import SyntheticSpec, ensure_generated
+    from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 
     src = ensure_generated(SyntheticSpec(), tmp_path / "gen")
     coco = tmp_path / "coco"

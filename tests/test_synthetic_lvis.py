@@ -14,9 +14,7 @@ import pytest
 from PIL import Image
 
 from acsl_cli.data.groups import frequency_group
-from acsl_cli.data.synthetic import COLOURS, SyntheticSpec
-from acsl_cli.data.synthetic import ensure_generated as ensure_synthetic
-from acsl_cli.data.synthetic_lvis import (
+from acsl_cli.data.synthetic.lvis_like import (
     LVIS_V05_GROUPS,
     PATTERNS,
     SHAPES,
@@ -26,9 +24,10 @@ from acsl_cli.data.synthetic_lvis import (
     ensure_generated,
     generate,
     group_sizes,
-    lookalike_pairs,
     train_image_counts,
 )
+from acsl_cli.data.synthetic.shapes import COLOURS, SyntheticSpec
+from acsl_cli.data.synthetic.shapes import ensure_generated as ensure_synthetic
 
 FIXTURE = Path(__file__).resolve().parent / "data/lvis_v0.5_val_100.json"  # see data/README.md
 SMALL = SyntheticLvisSpec(seed=1, num_classes=60, max_images_per_class=110,
@@ -43,6 +42,17 @@ def small_set(tmp_path_factory) -> Path:
 
 def _groups(counts: list[int]) -> list[str]:
     return [frequency_group(n) for n in counts]
+
+
+
+def lookalike_pairs(num_classes: int) -> list[tuple[int, int]]:
+    """Rank pairs (a, b) of the same shape and pattern whose colours are neighbours in
+    COLOURS (close in colour space), a's colour first in COLOURS."""
+    attrs = [class_attributes(r, num_classes) for r in range(num_classes)]
+    index = {name: i for i, (name, _) in enumerate(COLOURS)}
+    where = {(s, index[c], p): r for r, (s, c, p) in enumerate(attrs)}
+    return [(r, where[(s, index[c] + 1, p)]) for r, (s, c, p) in enumerate(attrs)
+            if (s, index[c] + 1, p) in where]
 
 
 def test_group_proportions_are_lvis_v05_train_groups():

@@ -19,9 +19,9 @@ from acsl_cli.data.lvis_dataset import (
     category_stats,
     read_annotations,
 )
-from acsl_cli.data.synthetic import SyntheticSpec, ensure_generated
-from acsl_cli.data.synthetic_lvis import SyntheticLvisSpec
-from acsl_cli.data.synthetic_lvis import ensure_generated as ensure_generated_lvis
+from acsl_cli.data.synthetic.lvis_like import SyntheticLvisSpec
+from acsl_cli.data.synthetic.lvis_like import ensure_generated as ensure_generated_lvis
+from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 from acsl_cli.errors import ConfigError
 
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")

@@ -271,8 +271,8 @@ def train_annotation_file(run: Run) -> Path:
 def _synthetic_train(dataset: Mapping[str, Any], roots: Sequence[Path]) -> Path | None:
     """The generated set's folder is named by its spec's hash; if the spec cannot be
     rebuilt (an older version), the one generated set with the same classes is taken."""
-    from acsl_cli.data.synthetic import SyntheticSpec
-    from acsl_cli.data.synthetic_lvis import SyntheticLvisSpec
+    from acsl_cli.data.synthetic.lvis_like import SyntheticLvisSpec
+    from acsl_cli.data.synthetic.shapes import SyntheticSpec
 
     kind = str(dataset.get("kind"))
     spec = SyntheticLvisSpec if kind == "synthetic_lvis" else SyntheticSpec

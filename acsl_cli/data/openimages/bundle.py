@@ -54,7 +54,10 @@ def dataset_paths(dataset: Any, data_root: Path,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
     """The eight input paths: generated for ``openimages_synthetic``, else from config."""
     if dataset.get("kind") == "openimages_synthetic":
-        from acsl_cli.data.openimages_synthetic import OpenImagesSyntheticSpec, ensure_generated
+        from acsl_cli.data.synthetic.openimages_like import (
+            OpenImagesSyntheticSpec,
+            ensure_generated,
+        )
 
         fields = OpenImagesSyntheticSpec.__dataclass_fields__
         spec = OpenImagesSyntheticSpec(**{k: dataset[k] for k in fields if k in dataset})

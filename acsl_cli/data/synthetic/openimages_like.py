@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from acsl_cli.data import synthetic as syn
 from acsl_cli.data.groups import frequency_group
-from acsl_cli.data.synthetic import COLOURS, SHAPES, class_attributes
+from acsl_cli.data.synthetic import shapes as syn
+from acsl_cli.data.synthetic.shapes import COLOURS, SHAPES, class_attributes
 from acsl_cli.errors import ConfigError
 from acsl_cli.files import tmp_name, writing
 from acsl_cli.locks import CacheEntry, FileLock

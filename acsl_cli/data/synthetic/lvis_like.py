@@ -1,6 +1,6 @@
 """``synthetic_lvis``: an LVIS-shaped embedded benchmark with a few hundred classes.
 
-Same drawing, packing and atomic writing as ``synthetic`` (``acsl_cli.data.synthetic``),
+Same drawing, packing and atomic writing as ``synthetic`` (``acsl_cli.data.synthetic.shapes``),
 but shaped after LVIS v0.5 rather than a plain log-linear tail:
 
 * classes are *shape x colour x pattern* (6 x 10 x 5 = 300 at most; ``num_classes``
@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from acsl_cli.data.generation import partial_folder, publish
 from acsl_cli.data.groups import COMMON_MAX, RARE_MAX, frequency_group
-from acsl_cli.data.synthetic import (
+from acsl_cli.data.synthetic.generation import partial_folder, publish
+from acsl_cli.data.synthetic.shapes import (
     COLOURS,
     SHAPES,
     draw_shape,
@@ -130,16 +130,6 @@ def class_attributes(rank: int, num_classes: int) -> tuple[str, str, str]:
     stride = 3 if (shape + pattern) % 2 == 0 else 7
     colour = (3 * family + pattern + stride * j) % len(COLOURS)
     return SHAPES[shape], COLOURS[colour][0], PATTERNS[pattern]
-
-
-def lookalike_pairs(num_classes: int) -> list[tuple[int, int]]:
-    """Rank pairs (a, b) of the same shape and pattern whose colours are neighbours in
-    COLOURS (close in colour space), a's colour first in COLOURS."""
-    attrs = [class_attributes(r, num_classes) for r in range(num_classes)]
-    index = {name: i for i, (name, _) in enumerate(COLOURS)}
-    where = {(s, index[c], p): r for r, (s, c, p) in enumerate(attrs)}
-    return [(r, where[(s, index[c] + 1, p)]) for r, (s, c, p) in enumerate(attrs)
-            if (s, index[c] + 1, p) in where]
 
 
 def _paint(img: Image.Image, shape: str, pattern: str, box, rgb: tuple[int, ...]) -> None:

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from acsl_cli.data.generation import partial_folder, publish
 from acsl_cli.data.groups import frequency_group  # re-exported: the one LVIS group rule
+from acsl_cli.data.synthetic.generation import partial_folder, publish
 from acsl_cli.files import writing
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
