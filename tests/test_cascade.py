@@ -212,3 +212,21 @@ def test_cascade_heads_end_to_end_alone_or_together_and_from_their_checkpoint(tm
                               f"out={out}", "progress=false"])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text()) == both[acsl]
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["detector=mask_rcnn"], "unknown detector 'mask_rcnn' (choose from cascade_rcnn, "
+                             "faster_rcnn)"),
+    (["detector=cascade_rcnn", "detector.stage_weights=[1,0.5]"], "one entry per stage"),
+    (["detector=cascade_rcnn", "detector.box_coder_weights=[[10,10,5],[20,20,10,10],"
+      "[30,30,15,15]]"], "detector.box_coder_weights[0]=[10, 10, 5]: need 4 weights"),
+    (["detector=cascade_rcnn", "detector.iou_thresholds=[0.5,0.6,1.0]"],
+     "detector.iou_thresholds[2]=1.0: must be a finite number > 0 and < 1"),
+])
+def test_bad_detector_settings_are_one_line_errors(args, expect, tmp_path):
+    root = tmp_path / "outputs"
+    res = CliRunner().invoke(app, ["train", *args, f"output_root={root}", "progress=false"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
+    assert not root.exists()
