@@ -171,6 +171,9 @@ def test_every_loss_trains_a_cascade_head_with_one_loss_per_stage(tiny, name):
     spec = config_mod.load_settings([*TINY, f"loss={name}", *extra]).loss
     losses = stage_losses(make_loss(spec, context), spec, context, trunk.num_stages)
     assert len({id(loss) for loss in losses}) == 3
+    if getattr(losses[0], "generator", None) is not None:  # BAGS, Federated: own streams
+        draws = [torch.randint(10**9, (4,), generator=loss.generator) for loss in losses]
+        assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
     head = new_head(name, losses, trunk.stage1_classifier, C)
     before = [layer.weight.clone() for layer in head.layers]
     step = HeadsStep(trunk, [head], StageSchedule.from_settings(cfg.schedule.stage2), "cpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -85,6 +86,10 @@ def _plain(params) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
 
+#: seed offset of a cascade stage's loss (far from the seeds of neighbouring runs)
+STAGE_SEED = 1_000_003
+
+
 def build_model(s: Settings, data: DatasetBundle, loss: ClassificationLoss):
     return build_detector(s.backbone, data.cmap.num_classes, loss, s.dataset.min_size,
                           s.dataset.max_size, cascade_spec(s.detector))
@@ -101,8 +106,18 @@ def cascade_spec(d: DetectorSettings) -> CascadeSpec | None:
 def stage_losses(first: ClassificationLoss, loss: LossSettings, context: LossContext,
                  stages: int) -> list[ClassificationLoss]:
     """One loss per detector stage (``first`` and fresh ones): BAGS, EQLv2 and Seesaw keep
-    state (groups, online statistics), which a cascade's classifiers must not share."""
-    return [first, *(make_loss(loss, context) for _ in range(stages - 1))]
+    state (groups, online statistics), which a cascade's classifiers must not share, and a
+    seeded loss's later stages draw their own streams (BAGS's "others", Federated's
+    classes, ACSL's background), not copies of the first stage's."""
+    out = [first]
+    for i in range(1, stages):
+        offset = i * STAGE_SEED
+        params = dict(loss.params)
+        if isinstance(params.get("seed"), int):  # conf/loss: seed: ${seed}
+            params["seed"] += offset
+        out.append(make_loss(LossSettings(loss.name, params),
+                             replace(context, seed=context.seed + offset)))
+    return out
 
 
 def train_image_categories(data: DatasetBundle) -> list[frozenset[int]]:
