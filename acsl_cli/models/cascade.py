@@ -9,7 +9,9 @@ class-agnostic, with tighter box-coder weights per stage (the refined deltas shr
 At test time every RoI passes all stages (the same RoIs, refined stage by stage); each
 classifier scores its own stage's features, the scores are averaged, and the last stage's
 regression gives the boxes. Classification loss and scoring belong to ``cls_loss`` as in
-the Faster R-CNN head, so no loss is special-cased here either.
+the Faster R-CNN head, so no loss is special-cased here either; that is also why the
+scores, not the logits, are averaged (mmdetection averages logits, then activates): each
+classifier is scored by its loss's own rule (sigmoid, softmax, BAGS's group merge).
 """
 
 from __future__ import annotations
