@@ -16,6 +16,7 @@ def validate(s: Settings) -> None:
                           "integer >= 1")
     if s.sampler.name == "rfs" and s.sampler.t is None:
         raise ConfigError("sampler.t=None: rfs needs a frequency threshold in (0, 1]")
+    _check_detector(s)
     d = s.dataset
     if d.kind in ("synthetic", "synthetic_lvis", "openimages_synthetic"):
         lo, hi, size = d["min_object_size"], d["max_object_size"], d["image_size"]
@@ -32,3 +33,17 @@ def validate(s: Settings) -> None:
         elif not lo <= hi <= size:
             raise ConfigError(f"dataset.min_object_size={lo}, max_object_size={hi}: need "
                               f"min <= max <= image_size ({size})")
+
+
+def _check_detector(s: Settings) -> None:
+    """A cascade's per-stage lists have one entry per stage; a box coder has 4 weights."""
+    det = s.detector
+    n = len(det.iou_thresholds)
+    if len(det.stage_weights) != n or len(det.box_coder_weights) != n:
+        raise ConfigError(f"detector.iou_thresholds, stage_weights, box_coder_weights: need one "
+                          f"entry per stage each, got {n}, {len(det.stage_weights)}, "
+                          f"{len(det.box_coder_weights)}")
+    for i, w in enumerate(det.box_coder_weights):
+        if len(w) != 4:
+            raise ConfigError(f"detector.box_coder_weights[{i}]={list(w)}: need 4 weights "
+                              "(x, y, w, h)")

@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python scripts/bench_train.py [--device cpu|cuda] [--backbone small|r50|r101]
 [--size 800] [--batch 2] [--amp off|bf16|fp16] [--iters 20] [--warmup N] [--classes 1230]
-[--bare matched|torchvision] [--threads N] [--seed 0]``.
+[--bare matched|torchvision] [--detector faster_rcnn|cascade_rcnn] [--threads N]
+[--seed 0]``.
 
 Quick CPU check (under a minute): ``scripts/bench_train.py --backbone small --size 128
 --batch 2 --iters 5``. GPU: ``scripts/bench_train.py --device cuda --backbone r50 --size 800
@@ -37,6 +38,11 @@ are not timed; every timed region is bracketed by ``torch.cuda.synchronize()`` o
 ``--amp bf16|fp16`` runs the steps under ``torch.autocast`` (fp16 with a gradient scaler) if
 ``DetectorStep`` / ``HeadsStep`` take an ``amp=`` argument (the bare step follows stage 1);
 otherwise it falls back to ``off`` with a printed note.
+
+``--detector cascade_rcnn`` also times the same stage-1 step on a Cascade R-CNN
+(``models.cascade``, three stages, same backbone and seed) and stage 2 on it (one bce head
+of three classifiers), in the same rotation on the same batches, and prints the ratio
+``stage-1 ms/step cascade/faster`` (wall and CPU medians) before the last line.
 
 Prints a Markdown table (median and mean wall ms per step, median process-CPU ms per step,
 images/s from the median wall time) and, as its last line, ``stage-1 images/s ours/bare: R``
@@ -168,13 +174,15 @@ def make_batches(count: int, batch: int, size: int, classes: int, seed: int, dev
     return out
 
 
-def ours_detector(args: argparse.Namespace) -> nn.Module:
+def ours_detector(args: argparse.Namespace, cascade: bool = False) -> nn.Module:
     from acsl_cli.losses import LossContext, build_loss
+    from acsl_cli.models.cascade import CascadeSpec
     from acsl_cli.models.detector import build_detector
 
     torch.manual_seed(args.seed)
     loss = build_loss("softmax_ce", LossContext(args.classes, args.seed))
-    return build_detector(backbone_cfg(args.backbone), args.classes, loss, args.size, args.size)
+    return build_detector(backbone_cfg(args.backbone), args.classes, loss, args.size, args.size,
+                          CascadeSpec() if cascade else None)
 
 
 def bare_detector(args: argparse.Namespace) -> nn.Module:
@@ -261,6 +269,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=1230, help="foreground classes (C)")
     parser.add_argument("--bare", choices=["matched", "torchvision"], default="matched",
                         help="bare model: same backbone as ours, or torchvision's builder")
+    parser.add_argument("--detector", choices=["faster_rcnn", "cascade_rcnn"],
+                        default="faster_rcnn",
+                        help="cascade_rcnn: also time Cascade R-CNN's steps beside ours")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is steadier on a busy CPU")
     parser.add_argument("--seed", type=int, default=0)
@@ -321,6 +332,15 @@ def main(argv: list[str] | None = None) -> None:
         "bare": lambda b, it: bare(b[0], b[1], lr_at(it)),
         "stage2": lambda b, it: heads(b[0], b[1], it, lr_at(it), guard2),
     }
+    if args.detector == "cascade_rcnn":
+        cascade = DetectorStep(ours_detector(args, True), schedule(GRAD_CLIP), device, **amp_kw1)
+        ctrunk = FrozenTrunk(ours_detector(args, True).to(device))
+        chead = new_head("bce", [build_loss("bce", LossContext(args.classes, args.seed))
+                                 for _ in range(ctrunk.num_stages)],
+                         ctrunk.stage1_classifier, args.classes)
+        cheads = HeadsStep(ctrunk, [chead], schedule(GRAD_CLIP), device, **amp_kw2)
+        steps["cascade"] = lambda b, it: cascade(b[0], b[1], it, lr_at(it), guard)
+        steps["cascade2"] = lambda b, it: cheads(b[0], b[1], it, lr_at(it), guard2)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -346,11 +366,16 @@ def main(argv: list[str] | None = None) -> None:
         "ours": "stage 1, ours (DetectorStep, softmax_ce)",
         "bare": f"stage 1, bare torchvision FasterRCNN ({args.bare})",
         "stage2": "stage 2, ours (HeadsStep, 1 bce head, FrozenTrunk)",
+        "cascade": "stage 1, Cascade R-CNN (DetectorStep, softmax_ce, 3 stages)",
+        "cascade2": "stage 2, Cascade R-CNN (HeadsStep, 1 bce head x 3 stages)",
     }
-    rate, cpu = {}, {}
+    rate, cpu, med_ms = {}, {}, {}
     for key, label in labels.items():
+        if key not in times:
+            continue
         walls = [w for w, _ in times[key]]
         med, mean = statistics.median(walls), statistics.fmean(walls)
+        med_ms[key] = med
         cpu[key] = statistics.median(c for _, c in times[key])
         rate[key] = args.batch / (med / 1e3)
         print(f"| {label} | {med:.1f} | {mean:.1f} | {cpu[key]:.1f} | {rate[key]:.2f} |")
@@ -362,6 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"stage-1 CPU ms/step ours/bare: {cpu['ours'] / cpu['bare']:.3f}"
           + (" (host-side work only)" if device == "cuda" else ""))
     print(f"stage-2 images/s: {rate['stage2']:.2f}")
+    if "cascade" in times:
+        print(f"stage-1 ms/step cascade/faster: wall {med_ms['cascade'] / med_ms['ours']:.3f}, "
+              f"CPU {cpu['cascade'] / cpu['ours']:.3f} (target <= 1.4); stage 2: wall "
+              f"{med_ms['cascade2'] / med_ms['stage2']:.3f}, "
+              f"CPU {cpu['cascade2'] / cpu['stage2']:.3f}")
     print(f"stage-1 images/s ours/bare: {rate['ours'] / rate['bare']:.3f}")
 
 

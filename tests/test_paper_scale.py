@@ -171,7 +171,7 @@ def test_stage2_rois_per_image_sets_how_many_rois_stage2_samples(smoke):
         trunk = test_trunk(cfg, model)
         batch = [data.train[i] for i in range(2)]
         torch.manual_seed(0)
-        feats, labels = trunk.sampled_rois([b[0] for b in batch], [b[1] for b in batch])
+        [(feats, labels)] = trunk.sampled_rois([b[0] for b in batch], [b[1] for b in batch])
         assert feats.shape[0] == labels.shape[0]
         counts[n] = labels.shape[0]
         # the detector's own sampler is left as stage 1 trained it

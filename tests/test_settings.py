@@ -73,7 +73,8 @@ def test_exactly_the_fields_tagged_for_a_key_change_it(cache, dataset):
         assert moved == (cache == STAGE1), name
     if cache == STAGE1:
         for path in [("sampler", "name"), ("amp",), ("init",), ("seed",),
-                     ("schedule", "stage1", "lr"), ("backbone", "fpn_channels")]:
+                     ("schedule", "stage1", "lr"), ("backbone", "fpn_channels"),
+                     ("detector", "name")]:
             assert path in tagged, path
         assert ("schedule", "stage2", "lr") in seen - tagged
         assert ("test", "max_detections") in seen - tagged

@@ -5,7 +5,8 @@ to the RoI features is the same for every loss. Several heads (losses, xi values
 one pass: per batch the ``FrozenTrunk`` runs once, and each head trains its own
 ``cls_score`` on the same sampled RoIs. A sweep over six xi values costs about one
 stage-2 run, and every head sees exactly the same RoIs, which makes the comparison
-between losses a paired one.
+between losses a paired one. On a Cascade R-CNN a head has one layer and one loss per
+stage, each trained on its stage's RoIs, the stage losses weighted as in stage 1.
 
 With ``amp`` on, the trunk pass and each head's forward and loss run under autocast (the
 losses reduce in float32); fp16 gives every head its own gradient scaler, so an overflow
@@ -14,6 +15,7 @@ in one head skips only that head's step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,29 +30,57 @@ from acsl_cli.engine.loop import LossGuard, fit
 from acsl_cli.engine.mixed_precision import MixedPrecision, optimizer_step
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.losses import ClassificationLoss
-from acsl_cli.models.trunk import FrozenTrunk
+from acsl_cli.models.trunk import FrozenTrunk, Scorer
 
 
 @dataclass
 class ClassifierHead:
-    """A stage-2 candidate: its loss (which also scores) and its own ``cls_score`` layer.
+    """A stage-2 candidate: its loss (which also scores) and its own ``cls_score`` layer;
+    on a cascade, a layer and a loss per detector stage (``classifier`` a ModuleList).
 
     ``name`` identifies the head (folder-safe, unique in a run); labels for tables are the
-    caller's business.
+    caller's business. ``classifier`` is what a lean checkpoint saves.
     """
 
     name: str
-    loss: ClassificationLoss
-    classifier: nn.Linear
+    losses: list[ClassificationLoss]
+    classifier: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
 
+    @property
+    def loss(self) -> ClassificationLoss:
+        """The first stage's loss (the only one on Faster R-CNN)."""
+        return self.losses[0]
 
-def new_head(name: str, loss: ClassificationLoss, stage1: nn.Linear, num_classes: int
-             ) -> ClassifierHead:
-    """A head whose layer is initialised (by its loss) from the stage-1 ``cls_score``."""
-    layer = nn.Linear(stage1.in_features, loss.num_outputs(num_classes))
-    loss.init_classifier(layer, stage1)
-    return ClassifierHead(name, loss, layer.to(stage1.weight.device))
+    @property
+    def layers(self) -> list[nn.Module]:
+        c = self.classifier
+        return list(c) if isinstance(c, nn.ModuleList) else [c]
+
+    @property
+    def scorer(self) -> Scorer:
+        return self.layers, self.losses
+
+    @property
+    def loss_module(self) -> nn.Module:
+        """The losses' state holder (online statistics, generators) as one module."""
+        return self.losses[0] if len(self.losses) == 1 else nn.ModuleList(self.losses)
+
+
+def new_head(name: str, loss: ClassificationLoss | Sequence[ClassificationLoss],
+             stage1: nn.Module, num_classes: int) -> ClassifierHead:
+    """A head whose layer is initialised (by its loss) from the stage-1 ``cls_score``; with
+    a cascade's stage-1 layers (a ModuleList) and one loss per stage, a layer per stage."""
+    old = list(stage1) if isinstance(stage1, nn.ModuleList) else [stage1]
+    losses = [loss] if isinstance(loss, ClassificationLoss) else list(loss)
+    if len(losses) != len(old):
+        raise ValueError(f"head {name}: {len(losses)} losses for {len(old)} detector stages")
+    layers = []
+    for stage_loss, s1 in zip(losses, old, strict=True):
+        layer = nn.Linear(s1.in_features, stage_loss.num_outputs(num_classes))
+        stage_loss.init_classifier(layer, s1)
+        layers.append(layer.to(s1.weight.device))
+    return ClassifierHead(name, losses, layers[0] if len(layers) == 1 else nn.ModuleList(layers))
 
 
 class HeadsStep:
@@ -65,7 +95,7 @@ class HeadsStep:
         self.opts = []
         for h in heads:
             h.classifier.to(device).train()
-            h.loss.to(device)
+            h.loss_module.to(device)
             self.opts.append(torch.optim.SGD(h.classifier.parameters(), lr=sched.lr,
                                              momentum=sched.momentum,
                                              weight_decay=sched.weight_decay))
@@ -74,13 +104,16 @@ class HeadsStep:
     def __call__(self, images: list, targets: list, it: int, lr: float, guard: LossGuard
                  ) -> dict[str, float]:
         with self.amp.autocast():
-            feats, labels = self.trunk.sampled_rois(images, targets)
+            stages = self.trunk.sampled_rois(images, targets)
+        weights = self.trunk.stage_weights
         row = {}
         for h, opt, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
             for g in opt.param_groups:
                 g["lr"] = lr
             with self.amp.autocast():
-                loss = h.loss(h.classifier(feats), labels)
+                terms = [w * loss(layer(feats), labels) for w, loss, layer, (feats, labels)
+                         in zip(weights, h.losses, h.layers, stages, strict=True)]
+                loss = terms[0] if len(terms) == 1 else sum(terms)
             guard.check(h.name, loss.item(), it)  # unscaled: a skipped fp16 step passes
             optimizer_step(loss, opt, list(h.classifier.parameters()), self.grad_clip, scaler,
                            reduce=dist.average_gradients)
@@ -91,7 +124,8 @@ class HeadsStep:
         state = {}
         for h, o, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
             state[h.name] = {"classifier": h.classifier.state_dict(), "optimizer": o.state_dict(),
-                             "loss": h.loss.state_dict()}  # online statistics (EQLv2, Seesaw)
+                             # online statistics (EQLv2, Seesaw)
+                             "loss": h.loss_module.state_dict()}
             if scaler is not None:
                 state[h.name]["scaler"] = scaler.state_dict()
         return state
@@ -100,7 +134,7 @@ class HeadsStep:
         for h, o, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
             h.classifier.load_state_dict(state[h.name]["classifier"])
             o.load_state_dict(state[h.name]["optimizer"])
-            h.loss.load_state_dict(state[h.name]["loss"])
+            h.loss_module.load_state_dict(state[h.name]["loss"])
             if scaler is not None:
                 scaler.load_state_dict(state[h.name]["scaler"])
 
@@ -115,7 +149,8 @@ def finetune_heads(
     With ``resume``, the heads' layers, optimizers and loss generators resume exactly.
     """
     trunk.detector.to(device)
-    generators = [g for h in heads if (g := getattr(h.loss, "generator", None)) is not None]
+    generators = [g for h in heads for loss in h.losses
+                  if (g := getattr(loss, "generator", None)) is not None]
     generators += loader_generators(loader)
     label = f"stage 2 ({len(heads)} head{'s' * (len(heads) > 1)})"
     history = fit(HeadsStep(trunk, heads, sched, device, amp), loader, sched, device, max_iters,

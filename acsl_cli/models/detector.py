@@ -1,4 +1,5 @@
-"""Config -> torchvision Faster R-CNN (FPN) with a loss-aware RoI head."""
+"""Config -> torchvision Faster R-CNN (FPN) with a loss-aware RoI head, or Cascade R-CNN
+(``models.cascade``) on the same trunk and RPN."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
 from acsl_cli.losses import ClassificationLoss
 from acsl_cli.models.backbones import build_backbone
+from acsl_cli.models.cascade import CascadeSpec, cascade_heads
 from acsl_cli.models.roi_heads import BoxPredictor, LossAwareRoIHeads
 
 
 def build_detector(
     backbone_cfg: Any, num_classes: int, cls_loss: ClassificationLoss, min_size: int,
-    max_size: int,
+    max_size: int, cascade: CascadeSpec | None = None,
 ) -> FasterRCNN:
     """Faster R-CNN + FPN; ``num_classes`` foreground classes, classifier width from the loss.
+    With ``cascade``, the RoI head is Cascade R-CNN's (same trunk, RPN, pooling, sampler).
 
     Test-time settings follow the paper: NMS 0.5, score threshold 0, 300 detections.
     """
@@ -59,4 +62,8 @@ def build_detector(
         cls_loss=cls_loss,
         pre_nms_topk=int(getattr(cfg, "pre_nms_topk", 10000)),
     )
+    if cascade is not None:
+        model.roi_heads = cascade_heads(model.roi_heads, cls_loss,
+                                        cls_loss.num_outputs(num_classes),
+                                        cfg.representation_size, cascade)
     return model

@@ -76,6 +76,28 @@ class LossAwareRoIHeads(RoIHeads):
         scores = self.cls_loss.scores(class_logits)
         return self.detect(scores, box_regression, proposals, image_shapes), {}
 
+    # -- the stage interface ``FrozenTrunk`` uses for Faster and Cascade R-CNN alike:
+    # one stage here (``models.cascade`` has several)
+    stage_weights: tuple[float, ...] = (1.0,)
+
+    @property
+    def classifiers(self) -> list[nn.Linear]:
+        """The ``cls_score`` layer of each stage."""
+        return [self.box_predictor.cls_score]
+
+    def sample_stages(self, features, proposals: list[Tensor], image_shapes,
+                      targets: list[dict[str, Tensor]], sampler) -> list[tuple[Tensor, Tensor]]:
+        """Per stage, the features and labels of the RoIs ``sampler`` picks."""
+        rois, labels = self.sample_rois(proposals, targets, sampler)
+        return [(self.box_features(features, rois, image_shapes), torch.cat(labels))]
+
+    def test_stages(self, features, proposals: list[Tensor], image_shapes
+                    ) -> tuple[list[Tensor], Tensor, list[Tensor]]:
+        """Per stage the RoI features the classifiers score, then the box regression and
+        the boxes it applies to."""
+        feats = self.box_features(features, proposals, image_shapes)
+        return [feats], self.box_predictor.bbox_pred(feats), proposals
+
     def detect(
         self,
         scores_all: Tensor,
@@ -84,47 +106,61 @@ class LossAwareRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         max_detections: int | None = None,
     ) -> list[dict[str, Tensor]]:
-        """Top-k before NMS, per-class NMS, top ``max_detections`` (default: the head's
-        ``detections_per_img``).
+        """Detections from per-class scores (``select_detections``) with this head's
+        coder, thresholds and ``detections_per_img`` (unless ``max_detections``)."""
+        return select_detections(scores_all, box_regression, proposals, image_shapes,
+                                 self.box_coder, self.score_thresh, self.pre_nms_topk,
+                                 self.nms_thresh, max_detections or self.detections_per_img)
 
-        ``scores_all`` (N, C) come from a loss's ``scores``: the head never special-cases a
-        loss. The top-k keeps a 1231-way sigmoid head fast: with score threshold 0 every
-        (RoI, class) pair is a candidate, ~1.2M per image on LVIS. Only the kept pairs'
-        boxes are decoded.
-        """
-        num_classes = scores_all.shape[1]
-        per_image = [len(p) for p in proposals]
-        results = []
-        for scores, deltas, props, shape in zip(
-            scores_all.split(per_image),
-            box_regression.split(per_image),
-            proposals,
-            image_shapes,
-            strict=True,
-        ):
-            flat = scores.flatten().float()
-            keep = flat > self.score_thresh
-            idx = torch.nonzero(keep).squeeze(1)
-            if idx.numel() > self.pre_nms_topk:
-                top = flat[idx].topk(self.pre_nms_topk).indices
-                idx = idx[top]
-            rois, cls = idx // num_classes, idx % num_classes
-            # float32 decoding: under bf16 autocast the deltas are bf16 (~8 px at 800 px)
-            d = deltas.view(len(props), -1, 4)[rois, cls + 1].float()
-            boxes = self.box_coder.decode_single(d, props[rois].float())
-            boxes = box_ops.clip_boxes_to_image(boxes, shape)
-            sc, labels = flat[idx], cls + 1
-            ok = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-            boxes, sc, labels = boxes[ok], sc[ok], labels[ok]
-            kept = box_ops.batched_nms(boxes, sc, labels, self.nms_thresh)
-            kept = kept[: max_detections or self.detections_per_img]
-            results.append({"boxes": boxes[kept], "scores": sc[kept], "labels": labels[kept]})
-        return results
+
+def select_detections(
+    scores_all: Tensor, box_regression: Tensor, proposals: list[Tensor],
+    image_shapes: list[tuple[int, int]], box_coder, score_thresh: float, pre_nms_topk: int,
+    nms_thresh: float, max_detections: int,
+) -> list[dict[str, Tensor]]:
+    """Top-k before NMS, per-class NMS, top ``max_detections``.
+
+    ``scores_all`` (N, C) come from a loss's ``scores``: the head never special-cases a
+    loss. The top-k keeps a 1231-way sigmoid head fast: with score threshold 0 every
+    (RoI, class) pair is a candidate, ~1.2M per image on LVIS. Only the kept pairs'
+    boxes are decoded. ``box_regression`` is class-specific (N, (C+1)*4) or
+    class-agnostic (N, 4, a cascade's).
+    """
+    num_classes = scores_all.shape[1]
+    per_image = [len(p) for p in proposals]
+    results = []
+    for scores, deltas, props, shape in zip(
+        scores_all.split(per_image),
+        box_regression.split(per_image),
+        proposals,
+        image_shapes,
+        strict=True,
+    ):
+        flat = scores.flatten().float()
+        keep = flat > score_thresh
+        idx = torch.nonzero(keep).squeeze(1)
+        if idx.numel() > pre_nms_topk:
+            top = flat[idx].topk(pre_nms_topk).indices
+            idx = idx[top]
+        rois, cls = idx // num_classes, idx % num_classes
+        per_class = deltas.view(len(props), -1, 4)
+        # float32 decoding: under bf16 autocast the deltas are bf16 (~8 px at 800 px)
+        d = per_class[rois, cls + 1 if per_class.shape[1] > 1 else 0].float()
+        boxes = box_coder.decode_single(d, props[rois].float())
+        boxes = box_ops.clip_boxes_to_image(boxes, shape)
+        sc, labels = flat[idx], cls + 1
+        ok = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+        boxes, sc, labels = boxes[ok], sc[ok], labels[ok]
+        kept = box_ops.batched_nms(boxes, sc, labels, nms_thresh)[:max_detections]
+        results.append({"boxes": boxes[kept], "scores": sc[kept], "labels": labels[kept]})
+    return results
 
 
 def box_regression_loss(box_regression: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
-    """Smooth-L1 on the positive RoIs' class-specific deltas, normalised by all RoIs."""
+    """Smooth-L1 on the positive RoIs' deltas (class-specific, or class-agnostic (N, 4)),
+    normalised by all RoIs."""
     pos = torch.nonzero(labels > 0).squeeze(1)
-    deltas = box_regression.reshape(labels.shape[0], -1, 4)[pos, labels[pos]]
+    per_class = box_regression.reshape(labels.shape[0], -1, 4)
+    deltas = per_class[pos, labels[pos] if per_class.shape[1] > 1 else 0]
     loss = F.smooth_l1_loss(deltas, targets[pos], beta=1 / 9, reduction="sum")
     return loss / max(labels.numel(), 1)

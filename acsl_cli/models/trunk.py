@@ -3,7 +3,11 @@
 Stage 2 trains only classification layers (paper 4.2), so everything up to the RoI
 features is shared by every head: ``FrozenTrunk`` runs that part once per batch and lets
 several heads (a ``cls_score`` layer plus the loss that trains and scores it) use the same
-RoIs. It goes through the detector's own modules (transform, backbone, RPN, RoI pooling)
+RoIs. A detector has one stage (Faster R-CNN) or several (Cascade R-CNN, whose RoIs and
+features differ per stage): a head has one layer and one loss per stage, and its test
+scores are the mean of its stages' scores.
+
+It goes through the detector's own modules (transform, backbone, RPN, RoI pooling)
 rather than re-implementing ``GeneralizedRCNN.forward``, and never swaps attributes of the
 live model: a head is "installed" only in a state dict for saving. Where stage 2 or the
 test differs from the detector's settings (RoIs sampled per image, detections kept, test
@@ -22,8 +26,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
+from acsl_cli.models.cascade import STAGES, mean_scores, stage_prefix
 
-Scorer = tuple[nn.Module, ClassificationLoss]  # (cls_score layer, loss that scores)
+#: per detector stage: (the cls_score layers, the losses that score them)
+Scorer = tuple[Sequence[nn.Module], Sequence[ClassificationLoss]]
 CLS_SCORE = "roi_heads.box_predictor.cls_score."
 
 
@@ -45,12 +51,30 @@ class FrozenTrunk:
         freeze(detector)
 
     @property
-    def stage1_classifier(self) -> nn.Linear:
-        return self.detector.roi_heads.box_predictor.cls_score
+    def stage1_classifier(self) -> nn.Module:
+        """The stage-1 ``cls_score`` layer; a cascade's layers (one per stage) in a list."""
+        layers = self.detector.roi_heads.classifiers
+        return layers[0] if len(layers) == 1 else nn.ModuleList(layers)
+
+    @property
+    def stage1_scorer(self) -> Scorer:
+        rh = self.detector.roi_heads
+        return rh.classifiers, [rh.cls_loss] * len(rh.classifiers)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.detector.roi_heads.classifiers)
+
+    @property
+    def stage_weights(self) -> tuple[float, ...]:
+        """The weight of each stage's loss (stage 2 weighs them as stage 1 did)."""
+        return tuple(self.detector.roi_heads.stage_weights)
 
     @torch.no_grad()
-    def sampled_rois(self, images: list[Tensor], targets: list[dict]) -> tuple[Tensor, Tensor]:
-        """RoI features and labels of the RoIs that training would sample for these images.
+    def sampled_rois(self, images: list[Tensor], targets: list[dict]
+                     ) -> list[tuple[Tensor, Tensor]]:
+        """Per detector stage, RoI features and labels of the RoIs that training would
+        sample for these images (a cascade: each stage from the last one's refined boxes).
 
         The RPN runs in training mode so proposal counts follow the training settings, like
         the authors' stage 2; its losses are computed and discarded.
@@ -61,11 +85,10 @@ class FrozenTrunk:
             images_t, targets_t = d.transform(images, targets)
             features = d.backbone(images_t.tensors)
             proposals, _ = d.rpn(images_t, features, targets_t)
-            proposals, labels = d.roi_heads.sample_rois(proposals, targets_t, self.sampler)
-            feats = d.roi_heads.box_features(features, proposals, images_t.image_sizes)
+            return d.roi_heads.sample_stages(features, proposals, images_t.image_sizes,
+                                             targets_t, self.sampler)
         finally:
             d.rpn.eval()
-        return feats, torch.cat(labels)
 
     @torch.no_grad()
     def detect(self, images: list[Tensor], scorers: Mapping[str, Scorer] | None = None
@@ -78,7 +101,7 @@ class FrozenTrunk:
         """
         d = self.detector
         if scorers is None:
-            scorers = {"model": (self.stage1_classifier, d.roi_heads.cls_loss)}
+            scorers = {"model": self.stage1_scorer}
         if not self.scales and not self.flip:
             return self._detect_once(images, scorers, d.transform)
         parts: list[dict[str, list[dict[str, Tensor]]]] = []
@@ -102,21 +125,32 @@ class FrozenTrunk:
         features = d.backbone(images_t.tensors)
         proposals, _ = d.rpn(images_t, features)
         rh = d.roi_heads
-        feats = rh.box_features(features, proposals, images_t.image_sizes)
-        box_regression = rh.box_predictor.bbox_pred(feats)
+        feats, box_regression, boxes = rh.test_stages(features, proposals,
+                                                      images_t.image_sizes)
         out = {}
-        for name, (layer, loss) in scorers.items():
-            dets = rh.detect(loss.scores(layer(feats)), box_regression, proposals,
-                             images_t.image_sizes, self.max_detections)
+        for name, (layers, losses) in scorers.items():
+            scores = mean_scores([loss.scores(layer(f)) for layer, loss, f in zip(
+                layers, losses, feats, strict=True)])
+            dets = rh.detect(scores, box_regression, boxes, images_t.image_sizes,
+                             self.max_detections)
             out[name] = transform.postprocess(dets, images_t.image_sizes, sizes)
         return out
 
 
 def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping[str, Any]
                     ) -> dict[str, Any]:
-    """A detector state dict whose ``cls_score`` is replaced by ``classifier_state``."""
-    state = {k: v for k, v in detector_state.items() if not k.startswith(CLS_SCORE)}
-    state.update({CLS_SCORE + k: v for k, v in classifier_state.items()})
+    """A detector state dict whose ``cls_score`` is replaced by ``classifier_state`` (a
+    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``)."""
+    if any(k.startswith(CLS_SCORE) for k in detector_state):
+        state = {k: v for k, v in detector_state.items() if not k.startswith(CLS_SCORE)}
+        state.update({CLS_SCORE + k: v for k, v in classifier_state.items()})
+        return state
+    cls = ".box_predictor.cls_score."
+    state = {k: v for k, v in detector_state.items()
+             if not (k.startswith(STAGES) and cls in k)}
+    for k, v in classifier_state.items():
+        stage, name = k.split(".", 1)
+        state[stage_prefix(int(stage)) + cls[1:] + name] = v
     return state
 
 

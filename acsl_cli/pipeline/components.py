@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,10 +21,11 @@ from acsl_cli.engine.loaders import train_loader
 from acsl_cli.errors import DataError
 from acsl_cli.layout import OutputLayout
 from acsl_cli.losses import ClassificationLoss, LossContext, build_loss
+from acsl_cli.models.cascade import CascadeSpec
 from acsl_cli.models.detector import build_detector
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock
 from acsl_cli.progress import progress_callback, status
-from acsl_cli.settings import LossSettings, Settings
+from acsl_cli.settings import DetectorSettings, LossSettings, Settings
 
 
 def setup_torch(s: Settings) -> str:
@@ -84,9 +86,38 @@ def _plain(params) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
 
 
+#: seed offset of a cascade stage's loss (far from the seeds of neighbouring runs)
+STAGE_SEED = 1_000_003
+
+
 def build_model(s: Settings, data: DatasetBundle, loss: ClassificationLoss):
     return build_detector(s.backbone, data.cmap.num_classes, loss, s.dataset.min_size,
-                          s.dataset.max_size)
+                          s.dataset.max_size, cascade_spec(s.detector))
+
+
+def cascade_spec(d: DetectorSettings) -> CascadeSpec | None:
+    """The cascade's per-stage values, or None for Faster R-CNN."""
+    if d.name != "cascade_rcnn":
+        return None
+    return CascadeSpec(tuple(d.iou_thresholds), tuple(d.stage_weights),
+                       tuple(tuple(w) for w in d.box_coder_weights))
+
+
+def stage_losses(first: ClassificationLoss, loss: LossSettings, context: LossContext,
+                 stages: int) -> list[ClassificationLoss]:
+    """One loss per detector stage (``first`` and fresh ones): BAGS, EQLv2 and Seesaw keep
+    state (groups, online statistics), which a cascade's classifiers must not share, and a
+    seeded loss's later stages draw their own streams (BAGS's "others", Federated's
+    classes, ACSL's background), not copies of the first stage's."""
+    out = [first]
+    for i in range(1, stages):
+        offset = i * STAGE_SEED
+        params = dict(loss.params)
+        if isinstance(params.get("seed"), int):  # conf/loss: seed: ${seed}
+            params["seed"] += offset
+        out.append(make_loss(LossSettings(loss.name, params),
+                             replace(context, seed=context.seed + offset)))
+    return out
 
 
 def train_image_categories(data: DatasetBundle) -> list[frozenset[int]]:

@@ -24,6 +24,7 @@ from acsl_cli.pipeline.components import (
     loss_context,
     make_loss,
     setup_torch,
+    stage_losses,
     train_data_loader,
 )
 from acsl_cli.pipeline.evaluate import Evaluation, evaluate, test_trunk
@@ -94,7 +95,8 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
             # layers a loss does not copy from stage 1 (BAGS's group columns) are drawn the
             # same whether stage 1 was trained in this process or loaded from the cache
             torch.manual_seed(s.seed + 1)
-            heads = [new_head(h.id, loss, trunk.stage1_classifier, C)
+            heads = [new_head(h.id, stage_losses(loss, h.loss, context, trunk.num_stages),
+                              trunk.stage1_classifier, C)
                      for h, loss in zip(plan.heads, losses, strict=True)]
         # Stage 2 must not depend on whether stage 1 was trained in this process or loaded
         # from the cache (training consumes the global RNG that RoI sampling uses).
@@ -106,9 +108,9 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         with FileLock(resume) if dist.is_main() else nullcontext():
             finetune_heads(trunk, heads, loader, StageSchedule.from_settings(s.schedule.stage2),
                            device, s.schedule.max_iters, s.progress, resume=resume, amp=s.amp)
-        scorers = {h.name: (h.classifier, h.loss) for h in heads}
+        scorers = {h.name: h.scorer for h in heads}
         if not s.test.canonical:  # the cached stage-1 row was scored the canonical way
-            scorers[STAGE1_ROW] = (trunk.stage1_classifier, trunk.detector.roi_heads.cls_loss)
+            scorers[STAGE1_ROW] = trunk.stage1_scorer
         ev = evaluate(s, data, trunk, scorers, device)
         rows = {STAGE1_ROW: ev.metrics.get(STAGE1_ROW, s1.metrics),
                 **{h.label: ev.metrics[h.id] for h in plan.heads}}

@@ -17,6 +17,7 @@ from acsl_cli.settings.rules import anything, boolean, choice, integer, list_of,
 SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays valid
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 AMP_MODES = ("off", "bf16", "fp16")
+DETECTORS = ("faster_rcnn", "cascade_rcnn")
 
 
 def yaml_text(data: Mapping[str, Any]) -> str:
@@ -98,6 +99,22 @@ class BackboneSettings:
 
 
 @dataclass(frozen=True)
+class DetectorSettings:
+    """Which detector stage 1 trains (``detector=``). The cascade's per-stage lists (Cai &
+    Vasconcelos 2018: IoU 0.5/0.6/0.7, tighter box-coder weights as the boxes improve) are
+    read only by ``cascade_rcnn``; one entry per stage, the lengths must agree."""
+
+    name: str = setting("faster_rcnn", choice(*DETECTORS))
+    iou_thresholds: tuple[float, ...] = setting(
+        (0.5, 0.6, 0.7), list_of(number(0, 1, lo_open=True, hi_open=True), nonempty=True))
+    stage_weights: tuple[float, ...] = setting((1.0, 0.5, 0.25),
+                                               list_of(number(0, 1e6), nonempty=True))
+    box_coder_weights: tuple[tuple[float, ...], ...] = setting(
+        ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
+        list_of(list_of(number(0, 1e6, lo_open=True), nonempty=True), nonempty=True))
+
+
+@dataclass(frozen=True)
 class DatasetSettings:
     """The common keys of a dataset; its kind's own keys are in ``params`` (checked by
     ``settings.datasets``) and all of them enter the data and stage-1 keys."""
@@ -164,6 +181,9 @@ class Settings:
                                        changed_only=(STAGE1,))
     dataset: DatasetSettings = section(DatasetSettings, caches=(DATA, STAGE1))
     backbone: BackboneSettings = section(BackboneSettings, caches=(STAGE1,))
+    #: added after the stage-1 key's format was fixed: Faster R-CNN keys stay as they were
+    detector: DetectorSettings = section(DetectorSettings, caches=(STAGE1,),
+                                         changed_only=(STAGE1,))
     loss: LossSettings = field(default_factory=lambda: LossSettings("acsl"))
     #: the resolved config these settings were read from (plain data): written as the
     #: run's ``config.yaml`` and the source of the cache keys' values

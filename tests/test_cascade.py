@@ -1,0 +1,235 @@
+"""Cascade R-CNN: each stage's IoU threshold, its loss weight, the averaged test scores,
+stage 2 on three classifiers, and the pipeline end to end (values derived by hand)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from typer.testing import CliRunner
+
+from acsl_cli import config as config_mod
+from acsl_cli.cli import app
+from acsl_cli.engine.checkpoint import load_checkpoint
+from acsl_cli.engine.finetune_heads import HeadsStep, new_head
+from acsl_cli.engine.loop import LossGuard
+from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.losses import LossContext, build_loss
+from acsl_cli.models.cascade import CascadeRoIHeads, CascadeSpec
+from acsl_cli.models.detector import build_detector
+from acsl_cli.models.init import load_matching
+from acsl_cli.models.trunk import FrozenTrunk
+from acsl_cli.pipeline.components import loss_context, make_loss, stage_losses
+from acsl_cli.pipeline.train import run_train
+from acsl_cli.settings import stage1_key
+from tests.test_engine import TINY
+
+CASCADE = [*TINY, "detector=cascade_rcnn"]
+GT = {"boxes": torch.tensor([[20.0, 20.0, 70.0, 70.0]]), "labels": torch.tensor([2])}
+# IoU with GT: (50 * 27.5) / (50 * 50) = 0.55, between the first two thresholds
+AT_055 = torch.tensor([[20.0, 20.0, 70.0, 47.5]])
+
+
+def _cascade(num_classes: int = 3, loss: str = "softmax_ce", seed: int = 0) -> nn.Module:
+    s = config_mod.load_settings([])
+    torch.manual_seed(seed)
+    return build_detector(s.backbone, num_classes, build_loss(loss, LossContext(num_classes)),
+                          128, 128, CascadeSpec())
+
+
+def _images(n: int = 2) -> tuple[list[torch.Tensor], list[dict]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(3, 128, 128, generator=g) for _ in range(n)], [GT] * n
+
+
+def _no_regression(rh: CascadeRoIHeads) -> None:
+    with torch.no_grad():
+        for stage in rh.stages:
+            stage.box_predictor.bbox_pred.weight.zero_()
+            stage.box_predictor.bbox_pred.bias.zero_()
+
+
+def test_a_box_at_iou_055_is_foreground_for_stage_one_and_background_for_stage_two():
+    model = _cascade()
+    rh = model.roi_heads
+    assert [rh.assign(i, [AT_055], [GT])[0][0].tolist() for i in range(3)] == [[2], [0], [0]]
+    # the real path: stage 2 samples stage 1's RoIs moved by its (here zero) regression,
+    # without the GT box stage 1 added, then adds the GT box again
+    _no_regression(rh)
+    features = model.backbone(torch.zeros(1, 3, 128, 128))
+    keep_all = det_utils.BalancedPositiveNegativeSampler(512, 1.0)
+    stages = list(rh.training_stages(features, [AT_055], [(128, 128)], [GT], keep_all))
+    assert [st.labels[0].tolist() for st in stages] == [[2, 2], [0, 2], [0, 2]]
+    for st in stages:
+        assert torch.allclose(st.rois[0], torch.cat([AT_055, GT["boxes"]]), atol=1e-4)
+
+
+def _stage_losses(model: nn.Module, weights: tuple[float, ...]) -> dict[str, torch.Tensor]:
+    model.roi_heads.stage_weights = weights
+    model.train()
+    images, targets = _images()
+    torch.manual_seed(5)  # the same RPN and RoI samples in every call
+    return model(images, targets)
+
+
+def test_each_stage_loss_is_scaled_by_its_weight():
+    model = _cascade()
+    plain = _stage_losses(model, (1.0, 1.0, 1.0))
+    paper = _stage_losses(model, (1.0, 0.5, 0.25))
+    first = _stage_losses(model, (1.0, 0.0, 0.0))
+    for part in ("classifier", "box_reg"):
+        assert plain[f"loss_{part}_2"] > 0 and plain[f"loss_{part}_3"] > 0
+        for i, w in enumerate((1.0, 0.5, 0.25), start=1):
+            assert torch.equal(paper[f"loss_{part}_{i}"], w * plain[f"loss_{part}_{i}"])
+        assert torch.equal(first[f"loss_{part}_1"], plain[f"loss_{part}_1"])
+        assert first[f"loss_{part}_2"] == 0 and first[f"loss_{part}_3"] == 0
+    # with weights (1, 0, 0) the later stages get no gradient
+    model.zero_grad()
+    sum(first.values()).backward()
+    assert model.roi_heads.stages[0].box_head.fc6.weight.grad.abs().sum() > 0
+    for stage in model.roi_heads.stages[1:]:
+        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in stage.parameters())
+
+
+#: zero weights and these biases make each classifier's softmax scores the same for every
+#: RoI: stage 1 (1, 2, 1, 1) / 5, stage 2 (1, 1, 3, 1) / 6, stage 3 (2, 1, 1, 1) / 5
+BIASES = ((0, math.log(2), 0, 0), (0, 0, math.log(3), 0), (math.log(2), 0, 0, 0))
+MEAN = {1: (2 / 5 + 1 / 6 + 1 / 5) / 3, 2: (1 / 5 + 3 / 6 + 1 / 5) / 3,
+        3: (1 / 5 + 1 / 6 + 1 / 5) / 3}
+
+
+def test_test_scores_are_the_mean_of_the_three_classifiers():
+    model = _cascade().eval()
+    with torch.no_grad():
+        for layer, bias in zip(model.roi_heads.classifiers, BIASES, strict=True):
+            layer.weight.zero_()
+            layer.bias.copy_(torch.tensor(bias))
+    images, _ = _images()
+    with torch.no_grad():
+        own = model(images)
+    trunk = FrozenTrunk(model)
+    ce = [build_loss("softmax_ce", LossContext(3)) for _ in range(3)]
+    out = trunk.detect(images, {"model": trunk.stage1_scorer,
+                                "head": (list(model.roi_heads.classifiers), ce)})
+    for dets in (own, out["model"], out["head"]):
+        assert all(len(d["labels"]) > 0 for d in dets)
+        for d in dets:
+            want = torch.tensor([MEAN[int(lab)] for lab in d["labels"]])
+            assert torch.allclose(d["scores"], want, atol=1e-6)
+
+
+def test_boxes_are_refined_stage_by_stage_and_the_last_stage_places_them():
+    model = _cascade().eval()
+    rh = model.roi_heads
+    _no_regression(rh)
+    with torch.no_grad():  # deltas = biases; dx is divided by the stage's x weight
+        rh.stages[0].box_predictor.bbox_pred.bias.copy_(torch.tensor([1.0, 0, 0, 0]))  # 1/10
+        rh.stages[2].box_predictor.bbox_pred.bias.copy_(torch.tensor([0.3, 0, 0, 0]))  # 1/100
+        features = model.backbone(torch.zeros(1, 3, 128, 128))
+        feats, deltas, boxes = rh.test_stages(features, [GT["boxes"]], [(128, 128)])
+        scores = torch.tensor([[0.1, 0.8, 0.1]])
+        dets = rh.detect(scores, deltas, boxes, [(128, 128)])[0]
+    assert len(feats) == 3
+    # stage 1 moves the 50-px box by 5 px; stage 2 does not move it; stage 3 by 0.5 px
+    assert torch.allclose(boxes[0], torch.tensor([[25.0, 20.0, 75.0, 70.0]]))
+    assert torch.allclose(dets["boxes"][dets["labels"] == 2],
+                          torch.tensor([[25.5, 20.0, 75.5, 70.0]]))
+
+
+def test_a_faster_rcnn_state_dict_initialises_the_trunk_rpn_and_first_stage():
+    s = config_mod.load_settings([])
+    torch.manual_seed(3)
+    faster = build_detector(s.backbone, 3, build_loss("softmax_ce", LossContext(3)), 128, 128)
+    cascade = _cascade(seed=4)
+    report = load_matching(cascade, faster.state_dict(), "faster.pt")
+    mine, theirs = cascade.state_dict(), faster.state_dict()
+    for k in theirs:
+        if k.startswith(("backbone.", "rpn.")):
+            assert torch.equal(mine[k], theirs[k]), k
+    for name in ("box_head.fc6.weight", "box_head.fc7.bias", "box_predictor.cls_score.weight"):
+        assert torch.equal(mine[f"roi_heads.stages.0.{name}"], theirs[f"roi_heads.{name}"])
+        assert not torch.equal(mine[f"roi_heads.stages.1.{name}"], theirs[f"roi_heads.{name}"])
+    # class-specific regression (4 (C + 1) outputs) does not fit the class-agnostic one
+    assert "roi_heads.stages.0.box_predictor.bbox_pred.weight" in report.reinitialised
+    assert "roi_heads.stages.0.box_head.fc6.weight" in report.loaded and not report.unused
+
+
+@pytest.mark.parametrize("name", ["softmax_ce", "bce", "acsl", "bags", "eqlv2", "seesaw",
+                                  "federated", "eql"])
+def test_every_loss_trains_a_cascade_head_with_one_loss_per_stage(tiny, name):
+    cfg, data, _ = tiny
+    context = loss_context(data, 0)
+    C = data.cmap.num_classes
+    model = build_detector(cfg.backbone, C, build_loss("softmax_ce", LossContext(C)), 128,
+                           128, CascadeSpec())
+    trunk = FrozenTrunk(model)
+    extra = ["loss.bins=[4]"] if name == "bags" else []  # the tiny set's counts: one bin
+    spec = config_mod.load_settings([*TINY, f"loss={name}", *extra]).loss
+    losses = stage_losses(make_loss(spec, context), spec, context, trunk.num_stages)
+    assert len({id(loss) for loss in losses}) == 3
+    if getattr(losses[0], "generator", None) is not None:  # BAGS, Federated: own streams
+        draws = [torch.randint(10**9, (4,), generator=loss.generator) for loss in losses]
+        assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    head = new_head(name, losses, trunk.stage1_classifier, C)
+    before = [layer.weight.clone() for layer in head.layers]
+    step = HeadsStep(trunk, [head], StageSchedule.from_settings(cfg.schedule.stage2), "cpu")
+    batch = [data.train[i] for i in range(2)]
+    torch.manual_seed(0)
+    row = step([b[0] for b in batch], [b[1] for b in batch], 0, 0.02, LossGuard("stage 2"))
+    assert math.isfinite(row[name])
+    assert all(not torch.equal(b, layer.weight) for b, layer in zip(before, head.layers,
+                                                                     strict=True))
+    dets = trunk.detect([batch[0][0]], {name: head.scorer})[name][0]
+    assert len(dets["scores"]) > 0 and torch.isfinite(dets["scores"]).all()
+
+
+def test_the_detector_is_part_of_the_stage1_key():
+    faster = config_mod.load_settings(TINY)
+    cascade = config_mod.load_settings(CASCADE)
+    assert stage1_key(faster, 1) != stage1_key(cascade, 1)
+    tighter = config_mod.load_settings([*CASCADE, "detector.iou_thresholds=[0.5,0.6,0.8]"])
+    assert stage1_key(tighter, 1) != stage1_key(cascade, 1)
+
+
+def test_cascade_heads_end_to_end_alone_or_together_and_from_their_checkpoint(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", *CASCADE, f"output_root={tmp_path}",
+                              "loss=softmax_ce,acsl", "run_name=both"])
+    assert res.exit_code == 0, res.output
+    both = json.loads((tmp_path / "runs/both/metrics.json").read_text())
+    acsl = next(k for k in both if k.startswith("acsl"))  # its label: acsl xi=... bg=...
+    assert "softmax_ce" in both
+    alone = run_train([*CASCADE, f"output_root={tmp_path}", "loss=acsl", "run_name=alone"])
+    assert alone.stage1_reused
+    # every metric, exactly (strict JSON: undefined metrics are null in both files)
+    assert json.loads((alone.run_dir / "metrics.json").read_text())[acsl] == both[acsl]
+    [ckpt] = (tmp_path / "runs/both/heads").glob("acsl*/checkpoint.pt")
+    assert set(load_checkpoint(ckpt)["classifier"]) == {
+        f"{i}.{p}" for i in range(3) for p in ("weight", "bias")}
+    out = tmp_path / "m.json"
+    res = runner.invoke(app, ["eval", f"ckpt={ckpt}", f"output_root={tmp_path}",
+                              f"out={out}", "progress=false"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text()) == both[acsl]
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["detector=mask_rcnn"], "unknown detector 'mask_rcnn' (choose from cascade_rcnn, "
+                             "faster_rcnn)"),
+    (["detector=cascade_rcnn", "detector.stage_weights=[1,0.5]"], "one entry per stage"),
+    (["detector=cascade_rcnn", "detector.box_coder_weights=[[10,10,5],[20,20,10,10],"
+      "[30,30,15,15]]"], "detector.box_coder_weights[0]=[10, 10, 5]: need 4 weights"),
+    (["detector=cascade_rcnn", "detector.iou_thresholds=[0.5,0.6,1.0]"],
+     "detector.iou_thresholds[2]=1.0: must be a finite number > 0 and < 1"),
+])
+def test_bad_detector_settings_are_one_line_errors(args, expect, tmp_path):
+    root = tmp_path / "outputs"
+    res = CliRunner().invoke(app, ["train", *args, f"output_root={root}", "progress=false"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
+    assert not root.exists()
