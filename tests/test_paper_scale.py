@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from acsl_cli.models.detector import build_detector
 from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import _unflip, merge_detections
 from acsl_cli.pipeline.train import STAGE1_ROW, run_train
+from acsl_cli.settings import LossSettings
 from tests.test_engine import TINY
 
 
@@ -56,7 +58,9 @@ def test_lean_head_checkpoint_points_to_stage1_and_evaluates_to_the_run(smoke, t
     assert head["format"] == "acsl-head/1" and "model" not in head
     assert set(head["classifier"]) == {"weight", "bias"}
     s1 = res.stage1_dir / "checkpoint.pt"
-    assert head["stage1"]["path"] == str(s1.resolve())
+    # relative to the head's folder, so a moved outputs/ keeps working
+    assert (ckpt.parent / head["stage1"]["path"]).resolve() == s1.resolve()
+    assert not Path(head["stage1"]["path"]).is_absolute()
     assert ckpt.stat().st_size * 20 < s1.stat().st_size
     out = tmp_path / "m.json"
     r = CliRunner().invoke(app, ["eval", f"ckpt={ckpt}", f"out={out}", "progress=false"])
@@ -106,9 +110,9 @@ def test_multi_scale_and_flip_test(smoke, tmp_path):
     from acsl_cli.models.trunk import FrozenTrunk
     from acsl_cli.pipeline.components import build_model, load_data, loss_context, make_loss
 
-    cfg = config_mod.load_config([*TINY, f"output_root={root}"])
+    cfg = config_mod.load_settings([*TINY, f"output_root={root}"])
     data = load_data(cfg)
-    loss = make_loss(OmegaConf.create({"name": "softmax_ce"}), loss_context(data, 0))
+    loss = make_loss(LossSettings("softmax_ce"), loss_context(data, 0))
     model = build_model(cfg, data, loss)
     model.load_state_dict(load_checkpoint(res.stage1_dir / "checkpoint.pt")["model"])
     images = [data.val[i][0] for i in range(3)]
@@ -162,10 +166,10 @@ def test_stage2_rois_per_image_sets_how_many_rois_stage2_samples(smoke):
     root, res = smoke
     counts = {}
     for n in ("null", "4", "512"):
-        cfg = config_mod.load_config([*TINY, f"output_root={root}",
+        cfg = config_mod.load_settings([*TINY, f"output_root={root}",
                                       f"schedule.stage2.rois_per_image={n}"])
         data = load_data(cfg)
-        loss = make_loss(OmegaConf.create({"name": "softmax_ce"}), loss_context(data, 0))
+        loss = make_loss(LossSettings("softmax_ce"), loss_context(data, 0))
         model = build_model(cfg, data, loss)
         model.load_state_dict(load_checkpoint(res.stage1_dir / "checkpoint.pt")["model"])
         trunk = test_trunk(cfg, model)
@@ -177,7 +181,7 @@ def test_stage2_rois_per_image_sets_how_many_rois_stage2_samples(smoke):
         # the detector's own sampler is left as stage 1 trained it
         assert model.roi_heads.fg_bg_sampler.batch_size_per_image == \
             cfg.backbone.roi_batch_size_per_image
-    per_image = config_mod.load_config(TINY).backbone.roi_batch_size_per_image
+    per_image = config_mod.load_settings(TINY).backbone.roi_batch_size_per_image
     assert counts["4"] == 8  # 4 per image, 2 images
     assert counts["null"] == min(counts["512"], 2 * per_image)
     assert counts["512"] > counts["null"]  # all proposals, capped by what the RPN gives
