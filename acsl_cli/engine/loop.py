@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,8 +86,10 @@ def fit(
     step: Step, loader: DataLoader, sched: StageSchedule, device: str,
     max_iters: int | None = None, show_progress: bool = True, resume: Path | None = None,
     generators: Sequence[torch.Generator] = (), bar_label: str | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Run ``step`` over ``sched.epochs`` epochs of ``loader``; returns the history rows."""
+    """Run ``step`` over ``sched.epochs`` epochs of ``loader``; returns the history rows.
+    ``after_epoch(n)`` runs after the n-th epoch (1-based) is saved (validation)."""
     start_epoch, it, history = 0, 0, []
     if resume is not None and resume.is_file():
         restored = _restore(resume, step, generators)
@@ -125,6 +127,8 @@ def fit(
                     "history": history, "torch_rng": torch.get_rng_state(),
                     "generators": [g.get_state() for g in generators],
                 })
+            if after_epoch is not None:
+                after_epoch(epoch + 1)
             if it >= total:
                 break
     return history

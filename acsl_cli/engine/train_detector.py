@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,8 @@ def train_detector(
     model: nn.Module, loader: DataLoader, sched: StageSchedule, device: str,
     max_iters: int | None = None, show_progress: bool = True, resume: Path | None = None,
     generators: Sequence[torch.Generator] = (), amp: str = "off",
+    after_epoch: Callable[[int], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train every parameter of ``model``; returns the per-iteration loss history."""
     return fit(DetectorStep(model, sched, device, amp), loader, sched, device, max_iters,
-               show_progress, resume, generators)
+               show_progress, resume, generators, after_epoch=after_epoch)

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import torch
+
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.lvis_dataset import subset_gt
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_base
@@ -36,8 +38,9 @@ class Evaluation:
 
 
 def evaluate(s: Settings, data: DatasetBundle, model, scorers: Mapping[str, Scorer] | None,
-             device: str) -> Evaluation:
-    """Predict on val (or its first ``eval_max_images``) and score with LVIS rules."""
+             device: str, during: Mapping[str, object] | None = None) -> Evaluation:
+    """Predict on val (or its first ``eval_max_images``) and score with LVIS rules.
+    ``during`` (stage, epoch) marks a validation during training in the event log."""
     val = eval_subset(data.val, s.schedule.eval_max_images)
     if not isinstance(model, FrozenTrunk):
         model = test_trunk(s, model)
@@ -48,11 +51,33 @@ def evaluate(s: Settings, data: DatasetBundle, model, scorers: Mapping[str, Scor
     for name, dets in results.items():
         metrics, rows = score(dets)
         out.metrics[name], out.per_category[name] = metrics, rows
-        log.info("evaluated %s on %d val images: AP %.4f APr %.4f APc %.4f APf %.4f", name,
-                 len(val), *(metrics[k] for k in ("AP", "APr", "APc", "APf")),
+        when = f" ({during['stage']}, epoch {during['epoch']})" if during else ""
+        log.info("evaluated %s on %d val images%s: AP %.4f APr %.4f APc %.4f APf %.4f", name,
+                 len(val), when, *(metrics[k] for k in ("AP", "APr", "APc", "APf")),
                  extra={"event": {"type": "eval", "model": name, "images": len(val),
-                                  **metrics}})
+                                  **(during or {}), **metrics}})
     return out
+
+
+def validation(s: Settings, data: DatasetBundle, device: str, stage: str,
+               model: Callable[[], tuple[FrozenTrunk, Mapping[str, Scorer]]]
+               ) -> Callable[[int], None] | None:
+    """The ``after_epoch`` hook of ``schedule.eval_every_epochs`` (None when it is off):
+    ``model()`` gives the trunk and scorers to evaluate. The random streams are forked, so
+    a run's results do not depend on whether it validated along the way."""
+    every = s.schedule.eval_every_epochs
+    if every is None:
+        return None
+
+    def run(epoch: int) -> None:
+        if epoch % every:
+            return
+        devices = [torch.cuda.current_device()] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            trunk, scorers = model()
+            evaluate(s, data, trunk, scorers, device, {"stage": stage, "epoch": epoch})
+
+    return run
 
 
 def scorer(s: Settings, data: DatasetBundle, images: int

@@ -10,6 +10,7 @@ unreadable metrics) is reported in one line and rebuilt. Training resumes per ep
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from acsl_cli.layout import OutputLayout
 from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import FrozenTrunk, with_classifier
 from acsl_cli.pipeline.components import build_model, loss_context, make_loss, train_data_loader
-from acsl_cli.pipeline.evaluate import evaluate
+from acsl_cli.pipeline.evaluate import evaluate, validation
 from acsl_cli.pipeline.rundir import (
     CacheEntry,
     FileLock,
@@ -113,8 +114,10 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
     loader = train_data_loader(s, data, s.seed)
     resume = OutputLayout.at(s.output_root).stage1_resume(folder.name)
     t0 = time.time()
+    check = validation(s, data, device, "stage 1", lambda: _validation_trunk(model))
     history = train_detector(model, loader, sched, device, s.schedule.max_iters, s.progress,
-                             resume=resume, generators=loader_generators(loader), amp=s.amp)
+                             resume=resume, generators=loader_generators(loader), amp=s.amp,
+                             after_epoch=check)
     log.info("stage 1: trained in %.1f s", time.time() - t0)
     # the cached row is scored the canonical way (one scale, no flip, 300 detections);
     # runs with other test settings re-score stage 1 themselves
@@ -134,6 +137,12 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
             shutil.rmtree(tmp, ignore_errors=True)
         resume.unlink(missing_ok=True)
     return Stage1Result(model, folder, saved["metrics"], saved["per_category"], False)
+
+
+def _validation_trunk(model: nn.Module):
+    """A frozen copy of the detector in training, with its own head as the stage-1 row."""
+    trunk = FrozenTrunk(copy.deepcopy(model))
+    return trunk, {"stage1 (softmax CE)": trunk.stage1_scorer}
 
 
 def _apply_init(path: str, model: nn.Module) -> None:

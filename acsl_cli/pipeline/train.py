@@ -27,7 +27,7 @@ from acsl_cli.pipeline.components import (
     stage_losses,
     train_data_loader,
 )
-from acsl_cli.pipeline.evaluate import Evaluation, evaluate, test_trunk
+from acsl_cli.pipeline.evaluate import Evaluation, evaluate, test_trunk, validation
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.provenance import provenance
 from acsl_cli.pipeline.rundir import (
@@ -106,8 +106,12 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         if dist.is_main():
             clean_stale(resume.parent)  # temp files of processes killed while saving
         with FileLock(resume) if dist.is_main() else nullcontext():
+            check = validation(s, data, device, "stage 2",
+                               lambda: (trunk, {spec.label: h.scorer for spec, h in
+                                                zip(plan.heads, heads, strict=True)}))
             finetune_heads(trunk, heads, loader, StageSchedule.from_settings(s.schedule.stage2),
-                           device, s.schedule.max_iters, s.progress, resume=resume, amp=s.amp)
+                           device, s.schedule.max_iters, s.progress, resume=resume, amp=s.amp,
+                           after_epoch=check)
         scorers = {h.name: h.scorer for h in heads}
         if not s.test.canonical:  # the cached stage-1 row was scored the canonical way
             scorers[STAGE1_ROW] = trunk.stage1_scorer

@@ -8,6 +8,7 @@ from pathlib import Path
 from acsl_cli.errors import ConfigError
 from acsl_cli.files import atomic_write_json, atomic_write_text
 from acsl_cli.reporting.compare import compare, csv_text, json_rows, markdown
+from acsl_cli.reporting.curves import validation_curves
 from acsl_cli.reporting.figures import draw_figures
 from acsl_cli.reporting.runs import Run
 from acsl_cli.reporting.suppression import suppression_report
@@ -24,6 +25,9 @@ def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
     except OSError as e:
         raise ConfigError(f"out={out_dir}: cannot create the folder ({e.strerror})") from None
     figures, notes = draw_figures(c, out_dir)
+    curves = validation_curves(runs, out_dir / "validation.png")
+    if curves is not None:
+        figures.append(curves)
     suppression_figures, suppression_text = suppression_report(c, out_dir)
     sources = "\n".join(f"- `{r.path}` (seed {r.seed}"
                         + (f"; {r.setting})" if r.setting not in ("", f"seed={r.seed}") else ")")

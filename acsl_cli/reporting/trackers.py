@@ -36,9 +36,12 @@ def _scalars(event: dict) -> tuple[str, int, dict[str, float]] | None:
             "type", "stage", "iter", "epoch", "replayed") and isinstance(v, (int, float))}
         return str(event["stage"]).replace(" ", ""), int(event["iter"]), values
     if event.get("type") == "eval":
-        values = {k: float(v) for k, v in event.items() if k not in ("type", "model", "images")
-                  and isinstance(v, float) and v == v}
-        return f"eval/{event['model']}", int(event.get("epoch", 0) or 0), values
+        values = {k: float(v) for k, v in event.items() if k not in (
+            "type", "model", "images", "stage", "epoch") and isinstance(v, float) and v == v}
+        if "epoch" in event:  # validation during training: val_<stage>/<model>/<metric>
+            stage = str(event["stage"]).replace(" ", "")
+            return f"val_{stage}/{event['model']}", int(event["epoch"]), values
+        return f"eval/{event['model']}", 0, values
     return None
 
 
@@ -82,6 +85,8 @@ class WandbHandler(logging.Handler):
         for stage in ("stage1", "stage2"):
             self._run.define_metric(f"{stage}/iter")
             self._run.define_metric(f"{stage}/*", step_metric=f"{stage}/iter")
+            self._run.define_metric(f"val_{stage}/epoch")
+            self._run.define_metric(f"val_{stage}/*", step_metric=f"val_{stage}/epoch")
 
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "event", None)
@@ -93,7 +98,9 @@ class WandbHandler(logging.Handler):
             for k, v in values.items():
                 self._run.summary[f"{prefix}/{k}"] = v
             return
-        self._run.log({f"{prefix}/iter": step, **{f"{prefix}/{k}": v for k, v in values.items()}})
+        counter = f"{prefix.split('/')[0]}/epoch" if prefix.startswith("val_") else \
+            f"{prefix}/iter"
+        self._run.log({counter: step, **{f"{prefix}/{k}": v for k, v in values.items()}})
 
     def close(self) -> None:
         self._run.finish()

@@ -52,6 +52,9 @@ class ScheduleSettings:
     flip: float = setting(0.5, number(0, 1), caches=(STAGE1, STAGE2))
     max_iters: int | None = setting(None, integer(1, null=True), caches=(STAGE1, STAGE2))
     eval_max_images: int | None = setting(None, integer(1, null=True))
+    #: validate every N epochs of either stage (on eval_max_images), into the event log
+    eval_every_epochs: int | None = setting(None, integer(1, null=True), caches=(),
+                                            outcome=False)
     stage1: StageSettings = section(StageSettings, caches=(STAGE1, STAGE2))
     stage2: StageSettings = section(StageSettings)
 
