@@ -1,20 +1,26 @@
 """Classification losses for the RoI head, one module each, behind a registry.
 
+For another framework's box head: ``detection_loss(name, num_classes, background=...)``
+(``losses.api``).
+
 Adding a loss = one module here (decorated with ``@register_loss``) + one yaml in
 ``conf/loss/`` + one import line below.
 """
 
 # Importing a loss module registers it: a new loss adds its module name here.
 from acsl_cli.losses import acsl, bags, bce, eql, eqlv2, federated, seesaw, softmax_ce  # noqa: F401
+from acsl_cli.losses.api import DetectionLoss, detection_loss
 from acsl_cli.losses.base import STAT_NAMES, ClassificationLoss, LossContext
 from acsl_cli.losses.registry import available_losses, build_loss, loss_class, register_loss
 
 __all__ = [
     "STAT_NAMES",
     "ClassificationLoss",
+    "DetectionLoss",
     "LossContext",
     "available_losses",
     "build_loss",
+    "detection_loss",
     "loss_class",
     "register_loss",
 ]
