@@ -317,7 +317,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also trace the evaluation's allocations (peak; several x slower)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.images = 50
+        args.dets_per_image = 20
     if args.images < 1 or args.dets_per_image < 0:
         parser.error("--images must be >= 1 and --dets-per-image >= 0")
     if args.child:

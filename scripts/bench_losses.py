@@ -167,7 +167,13 @@ def main(argv: list[str] | None = None) -> None:
                         "ignores other processes' load)")
     parser.add_argument("--acsl-only", action="store_true",
                         help="time only ACSL with and without its suppression record")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n = 256
+        args.classes = 30
+        args.repeats = 2
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
 

@@ -135,7 +135,13 @@ def main() -> None:
     ap.add_argument("--group-of-weight", type=float, default=1.0)
     ap.add_argument("--no-hierarchy", action="store_true", help="evaluate the GT unexpanded")
     ap.add_argument("--csv", action="store_true", help="also time the predictions CSV")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny sizes: checks that the script runs (CI runs it)")
     args = ap.parse_args()
+    if args.quick:
+        args.images = 200
+        args.dets = 20000
+        args.classes = 20
 
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()

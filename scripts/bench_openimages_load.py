@@ -148,8 +148,8 @@ def child(mode: str, folder: Path) -> dict:
         t3 = time.perf_counter()
         info.update(boxes_s=t1 - t0, labels_s=t2 - t1, assemble_s=t3 - t2,
                     images=len(split.image_ids), boxes=len(split.box_labels),
-                    degenerate=split.degenerate, pos=len(split.pos_labels),
-                    neg=len(split.neg_labels), unknown=split.unknown_labels,
+                    degenerate=split.skipped_degenerate, pos=len(split.pos_labels),
+                    neg=len(split.neg_labels), unknown=split.skipped_unknown_labels,
                     compact_bytes=sum(a.nbytes for a in (
                         split.box_offsets, split.boxes, split.box_labels, split.group_of,
                         split.pos_offsets, split.pos_labels, split.neg_offsets,
@@ -212,7 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", choices=("stages", "cold", "cached"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rows = 20000
+        args.classes = 20
+        args.image_sample = 20
     if args.child:
         print(json.dumps(child(args.child, args.dir)))
         return

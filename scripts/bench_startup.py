@@ -54,7 +54,11 @@ def run_once(cmd: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per command")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
 
     cmds = commands()
     for cmd in cmds.values():  # warm-up round: file cache, .pyc files

@@ -275,7 +275,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is steadier on a busy CPU")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.backbone = 'small'
+        args.size = 128
+        args.batch = 1
+        args.iters = 2
+        args.warmup = 1
+        args.classes = 20
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     if args.amp == "fp16" and args.device != "cuda":

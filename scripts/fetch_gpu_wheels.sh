@@ -7,6 +7,7 @@
 #   scripts/fetch_gpu_wheels.sh              # -> .gpu_wheels/*.whl (about 0.4 MB)
 #   WITH_YAML=1 scripts/fetch_gpu_wheels.sh  # also a PyYAML wheel for CPython 3.12 x86_64
 #   GPU_WHEELS=/some/dir scripts/fetch_gpu_wheels.sh
+#   scripts/fetch_gpu_wheels.sh --quick      # into a temporary folder (CI checks it runs)
 # Then carry the folder to the GPU machine (device tool: carry [".gpu_wheels"]) and run
 # scripts/gpu_check.sh there, which installs them with
 #   pip install --no-index --no-deps --target .gpu_site .gpu_wheels/*.whl
@@ -22,6 +23,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "${1:-}" = "--quick" ]; then  # CI: the same downloads into a temporary folder
+  GPU_WHEELS=${GPU_WHEELS:-$(mktemp -d)}
+fi
 DEST=${GPU_WHEELS:-.gpu_wheels}
 HYDRA_VER=${HYDRA_VER:-1.3.8}
 OMEGACONF_VER=${OMEGACONF_VER:-2.3.1}

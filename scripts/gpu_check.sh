@@ -29,13 +29,16 @@
 #   GPU_WHEELS=.gpu_wheels  GPU_SITE=.gpu_site   where the wheels are and go
 #   WORK=DIR        output_root of the smoke runs (default /tmp/acsl_gpu_check/work; kept
 #                   out of $OUT, whose files the device tool brings back 8 at most)
-# CPU test of the logic here: DEVICE=cpu QUICK=1 OUT=/tmp/gc scripts/gpu_check.sh
+# CPU test of the logic here: scripts/gpu_check.sh --quick (= DEVICE=cpu QUICK=1)
 # Exit status: 0 if every step passed, 1 otherwise. The last lines are the summary.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export PYTHONUNBUFFERED=1
 
+if [ "${1:-}" = "--quick" ]; then  # CI: every step on the CPU, tiny settings
+  DEVICE=cpu QUICK=1 BUDGET=${BUDGET:-400}
+fi
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
 BUDGET=${BUDGET:-480}
