@@ -189,22 +189,25 @@ def _rewrite_csv(path: Path, counts: dict[str, int] | None) -> list[dict]:
     return rows
 
 
-def test_train_counts_from_the_csv_or_the_train_json(made, tmp_path):
+def test_train_counts_from_the_train_json_or_the_csv(made, tmp_path):
     train_json = next((made["root"] / "cache" / "data").glob("synthetic-*/train.json"))
     truth = train_image_counts(json.loads(train_json.read_text()))
     run = load_runs([made["a"]])[0]
-    counts = train_counts(run)  # the pipeline's own CSV (with or without the columns)
-    assert counts.source in (train_json, made["a"] / "per_category_ap.csv")
-    assert all(truth[cid] == n for cid, n in counts.images.items())
-    # without the columns: the generated train.json found through the run's output root
+    counts = train_counts(run)  # every category of train, not only those in the val subset
+    assert counts.source == train_json and dict(counts.images) == truth
+    assert len(truth) >= len(run.categories)
+    # a copy elsewhere: the generated train.json found through the run's output root
     copy = tmp_path / "elsewhere" / "runs" / "a"
     shutil.copytree(made["a"], copy)
     path = copy / "per_category_ap.csv"
     _rewrite_csv(path, None)
     assert train_counts(load_runs([copy])[0]).source == train_json  # via config output_root
     assert dict(train_counts(load_runs([copy])[0]).images) == truth
-    # with the columns (anywhere in the header, 'group' for frequency): the CSV wins
+    # without the json, the CSV's columns (anywhere in the header, 'group' for frequency)
     rows = _rewrite_csv(path, {"train_images": 7, "train_instances": 9})
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["output_root"] = str(tmp_path / "gone")
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     moved = load_runs([copy])[0]
     counts = train_counts(moved)
     assert counts.source == path
@@ -213,9 +216,6 @@ def test_train_counts_from_the_csv_or_the_train_json(made, tmp_path):
     assert [sorted(c.ap) for c in moved.categories] == [sorted(c.ap) for c in run.categories]
     # neither the columns nor the json: the report is still written, the figure is skipped
     _rewrite_csv(path, None)
-    cfg = yaml.safe_load((copy / "config.yaml").read_text())
-    cfg["output_root"] = str(tmp_path / "gone")
-    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(DataError, match="config.yaml.*not found"):
         train_counts(load_runs([copy])[0])
     paths, notes = draw_figures(compare(load_runs([copy])), tmp_path / "out")

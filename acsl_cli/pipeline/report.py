@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from acsl_cli.engine.distributed import is_main
 from acsl_cli.errors import ConfigError
 
 __all__ = ["ReportResult", "is_main", "metrics_table", "print_stats", "run_report"]
@@ -20,6 +19,13 @@ class ReportResult:
     markdown: Path
     figures: int
     out: Path
+
+
+def is_main() -> bool:
+    """Whether this process prints (rank 0 under torchrun); torch only when asked."""
+    from acsl_cli.engine.distributed import is_main as rank0
+
+    return rank0()
 
 
 def metrics_table(rows: dict, title: str, note: str = "") -> object:

@@ -225,13 +225,18 @@ class TrainCounts:
 
 
 def train_counts(run: Run) -> TrainCounts:
-    """From per_category_ap.csv's train_images column if present, else from the train
-    annotation file the run's config points at (the generated set under its output root)."""
-    if run.categories and all(c.train_images is not None for c in run.categories):
-        return TrainCounts({c.category_id: int(c.train_images or 0) for c in run.categories},
-                           {c.category_id: c.group for c in run.categories},
-                           run.path / "per_category_ap.csv")
-    path = train_annotation_file(run)
+    """From the train annotation file the run's config points at (every category, the
+    generated set under its output root), else from per_category_ap.csv's train_images
+    column (only the categories with ground truth in the evaluated val images)."""
+    try:
+        path = train_annotation_file(run)
+    except DataError:
+        if run.categories and all(c.train_images is not None for c in run.categories):
+            return TrainCounts({c.category_id: int(c.train_images or 0)
+                                for c in run.categories},
+                               {c.category_id: c.group for c in run.categories},
+                               run.path / "per_category_ap.csv")
+        raise
     from acsl_cli.data.groups import train_category_info  # torch-free, the one r/c/f rule
 
     data = load_json(path)
