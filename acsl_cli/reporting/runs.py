@@ -21,6 +21,7 @@ from acsl_cli.data.annotations import load_json
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation import METRIC_KEYS
 from acsl_cli.evaluation.openimages_scoring import count_value
+from acsl_cli.layout import OutputLayout
 
 STAGE1_ROW = "stage1 (softmax CE)"  # the stage-1 row of every run (pipeline/train.py)
 _META = {"category_id", "name", "frequency", "group", "num_gt", "train_images",
@@ -283,15 +284,15 @@ def _synthetic_train(dataset: Mapping[str, Any], roots: Sequence[Path]) -> Path 
     spec = SyntheticLvisSpec if kind == "synthetic_lvis" else SyntheticSpec
     fields = spec.__dataclass_fields__
     try:
-        key = spec(**{k: dataset[k] for k in fields if k in dataset}).key()
+        made = spec(**{k: dataset[k] for k in fields if k in dataset})
     except TypeError:
-        key = None
+        made = None
     for root in roots:
-        exact = root / "cache" / "data" / f"{kind}-{key}" / "train.json"
-        if key and exact.is_file():
+        exact = made.folder(OutputLayout.at(root).data_cache) / "train.json" if made else None
+        if exact is not None and exact.is_file():
             return exact
     for root in roots:
-        candidates = sorted((root / "cache" / "data").glob(f"{kind}-*/train.json"))
+        candidates = sorted(OutputLayout.at(root).data_cache.glob(f"{kind}-*/train.json"))
         matching = [p for p in candidates if _num_categories(p) == dataset.get("num_classes")]
         if len(matching) == 1:
             return matching[0]

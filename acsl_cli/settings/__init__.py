@@ -1,8 +1,8 @@
 """Typed settings: the composed config read once into frozen dataclasses (``Settings``)."""
 
 from acsl_cli.settings.build import loss_settings, settings_from
-from acsl_cli.settings.declare import CACHES, DATA, STAGE1, STAGE2, declared, not_outcome_keys
-from acsl_cli.settings.keys import config_hash, stage1_key, stage2_key
+from acsl_cli.settings.declare import CACHES, DATA, STAGE1, STAGE2, declared
+from acsl_cli.settings.keys import config_hash, not_outcome_keys, stage1_key, stage2_key
 from acsl_cli.settings.sections import (
     BackboneSettings,
     DatasetSettings,

@@ -62,9 +62,3 @@ def declared(cls: type, path: tuple[str, ...] = (), caches: tuple[str, ...] = ()
             yield Declared((*path, f.name), f.default, meta["rule"], here, only,
                            meta.get("outcome", True))
 
-
-def not_outcome_keys() -> set[str]:
-    """Dotted paths of the settings that cannot change a result (``outcome=False``)."""
-    from acsl_cli.settings.sections import Settings
-
-    return {".".join(d.path) for d in declared(Settings) if not d.outcome}

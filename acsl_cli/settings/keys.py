@@ -49,6 +49,12 @@ def _typed(settings: Settings, path: Sequence[str]) -> Any:
     return value
 
 
+def not_outcome_keys() -> set[str]:
+    """Dotted paths of the settings that cannot change a result (``outcome=False``): runs
+    that differ only in them are the same experiment."""
+    return {".".join(d.path) for d in declared(Settings) if not d.outcome}
+
+
 def key_node(settings: Settings, cache: str) -> dict[str, Any]:
     """The values of every field tagged for ``cache``, at their config paths."""
     node: dict[str, Any] = {}

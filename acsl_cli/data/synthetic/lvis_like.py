@@ -81,6 +81,10 @@ class SyntheticLvisSpec:
                            "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
+    def folder(self, data_root: Path) -> Path:
+        """Where this set is cached under the data cache (``OutputLayout.data_cache``)."""
+        return Path(data_root) / f"synthetic_lvis-{self.key()}"
+
     def check(self) -> None:
         if not 10 <= self.num_classes <= MAX_CLASSES:
             raise ValueError(f"num_classes={self.num_classes}: must be in [10, {MAX_CLASSES}]")
@@ -256,7 +260,7 @@ def generate(spec: SyntheticLvisSpec, out: Path,
 def ensure_generated(spec: SyntheticLvisSpec, root: Path,
                      progress: Callable[[int, int], None] | None = None) -> Path:
     """Return the folder of the set for ``spec`` under ``root``, generating it if needed."""
-    out = Path(root) / f"synthetic_lvis-{spec.key()}"
+    out = spec.folder(root)
     if not ((out / "train.json").is_file() and (out / "val.json").is_file()):
         generate(spec, out, progress)
     return out

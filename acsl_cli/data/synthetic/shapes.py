@@ -71,6 +71,10 @@ class SyntheticSpec:
         blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
+    def folder(self, data_root: Path) -> Path:
+        """Where this set is cached under the data cache (``OutputLayout.data_cache``)."""
+        return Path(data_root) / f"synthetic-{self.key()}"
+
 
 def class_attributes(rank: int) -> tuple[str, str]:
     """(shape, colour) of the class at frequency rank ``rank`` (0 = most frequent).
@@ -291,7 +295,7 @@ def ensure_generated(
     spec: SyntheticSpec, root: Path, progress: Callable[[int, int], None] | None = None
 ) -> Path:
     """Return the folder of the set for ``spec`` under ``root``, generating it if needed."""
-    out = Path(root) / f"synthetic-{spec.key()}"
+    out = spec.folder(root)
     if not ((out / "train.json").is_file() and (out / "val.json").is_file()):
         generate(spec, out, progress)
     return out
