@@ -23,7 +23,7 @@ from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings import Settings, settings_from
 
-GROUPS = ("dataset", "backbone", "loss", "schedule", "sampler")
+GROUPS = ("dataset", "backbone", "loss", "schedule", "sampler", "launcher")
 __all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "load_settings",
            "parse_overrides", "to_settings", "to_yaml", "validate"]
 

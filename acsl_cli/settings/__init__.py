@@ -6,6 +6,7 @@ from acsl_cli.settings.keys import config_hash, stage1_key, stage2_key
 from acsl_cli.settings.sections import (
     BackboneSettings,
     DatasetSettings,
+    LauncherSettings,
     LossSettings,
     SamplerSettings,
     ScheduleSettings,
@@ -16,6 +17,6 @@ from acsl_cli.settings.sections import (
 )
 
 __all__ = ["CACHES", "DATA", "STAGE1", "STAGE2", "BackboneSettings", "DatasetSettings",
-           "LossSettings", "SamplerSettings", "ScheduleSettings", "Settings", "StageSettings",
+           "LauncherSettings", "LossSettings", "SamplerSettings", "ScheduleSettings", "Settings", "StageSettings",
            "TestSettings", "config_hash", "declared", "loss_settings", "not_outcome_keys",
            "settings_from", "stage1_key", "stage2_key", "yaml_text"]
