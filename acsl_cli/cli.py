@@ -129,6 +129,10 @@ def sweep(overrides: list[str] = OVERRIDES) -> None:
     result = run_sweep(overrides or [])
     if not is_main():
         return
+    if result.folder is None:
+        console.print(f"{len(result.jobs)} job(s) submitted: {' '.join(result.jobs)}; run the "
+                      "same command again to collect the sweep")
+        return
     _print_table(result.mean, f"mean over {result.num_runs} run(s) (%)")
     console.print(f"sweep directory: {result.folder}")
 

@@ -17,6 +17,7 @@ from acsl_cli.settings.sections import (
 )
 
 __all__ = ["CACHES", "DATA", "STAGE1", "STAGE2", "BackboneSettings", "DatasetSettings",
-           "LauncherSettings", "LossSettings", "SamplerSettings", "ScheduleSettings", "Settings", "StageSettings",
+           "LauncherSettings", "LossSettings", "SamplerSettings", "ScheduleSettings",
+           "Settings", "StageSettings",
            "TestSettings", "config_hash", "declared", "loss_settings", "not_outcome_keys",
            "settings_from", "stage1_key", "stage2_key", "yaml_text"]
