@@ -103,6 +103,39 @@ def test_cancelled_job_is_resubmitted_by_the_same_command(tmp_path, partition, i
     assert_same_tables(tmp_path / "runs" / "c-sweep", inprocess)
 
 
+def _restarts(job: str) -> int:
+    r = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True,
+                       timeout=60)
+    m = re.search(r"\bRestarts=(\d+)", r.stdout)
+    return int(m[1]) if m else -1
+
+
+def test_job_signalled_mid_run_is_requeued_and_continues(tmp_path, partition, inprocess):
+    """USR2 (Slurm's time-limit / preemption warning): submitit requeues the job, which
+    resumes; the run ends with the in-process run's metrics."""
+    cmd = ["sweep", *TINY, "seed=0", "loss=bce,acsl", f"output_root={tmp_path}",
+           "run_name=p", "launcher=slurm", f"launcher.partition={partition}"]
+    r = acsl(*cmd, "launcher.wait=false")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (job,) = job_ids(r.stdout)
+    stage1 = tmp_path / "cache" / "stage1"
+    deadline = time.time() + 300
+    while not list(stage1.glob("*.lock")) and time.time() < deadline:  # stage 1 started
+        time.sleep(0.2)
+    assert list(stage1.glob("*.lock")), "the job never reached stage 1"
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+    deadline, restarts = time.time() + 120, 0
+    while job in squeued([job]) and time.time() < deadline and restarts < 1:
+        restarts = _restarts(job)
+        time.sleep(0.2)
+    assert restarts >= 1, "the job was not requeued"
+    again = acsl(*cmd)  # waits for the requeued job (same id), submits nothing new
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "submitted" not in again.stdout
+    run = json.loads((tmp_path / "runs" / "p-sweep-0" / "metrics.json").read_text())
+    assert run == json.loads((inprocess.parent / "s-sweep-0" / "metrics.json").read_text())
+
+
 def test_local_launcher_two_at_once_writes_the_same_tables(tmp_path, inprocess):
     r = acsl(*SWEEP, f"output_root={tmp_path}", "run_name=l", "launcher=local",
              "launcher.max_parallel=2")
