@@ -246,3 +246,21 @@ def test_two_node_torchrun_on_loopback_ends_with_identical_heads(tmp_path):
     for name in a:
         assert torch.equal(a[name]["weight"], b[name]["weight"]), name
         assert not torch.equal(a[name]["weight"], a[name]["start"]), name
+
+
+def test_slurm_tasks_become_a_ddp_group_with_identical_heads(tmp_path, partition):
+    """Two Slurm tasks (srun -n 2): torch.distributed set up from SLURM_* as a launcher=slurm
+    job with several tasks does it, then the DDP heads test on both ranks."""
+    code = ("import runpy, sys; from acsl_cli.pipeline.launchers.jobs import "
+            "slurm_distributed_env as env; env(); sys.argv = ['ddp_heads', sys.argv[1]]; "
+            f"runpy.run_path({str(HERE / 'ddp_heads.py')!r}, run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RANK", None)
+    r = subprocess.run(["srun", f"--partition={partition}", "--ntasks=2", "--cpus-per-task=1",
+                        "--time=10", sys.executable, "-c", code, str(tmp_path)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{k}.pt", weights_only=True) for k in (0, 1))
+    assert a.keys() == b.keys() and len(a) == 2
+    for name in a:
+        assert torch.equal(a[name]["weight"], b[name]["weight"]), name
