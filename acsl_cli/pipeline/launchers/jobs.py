@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,13 +86,22 @@ def run_job(job: JobSpec) -> list[str]:
 
 def slurm_distributed_env() -> None:
     """torch.distributed's env:// variables from Slurm's task environment (SLURM_PROCID,
-    SLURM_NTASKS, SLURM_LOCALID, the node list), for jobs with several tasks."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "RANK" in os.environ:
+    SLURM_NTASKS, SLURM_LOCALID, the node list), for jobs with several tasks. Every task
+    keeps all of its node's GPUs; LOCAL_RANK picks one (``engine.distributed``)."""
+    env = os.environ
+    tasks = int(env.get("SLURM_NTASKS", "1"))
+    if tasks <= 1 or "RANK" in env:
         return
-    from submitit.helpers import TorchDistributedEnvironment
-
-    # every task keeps all of its node's GPUs; LOCAL_RANK picks one (engine.distributed)
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                           text=True, check=True, timeout=60).stdout.split()
+    nodes = max(1, int(env.get("SLURM_NNODES", "1")))
+    port = 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000  # the same in every task
+    env.update({"MASTER_ADDR": env.get("MASTER_ADDR", hosts[0]),
+                "MASTER_PORT": env.get("MASTER_PORT", str(port)),
+                "RANK": env["SLURM_PROCID"], "WORLD_SIZE": str(tasks),
+                "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+                "LOCAL_WORLD_SIZE": str(tasks // nodes)})
 
 
 class SlurmJob:
