@@ -130,7 +130,7 @@ def sweep(overrides: list[str] = OVERRIDES) -> None:
     if not is_main():
         return
     if result.folder is None:
-        console.print(f"{len(result.jobs)} job(s) submitted: {' '.join(result.jobs)}; run the "
+        console.print(f"job(s) queued or running: {' '.join(result.jobs)}; run the "
                       "same command again to collect the sweep")
         return
     _print_table(result.mean, f"mean over {result.num_runs} run(s) (%)")
