@@ -5,13 +5,16 @@ Run: ``.venv/bin/python scripts/bench_launchers.py [--partition debug] [--parall
 seed=0,1,2`` in process, with ``launcher=local launcher.max_parallel=N`` and with
 ``launcher=slurm``, each from a fresh ``output_root`` (the benchmark generated and every
 stage 1 trained each time), one after the other, and prints the three wall times and their
-ratios to the in-process one. Extra arguments are passed to every sweep.
+ratios to the in-process one. ``--repeats R`` runs R rounds, each starting one variant
+later (so no variant always meets the machine's load first), and prints the medians;
+``--start K`` starts the first round at variant K. Extra arguments go to every sweep.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +40,8 @@ def main() -> None:
     p.add_argument("--partition", default="debug")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--start", type=int, default=0)
     a, extra = p.parse_known_args()
     sweep = ["sweep", "schedule=smoke", f"seed={a.seeds}", "progress=false", *extra]
     variants = {
@@ -45,12 +50,17 @@ def main() -> None:
                                                       f"launcher.max_parallel={a.parallel}"],
         "launcher=slurm": ["launcher=slurm", f"launcher.partition={a.partition}"],
     }
-    times = {}
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
     with tempfile.TemporaryDirectory(prefix="acsl-bench-launchers-") as tmp:
-        for i, (name, args) in enumerate(variants.items()):
-            times[name] = timed([*sweep, *args, f"output_root={Path(tmp) / str(i)}",
-                                 "run_name=bench"])
-            print(f"{name:32s} {times[name]:7.1f} s", flush=True)
+        for r in range(a.repeats):
+            k = (a.start + r) % len(names)
+            for name in names[k:] + names[:k]:
+                out = Path(tmp) / f"{r}-{names.index(name)}"
+                samples[name].append(timed([*sweep, *variants[name], f"output_root={out}",
+                                            "run_name=bench"]))
+                print(f"round {r}: {name:32s} {samples[name][-1]:7.1f} s", flush=True)
+    times = {name: statistics.median(v) for name, v in samples.items()}
     ref = times["in process"]
     print(f"\n{' '.join(['acsl', *sweep])}  (CPUs: {os.cpu_count()})")
     print(f"{'launcher':32s} {'wall s':>7s} {'x in process':>13s}")
