@@ -120,7 +120,8 @@ def train(overrides: list[str] = OVERRIDES) -> None:
 def sweep(overrides: list[str] = OVERRIDES) -> None:
     """Comma lists: loss/xi values share one stage-2 pass, other keys (seed=0,1,2) are runs.
 
-    Example: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7
+    Example: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7 ; on a cluster: acsl sweep seed=0,1,2
+    launcher=slurm launcher.partition=gpu (or launcher=local launcher.max_parallel=2)
     """
     from acsl_cli.pipeline.report import is_main
     from acsl_cli.pipeline.sweep import run_sweep
