@@ -132,7 +132,8 @@ def train(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
 def sweep(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
     """Comma lists: loss/xi values share one stage-2 pass, other keys (seed=0,1,2) are runs.
 
-    Example: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7
+    Example: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7 ; on a cluster: acsl sweep seed=0,1,2
+    launcher=slurm launcher.partition=gpu (or launcher=local launcher.max_parallel=2)
     """
     from acsl_cli.pipeline.report import is_main
     from acsl_cli.pipeline.sweep import run_sweep
@@ -146,6 +147,10 @@ def sweep(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
         return
     result = run_sweep(overrides or [])
     if not is_main():
+        return
+    if result.folder is None:
+        console.print(f"job(s) queued or running: {' '.join(result.jobs)}; run the "
+                      "same command again to collect the sweep")
         return
     _print_table(result.mean, f"mean over {result.num_runs} run(s) (%)")
     console.print(f"sweep directory: {result.folder}")

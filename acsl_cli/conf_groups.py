@@ -8,7 +8,7 @@ from pathlib import Path
 
 from acsl_cli.errors import ConfigError
 
-GROUPS = ("dataset", "backbone", "detector", "loss", "schedule", "sampler")
+GROUPS = ("dataset", "backbone", "detector", "loss", "schedule", "sampler", "launcher")
 
 
 def config_dir() -> Path:

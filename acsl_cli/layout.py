@@ -4,6 +4,7 @@
     cache/data/                      generated benchmarks, parsed annotation caches
     cache/stage1/<key>/              a trained stage-1 detector (+ <key>.resume.pt)
     cache/stage2/<key>.resume.pt     an interrupted stage-2 pass
+    launcher/<sweep>/                a sweep's jobs (launcher=local|slurm): ids, specs, logs
 
 Files that point to other files (a head to its stage 1) store the path relative to the
 pointing file's folder, so a moved or copied ``outputs/`` keeps working.
@@ -40,6 +41,9 @@ class OutputLayout:
 
     def stage1_resume(self, key: str) -> Path:
         return self.root / "cache" / "stage1" / f"{key}.resume.pt"
+
+    def launcher(self, sweep: str) -> Path:
+        return self.root / "launcher" / sweep
 
     def stage2_resume(self, key: str) -> Path:
         return self.root / "cache" / "stage2" / f"{key}.resume.pt"

@@ -6,6 +6,11 @@ killed at any moment (Linux: ``fcntl.flock``, ``renameat2``). Below ``data`` and
 - ``CacheEntry``: a cache folder that is complete or absent, and rebuilt when corrupt.
 - ``clean_stale``: temp names carry host and pid, so only dead processes' are removed.
 - ``rename_noreplace``: publish a folder without ever replacing another.
+
+Filesystems without working ``flock`` across machines (some NFS mounts): set
+``ACSL_NO_LOCKS=1``. Locks then do nothing; publishing stays one atomic rename, and two
+processes that build the same cache entry both finish with one valid entry (the first
+published is kept, the other's copy dropped), at the cost of the work done twice.
 """
 
 from __future__ import annotations
@@ -72,6 +77,11 @@ def clean_stale(folder: Path) -> list[Path]:
     return removed
 
 
+def locks_enabled() -> bool:
+    """False with ``ACSL_NO_LOCKS=1`` (a filesystem whose ``flock`` cannot be trusted)."""
+    return os.environ.get("ACSL_NO_LOCKS", "").strip().lower() not in ("1", "true", "yes")
+
+
 class FileLock:
     """Exclusive ``flock`` on ``<path>.lock``: one process builds a shared thing, the
     others wait. The kernel releases it when the holder dies, even by SIGKILL, so a lock
@@ -85,6 +95,8 @@ class FileLock:
 
     def __enter__(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not locks_enabled():
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             try:
@@ -164,14 +176,26 @@ class CacheEntry:
         self._discard()
 
     def publish(self, tmp_folder: Path) -> Path:
-        """Rename a fully written ``tmp_folder`` into place, replacing what was there."""
+        """Rename a fully written ``tmp_folder`` into place, replacing an incomplete entry.
+
+        Under the lock the entry is absent or known corrupt here. Without locks another
+        builder may have published the same entry meanwhile: a complete one is kept and
+        ``tmp_folder`` left to the caller to remove, so both builders end with one entry."""
         tmp_folder = Path(tmp_folder)
         missing = self._missing(tmp_folder)
         if missing:
             raise DataError(f"{tmp_folder / missing[0]}: missing or empty, not publishing")
-        self._discard()
-        os.rename(tmp_folder, self.folder)
-        return self.folder
+        for _ in range(3):
+            try:
+                rename_noreplace(tmp_folder, self.folder)
+                return self.folder
+            except FileExistsError:
+                if not locks_enabled() and not self._missing(self.folder):
+                    log.info("cache entry %s was published by another process: keeping it",
+                             self.folder)
+                    return self.folder
+                self._discard()
+        raise DataError(f"{self.folder}: could not be published (replaced concurrently)")
 
     def _discard(self) -> None:
         """Rename aside first: if killed while deleting, ``clean_stale`` finishes the job."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,11 @@ log = logging.getLogger("acsl")
 
 @dataclass
 class SweepResult:
-    folder: Path
+    folder: Path | None  # None: jobs submitted without waiting (launcher.wait=false)
     runs: list[RunResult]
     mean: dict[str, dict[str, float]]
     std: dict[str, dict[str, float]]
+    jobs: list[str] = field(default_factory=list)  # ids of the jobs this command submitted
 
     @property
     def num_runs(self) -> int:
@@ -97,10 +98,19 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     if (root / f"{base}-sweep").exists():
         raise ConfigError(f"run_name={base}: this sweep is complete already "
                           f"({root / f'{base}-sweep'})")
-    runs = []
-    for i, run in enumerate(plan.runs):  # a rerun after an interruption skips finished runs
-        name = f"{base}-sweep-{i}"
-        runs.append(finished_run(root / name, run) or train(run, name))
+    names = [f"{base}-sweep-{i}" for i in range(len(plan.runs))]
+    jobs: list[str] = []
+    if first.launcher.name == "inprocess":  # a rerun after an interruption skips finished runs
+        runs = [finished_run(root / n, run) or train(run, n)
+                for run, n in zip(plan.runs, names, strict=True)]
+    else:
+        from acsl_cli.pipeline.launchers import launch
+
+        launched = launch(plan, overrides, base, names)
+        jobs = list(launched.jobs)
+        if not launched.complete:
+            return SweepResult(None, [], {}, {}, jobs)
+        runs = [_collected(root / n, run) for run, n in zip(plan.runs, names, strict=True)]
     mean, std = mean_std([r.metrics for r in runs])
     folder = root / f"{base}-sweep"
     if dist.is_main():
@@ -121,4 +131,12 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
             folder = summary.commit()
         if plan.out:
             write_out(plan.out, mean[list(mean)[-1]], folder)
-    return SweepResult(folder, runs, mean, std)
+    return SweepResult(folder, runs, mean, std, jobs)
+
+
+def _collected(folder: Path, plan: RunPlan) -> RunResult:
+    """A run that a job finished (the launcher checked that its folder is there)."""
+    result = finished_run(folder, plan)
+    if result is None:
+        raise DataError(f"{folder}: the run's job ended but its folder is not finished")
+    return result

@@ -7,6 +7,7 @@ from acsl_cli.settings.sections import (
     BackboneSettings,
     DatasetSettings,
     DetectorSettings,
+    LauncherSettings,
     LossSettings,
     SamplerSettings,
     ScheduleSettings,
@@ -17,7 +18,8 @@ from acsl_cli.settings.sections import (
 )
 
 __all__ = ["CACHES", "DATA", "STAGE1", "STAGE2", "BackboneSettings", "DatasetSettings",
-           "DetectorSettings", "LossSettings", "SamplerSettings", "ScheduleSettings",
+           "DetectorSettings", "LauncherSettings", "LossSettings", "SamplerSettings",
+           "ScheduleSettings",
            "Settings", "StageSettings",
            "TestSettings", "config_hash", "declared", "loss_settings", "not_outcome_keys",
            "settings_from", "stage1_key", "stage2_key", "yaml_text"]

@@ -158,6 +158,35 @@ class LossSettings:
         return {"name": self.name, **self.params}
 
 
+LAUNCHERS = ("inprocess", "local", "slurm")
+
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    """Where ``acsl sweep`` runs its jobs (``conf/launcher/``). A launcher cannot change a
+    result, so nothing here enters a cache key or tells runs apart."""
+
+    name: str = setting("inprocess", choice(*LAUNCHERS), outcome=False)
+    #: wait for the jobs, then write the sweep's tables; false: submit and return
+    wait: bool = setting(True, boolean, outcome=False)
+    #: local: jobs at once, and GPUs per job (its own CUDA_VISIBLE_DEVICES; > 1: torchrun)
+    max_parallel: int = setting(1, integer(1, 4096), outcome=False)
+    gpus_per_run: int = setting(0, integer(0, 4096), outcome=False)
+    #: slurm (submitit): sbatch's --partition, --account, --qos, --nodes, ...
+    partition: str | None = setting(None, text(null=True), outcome=False)
+    account: str | None = setting(None, text(null=True), outcome=False)
+    qos: str | None = setting(None, text(null=True), outcome=False)
+    nodes: int = setting(1, integer(1, 100_000), outcome=False)
+    gpus_per_node: int = setting(0, integer(0, 1024), outcome=False)
+    cpus_per_task: int = setting(1, integer(1, 4096), outcome=False)
+    mem_gb: float | None = setting(None, number(0, 1e7, lo_open=True, null=True),
+                                   outcome=False)
+    time_min: int = setting(60, integer(1, 10**7), outcome=False)
+    constraint: str | None = setting(None, text(null=True), outcome=False)
+    #: any other sbatch option, e.g. {mail-type: END}
+    additional: Mapping[str, Any] | None = setting(None, anything(), outcome=False)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything one run (or one head of it) is configured with, checked and typed."""
@@ -187,6 +216,7 @@ class Settings:
     #: added after the stage-1 key's format was fixed: Faster R-CNN keys stay as they were
     detector: DetectorSettings = section(DetectorSettings, caches=(STAGE1,),
                                          changed_only=(STAGE1,))
+    launcher: LauncherSettings = section(LauncherSettings, caches=())
     loss: LossSettings = field(default_factory=lambda: LossSettings("acsl"))
     #: the resolved config these settings were read from (plain data): written as the
     #: run's ``config.yaml`` and the source of the cache keys' values

@@ -1,0 +1,110 @@
+"""``launcher=slurm``: one Slurm job per job spec, submitted through submitit.
+
+Job states come from ``squeue`` (a job is alive while it is queued, running or requeued),
+not from ``sacct``, so clusters without an accounting database work too; whether a job
+did its work is read from its run folders. A job with several tasks (``nodes`` x
+``gpus_per_node``) runs DDP with torch.distributed set up from Slurm's variables.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from acsl_cli.errors import ConfigError
+from acsl_cli.pipeline.launchers.jobs import JobSpec, SlurmJob
+from acsl_cli.settings import LauncherSettings
+
+COMMANDS = ("sbatch", "squeue", "sinfo", "scontrol")
+
+
+def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "no output")
+
+
+class SlurmBackend:
+    """Submits with submitit's AutoExecutor; a job id is Slurm's."""
+
+    kind = "slurm"
+
+    def __init__(self, s: LauncherSettings, folder: Path, name: str) -> None:
+        self.s, self.folder, self.name = s, folder, name
+        self._live: set[str] = set()
+
+    def check(self) -> None:
+        """Slurm reachable, the partition known, submitit installed: before any submit."""
+        missing = [c for c in COMMANDS if shutil.which(c) is None]
+        if missing:
+            raise ConfigError(f"launcher=slurm: no Slurm on this machine ({missing[0]} is "
+                              "not on PATH)")
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise ConfigError("launcher=slurm needs submitit: pip install 'acsl-cli[slurm]'"
+                              ) from None
+        try:
+            r = _run(["sinfo", "-h", "-o", "%P"], timeout=30)
+        except subprocess.TimeoutExpired:
+            raise ConfigError("launcher=slurm: the Slurm controller does not answer (sinfo "
+                              "timed out)") from None
+        if r.returncode != 0:
+            raise ConfigError("launcher=slurm: cannot reach the Slurm controller (sinfo: "
+                              f"{_first_line(r.stderr + r.stdout)})")
+        parts = [p.rstrip("*") for p in r.stdout.split()]
+        if self.s.partition is not None and self.s.partition not in parts:
+            raise ConfigError(f"launcher.partition={self.s.partition}: no such partition "
+                              f"(this cluster has {', '.join(parts) or 'none'})")
+
+    def parameters(self) -> dict[str, Any]:
+        """submitit's AutoExecutor parameters (only the ones set: the cluster's defaults
+        apply to the rest)."""
+        s = self.s
+        p: dict[str, Any] = {"name": f"acsl-{self.name}", "nodes": s.nodes,
+                             "tasks_per_node": max(1, s.gpus_per_node),
+                             "cpus_per_task": s.cpus_per_task, "timeout_min": s.time_min}
+        optional = {"gpus_per_node": s.gpus_per_node or None, "mem_gb": s.mem_gb,
+                    "slurm_partition": s.partition, "slurm_account": s.account,
+                    "slurm_qos": s.qos, "slurm_constraint": s.constraint,
+                    "slurm_additional_parameters": dict(s.additional) if s.additional
+                    else None}
+        p.update({k: v for k, v in optional.items() if v is not None})
+        return p
+
+    def submit(self, job: JobSpec) -> str:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=self.folder / "slurm", cluster="slurm")
+        executor.update_parameters(**self.parameters())
+        try:
+            submitted = executor.submit(SlurmJob(job))
+        except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
+            raise ConfigError(f"launcher=slurm: sbatch refused the job "
+                              f"({' '.join(str(e).split())[:300]})") from None
+        return str(submitted.job_id)
+
+    def alive(self, ids: Sequence[str]) -> set[str]:
+        """Jobs still in the queue (pending, running, requeued, completing). If squeue
+        fails for another reason than unknown ids, the last answer stands."""
+        if not ids:
+            return set()
+        try:
+            r = _run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)])
+        except subprocess.TimeoutExpired:
+            return self._live & set(ids)
+        if r.returncode != 0:
+            if "Invalid job id" in r.stderr:
+                return set()
+            return self._live & set(ids)
+        live = {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
+        self._live = live
+        return live & set(ids)
+
+    def log(self, job: JobSpec, job_id: str) -> Path:
+        return self.folder / "slurm" / f"{job_id}_0_log.err"
