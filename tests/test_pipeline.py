@@ -165,6 +165,16 @@ def test_a_killed_sweep_resumes_to_the_same_tables(tmp_path):
             (straight / "runs" / "S-sweep" / f).read_text()), f
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "complete already" in again.stderr
+    # the name of another sweep: the message says what differs, nothing is trained
+    other = CliRunner().invoke(app, ["sweep", *TINY, "seed=0,1", "loss=acsl", "run_name=S",
+                                     f"output_root={straight}"])
+    assert other.exit_code == 2 and "holds another sweep (heads: bce -> acsl" in other.output
+    more = CliRunner().invoke(app, ["sweep", *TINY, "seed=0,1,2", "loss=bce", "run_name=S",
+                                    f"output_root={straight}"])
+    assert more.exit_code == 2, more.output
+    assert "its runs: seed=0; seed=1; this one: seed=0; seed=1; seed=2" in more.output
+    assert sorted(p.name for p in (straight / "runs").iterdir()) == ["S-sweep", "S-sweep-0",
+                                                                    "S-sweep-1"]
 
 
 def test_run_records_reproduce_and_parse(tmp_path):

@@ -16,6 +16,7 @@ from acsl_cli.errors import AcslError, ConfigError, DataError
 from acsl_cli.layout import OutputLayout
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
+from acsl_cli.pipeline.sweep_name import taken_message
 from acsl_cli.pipeline.train import RunResult, train
 from acsl_cli.plan import RunPlan, plan_sweep, saved_run_config
 from acsl_cli.reporting.figures import sweep_figures
@@ -95,10 +96,10 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     first = plan.runs[0].settings
     base = first.run_name or default_run_name("multi", first.seed)
     root = OutputLayout.at(first.output_root).runs
-    if (root / f"{base}-sweep").exists():
-        raise ConfigError(f"run_name={base}: this sweep is complete already "
-                          f"({root / f'{base}-sweep'})")
     names = [f"{base}-sweep-{i}" for i in range(len(plan.runs))]
+    if (root / f"{base}-sweep").exists():
+        raise ConfigError(taken_message(base, root / f"{base}-sweep", plan,
+                                        [root / n for n in names]))
     jobs: list[str] = []
     if first.launcher.name == "inprocess":  # a rerun after an interruption skips finished runs
         runs = [finished_run(root / n, run) or train(run, n)
