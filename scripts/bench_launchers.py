@@ -42,7 +42,13 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--start", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="one seed of a tiny benchmark: checks that the script runs (CI)")
     a, extra = p.parse_known_args()
+    if a.quick:
+        a.seeds = "0"
+        extra += ["dataset.num_classes=8", "dataset.max_images_per_class=12",
+                  "dataset.val_instances_per_class=2"]
     sweep = ["sweep", "schedule=smoke", f"seed={a.seeds}", "progress=false", *extra]
     variants = {
         "in process": [],

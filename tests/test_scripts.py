@@ -21,9 +21,10 @@ EXPECT = {
     "bench_openimages_load.py": "image check:",
     "bench_startup.py": 'python -c "import torch"',
     "bench_train.py": "stage-1 images/s ours/bare",
-    "bench_launchers.py": "",
+    "bench_launchers.py": "x in process",
     "fetch_gpu_wheels.sh": "",
     "gpu_check.sh": "all steps passed",
+    "slurm_local.sh": "debug",
 }
 
 
