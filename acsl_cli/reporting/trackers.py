@@ -29,8 +29,10 @@ def check_tracker(name: str) -> None:
                           f"(pip install 'acsl-cli[{name}]')")
 
 
-def _scalars(event: dict) -> tuple[str, int, dict[str, float]] | None:
+def _scalars(event: object) -> tuple[str, int, dict[str, float]] | None:
     """(prefix, step, values) of a training or evaluation event, else None."""
+    if not isinstance(event, dict):
+        return None
     if event.get("type") == "train":
         values = {k: float(v) for k, v in event.items() if k not in (
             "type", "stage", "iter", "epoch", "replayed") and isinstance(v, (int, float))}
@@ -56,8 +58,7 @@ class TensorBoardHandler(logging.Handler):
         self._writer.add_text("config", "```\n" + config_text + "\n```", 0)
 
     def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "event", None)
-        parsed = _scalars(event) if isinstance(event, dict) else None
+        parsed = _scalars(getattr(record, "event", None))
         if parsed is None:
             return
         prefix, step, values = parsed
@@ -89,8 +90,7 @@ class WandbHandler(logging.Handler):
             self._run.define_metric(f"val_{stage}/*", step_metric=f"val_{stage}/epoch")
 
     def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "event", None)
-        parsed = _scalars(event) if isinstance(event, dict) else None
+        parsed = _scalars(getattr(record, "event", None))
         if parsed is None:
             return
         prefix, step, values = parsed
