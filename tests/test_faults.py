@@ -129,7 +129,7 @@ def test_a_corrupt_stage1_cache_is_reported_and_rebuilt(tmp_path):
 def test_a_diverging_loss_stops_with_one_line_and_exit_1(tmp_path):
     root = tmp_path / "outputs"
     rc, _, err = finish(acsl("train", *SMOKE, "schedule.max_iters=12", "loss=bce",
-                             "schedule.stage2.lr=1e12", "schedule.stage2.warmup_iters=0",
+                             "schedule.stage2.lr=1e6", "schedule.stage2.warmup_iters=0",
                              f"output_root={root}", cwd=tmp_path))
     assert rc == 1, err
     line = err.strip().splitlines()[-1]

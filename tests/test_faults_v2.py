@@ -148,7 +148,7 @@ def test_stage2_stops_a_head_whose_loss_jumps_50x_after_100_iterations(tiny):
     trunk = FrozenTrunk(copy.deepcopy(model))
     loss = make_loss(LossSettings("bce"), loss_context(data, 0))
     head = new_head("bce", loss, trunk.stage1_classifier, data.cmap.num_classes)
-    head.loss = _SpikeAt(head.loss, at=100)
+    head.losses[0] = _SpikeAt(head.loss, at=100)
     sched = StageSchedule(epochs=1000, lr=0.001, momentum=0.9, weight_decay=1e-4,
                           warmup_iters=0, warmup_ratio=1.0, steps=[], grad_clip=35.0)
     torch.manual_seed(0)

@@ -196,17 +196,16 @@ def test_synthetic_output_is_unchanged(tmp_path):
 
 
 def test_config_rules_and_self_repair(tmp_path):
-    from acsl_cli.config import load_config
-    from acsl_cli.config_rules import validate
+    from acsl_cli.config import load_settings
     from acsl_cli.errors import ConfigError
     from acsl_cli.pipeline.components import load_data
 
-    validate(load_config(["dataset=synthetic_lvis"]))
+    load_settings(["dataset=synthetic_lvis"])  # every rule checked on the way
     for bad in ("dataset.max_images_per_class=100", "dataset.num_classes=301",
                 "dataset.classes_per_image=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
-            validate(load_config(["dataset=synthetic_lvis", bad]))
-    cfg = load_config(["dataset=synthetic_lvis", "dataset.num_classes=12",
+            load_settings(["dataset=synthetic_lvis", bad])
+    cfg = load_settings(["dataset=synthetic_lvis", "dataset.num_classes=12",
                        "dataset.max_images_per_class=101", "dataset.val_instances_per_class=1",
                        "progress=false", f"output_root={tmp_path}"])
     data = load_data(cfg)
