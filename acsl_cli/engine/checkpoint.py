@@ -19,6 +19,7 @@ import torch
 
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name, writing
+from acsl_cli.layout import follow
 
 FORMAT = "acsl-detector/1"  # a whole detector
 HEAD_FORMAT = "acsl-head/1"  # a stage-2 classifier + pointer to its stage-1 checkpoint
@@ -96,9 +97,7 @@ def file_digest(path: str | Path) -> str:
 def load_head_base(path: str | Path, head: dict[str, Any]) -> dict[str, Any]:
     """The stage-1 checkpoint a lean head points to, checked against the recorded hash."""
     ref = head.get("stage1") or {}
-    base = Path(str(ref.get("path", "")))
-    if not base.is_absolute():  # relative to the head's folder (older heads: absolute)
-        base = Path(path).parent / base
+    base = follow(str(ref.get("path", "")), Path(path).parent)  # older heads: absolute
     if not base.is_file():
         raise DataError(f"{path}: its stage-1 checkpoint {base} is missing (a head checkpoint "
                         "holds only the classifier; keep outputs/cache/stage1)")

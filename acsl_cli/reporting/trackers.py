@@ -17,7 +17,6 @@ from typing import Any
 
 from acsl_cli.errors import ConfigError
 
-TRACKERS = ("none", "tensorboard", "wandb")
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
