@@ -56,6 +56,9 @@ class SweepPlan:
     runs: tuple[RunPlan, ...]
     settings: tuple[str, ...]  # per run, the overrides that make it differ ("seed=1")
     out: str | None  # where the mean of the last head goes
+    #: per run, its overrides but the seed ("detector=cascade_rcnn"): runs of one variant
+    #: differ only in the seed, so only they are pooled into a mean and std
+    variants: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,8 @@ def plan_sweep(overrides: list[str] | tuple[str, ...]) -> SweepPlan:
             inner.append(o.text)
     combos = list(itertools.product(*outer))
     runs = tuple(plan_train(inner + list(c)) for c in combos)
-    return SweepPlan(runs, tuple(" ".join(c) for c in combos), out)
+    variants = tuple(" ".join(o for o in c if o.partition("=")[0] != "seed") for c in combos)
+    return SweepPlan(runs, tuple(" ".join(c) for c in combos), out, variants)
 
 
 def plan_eval(overrides: list[str] | tuple[str, ...]) -> EvalPlan:

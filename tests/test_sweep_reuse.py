@@ -53,3 +53,34 @@ def test_sweep_mean_treats_undefined_metrics_as_undefined():
     assert mean["m"]["AP"] == pytest.approx(0.6) and std["m"]["AP"] == pytest.approx(0.141421356)
     assert math.isnan(mean["m"]["AP75"]) and math.isnan(std["m"]["AP75"])
     assert math.isnan(mean["m"]["APl"])
+
+
+def test_a_run_of_another_detector_is_refused_and_the_message_names_it(tmp_path):
+    (cascade,) = plan_sweep(["seed=0", "loss=bce", "detector=cascade_rcnn"]).runs
+    (faster,) = plan_sweep(["seed=0", "loss=bce"]).runs
+    folder = _saved_run(tmp_path / "faster", faster, drop_key=False)
+    assert finished_run(folder, faster) is not None
+    with pytest.raises(ConfigError, match="detector.name: 'faster_rcnn' there, "
+                                          "'cascade_rcnn' here"):
+        finished_run(folder, cascade)
+
+
+def test_runs_are_pooled_only_with_runs_that_differ_in_the_seed():
+    """``detector=a,b seed=0,1``: a mean over both detectors would describe neither."""
+    from acsl_cli.pipeline.sweep import pooled_by_variant
+
+    plan = plan_sweep(["seed=0,1", "detector=faster_rcnn,cascade_rcnn", "loss=bce"])
+    assert plan.settings == ("seed=0 detector=faster_rcnn", "seed=0 detector=cascade_rcnn",
+                             "seed=1 detector=faster_rcnn", "seed=1 detector=cascade_rcnn")
+    assert plan.variants == ("detector=faster_rcnn", "detector=cascade_rcnn") * 2
+    runs = [{"bce": {"AP": ap}} for ap in (0.1, 0.5, 0.3, 0.9)]
+    mean, std, pooled = pooled_by_variant(plan.variants, runs)
+    assert pooled == 2
+    assert list(mean) == ["bce [detector=faster_rcnn]", "bce [detector=cascade_rcnn]"]
+    assert mean["bce [detector=faster_rcnn]"]["AP"] == pytest.approx(0.2)
+    assert mean["bce [detector=cascade_rcnn]"]["AP"] == pytest.approx(0.7)
+    assert std["bce [detector=cascade_rcnn]"]["AP"] == pytest.approx(0.4 / 2 ** 0.5)
+    seeds_only = plan_sweep(["seed=0,1", "loss=bce"])
+    assert seeds_only.variants == ("", "")
+    mean, _, pooled = pooled_by_variant(seeds_only.variants, runs[:2])
+    assert list(mean) == ["bce"] and pooled == 2 and mean["bce"]["AP"] == pytest.approx(0.3)

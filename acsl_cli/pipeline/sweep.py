@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from acsl_cli.pipeline.train import RunResult, train
 from acsl_cli.plan import RunPlan, plan_sweep, saved_run_config
 from acsl_cli.reporting.figures import sweep_figures
 from acsl_cli.reporting.tables import markdown_mean_std, metrics_json, write_metrics
+from acsl_cli.settings import not_outcome_keys
 
 log = logging.getLogger("acsl")
 
@@ -55,12 +58,51 @@ def mean_std(runs: list[dict[str, dict[str, float]]]
     return mean, std
 
 
-def _set_values(node: object) -> object:
-    """``node`` without null entries: an option added later with a null default must not
-    make the runs saved before it look different."""
-    if isinstance(node, dict):
-        return {k: _set_values(v) for k, v in node.items() if v is not None}
-    return node
+def pooled_by_variant(variants: Sequence[str], runs: Sequence[dict[str, dict[str, float]]]
+                      ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], int]:
+    """Mean and std over the runs of each variant (runs that differ only in the seed), and
+    the most runs pooled into one row. With several variants (``detector=a,b``) each row
+    is named ``label [variant]``: pooling a Faster and a Cascade R-CNN would measure neither."""
+    groups: dict[str, list[dict[str, dict[str, float]]]] = {}
+    for variant, metrics in zip(variants, runs, strict=True):
+        groups.setdefault(variant, []).append(metrics)
+    if len(groups) == 1:
+        return *mean_std(list(runs)), len(runs)
+    mean, std = {}, {}
+    for variant, members in groups.items():
+        m, s = mean_std(members)
+        mean.update({f"{row} [{variant}]": v for row, v in m.items()})
+        std.update({f"{row} [{variant}]": v for row, v in s.items()})
+    return mean, std, max(len(g) for g in groups.values())
+
+
+# Not compared when a sweep reuses a finished run: what cannot change a result, what the
+# heads compare (loss, xi) and the run's record of itself.
+_NOT_COMPARED = {*not_outcome_keys(), "heads", "loss", "xi", "provenance"}
+
+
+def _outcome_values(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted path -> value of every setting that can change a result."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        if path in _NOT_COMPARED:
+            continue
+        if isinstance(v, Mapping):
+            out.update(_outcome_values(v, f"{path}."))
+        else:
+            out[path] = v
+    return out
+
+
+def _first_difference(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> str | None:
+    """The first setting both configs hold with different values. A setting only one of them
+    holds is an option added since the run was saved: the run is still this one."""
+    a, b = _outcome_values(saved), _outcome_values(mine)
+    for k in sorted(a.keys() & b.keys()):
+        if a[k] != b[k]:
+            return f"{k}: {a[k]!r} there, {b[k]!r} here"
+    return None
 
 
 def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
@@ -76,12 +118,11 @@ def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
     want = {h.id: h.loss.as_dict() for h in plan.heads}
     heads = saved.get("heads") or {}
     have = {k: v.get("loss") for k, v in heads.items()} if isinstance(heads, dict) else None
-    mine = plan.settings.source
-    same = all(_set_values(saved.get(k) or {}) == _set_values(mine.get(k) or {})
-               for k in ("dataset", "backbone", "schedule"))
-    if have != want or saved.get("seed") != plan.settings.seed or not same:
-        raise ConfigError(f"{folder} exists but was made with other settings; use another "
-                          "run_name")
+    differs = ("heads" if have != want else
+               _first_difference(saved, plan.settings.source))
+    if differs:
+        raise ConfigError(f"{folder} exists but was made with other settings ({differs}); "
+                          "use another run_name")
     log.info("sweep: %s is finished, reusing it", folder)
     metrics = {row: {k: math.nan if v is None else float(v) for k, v in m.items()}
                for row, m in rows.items()}
@@ -112,7 +153,7 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
         if not launched.complete:
             return SweepResult(None, [], {}, {}, jobs)
         runs = [_collected(root / n, run) for run, n in zip(plan.runs, names, strict=True)]
-    mean, std = mean_std([r.metrics for r in runs])
+    mean, std, pooled = pooled_by_variant(plan.variants, [r.metrics for r in runs])
     folder = root / f"{base}-sweep"
     if dist.is_main():
         with RunDir(folder.parent, folder.name) as summary:
@@ -121,7 +162,7 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
             atomic_write_json(summary.path / "std.json",
                               {row: metrics_json(m) for row, m in std.items()})
             atomic_write_text(summary.path / "summary.md",
-                              markdown_mean_std(mean, std, len(runs)))
+                              markdown_mean_std(mean, std, pooled))
             atomic_write_text(summary.path / "runs.txt", "".join(
                 f"{setting}\t{r.run_dir}\n"
                 for setting, r in zip(plan.settings, runs, strict=True)))
