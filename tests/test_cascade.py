@@ -233,3 +233,21 @@ def test_bad_detector_settings_are_one_line_errors(args, expect, tmp_path):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
     assert not root.exists()
+
+
+@pytest.mark.parametrize("cascade", [True, False], ids=["cascade", "faster"])
+def test_an_image_without_proposals_has_no_detections_and_no_error(cascade):
+    """The RPN may keep nothing (here: its test-time cap set to 0): an empty result per
+    image, as mmdetection returns, instead of a reshape error."""
+    s = config_mod.load_settings([])
+    torch.manual_seed(0)
+    model = build_detector(s.backbone, 3, build_loss("softmax_ce", LossContext(3)), 128, 128,
+                           CascadeSpec() if cascade else None).eval()
+    model.rpn._post_nms_top_n = {"training": 0, "testing": 0}
+    images, _ = _images()
+    with torch.no_grad():
+        dets = model(images)
+    assert [len(d["boxes"]) for d in dets] == [0, 0]
+    trunk = FrozenTrunk(model)
+    out = trunk.detect(images, {"model": trunk.stage1_scorer})
+    assert [len(d["boxes"]) for d in out["model"]] == [0, 0]

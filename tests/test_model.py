@@ -131,3 +131,13 @@ def test_default_weights_offline_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(DataError, match="cannot download resnet50 weights") as err:
         build_backbone(OmegaConf.create({"name": "r50", "weights": "DEFAULT"}))
     assert "\n" not in str(err.value) and "backbone.weights=/path/resnet50.pth" in str(err.value)
+
+
+@pytest.mark.parametrize("width", [4, 4 * 4], ids=["class_agnostic", "class_specific"])
+def test_box_loss_of_no_rois_is_zero(width):
+    from acsl_cli.models.roi_heads import box_regression_loss
+
+    reg = torch.zeros(0, width, requires_grad=True)
+    loss = box_regression_loss(reg, torch.zeros(0, dtype=torch.long), torch.zeros(0, 4))
+    loss.backward()
+    assert loss.item() == 0.0 and reg.grad.shape == (0, width)

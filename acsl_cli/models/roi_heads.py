@@ -143,7 +143,7 @@ def select_detections(
             top = flat[idx].topk(pre_nms_topk).indices
             idx = idx[top]
         rois, cls = idx // num_classes, idx % num_classes
-        per_class = deltas.view(len(props), -1, 4)
+        per_class = deltas.reshape(len(props), deltas.shape[-1] // 4, 4)  # 0 RoIs too
         # float32 decoding: under bf16 autocast the deltas are bf16 (~8 px at 800 px)
         d = per_class[rois, cls + 1 if per_class.shape[1] > 1 else 0].float()
         boxes = box_coder.decode_single(d, props[rois].float())
@@ -160,7 +160,7 @@ def box_regression_loss(box_regression: Tensor, labels: Tensor, targets: Tensor)
     """Smooth-L1 on the positive RoIs' deltas (class-specific, or class-agnostic (N, 4)),
     normalised by all RoIs."""
     pos = torch.nonzero(labels > 0).squeeze(1)
-    per_class = box_regression.reshape(labels.shape[0], -1, 4)
+    per_class = box_regression.reshape(labels.shape[0], box_regression.shape[-1] // 4, 4)
     deltas = per_class[pos, labels[pos] if per_class.shape[1] > 1 else 0]
     loss = F.smooth_l1_loss(deltas, targets[pos], beta=1 / 9, reduction="sum")
     return loss / max(labels.numel(), 1)
