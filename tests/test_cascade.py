@@ -195,6 +195,35 @@ def test_the_detector_is_part_of_the_stage1_key():
     assert stage1_key(tighter, 1) != stage1_key(cascade, 1)
 
 
+def test_class_agnostic_boxes_for_faster_rcnn_train_and_evaluate(tmp_path):
+    """``detector.class_agnostic_boxes=true``: one box per RoI (4 regression outputs) for
+    every class; it moves the stage-1 key only when set, and its head's checkpoint evaluates
+    to the run's metrics (the detector is rebuilt the same way from the saved config)."""
+    agnostic = [*TINY, "detector.class_agnostic_boxes=true"]
+    assert stage1_key(config_mod.load_settings(agnostic), 1) != stage1_key(
+        config_mod.load_settings(TINY), 1)
+    assert stage1_key(config_mod.load_settings([*TINY, "detector.class_agnostic_boxes=false"]),
+                      1) == stage1_key(config_mod.load_settings(TINY), 1)
+    s = config_mod.load_settings(agnostic)
+    model = build_detector(s.backbone, 3, build_loss("bce", LossContext(3)), 128, 128,
+                           class_agnostic_boxes=True)
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 4
+    images, targets = _images()
+    losses = model.train()(images, targets)
+    assert torch.isfinite(losses["loss_box_reg"]) and losses["loss_box_reg"] > 0
+    with torch.no_grad():
+        dets = model.eval()(images)
+    assert all(len(d["boxes"]) > 0 for d in dets)
+    res = run_train([*agnostic, f"output_root={tmp_path}", "loss=bce", "run_name=agn"])
+    metrics = json.loads((res.run_dir / "metrics.json").read_text())["bce"]
+    [ckpt] = (res.run_dir / "heads").glob("bce*/checkpoint.pt")
+    out = tmp_path / "m.json"
+    got = CliRunner().invoke(app, ["eval", f"ckpt={ckpt}", f"output_root={tmp_path}",
+                                   f"out={out}", "progress=false"])
+    assert got.exit_code == 0, got.output
+    assert json.loads(out.read_text()) == metrics
+
+
 def test_cascade_heads_end_to_end_alone_or_together_and_from_their_checkpoint(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["train", *CASCADE, f"output_root={tmp_path}",

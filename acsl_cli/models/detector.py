@@ -17,10 +17,11 @@ from acsl_cli.models.roi_heads import BoxPredictor, LossAwareRoIHeads
 
 def build_detector(
     backbone_cfg: Any, num_classes: int, cls_loss: ClassificationLoss, min_size: int,
-    max_size: int, cascade: CascadeSpec | None = None,
+    max_size: int, cascade: CascadeSpec | None = None, class_agnostic_boxes: bool = False,
 ) -> FasterRCNN:
     """Faster R-CNN + FPN; ``num_classes`` foreground classes, classifier width from the loss.
-    With ``cascade``, the RoI head is Cascade R-CNN's (same trunk, RPN, pooling, sampler).
+    With ``cascade``, the RoI head is Cascade R-CNN's (same trunk, RPN, pooling, sampler,
+    always class-agnostic); ``class_agnostic_boxes`` gives Faster R-CNN one box per RoI.
 
     Test-time settings follow the paper: NMS 0.5, score threshold 0, 300 detections.
     """
@@ -50,7 +51,8 @@ def build_detector(
     model.roi_heads = LossAwareRoIHeads(
         old.box_roi_pool,
         old.box_head,
-        BoxPredictor(cfg.representation_size, num_classes, cls_loss.num_outputs(num_classes)),
+        BoxPredictor(cfg.representation_size, num_classes, cls_loss.num_outputs(num_classes),
+                     class_agnostic_boxes),
         fg_iou_thresh=0.5,
         bg_iou_thresh=0.5,
         batch_size_per_image=cfg.roi_batch_size_per_image,

@@ -19,12 +19,14 @@ from acsl_cli.losses import ClassificationLoss
 
 
 class BoxPredictor(nn.Module):
-    """``cls_score`` (width chosen by the loss) and class-specific ``bbox_pred`` (C+1)."""
+    """``cls_score`` (width chosen by the loss) and ``bbox_pred``: class-specific (C+1
+    boxes per RoI) or class-agnostic (one box per RoI, every class placed by it)."""
 
-    def __init__(self, in_channels: int, num_classes: int, num_logits: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, num_logits: int,
+                 class_agnostic: bool = False) -> None:
         super().__init__()
         self.cls_score = nn.Linear(in_channels, num_logits)
-        self.bbox_pred = nn.Linear(in_channels, (num_classes + 1) * 4)
+        self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic else (num_classes + 1) * 4)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x.flatten(start_dim=1)

@@ -92,7 +92,8 @@ STAGE_SEED = 1_000_003
 
 def build_model(s: Settings, data: DatasetBundle, loss: ClassificationLoss):
     return build_detector(s.backbone, data.cmap.num_classes, loss, s.dataset.min_size,
-                          s.dataset.max_size, cascade_spec(s.detector))
+                          s.dataset.max_size, cascade_spec(s.detector),
+                          s.detector.class_agnostic_boxes)
 
 
 def cascade_spec(d: DetectorSettings) -> CascadeSpec | None:

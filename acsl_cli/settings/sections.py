@@ -108,6 +108,9 @@ class DetectorSettings:
     read only by ``cascade_rcnn``; one entry per stage, the lengths must agree."""
 
     name: str = setting("faster_rcnn", choice(*DETECTORS))
+    #: Faster R-CNN: one box regression shared by all classes (mmdetection's
+    #: ``reg_class_agnostic``) instead of one per class; the cascade's always is
+    class_agnostic_boxes: bool = setting(False, boolean)
     iou_thresholds: tuple[float, ...] = setting(
         (0.5, 0.6, 0.7), list_of(number(0, 1, lo_open=True, hi_open=True), nonempty=True))
     stage_weights: tuple[float, ...] = setting((1.0, 0.5, 0.25),
