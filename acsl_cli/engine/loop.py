@@ -48,19 +48,22 @@ class LossGuard:
 
     A non-finite value stops the run at once. Exploding means more than ``factor`` times
     the median of the last ``window`` values (the lower median: an explosion in progress
-    cannot raise its own bar). While fewer than ``steady`` values have been seen the bar
-    is ``early_factor``: a handful of values is a noisy median, but no normal first
-    iterations grow a loss a hundredfold, and a diverging one (lr far too high) does so
-    within two or three steps, long before a short run ends. A median ignores single
-    spikes once the window has filled.
+    cannot raise its own bar) for ``patience`` iterations in a row: a single batch may
+    legitimately cost 20x the median (BAGS with a five-instance tail group does, when the
+    batch holds one of its rare boxes), a diverging loss stays up. While fewer than
+    ``steady`` values have been seen the bar is ``early_factor`` and one value is enough:
+    no normal first iterations grow a loss a hundredfold, and a diverging one (lr far too
+    high) does so within two or three steps, long before a short run ends.
     """
 
     def __init__(self, stage: str, factor: float = 20.0, window: int = 100, steady: int = 20,
-                 early_factor: float = 100.0) -> None:
+                 early_factor: float = 100.0, patience: int = 5) -> None:
         self.stage, self.factor, self.steady, self.early_factor = stage, factor, steady, \
             early_factor
+        self.patience = patience
         self.epoch = 0
         self._recent: dict[str, deque[float]] = {}
+        self._above: dict[str, int] = {}  # per track: iterations in a row above the bar
         self._window = window
 
     def check(self, track: str, value: float, it: int) -> None:
@@ -74,10 +77,13 @@ class LossGuard:
             median = sorted(recent)[(len(recent) - 1) // 2]
             steady = len(recent) >= min(self.steady, self._window)
             factor = self.factor if steady else self.early_factor
-            if median > 0 and value > factor * median:
+            above = median > 0 and value > factor * median
+            self._above[track] = self._above.get(track, 0) + 1 if above else 0
+            if above and (not steady or self._above[track] >= self.patience):
+                times = "" if not steady else f" for {self.patience} iterations in a row"
                 raise TrainingDiverged(
                     f"{where}: loss exploded to {value:.4g} {when}, more than "
-                    f"{factor:g} x its running median {median:.4g}; training stopped"
+                    f"{factor:g} x its running median {median:.4g}{times}; training stopped"
                 )
         recent.append(value)
 
