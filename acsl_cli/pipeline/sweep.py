@@ -21,6 +21,7 @@ from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_tex
 from acsl_cli.pipeline.sweep_name import taken_message
 from acsl_cli.pipeline.train import RunResult, train
 from acsl_cli.plan import RunPlan, plan_sweep, saved_run_config
+from acsl_cli.reporting.compare import flatten
 from acsl_cli.reporting.figures import sweep_figures
 from acsl_cli.reporting.tables import markdown_mean_std, metrics_json, write_metrics
 from acsl_cli.settings import not_outcome_keys
@@ -81,18 +82,10 @@ def pooled_by_variant(variants: Sequence[str], runs: Sequence[dict[str, dict[str
 _NOT_COMPARED = {*not_outcome_keys(), "heads", "loss", "xi", "provenance"}
 
 
-def _outcome_values(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _outcome_values(node: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted path -> value of every setting that can change a result."""
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        path = f"{prefix}{k}"
-        if path in _NOT_COMPARED:
-            continue
-        if isinstance(v, Mapping):
-            out.update(_outcome_values(v, f"{path}."))
-        else:
-            out[path] = v
-    return out
+    return {k: v for k, v in flatten(node).items()
+            if k not in _NOT_COMPARED and k.split(".")[0] not in _NOT_COMPARED}
 
 
 def _first_difference(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> str | None:

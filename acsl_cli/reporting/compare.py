@@ -74,7 +74,7 @@ def compare(runs: Sequence[Run], baseline: str | None = None) -> Comparison:
 
 def _variants(runs: Sequence[Run]) -> dict[Path, str]:
     """Per run, the config keys (shared by every run) whose values differ between runs."""
-    flat = [{k: v for k, v in _flatten(r.config).items() if k not in _NOT_A_VARIANT
+    flat = [{k: v for k, v in flatten(r.config).items() if k not in _NOT_A_VARIANT
              and k.split(".")[0] not in _NOT_A_VARIANT} for r in runs]
     common = set.intersection(*(set(f) for f in flat)) if flat else set()
     differing = sorted(k for k in common if len({repr(f[k]) for f in flat}) > 1)
@@ -82,11 +82,12 @@ def _variants(runs: Sequence[Run]) -> dict[Path, str]:
             for r, f in zip(runs, flat, strict=True)}
 
 
-def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings -> {dotted path: leaf value}."""
     out: dict[str, Any] = {}
     for k, v in node.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
