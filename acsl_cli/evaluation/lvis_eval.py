@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from acsl_cli.evaluation.detections import Detections, parse_detections
-from acsl_cli.evaluation.lvis_gt import AREA_RANGES, index_ground_truth, select_detections
+from acsl_cli.evaluation.lvis_gt import (
+    AREA_RANGES,
+    KeptDetections,
+    LvisGroundTruth,
+    index_ground_truth,
+    select_detections,
+)
 from acsl_cli.evaluation.lvis_matching import (
     IOU_THRESHOLDS,
     EvalProgress,
@@ -90,6 +96,54 @@ def evaluate_lvis(
     return evaluate_parsed(gt, parse_detections(gt, detections, "detections"), max_dets, progress)
 
 
+@dataclass(frozen=True)
+class LvisMatches:
+    """Everything the summary needs after matching, so other summaries (Fixed and Pooled AP,
+    the image bootstrap) reuse one matching instead of running it again.
+
+    ``outcome`` is (n, A, T) per kept detection: +1 TP, -1 FP, 0 ignored; ``num_gt`` (K, A)
+    counts the non-ignored ground truth per category index and area range.
+    """
+
+    gt: LvisGroundTruth
+    kept: KeptDetections
+    outcome: np.ndarray
+    num_gt: np.ndarray
+    #: the caller's progress counter, sized for the matching and one step per category
+    progress: EvalProgress = field(default_factory=lambda: EvalProgress(0, None),
+                                   compare=False, repr=False)
+
+    @property
+    def eval_cats(self) -> np.ndarray:
+        """Category indices with ground truth ("all" contains every other area range)."""
+        return np.flatnonzero(self.num_gt[:, 0] > 0)
+
+    def accumulation_order(self) -> np.ndarray:
+        """Kept detections per category by descending score; ties by image id, then input
+        order (lvis-api concatenates per-image lists in image order, then mergesorts)."""
+        k = self.kept
+        return np.lexsort((k.order, k.img, -k.scores, k.cat))
+
+
+def match_detections(
+    gt: dict,
+    dets: Detections,
+    max_dets: int = 300,
+    progress: Callable[[int, int], None] | None = None,
+) -> LvisMatches:
+    """lvis-api's selection and greedy matching (``progress`` as in ``evaluate_lvis``)."""
+    g = index_ground_truth(gt)
+    kept = select_detections(g, dets, max_dets)
+    n_cats, n_area = len(g.category_ids), len(AREA_RANGES)
+    num_gt = np.stack(
+        [np.bincount(g.cat[~g.ignored[:, a]], minlength=n_cats) for a in range(n_area)], axis=1
+    )  # (K, A)
+    pairs = busy_pairs(g, kept)
+    n_eval = int((num_gt[:, 0] > 0).sum())
+    tracker = EvalProgress(len(pairs[0]) + n_eval, progress)
+    return LvisMatches(g, kept, match_all(g, kept, pairs, tracker), num_gt, tracker)
+
+
 def evaluate_parsed(
     gt: dict,
     dets: Detections,
@@ -97,22 +151,15 @@ def evaluate_parsed(
     progress: Callable[[int, int], None] | None = None,
 ) -> LvisEvalResult:
     """``evaluate_lvis`` on detections already checked by ``parse_detections``."""
-    g = index_ground_truth(gt)
-    kept = select_detections(g, dets, max_dets)
+    return summarise(match_detections(gt, dets, max_dets, progress))
 
-    n_cats, n_area = len(g.category_ids), len(AREA_RANGES)
-    num_gt = np.stack(
-        [np.bincount(g.cat[~g.ignored[:, a]], minlength=n_cats) for a in range(n_area)], axis=1
-    )  # (K, A)
-    eval_cats = np.flatnonzero(num_gt[:, 0] > 0)  # "all" contains every other range
-    pairs = busy_pairs(g, kept)
-    tracker = EvalProgress(len(pairs[0]) + len(eval_cats), progress)
 
-    outcome = match_all(g, kept, pairs, tracker)
-
-    # Per category, detections of all images by descending score; ties by image id, then
-    # input order (lvis-api concatenates per-image lists in image order, then mergesorts).
-    acc_order = np.lexsort((kept.order, kept.img, -kept.scores, kept.cat))
+def summarise(m: LvisMatches) -> LvisEvalResult:
+    """Precision per category and area range, then lvis-api's summary metrics."""
+    g, kept, outcome, num_gt, tracker = m.gt, m.kept, m.outcome, m.num_gt, m.progress
+    n_area = len(AREA_RANGES)
+    eval_cats = m.eval_cats
+    acc_order = m.accumulation_order()
     cat_sorted = kept.cat[acc_order]
     starts = np.searchsorted(cat_sorted, eval_cats, side="left")
     ends = np.searchsorted(cat_sorted, eval_cats, side="right")
