@@ -17,7 +17,7 @@ import typer
 
 from acsl_cli import __version__
 from acsl_cli.conf_groups import groups_help
-from acsl_cli.errors import AcslError
+from acsl_cli.errors import AcslError, Terminated, raise_terminated
 
 app = typer.Typer(
     add_completion=False,
@@ -36,14 +36,6 @@ GROUPS_EPILOG = ("Config groups (GROUP=OPTION): " + groups_help() + ". Every key
 EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
-class Terminated(BaseException):
-    """SIGTERM (timeout, Slurm, docker stop), raised in the main thread like Ctrl-C."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 def one_line(error: BaseException) -> str:
     """The message of a user error as one line, also when a DataLoader worker raised it
     (torch then wraps the worker's traceback into the message)."""
@@ -56,23 +48,28 @@ def one_line(error: BaseException) -> str:
     return " ".join(lines)
 
 
+def _stopped(e: BaseException) -> str:
+    """What an interrupt left: its own message (e.g. what became of a sweep's jobs)."""
+    return " ".join(str(e).split()) or "nothing half-written was left behind"
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Bad input -> one line ``error: ...`` and exit 2; a diverged run -> exit 1; Ctrl-C
     -> 130 and SIGTERM -> 143, each with one line and nothing half-written left."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return fn(*args, **kwargs)
         except AcslError as e:
             typer.echo(f"error: {one_line(e)}", err=True)
             raise typer.Exit(getattr(e, "exit_code", EXIT_USER_ERROR)) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: nothing half-written was left behind", err=True)
+        except KeyboardInterrupt as e:
+            typer.echo(f"interrupted: {_stopped(e)}", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except Terminated:
-            typer.echo("terminated (SIGTERM): nothing half-written was left behind", err=True)
+        except Terminated as e:
+            typer.echo(f"terminated (SIGTERM): {_stopped(e)}", err=True)
             raise typer.Exit(EXIT_TERMINATED) from None
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -20,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 from acsl_cli.conf_groups import GROUPS, available, config_dir
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings import Settings, settings_from
+from acsl_cli.settings import LauncherSettings, Settings, settings_from
+from acsl_cli.settings.sections import LAUNCHER_KEYS
 
 __all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "load_settings",
            "parse_overrides", "to_settings", "to_yaml", "validate"]
@@ -74,6 +75,7 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
         if o.key in GROUPS and o.value not in available(o.key):
             raise ConfigError(
                 f"unknown {o.key} '{o.value}' (choose from {', '.join(available(o.key))})")
+    _check_launcher_keys(parsed, base)
     try:
         if base is None:
             cfg = _compose([o.text for o in parsed])
@@ -85,6 +87,26 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
         raise ConfigError(f"bad config override: {msg}"[:400]) from None
     to_settings(cfg)  # every value checked before anything runs
     return cfg
+
+
+def _check_launcher_keys(parsed: list[Override], base: DictConfig | None) -> None:
+    """A ``launcher.KEY`` of another launcher than the chosen one is refused by name (Hydra
+    would suggest ``+launcher.KEY``, which the chosen launcher then ignores)."""
+    chosen = LauncherSettings.name
+    if base is not None and isinstance(base.get("launcher"), DictConfig):
+        chosen = base.launcher.get("name", chosen)
+    for o in parsed:
+        if o.key == "launcher" and isinstance(o.value, str):
+            chosen = o.value
+    mine = LAUNCHER_KEYS.get(chosen, ())
+    for o in parsed:
+        sub = o.key.split(".")
+        if sub[0] == "launcher" and len(sub) > 1 and sub[1] not in mine:
+            owners = [n for n, keys in LAUNCHER_KEYS.items() if sub[1] in keys]
+            if owners:
+                raise ConfigError(f"launcher.{sub[1]}: a setting of launcher="
+                                  f"{' or '.join(owners)}, not of launcher={chosen} (choose "
+                                  f"launcher={owners[0]})")
 
 
 def to_settings(cfg: DictConfig) -> Settings:

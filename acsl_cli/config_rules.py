@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings import Settings
+from acsl_cli.settings.sections import LAUNCHER_KEYS
 
 
 def validate(s: Settings) -> None:
@@ -17,6 +18,7 @@ def validate(s: Settings) -> None:
     if s.sampler.name == "rfs" and s.sampler.t is None:
         raise ConfigError("sampler.t=None: rfs needs a frequency threshold in (0, 1]")
     _check_detector(s)
+    _check_launcher(s)
     d = s.dataset
     if d.kind in ("synthetic", "synthetic_lvis", "openimages_synthetic"):
         lo, hi, size = d["min_object_size"], d["max_object_size"], d["image_size"]
@@ -33,6 +35,20 @@ def validate(s: Settings) -> None:
         elif not lo <= hi <= size:
             raise ConfigError(f"dataset.min_object_size={lo}, max_object_size={hi}: need "
                               f"min <= max <= image_size ({size})")
+
+
+def _check_launcher(s: Settings) -> None:
+    """Every ``launcher.*`` key is one the chosen launcher reads (``+launcher.KEY`` too)."""
+    launcher = s.source.get("launcher")
+    keys = LAUNCHER_KEYS.get(s.launcher.name, ())
+    extra = sorted(k for k in launcher if k not in keys) if isinstance(launcher, dict) else []
+    if extra:
+        owners = [n for n, ks in LAUNCHER_KEYS.items() if extra[0] in ks] or ["none"]
+        raise ConfigError(f"launcher.{extra[0]}: a setting of launcher={' or '.join(owners)}, "
+                          f"not of launcher={s.launcher.name}")
+    if s.launcher.gpus_per_run and s.device == "cpu":
+        raise ConfigError(f"launcher.gpus_per_run={s.launcher.gpus_per_run} with device=cpu: "
+                          "the jobs would not use their GPUs (use device=auto or cuda)")
 
 
 def _check_detector(s: Settings) -> None:

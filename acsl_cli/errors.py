@@ -22,3 +22,13 @@ class TrainingDiverged(AcslError, FloatingPointError):
     """A loss became non-finite or exploded: the run stops (exit code 1), nothing is saved."""
 
     exit_code = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM (timeout, Slurm, docker stop), raised in the main thread like Ctrl-C. As with
+    ``KeyboardInterrupt``, a message (if any) says what happened to work left running."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: stop as Ctrl-C would, through every ``finally`` and cleanup."""
+    raise Terminated

@@ -25,6 +25,8 @@ from acsl_cli.settings import LossSettings, Settings, loss_settings
 
 HEAD_KEYS = ("loss", "xi")
 EVAL_KEYS = ("ckpt", "dets", "ann", "train_ann", "out")
+#: where a sweep lives and how its jobs run: one value per sweep, never a comma list
+SWEEP_KEYS = ("launcher", "run_name", "output_root")
 
 
 
@@ -163,6 +165,9 @@ def plan_sweep(overrides: list[str] | tuple[str, ...]) -> SweepPlan:
     combination in its stage-2 pass; every run's config is validated before any work."""
     outer, inner, out = [], [], None
     for o in parse_overrides(overrides):
+        if o.sweep is not None and o.root in SWEEP_KEYS:
+            raise ConfigError(f"{o.text}: {o.key} takes one value per sweep (the sweep's "
+                              "jobs and run folders hang on it), not a list")
         if o.key == "out":  # the sweep's mean goes there, not each run's metrics
             out = str(o.value)
         elif o.sweep is not None and o.root not in HEAD_KEYS:

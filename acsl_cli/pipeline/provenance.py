@@ -14,6 +14,21 @@ from acsl_cli import __version__
 from acsl_cli.engine import distributed as dist
 
 PACKAGES = ("torch", "torchvision", "numpy", "hydra-core", "omegaconf")
+_command: str | None = None  # set in a launcher's job: the user's command, not the worker's
+
+
+def command_line() -> str | None:
+    """The command this run came from: the ``acsl`` command line (in a launcher's job, the
+    one that launched it)."""
+    if _command is not None:
+        return _command
+    return shlex.join(["acsl", *sys.argv[1:]]) if sys.argv else None
+
+
+def set_command(command: str | None) -> None:
+    """In a launcher's job: record the launching command as every run's ``command``."""
+    global _command
+    _command = command
 
 
 def git_commit() -> str | None:
@@ -46,7 +61,7 @@ def provenance(device: str) -> dict[str, Any]:
 
         name = torch.cuda.get_device_name()
     return {
-        "command": shlex.join(["acsl", *sys.argv[1:]]) if sys.argv else None,
+        "command": command_line(),
         "versions": versions,
         "git_commit": git_commit(),
         "device": device if name is None else f"{device} ({name})",

@@ -20,7 +20,7 @@ from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
 from acsl_cli.pipeline.sweep_name import taken_message
 from acsl_cli.pipeline.train import RunResult, train
-from acsl_cli.plan import RunPlan, plan_sweep, saved_run_config
+from acsl_cli.plan import RunPlan, SweepPlan, plan_sweep, saved_run_config
 from acsl_cli.reporting.compare import flatten
 from acsl_cli.reporting.figures import sweep_figures
 from acsl_cli.reporting.tables import markdown_mean_std, metrics_json, write_metrics
@@ -123,29 +123,46 @@ def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
 
 
 def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
-    """``acsl sweep OVERRIDES``: every run's config is checked before the first starts."""
+    """``acsl sweep OVERRIDES``: every run's config is checked before the first starts (a
+    launcher's checks first: nothing is created for a sweep that cannot be launched)."""
     plan = plan_sweep(list(overrides))
-    for run in plan.runs:
-        check_run(run.settings, len(run.heads))
     first = plan.runs[0].settings
     base = first.run_name or default_run_name("multi", first.seed)
+    if first.launcher.name != "inprocess":
+        from acsl_cli.pipeline.launchers import prepare
+
+        backend = prepare(plan, base)
+    for run in plan.runs:
+        check_run(run.settings, len(run.heads))
     root = OutputLayout.at(first.output_root).runs
     names = [f"{base}-sweep-{i}" for i in range(len(plan.runs))]
-    if (root / f"{base}-sweep").exists():
-        raise ConfigError(taken_message(base, root / f"{base}-sweep", plan,
-                                        [root / n for n in names]))
-    jobs: list[str] = []
+    _check_free(root, base, plan, names)
     if first.launcher.name == "inprocess":  # a rerun after an interruption skips finished runs
         runs = [finished_run(root / n, run) or train(run, n)
                 for run, n in zip(plan.runs, names, strict=True)]
-    else:
-        from acsl_cli.pipeline.launchers import launch
+        return _summary(plan, base, root, runs, [])
+    from acsl_cli.pipeline.launchers import launch, sweep_lock
+    from acsl_cli.pipeline.provenance import command_line
 
-        launched = launch(plan, overrides, base, names)
+    with sweep_lock(plan, base):  # one command per sweep name: one summary
+        _check_free(root, base, plan, names)
+        launched = launch(plan, overrides, base, names, backend, command_line())
         jobs = list(launched.jobs)
         if not launched.complete:
             return SweepResult(None, [], {}, {}, jobs)
         runs = [_collected(root / n, run) for run, n in zip(plan.runs, names, strict=True)]
+        return _summary(plan, base, root, runs, jobs)
+
+
+def _check_free(root: Path, base: str, plan: SweepPlan, names: list[str]) -> None:
+    if (root / f"{base}-sweep").exists():
+        raise ConfigError(taken_message(base, root / f"{base}-sweep", plan,
+                                        [root / n for n in names]))
+
+
+def _summary(plan: SweepPlan, base: str, root: Path, runs: list[RunResult],
+             jobs: list[str]) -> SweepResult:
+    """The sweep's tables and figures over its finished runs."""
     mean, std, pooled = pooled_by_variant(plan.variants, [r.metrics for r in runs])
     folder = root / f"{base}-sweep"
     if dist.is_main():

@@ -11,8 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from acsl_cli.errors import ConfigError
 from acsl_cli.settings.declare import DATA, STAGE1, STAGE2, section, setting
-from acsl_cli.settings.rules import anything, boolean, choice, integer, list_of, number, text
+from acsl_cli.settings.rules import (
+    Rule,
+    anything,
+    boolean,
+    choice,
+    integer,
+    list_of,
+    number,
+    text,
+)
 
 SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays valid
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
@@ -162,6 +172,39 @@ class LossSettings:
 
 
 LAUNCHERS = ("inprocess", "local", "slurm")
+#: the ``launcher.*`` keys each launcher reads (its conf/launcher/NAME.yaml): a key of
+#: another launcher is refused, not ignored
+LAUNCHER_KEYS = {
+    "inprocess": ("name", "wait"),
+    "local": ("name", "wait", "max_parallel", "gpus_per_run"),
+    "slurm": ("name", "wait", "partition", "account", "qos", "nodes", "gpus_per_node",
+              "cpus_per_task", "mem_gb", "time_min", "constraint", "additional"),
+}
+
+
+def _sbatch_options() -> Rule:
+    """``launcher.additional``: sbatch option name -> one value on one line
+    (``{mail-type: END}``; ``true`` for a flag such as ``exclusive``)."""
+    import re
+
+    name_ok = re.compile(r"[A-Za-z][A-Za-z0-9_-]*").fullmatch
+
+    def check(key: str, v: Any) -> None:
+        if v is None:
+            return
+        if not isinstance(v, Mapping):
+            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+            raise ConfigError(f"{key}={shown}: must be a mapping of sbatch options to "
+                              "values, e.g. {mail-type:END}")
+        for name, value in v.items():
+            if not isinstance(name, str) or not name_ok(name):
+                raise ConfigError(f"{key}: {name!r} is not an sbatch option name")
+            if isinstance(value, bool) and not value or not isinstance(
+                    value, (str, int, float)) or any(c in str(value) for c in "\0\n\r"):
+                raise ConfigError(f"{key}.{name}={str(value)[:60]!r}: must be one value on "
+                                  "one line (a string or number; true for a flag)")
+
+    return Rule(check, lambda v: {"comment": "acsl"} if v != {"comment": "acsl"} else None)
 
 
 @dataclass(frozen=True)
@@ -187,7 +230,7 @@ class LauncherSettings:
     time_min: int = setting(60, integer(1, 10**7), outcome=False)
     constraint: str | None = setting(None, text(null=True), outcome=False)
     #: any other sbatch option, e.g. {mail-type: END}
-    additional: Mapping[str, Any] | None = setting(None, anything(), outcome=False)
+    additional: Mapping[str, Any] | None = setting(None, _sbatch_options(), outcome=False)
 
 
 @dataclass(frozen=True)

@@ -13,27 +13,35 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.pipeline.launchers.jobs import JobSpec
+from acsl_cli.pipeline.launchers.jobs import JobSpec, run_recorded, stoppable
 from acsl_cli.settings import LauncherSettings
 
 MODULE = "acsl_cli.pipeline.launchers.local"
+STOP_WAIT_S = 60.0  # a stopped job's grace before SIGKILL
 
 
-def visible_gpus() -> list[str]:
-    """The GPU ids this process may hand out (CUDA_VISIBLE_DEVICES, else every device)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g for g in env.split(",") if g.strip()]
+def visible_gpus() -> tuple[list[str], str]:
+    """The GPU ids this process may hand out: the ones CUDA finds, named as in
+    CUDA_VISIBLE_DEVICES (when set); and a note when that variable names GPUs CUDA
+    does not find (it is a list of names, not a proof that they exist)."""
     import torch
 
-    return [str(i) for i in range(torch.cuda.device_count())]
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return [str(i) for i in range(found)], ""
+    named = [g.strip() for g in env.split(",") if g.strip()]
+    note = (f" (CUDA_VISIBLE_DEVICES={env} names {len(named)}, CUDA finds {found})"
+            if len(named) != found else "")
+    return named[:found], note
 
 
 class LocalBackend:
@@ -49,10 +57,10 @@ class LocalBackend:
     def check(self) -> None:
         k = self.s.gpus_per_run
         if k:
-            self.gpus = visible_gpus()
+            self.gpus, note = visible_gpus()
             if len(self.gpus) < k:
-                raise ConfigError(f"launcher.gpus_per_run={k}: this machine shows "
-                                  f"{len(self.gpus)} GPU(s)")
+                raise ConfigError(f"launcher.gpus_per_run={k}: this machine has "
+                                  f"{len(self.gpus)} usable GPU(s){note}")
 
     def submit(self, job: JobSpec) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -70,19 +78,67 @@ class LocalBackend:
         self.children[str(p.pid)] = p
         return str(p.pid)
 
-    def alive(self, ids: Sequence[str]) -> set[str]:
-        live = set()
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        """The jobs still running (or waiting for a slot): always known here."""
+        live = {}
         for i in ids:
             p = self.children.get(i)
             if p is not None:
                 if p.poll() is None:
-                    live.add(i)
-            elif _is_job_process(int(i)):  # started by an earlier command
-                live.add(i)
+                    live[i] = "running"
+            elif i.isdigit() and _is_job_process(int(i)):  # started by an earlier command
+                live[i] = "running"
         return live
+
+    def ended(self, job_id: str) -> str | None:
+        """How a job of this command ended (its exit status), if it is known."""
+        p = self.children.get(job_id)
+        if p is None or p.returncode is None:
+            return None
+        if p.returncode < 0:
+            try:
+                return f"killed by {signal.Signals(-p.returncode).name}"
+            except ValueError:
+                return f"killed by signal {-p.returncode}"
+        return f"with exit code {p.returncode}"
+
+    def stop(self, ids: Sequence[str], sig: int) -> str:
+        """Forward the signal that stopped this command to its jobs and wait for them (a
+        Ctrl-C at the terminal reached them already: they get it once more only if they
+        are still running after a moment); SIGKILL after STOP_WAIT_S."""
+        pids = [int(i) for i in ids if i.isdigit()]
+        if sig == signal.SIGINT:
+            _wait_gone(pids, 2.0, self._alive)
+        for pid in pids:
+            if self._alive(pid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        left = _wait_gone(pids, STOP_WAIT_S, self._alive)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(left, 10.0, self._alive)
+        return (f"local job(s) {' '.join(ids)} stopped with this command (nothing "
+                "half-written was left behind); the same command, run again, resumes them")
+
+    def _alive(self, pid: int) -> bool:
+        p = self.children.get(str(pid))
+        return p.poll() is None if p is not None else _is_job_process(pid)
 
     def log(self, job: JobSpec, job_id: str) -> Path:
         return self.folder / f"job-{job.key}.log"
+
+
+def _wait_gone(pids: Sequence[int], timeout: float, alive: Callable[[int], bool]
+               ) -> list[int]:
+    """Wait until none of ``pids`` is alive (or the timeout); the ones left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
 
 
 def _is_job_process(pid: int) -> bool:
@@ -117,24 +173,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpus-per-run", type=int, default=0)
     p.add_argument("--gpus", default="")
     a = p.parse_args(argv)
-    spec = Path(a.spec)
-    slot, fd = take_slot(spec.parent, a.slots)
+    return stoppable(lambda: _run_in_slot(Path(a.spec), a.slots, a.gpus_per_run, a.gpus))
+
+
+def _run_in_slot(spec: Path, slots: int, gpus_per_run: int, gpus: str) -> int:
+    slot, fd = take_slot(spec.parent, slots)
     try:
         env = dict(os.environ)
-        if a.gpus_per_run:
-            mine = a.gpus.split(",")[slot * a.gpus_per_run:(slot + 1) * a.gpus_per_run]
+        if gpus_per_run:
+            mine = gpus.split(",")[slot * gpus_per_run:(slot + 1) * gpus_per_run]
             env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
-        print(f"slot {slot}" + (f", GPUs {env['CUDA_VISIBLE_DEVICES']}" if a.gpus_per_run
+        print(f"slot {slot}" + (f", GPUs {env['CUDA_VISIBLE_DEVICES']}" if gpus_per_run
                                 else ""), flush=True)
-        if a.gpus_per_run > 1:
+        if gpus_per_run > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={a.gpus_per_run}", "-m",
+                   f"--nproc_per_node={gpus_per_run}", "-m",
                    "acsl_cli.pipeline.launchers.jobs", str(spec)]
-            return subprocess.call(cmd, env=env)
+            with subprocess.Popen(cmd, env=env) as p:
+                try:
+                    return p.wait()
+                except BaseException:  # stopped: torchrun passes the signal to its ranks
+                    p.send_signal(signal.SIGTERM)
+                    p.wait()
+                    raise
         os.environ.update(env)
-        from acsl_cli.pipeline.launchers.jobs import main as run_spec
-
-        return run_spec([str(spec)])
+        return run_recorded(JobSpec.from_json(spec.read_text()), spec.parent)
     finally:
         os.close(fd)
 

@@ -1,9 +1,12 @@
 """``launcher=slurm``: one Slurm job per job spec, submitted through submitit.
 
 Job states come from ``squeue`` (a job is alive while it is queued, running or requeued),
-not from ``sacct``, so clusters without an accounting database work too; whether a job
-did its work is read from its run folders. A job with several tasks (``nodes`` x
-``gpus_per_node``) runs DDP with torch.distributed set up from Slurm's variables.
+not from ``sacct``, so clusters without an accounting database work too; how a job ended
+(cancelled, failed, node failure) from ``scontrol show job`` while Slurm still remembers
+it; whether a job did its work is read from its run folders. When ``squeue`` does not
+answer, the jobs' state is unknown (``SchedulerSilent``), never taken as ended. A job
+with several tasks (``nodes`` x ``gpus_per_node``) runs DDP with torch.distributed set up
+from Slurm's variables.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from acsl_cli.errors import ConfigError
+from acsl_cli.pipeline.launchers import SchedulerSilent
 from acsl_cli.pipeline.launchers.jobs import JobSpec, SlurmJob
 from acsl_cli.settings import LauncherSettings
 
-COMMANDS = ("sbatch", "squeue", "sinfo", "scontrol")
+#: what the launcher calls, and srun, which every submitit job script starts its task with
+COMMANDS = ("sbatch", "squeue", "sinfo", "scontrol", "srun")
 
 
 def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -36,14 +41,17 @@ class SlurmBackend:
 
     def __init__(self, s: LauncherSettings, folder: Path, name: str) -> None:
         self.s, self.folder, self.name = s, folder, name
-        self._live: set[str] = set()
 
     def check(self) -> None:
         """Slurm reachable, the partition known, submitit installed: before any submit."""
         missing = [c for c in COMMANDS if shutil.which(c) is None]
-        if missing:
+        if len(missing) == len(COMMANDS):
             raise ConfigError(f"launcher=slurm: no Slurm on this machine ({missing[0]} is "
                               "not on PATH)")
+        if missing:
+            raise ConfigError(f"launcher=slurm: {missing[0]} is not on PATH on this machine "
+                              "(its jobs are submitted from here; "
+                              f"{', '.join(c for c in COMMANDS if c not in missing)} are)")
         try:
             import submitit  # noqa: F401
         except ImportError:
@@ -80,31 +88,59 @@ class SlurmBackend:
     def submit(self, job: JobSpec) -> str:
         import submitit
 
-        executor = submitit.AutoExecutor(folder=self.folder / "slurm", cluster="slurm")
+        where = self.folder / "slurm"
+        before = set(where.iterdir()) if where.is_dir() else set()
+        executor = submitit.AutoExecutor(folder=where, cluster="slurm")
         executor.update_parameters(**self.parameters())
         try:
-            submitted = executor.submit(SlurmJob(job))
+            submitted = executor.submit(SlurmJob(job, self.folder))
         except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
+            for left in set(where.iterdir()) - before:  # its script and pickle: not a job
+                left.unlink(missing_ok=True)
             raise ConfigError(f"launcher=slurm: sbatch refused the job "
                               f"({' '.join(str(e).split())[:300]})") from None
         return str(submitted.job_id)
 
-    def alive(self, ids: Sequence[str]) -> set[str]:
-        """Jobs still in the queue (pending, running, requeued, completing). If squeue
-        fails for another reason than unknown ids, the last answer stands."""
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        """Jobs still in the queue -> their state (pending with its reason, running,
+        requeued, completing). Raises SchedulerSilent when squeue does not answer."""
         if not ids:
-            return set()
+            return {}
         try:
-            r = _run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)])
+            r = _run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(ids)])
         except subprocess.TimeoutExpired:
-            return self._live & set(ids)
+            raise SchedulerSilent("squeue timed out") from None
         if r.returncode != 0:
             if "Invalid job id" in r.stderr:
-                return set()
-            return self._live & set(ids)
-        live = {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
-        self._live = live
-        return live & set(ids)
+                return {}
+            raise SchedulerSilent(f"squeue: {_first_line(r.stderr + r.stdout)}")
+        live = {}
+        for line in r.stdout.splitlines():
+            job_id, state, reason = [*line.strip().split("|"), "", ""][:3]
+            if job_id in ids:
+                live[job_id] = state.lower() + (f" ({reason})" if state == "PENDING"
+                                                and reason not in ("", "None") else "")
+        return live
+
+    def ended(self, job_id: str) -> str | None:
+        """Slurm's final state of a job that left the queue (CANCELLED, FAILED with its
+        exit code, NODE_FAIL, TIMEOUT, ...), while scontrol still remembers it."""
+        try:
+            r = _run(["scontrol", "-o", "show", "job", job_id], timeout=30)
+        except subprocess.TimeoutExpired:
+            return None
+        fields = dict(f.split("=", 1) for f in r.stdout.split() if "=" in f)
+        state = fields.get("JobState")
+        if r.returncode != 0 or not state:
+            return None
+        code = fields.get("ExitCode", "0:0")
+        return state + (f" (exit code {code})" if code != "0:0" else "")
+
+    def stop(self, ids: Sequence[str], sig: int) -> str:
+        """Slurm jobs are the cluster's: they are left running, and said so."""
+        listed = " ".join(ids)
+        return (f"slurm job(s) {listed} keep running (not cancelled); the same command, run "
+                f"again, waits for them; scancel {listed} stops them")
 
     def log(self, job: JobSpec, job_id: str) -> Path:
         return self.folder / "slurm" / f"{job_id}_0_log.err"
