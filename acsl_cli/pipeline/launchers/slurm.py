@@ -11,11 +11,15 @@ from Slurm's variables.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.pipeline.launchers import SchedulerSilent
@@ -28,6 +32,20 @@ COMMANDS = ("sbatch", "squeue", "sinfo", "scontrol", "srun")
 
 def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@contextlib.contextmanager
+def _stderr_to(file: IO[bytes]) -> Iterator[None]:
+    """This process's stderr (file descriptor 2, which sbatch inherits) into ``file``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(file.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _first_line(text: str) -> str:
@@ -92,13 +110,19 @@ class SlurmBackend:
         before = set(where.iterdir()) if where.is_dir() else set()
         executor = submitit.AutoExecutor(folder=where, cluster="slurm")
         executor.update_parameters(**self.parameters())
-        try:
-            submitted = executor.submit(SlurmJob(job, self.folder))
-        except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
+        with tempfile.TemporaryFile() as said, _stderr_to(said):  # sbatch's own words
+            try:
+                submitted = executor.submit(SlurmJob(job, self.folder))
+                refused = None
+            except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
+                refused = e
+            said.seek(0)
+            words = said.read().decode(errors="replace")
+        if refused is not None:
             for left in set(where.iterdir()) - before:  # its script and pickle: not a job
                 left.unlink(missing_ok=True)
-            raise ConfigError(f"launcher=slurm: sbatch refused the job "
-                              f"({' '.join(str(e).split())[:300]})") from None
+            why = _first_line(words) if words.strip() else " ".join(str(refused).split())
+            raise ConfigError(f"launcher=slurm: sbatch refused the job ({why[:300]})")
         return str(submitted.job_id)
 
     def states(self, ids: Sequence[str]) -> dict[str, str]:
