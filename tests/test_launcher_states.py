@@ -232,3 +232,11 @@ def test_a_second_identical_sweep_is_refused_while_the_first_runs(tmp_path):
     assert f"run_name=h: another acsl sweep of this name is running (pid {p.pid})" in \
         one_error_line(r)
     assert "submitted" not in r.stdout and _gone(pid)
+
+
+def test_each_launchers_keys_are_the_ones_its_yaml_documents():
+    from acsl_cli.settings.sections import LAUNCHER_KEYS
+
+    for name, keys in LAUNCHER_KEYS.items():
+        documented = yaml.safe_load((ROOT / "conf" / "launcher" / f"{name}.yaml").read_text())
+        assert set(documented) == set(keys), name
