@@ -184,20 +184,23 @@ def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
         from acsl_cli.pipeline.evaluate import run_eval_checkpoint
         from acsl_cli.pipeline.report import is_main
 
-        metrics = run_eval_checkpoint(plan)
+        by_protocol = run_eval_checkpoint(plan)
         title = Path(plan.ckpt).parent.name
         if not is_main():
             return
     else:
         from acsl_cli.pipeline.evaluate_file import run_eval_results
 
-        metrics, note = run_eval_results(plan)
+        by_protocol, note = run_eval_results(plan)
         title = Path(str(plan.dets)).name
-    _print_table({title: metrics}, "bbox metrics (%)", note)
+    from acsl_cli.evaluation.lvis_protocols import protocol_label
+
+    _print_table({protocol_label(title, p): m for p, m in by_protocol.items()},
+                 "bbox metrics (%)", note)
     if plan.out:
         from acsl_cli.pipeline.preflight import write_out
 
-        write_out(plan.out, metrics, None)
+        write_out(plan.out, by_protocol, None)
         console.print(f"metrics written to {plan.out}")
 
 

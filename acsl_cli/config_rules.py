@@ -18,6 +18,9 @@ def validate(s: Settings) -> None:
         raise ConfigError("sampler.t=None: rfs needs a frequency threshold in (0, 1]")
     _check_detector(s)
     d = s.dataset
+    if s.test.protocols != ("standard",) and d.kind in ("openimages", "openimages_synthetic"):
+        raise ConfigError(f"test.protocol={s.test.protocol}: fixed and pooled are LVIS "
+                          f"protocols; dataset {d.name} is scored with the Open Images metric")
     if d.kind in ("synthetic", "synthetic_lvis", "openimages_synthetic"):
         lo, hi, size = d["min_object_size"], d["max_object_size"], d["image_size"]
         if d.kind == "openimages_synthetic":

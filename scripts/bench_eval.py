@@ -1,4 +1,5 @@
-"""Wall time and peak memory of LVIS-scale evaluation (issue #7: 5,000 images x 300 dets < 2 GB).
+"""Wall time and peak memory of LVIS-scale evaluation (issue #7: 5,000 images x 300 dets < 2 GB;
+``--protocols``: Fixed + Pooled AP at LVIS v1 val scale, issue 24, see bench_eval_protocols.py).
 
 Run: ``.venv/bin/python scripts/bench_eval.py [--images 5000 --dets-per-image 300 --seed 0
 --json-file --keep-category-ids --tracemalloc]``. The ground truth is LVIS-shaped and built
@@ -316,6 +317,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the fixture's category ids on drawn images (190 with GT)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also trace the evaluation's allocations (peak; several x slower)")
+    parser.add_argument("--protocols", action="store_true",
+                        help="Fixed + Pooled AP at --images with --dets-per-class (issue 24; "
+                             "see bench_eval_protocols.py) instead of the standard protocol")
+    parser.add_argument("--dets-per-class", type=int, default=10_000,
+                        help="--protocols: detections per category (K)")
+    parser.add_argument("--side-images", type=int, default=200,
+                        help="--protocols: images of the side-by-side run with lvis-api")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that the script runs (CI runs it)")
@@ -323,8 +331,28 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.images = 50
         args.dets_per_image = 20
-    if args.images < 1 or args.dets_per_image < 0:
-        parser.error("--images must be >= 1 and --dets-per-image >= 0")
+        args.dets_per_class, args.side_images = 5, 10
+    if args.images < 1 or args.dets_per_image < 0 or args.dets_per_class < 1:
+        parser.error("--images, --dets-per-class must be >= 1 and --dets-per-image >= 0")
+    if args.protocols or args.quick:
+        import bench_eval_protocols as protocols
+
+        if args.child:
+            print(json.dumps(protocols.child(args.images, args.dets_per_class, args.seed)))
+            return
+        side = protocols.side_by_side(args.side_images, min(args.dets_per_class, 50),
+                                      args.seed)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--protocols",
+               "--images", str(args.images), "--dets-per-class", str(args.dets_per_class),
+               "--seed", str(args.seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"evaluation subprocess failed ({proc.returncode}):\n"
+                             f"{proc.stderr}")
+        protocols.report(json.loads(proc.stdout.strip().splitlines()[-1]), side,
+                         args.dets_per_class)
+        if not args.quick:
+            return
     if args.child:
         print(json.dumps(child(args)))
         return

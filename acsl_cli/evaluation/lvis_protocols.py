@@ -49,15 +49,17 @@ def top_per_category(dets: Detections, k: int) -> Detections:
     them by category and score, which changes no tie that lvis-api breaks by input order)."""
     if k <= 0:
         raise ConfigError(f"test.dets_per_class={k}: must be at least 1")
-    n = len(dets.scores)
-    position = np.arange(n)
-    by_cat = np.lexsort((position, -dets.scores, dets.category_ids))
-    cats = dets.category_ids[by_cat]
-    rank = position - np.searchsorted(cats, cats, side="left")
-    keep = np.zeros(n, dtype=bool)
-    keep[by_cat[rank < k]] = True
-    if keep.all():
+    _, cat, counts = np.unique(dets.category_ids, return_inverse=True, return_counts=True)
+    crowded = np.flatnonzero(np.isin(cat, np.flatnonzero(counts > k)))
+    if crowded.size == 0:  # no category has more than k: all are kept
         return dets
+    # by category, then descending score, ties in input order (stable sorts)
+    by_score = crowded[np.argsort(-dets.scores[crowded], kind="stable")]
+    by_cat = by_score[np.argsort(cat[by_score], kind="stable")]
+    cats = cat[by_cat]
+    rank = np.arange(len(by_cat)) - np.searchsorted(cats, cats, side="left")
+    keep = np.ones(len(cat), dtype=bool)
+    keep[by_cat[rank >= k]] = False
     return Detections(dets.image_ids[keep], dets.category_ids[keep], dets.boxes[keep],
                       dets.scores[keep])
 
@@ -79,8 +81,11 @@ def pooled_ap(m: LvisMatches, pools: Sequence[str] = POOLS) -> dict[str, float]:
     """AP per pool (area "all", IoU .50:.95) from one matching, as ``LVISPooledEval``."""
     g, kept = m.gt, m.kept
     frequency = np.array([c.get("frequency") for c in g.categories], dtype=object)
-    # (-score, image, category, input order): the reference's concatenation, then mergesort
-    order = np.lexsort((kept.order, kept.cat, kept.img, -kept.scores))
+    # (-score, image, category, input order): the reference's concatenation, then mergesort;
+    # kept detections are in input order, so stable sorts key by key give the same order
+    order = np.argsort(kept.cat, kind="stable")
+    order = order[np.argsort(kept.img[order], kind="stable")]
+    order = order[np.argsort(-kept.scores[order], kind="stable")]
     cat_sorted = kept.cat[order]
     out = {}
     for pool in pools:
@@ -128,3 +133,18 @@ def evaluate_protocols(gt: dict, dets: Detections, protocols: Sequence[str],
         else:
             out[protocol] = LvisEvalResult(pooled_metrics(topk), [])
     return out
+
+
+def protocol_label(label: str, protocol: str) -> str:
+    """A metrics row's label under ``protocol``: the standard protocol keeps the plain label,
+    the others are ``label [fixed]``, ``label [pooled]`` (metrics.json, tables, reports)."""
+    return label if protocol == "standard" else f"{label} [{protocol}]"
+
+
+def split_protocol(label: str) -> tuple[str, str]:
+    """(plain label, protocol) of a metrics row's label; inverse of ``protocol_label``."""
+    for protocol in PROTOCOLS[1:]:
+        suffix = f" [{protocol}]"
+        if label.endswith(suffix):
+            return label[: -len(suffix)], protocol
+    return label, "standard"

@@ -99,26 +99,59 @@ class FrozenTrunk:
         With test ``scales`` and/or ``flip`` (set at construction), every variant is run and
         each image's detections of all variants are merged before one final NMS.
         """
-        d = self.detector
-        if scorers is None:
-            scorers = {"model": self.stage1_scorer}
+        scorers = scorers if scorers is not None else {"model": self.stage1_scorer}
+        parts = self._variants(images, scorers, self.max_detections)
         if not self.scales and not self.flip:
-            return self._detect_once(images, scorers, d.transform)
+            return parts[0]
+        return self._merge(parts, scorers, len(images), self.max_detections)
+
+    @torch.no_grad()
+    def detect_wide(self, images: list[Tensor], scorers: Mapping[str, Scorer] | None,
+                    keep: int) -> tuple[dict[str, list[dict[str, Tensor]]],
+                                        dict[str, list[dict[str, Tensor]]]]:
+        """``detect``'s detections and, from the same pass, up to ``keep`` per image (the
+        fixed protocol's inference, which has no per-image cap but the candidates').
+
+        NMS returns boxes by descending score, so the first ``max_detections`` of a wide
+        list are exactly ``detect``'s; with test scales or flip, each variant's first
+        ``max_detections`` are merged for the standard list as ``detect`` merges them.
+        """
+        scorers = scorers if scorers is not None else {"model": self.stage1_scorer}
+        keep = max(keep, self.max_detections)
+        parts = self._variants(images, scorers, keep)
+        if not self.scales and not self.flip:
+            return _first(parts[0], self.max_detections), parts[0]
+        standard = [_first(p, self.max_detections) for p in parts]
+        return (self._merge(standard, scorers, len(images), self.max_detections),
+                self._merge(parts, scorers, len(images), keep))
+
+    def _variants(self, images: list[Tensor], scorers: Mapping[str, Scorer], keep: int
+                  ) -> list[dict[str, list[dict[str, Tensor]]]]:
+        """Detections of each test variant (one without test scales or flip)."""
+        if not self.scales and not self.flip:
+            return [self._detect_once(images, scorers, self.detector.transform, keep)]
         parts: list[dict[str, list[dict[str, Tensor]]]] = []
         for transform in self.transforms:
-            parts.append(self._detect_once(images, scorers, transform))
+            parts.append(self._detect_once(images, scorers, transform, keep))
             if self.flip:
-                flipped = self._detect_once([im.flip(-1) for im in images], scorers, transform)
+                flipped = self._detect_once([im.flip(-1) for im in images], scorers, transform,
+                                            keep)
                 parts.append({k: [_unflip(r, im.shape[-1]) for r, im in zip(v, images,
                                                                              strict=True)]
                               for k, v in flipped.items()})
-        nms = d.roi_heads.nms_thresh
-        return {name: [merge_detections([p[name][i] for p in parts], nms, self.max_detections)
-                       for i in range(len(images))]
+        return parts
+
+    def _merge(self, parts: list[dict[str, list[dict[str, Tensor]]]],
+               scorers: Mapping[str, Scorer], n_images: int, keep: int
+               ) -> dict[str, list[dict[str, Tensor]]]:
+        nms = self.detector.roi_heads.nms_thresh
+        return {name: [merge_detections([p[name][i] for p in parts], nms, keep)
+                       for i in range(n_images)]
                 for name in scorers}
 
     def _detect_once(self, images: list[Tensor], scorers: Mapping[str, Scorer],
-                     transform: GeneralizedRCNNTransform) -> dict[str, list[dict[str, Tensor]]]:
+                     transform: GeneralizedRCNNTransform, keep: int
+                     ) -> dict[str, list[dict[str, Tensor]]]:
         d = self.detector
         sizes = [tuple(im.shape[-2:]) for im in images]
         images_t, _ = transform(images)
@@ -131,10 +164,16 @@ class FrozenTrunk:
         for name, (layers, losses) in scorers.items():
             scores = mean_scores([loss.scores(layer(f)) for layer, loss, f in zip(
                 layers, losses, feats, strict=True)])
-            dets = rh.detect(scores, box_regression, boxes, images_t.image_sizes,
-                             self.max_detections)
+            dets = rh.detect(scores, box_regression, boxes, images_t.image_sizes, keep)
             out[name] = transform.postprocess(dets, images_t.image_sizes, sizes)
         return out
+
+
+def _first(dets: dict[str, list[dict[str, Tensor]]], n: int
+           ) -> dict[str, list[dict[str, Tensor]]]:
+    """Each image's first ``n`` detections (the highest-scoring: NMS keeps score order)."""
+    return {name: [{k: v[:n] for k, v in r.items()} for r in per_image]
+            for name, per_image in dets.items()}
 
 
 def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping[str, Any]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.lvis_dataset import subset_gt
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_base
-from acsl_cli.engine.inference import eval_subset, predict
+from acsl_cli.engine.inference import eval_subset, predict_top_k
+from acsl_cli.engine.topk import TopDetections
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation import evaluate_lvis
+from acsl_cli.evaluation.detections import Detections
+from acsl_cli.evaluation.lvis_protocols import evaluate_protocols, protocol_label
 from acsl_cli.models.trunk import FrozenTrunk, Scorer, with_classifier
 from acsl_cli.pipeline.components import (
     build_model,
@@ -30,32 +33,44 @@ log = logging.getLogger("acsl")
 
 @dataclass
 class Evaluation:
-    """Per scorer name: LVIS metrics, per-category AP rows, and the detections scored."""
+    """Per row (scorer name, ``name [fixed]``/``name [pooled]`` for the other protocols:
+    ``protocol_label``): LVIS metrics and per-category AP rows (none for pooled); per scorer
+    name: the standard detections scored and, for fixed/pooled, the top-K detections."""
 
     metrics: dict[str, dict[str, float]]
     per_category: dict[str, list[dict]]
     detections: dict[str, list[dict]]
+    top_detections: dict[str, TopDetections] = field(default_factory=dict)
 
 
 def evaluate(s: Settings, data: DatasetBundle, model, scorers: Mapping[str, Scorer] | None,
-             device: str, during: Mapping[str, object] | None = None) -> Evaluation:
-    """Predict on val (or its first ``eval_max_images``) and score with LVIS rules.
-    ``during`` (stage, epoch) marks a validation during training in the event log."""
+             device: str, during: Mapping[str, object] | None = None,
+             protocols: tuple[str, ...] | None = None) -> Evaluation:
+    """Predict on val (or its first ``eval_max_images``) and score with LVIS rules under
+    each of ``protocols`` (default ``test.protocol``). ``during`` (stage, epoch) marks a
+    validation during training in the event log."""
+    protocols = protocols or s.test.protocols
     val = eval_subset(data.val, s.schedule.eval_max_images)
     if not isinstance(model, FrozenTrunk):
         model = test_trunk(s, model)
-    results = predict(model, val, data.cmap, device, scorers, s.schedule.batch_size,
-                      s.progress, amp=s.amp)
-    out = Evaluation({}, {}, results)
+    wide = protocols != ("standard",)
+    results, tops = predict_top_k(model, val, data.cmap, device, scorers,
+                                  s.schedule.batch_size, s.progress, amp=s.amp,
+                                  top_k=s.test.dets_per_class if wide else None,
+                                  per_image=s.backbone.pre_nms_topk)
+    out = Evaluation({}, {}, results, tops)
     score = scorer(s, data, len(val))
     for name, dets in results.items():
-        metrics, rows = score(dets)
-        out.metrics[name], out.per_category[name] = metrics, rows
-        when = f" ({during['stage']}, epoch {during['epoch']})" if during else ""
-        log.info("evaluated %s on %d val images%s: AP %.4f APr %.4f APc %.4f APf %.4f", name,
-                 len(val), when, *(metrics[k] for k in ("AP", "APr", "APc", "APf")),
-                 extra={"event": {"type": "eval", "model": name, "images": len(val),
-                                  **(during or {}), **metrics}})
+        for protocol, (metrics, rows) in score(dets, tops.get(name), protocols).items():
+            row = protocol_label(name, protocol)
+            out.metrics[row] = metrics
+            if protocol != "pooled":  # pooled AP has no per-category value
+                out.per_category[row] = rows
+            when = f" ({during['stage']}, epoch {during['epoch']})" if during else ""
+            log.info("evaluated %s on %d val images%s: AP %.4f APr %.4f APc %.4f APf %.4f",
+                     row, len(val), when, *(metrics[k] for k in ("AP", "APr", "APc", "APf")),
+                     extra={"event": {"type": "eval", "model": row, "images": len(val),
+                                      **(during or {}), **metrics}})
     return out
 
 
@@ -80,11 +95,16 @@ def validation(s: Settings, data: DatasetBundle, device: str, stage: str,
     return run
 
 
+Scores = dict[str, tuple[dict, list[dict]]]
+
+
 def scorer(s: Settings, data: DatasetBundle, images: int
-           ) -> Callable[[list[dict]], tuple[dict, list[dict]]]:
-    """Metrics and per-category rows of detections on the first ``images`` val images:
-    LVIS rules, or the Open Images challenge metric for an Open Images set. The ground truth
-    is cut (and expanded up the hierarchy) once, for all the heads scored."""
+           ) -> Callable[[list[dict], TopDetections | None, tuple[str, ...]], Scores]:
+    """Per protocol, metrics and per-category rows of detections on the first ``images``
+    val images: LVIS rules (standard on the standard detections, fixed and pooled on the
+    top-K ones), or the Open Images challenge metric for an Open Images set (its one
+    protocol). The ground truth is cut (and expanded up the hierarchy) once, for all the
+    heads scored."""
     oi = data.openimages
     if oi is not None:
         from acsl_cli.evaluation.openimages_gt import ground_truth
@@ -94,16 +114,27 @@ def scorer(s: Settings, data: DatasetBundle, images: int
         gt = ground_truth(oi.split, len(oi.names))
         full = expand_ground_truth(first_images(gt, images), oi.ancestors)
         expand = s.test.expand_hierarchy
-        return lambda dets: score_openimages(
+        return lambda dets, top, protocols: {"standard": score_openimages(
             full, dets, oi.widths, oi.heights, ancestors=oi.ancestors, names=oi.names,
-            groups=oi.groups, expand=expand, group_of_weight=oi.group_of_weight)
+            groups=oi.groups, expand=expand, group_of_weight=oi.group_of_weight)}
     gt = data.val_gt
     if images < len(data.val):
         gt = subset_gt(gt, {im["id"] for im in data.val.images[:images]})
 
-    def score_lvis(dets: list[dict]) -> tuple[dict, list[dict]]:
-        r = evaluate_lvis(gt, dets)
-        return r.metrics, r.per_category
+    def score_lvis(dets: list[dict], top: TopDetections | None,
+                   protocols: tuple[str, ...]) -> Scores:
+        out: Scores = {}
+        if "standard" in protocols:
+            r = evaluate_lvis(gt, dets)
+            out["standard"] = (r.metrics, r.per_category)
+        others = tuple(p for p in protocols if p != "standard")
+        if others:
+            assert top is not None, "fixed and pooled AP need the top-K inference"
+            arrays = Detections(top.image_ids, top.category_ids, top.boxes, top.scores)
+            for p, r in evaluate_protocols(gt, arrays, others,
+                                           s.test.dets_per_class).items():
+                out[p] = (r.metrics, r.per_category)
+        return {p: out[p] for p in protocols}
 
     return score_lvis
 
@@ -116,9 +147,9 @@ def test_trunk(s: Settings, model) -> FrozenTrunk:
                        s.schedule.stage2.rois_per_image)
 
 
-def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
-    """``acsl eval ckpt=PATH``: evaluate with the config saved beside (or in) the checkpoint,
-    updated by the command's other overrides."""
+def run_eval_checkpoint(plan: EvalPlan) -> dict[str, dict[str, float]]:
+    """``acsl eval ckpt=PATH``: metrics per protocol, evaluated with the config saved beside
+    (or in) the checkpoint, updated by the command's other overrides."""
     assert plan.ckpt is not None
     ckpt = load_checkpoint(plan.ckpt)
     s, loss_settings = checkpoint_settings(plan, ckpt)
@@ -139,4 +170,5 @@ def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
         first = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:160]
         raise DataError(f"{plan.ckpt}: weights do not fit the configured detector ({first})"
                         ) from None
-    return evaluate(s, data, model, None, device).metrics["model"]
+    ev = evaluate(s, data, model, None, device)
+    return {p: ev.metrics[protocol_label("model", p)] for p in s.test.protocols}

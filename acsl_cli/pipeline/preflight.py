@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from acsl_cli.data.datasets import GENERATED_KINDS, OPENIMAGES_KINDS
 from acsl_cli.engine.distributed import resolve_device
@@ -68,10 +69,17 @@ def check_run(s: Settings, num_heads: int) -> None:
         raise ConfigError("amp=fp16 needs CUDA (use amp=bf16 or amp=off on this device)")
 
 
-def write_out(path: str | Path, metrics: Mapping[str, float], saved_run: Path | None) -> None:
-    """The ``out=`` file; if it cannot be written, the finished run is not lost."""
+def write_out(path: str | Path, metrics: Mapping[str, Any], saved_run: Path | None) -> None:
+    """The ``out=`` file; if it cannot be written, the finished run is not lost. ``metrics``
+    is one row, or {protocol: row}: one protocol writes its row's keys (as always), several
+    an object of rows by protocol."""
+    if all(isinstance(v, Mapping) for v in metrics.values()):
+        rows = {p: metrics_json(m) for p, m in metrics.items()}
+        data: dict = next(iter(rows.values())) if len(rows) == 1 else rows
+    else:
+        data = metrics_json(metrics)
     try:
-        atomic_write_json(Path(path), metrics_json(metrics))
+        atomic_write_json(Path(path), data)
     except OSError as e:
         where = f"; the run is saved in {saved_run}" if saved_run else ""
         raise DataError(f"out={path}: cannot write ({e.strerror or e}){where}") from None

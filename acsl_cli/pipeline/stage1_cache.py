@@ -121,7 +121,7 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
     log.info("stage 1: trained in %.1f s", time.time() - t0)
     # the cached row is scored the canonical way (one scale, no flip, 300 detections);
     # runs with other test settings re-score stage 1 themselves
-    ev = evaluate(s, data, FrozenTrunk(model), None, device)
+    ev = evaluate(s, data, FrozenTrunk(model), None, device, protocols=("standard",))
     saved = {"metrics": ev.metrics["model"], "per_category": ev.per_category["model"],
              "train_seconds": time.time() - t0}
     if dist.is_main():

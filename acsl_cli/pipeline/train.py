@@ -18,6 +18,7 @@ from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
 from acsl_cli.engine.finetune_heads import ClassifierHead, finetune_heads, new_head
 from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.evaluation.lvis_protocols import protocol_label
 from acsl_cli.layout import OutputLayout, pointer
 from acsl_cli.pipeline.components import (
     load_data,
@@ -116,10 +117,8 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         if not s.test.canonical:  # the cached stage-1 row was scored the canonical way
             scorers[STAGE1_ROW] = trunk.stage1_scorer
         ev = evaluate(s, data, trunk, scorers, device)
-        rows = {STAGE1_ROW: ev.metrics.get(STAGE1_ROW, s1.metrics),
-                **{h.label: ev.metrics[h.id] for h in plan.heads}}
-        per_cat = {STAGE1_ROW: ev.per_category.get(STAGE1_ROW, s1.per_category),
-                   **{h.label: ev.per_category[h.id] for h in plan.heads}}
+        rows, per_cat = protocol_rows(s.test.protocols, plan.heads, ev, s1.metrics,
+                                      s1.per_category)
         if run is not None:
             _write_run(run.path, plan, data, heads, ev, rows, per_cat, s1.folder, origin)
             log.info("run finished in %.1f s; metrics (%%):\n%s", time.time() - t0,
@@ -129,9 +128,29 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         else:
             final = OutputLayout.at(s.output_root).run(name)
     if dist.is_main() and s.out:
-        write_out(s.out, rows[plan.heads[-1].label], final)
+        last = plan.heads[-1].label
+        write_out(s.out, {p: rows[protocol_label(last, p)] for p in s.test.protocols}, final)
     return RunResult(final, rows, per_cat, s1.folder, s1.reused, time.time() - t0,
                      data.groups_note)
+
+
+def protocol_rows(protocols: tuple[str, ...], heads: list[HeadSpec], ev: Evaluation,
+                  stage1_metrics: dict, stage1_per_category: list[dict]
+                  ) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """The run's rows, protocol after protocol (``label``, ``label [fixed]``, ...): the
+    stage-1 row (from the cache when this run did not re-score it), then each head."""
+    rows: dict[str, dict] = {}
+    per_cat: dict[str, list[dict]] = {}
+    for p in protocols:
+        stage1 = protocol_label(STAGE1_ROW, p)
+        rows[stage1] = ev.metrics.get(stage1, stage1_metrics)
+        if p != "pooled":
+            per_cat[stage1] = ev.per_category.get(stage1, stage1_per_category)
+        for h in heads:
+            rows[protocol_label(h.label, p)] = ev.metrics[protocol_label(h.id, p)]
+            if p != "pooled":
+                per_cat[protocol_label(h.label, p)] = ev.per_category[protocol_label(h.id, p)]
+    return rows, per_cat
 
 
 @contextmanager
@@ -182,6 +201,9 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
         ref = {"path": pointer(ckpt, where), "sha256": digest}
         _save_head(where, spec, data, head, ref)
         write_detections(folder / "heads" / spec.id, data, ev.detections[spec.id])
+        if spec.id in ev.top_detections:  # fixed / pooled: what those rows scored
+            atomic_write_json(folder / "heads" / spec.id / "results_topk.json",
+                              ev.top_detections[spec.id].as_results())
     write_metrics(folder, rows, note=data.groups_note)
     s = data.stats
     counts = {cid: (s.image_counts[i], s.instance_counts[i])

@@ -25,7 +25,8 @@ HEADLINE = ("AP", "APr", "APc", "APf")
 # Keys that do not change what a row measures: the settings declared so (where and how a
 # run was written), what pooling is over (seed), what head labels already state (loss,
 # xi) and the run's record of itself (heads, provenance: command line, versions, host).
-_NOT_A_VARIANT = {*not_outcome_keys(), "seed", "heads", "loss", "xi", "provenance"}
+_NOT_A_VARIANT = {*not_outcome_keys(), "seed", "heads", "loss", "xi", "provenance",
+                  "test.protocol"}  # a row's own protocol is its variant (``compare``)
 
 
 @dataclass
@@ -63,7 +64,9 @@ def compare(runs: Sequence[Run], baseline: str | None = None) -> Comparison:
     for run in runs:
         for label, model in run.models.items():
             cfg = sorted((k, v) for k, v in model.loss_cfg.items() if k != "seed")
-            key = (label, variants[run.path], repr(cfg))
+            variant = " ".join(v for v in (variants[run.path], model.protocol)
+                               if v and v != "standard")
+            key = (label, variant, repr(cfg))
             pooled.setdefault(key, []).append((run, label))
     rows = [_summary(members, variant) for (_, variant, _), members in pooled.items()]
     _unique_names(rows)
@@ -140,8 +143,9 @@ def _unique_names(rows: list[Summary]) -> None:
 def _apply_deltas(rows: list[Summary], baseline: str) -> None:
     """A baseline given by its full name serves every row; a bare label (the default)
     serves the rows of its own variant."""
-    exact = [r for r in rows if r.name == baseline]
     per_variant = {r.variant: r for r in rows if r.label == baseline}
+    # a label in several variants (e.g. protocols: "acsl", "acsl [fixed]") is per variant
+    exact = [r for r in rows if r.name == baseline] if len(per_variant) < 2 else []
     if not exact and not per_variant:
         names = ", ".join(r.name for r in rows)
         raise ConfigError(f"baseline={baseline}: no such row (rows: {names})")
@@ -174,6 +178,7 @@ def caption(c: Comparison) -> str:
 
 def terminal_table(c: Comparison, title: str = "comparison (%)"):
     """The headline metrics with their deltas, for the console."""
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=title, caption=caption(c))
@@ -184,7 +189,7 @@ def terminal_table(c: Comparison, title: str = "comparison (%)"):
     for k in HEADLINE:
         t.add_column(f"Δ{k}", justify="right")
     for r in c.rows:
-        t.add_row(r.name, str(len(r.seeds)), *(mean_std(r, k) for k in HEADLINE),
+        t.add_row(escape(r.name), str(len(r.seeds)), *(mean_std(r, k) for k in HEADLINE),
                   *(signed(r.delta[k]) for k in HEADLINE))
     return t
 

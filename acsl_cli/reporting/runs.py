@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import yaml
 from acsl_cli.data.annotations import load_json
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation import METRIC_KEYS
+from acsl_cli.evaluation.lvis_protocols import split_protocol
 from acsl_cli.evaluation.openimages_scoring import count_value
 from acsl_cli.layout import OutputLayout
 
@@ -37,6 +38,8 @@ class ModelRow:
     xi: float | None
     loss_cfg: Mapping[str, Any]
     metrics: Mapping[str, float | None]
+    #: the LVIS protocol of the row (metrics.json labels ``label [fixed]``, ``[pooled]``)
+    protocol: str = "standard"
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,11 @@ def load_run(folder: Path, setting: str = "") -> Run:
     seed = config.get("seed")
     heads = {h.get("label"): h.get("loss") or {} for h in
              (config.get("heads") or {}).values() if isinstance(h, Mapping)}
-    models = {label: _model_row(label, heads.get(label), m) for label, m in metrics.items()}
+    models = {}
+    for label, m in metrics.items():
+        plain, protocol = split_protocol(label)
+        row = _model_row(plain, heads.get(plain), m)
+        models[label] = replace(row, protocol=protocol)
     csv_path = folder / "per_category_ap.csv"
     cats = read_per_category(csv_path, list(metrics)) if csv_path.is_file() else []
     return Run(folder, seed if isinstance(seed, int) else None, setting, config, models, cats)

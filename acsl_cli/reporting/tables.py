@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from acsl_cli.evaluation import METRIC_KEYS
@@ -30,8 +31,8 @@ def rich_table(rows: Mapping[str, Mapping[str, float]], title: str = "", note: s
     t.add_column("model")
     for k in METRIC_KEYS:
         t.add_column(k, justify="right", style="bold" if k in HEADLINE else None)
-    for name, m in rows.items():
-        t.add_row(name, *(pct(m.get(k)) for k in METRIC_KEYS))
+    for name, m in rows.items():  # escaped: "acsl [fixed]" is not a rich style tag
+        t.add_row(escape(name), *(pct(m.get(k)) for k in METRIC_KEYS))
     return t
 
 

@@ -129,6 +129,21 @@ def list_of(rule: Rule, nonempty: bool = False, null: bool = False) -> Rule:
     return Rule(check, example)
 
 
+def one_or_list(rule: Rule) -> Rule:
+    """One value, or a non-empty list of distinct values, each passing ``rule``."""
+
+    def check(key: str, v: Any) -> None:
+        if isinstance(v, (list, tuple)):
+            if not v or len(set(map(repr, v))) != len(v):
+                _fail(key, v, "a value or a non-empty list of distinct values")
+            for i, x in enumerate(v):
+                rule(f"{key}[{i}]", x)
+        else:
+            rule(key, v)
+
+    return Rule(check, lambda v: rule.example(v[0] if isinstance(v, (list, tuple)) else v))
+
+
 def anything() -> Rule:
     """No check: values whose owner validates them (a loss's parameters)."""
     return Rule(lambda key, v: None, lambda v: v)

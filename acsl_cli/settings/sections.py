@@ -8,16 +8,27 @@ the yaml that documents it (``conf/``). Nothing else reads config keys.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from acsl_cli.settings.declare import DATA, STAGE1, STAGE2, section, setting
-from acsl_cli.settings.rules import anything, boolean, choice, integer, list_of, number, text
+from acsl_cli.settings.rules import (
+    anything,
+    boolean,
+    choice,
+    integer,
+    list_of,
+    number,
+    one_or_list,
+    text,
+)
 
 SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays valid
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 AMP_MODES = ("off", "bf16", "fp16")
 DETECTORS = ("faster_rcnn", "cascade_rcnn")
+#: LVIS evaluation protocols (evaluation.lvis_protocols)
+PROTOCOLS = ("standard", "fixed", "pooled")
 
 
 def yaml_text(data: Mapping[str, Any]) -> str:
@@ -77,11 +88,24 @@ class TestSettings:
     expand_hierarchy: bool = setting(False, boolean)
     #: Open Images ``eval dets=``: predictions for images not in the ground truth
     unknown_images: str = setting("ignore", choice("ignore", "error"))
+    #: LVIS protocol: standard (300 per image), fixed or pooled (Dave et al. 2021); a list
+    #: reports each side by side
+    protocol: str | tuple[str, ...] = setting("standard", one_or_list(choice(*PROTOCOLS)))
+    #: fixed / pooled: detections kept per category over the whole set (K)
+    dets_per_class: int = setting(10_000, integer(1, 10**8))
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The requested protocols, in the order given."""
+        return (self.protocol,) if isinstance(self.protocol, str) else tuple(self.protocol)
 
     @property
     def canonical(self) -> bool:
-        """Whether these are the settings the cached stage-1 row was scored with."""
-        return self == TestSettings()
+        """Whether these are the settings the cached stage-1 row was scored with (K only
+        matters to the fixed and pooled protocols)."""
+        if self.protocols != ("standard",):
+            return False
+        return replace(self, protocol="standard", dets_per_class=10_000) == TestSettings()
 
 
 @dataclass(frozen=True)
