@@ -219,8 +219,10 @@ def report(r: dict, side: dict, per_class: int) -> None:
             ("peak RSS, absolute", f"{r['peak'] / mib:,.0f} MiB ({r['peak'] / gb:.2f} GB)"
              + ("" if r["peak reset"] else " (peak mark not reset: includes building)")),
             ("peak RSS above baseline", f"{(r['peak'] - r['baseline']) / mib:,.0f} MiB"),
-            ("issue 24 target: <= 120 s and <= 6 GB (wall)",
-             "met" if r["seconds"] <= 120 and r["peak"] <= 6 * gb else "NOT met"),
+            ("issue 24 target: <= 120 s and <= 6 GB",
+             f"wall time {'met' if r['seconds'] <= 120 else 'NOT met'}, CPU time "
+             f"{'met' if r['cpu seconds'] <= 120 else 'NOT met'} (single-threaded: the wall "
+             f"time of an unshared machine), memory {'met' if r['peak'] <= 6 * gb else 'NOT met'}"),
             (f"side by side ({side['images']} images, {side['detections']:,} detections): "
              "lvis-api + the reference scripts' logic / ours",
              f"{side['lvis-api s']:.1f} s / {side['ours s']:.2f} s = "

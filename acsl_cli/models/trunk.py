@@ -171,8 +171,9 @@ class FrozenTrunk:
 
 def _first(dets: dict[str, list[dict[str, Tensor]]], n: int
            ) -> dict[str, list[dict[str, Tensor]]]:
-    """Each image's first ``n`` detections (the highest-scoring: NMS keeps score order)."""
-    return {name: [{k: v[:n] for k, v in r.items()} for r in per_image]
+    """Each image's first ``n`` detections (the highest-scoring: NMS keeps score order), as
+    copies: consumers may convert boxes in place."""
+    return {name: [{k: v[:n].clone() for k, v in r.items()} for r in per_image]
             for name, per_image in dets.items()}
 
 
