@@ -201,3 +201,15 @@ def test_report_compares_within_each_protocol(protocol_run, tmp_path):
         round(100 * (rows["softmax_ce [fixed]"]["AP"] - base), 2), abs=0.011)
     assert by_name["stage1 (softmax CE) [pooled]"]["delta"]["AP"] == 0.0
     assert "softmax_ce [pooled]" in res.output
+
+
+def test_eval_checkpoint_reproduces_the_protocol_rows(protocol_run, tmp_path):
+    root, run, _, _ = protocol_run
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(app, ["eval", f"ckpt={run / 'heads' / 'softmax_ce' / 'checkpoint.pt'}",
+                                   f"output_root={root}", "progress=false",
+                                   "test.protocol=[fixed,pooled]", f"out={out}"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    rows = json.loads((run / "metrics.json").read_text())
+    assert got == {"fixed": rows["softmax_ce [fixed]"], "pooled": rows["softmax_ce [pooled]"]}
