@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from acsl_cli.evaluation.detections import Detections
-
 SHARES = (0.3, 0.2, 0.2, 0.3)  # near own GT, random box on a positive / negative image, any
 
 
-def build_topk_detections(gt: dict, per_class: int, seed: int) -> Detections:
-    """``per_class`` detections of every category (see the module docstring for the mix)."""
+def build_topk_detections(gt: dict, per_class: int, seed: int):
+    """``per_class`` detections of every category (see the module docstring for the mix),
+    as ``Detections``."""
+    from acsl_cli.evaluation.detections import Detections
+
     rng = np.random.default_rng(seed + 2)
     images = gt["images"]
     n_img = len(images)
@@ -99,7 +100,7 @@ def build_topk_detections(gt: dict, per_class: int, seed: int) -> Detections:
                       rng.uniform(0, 1, n).astype(np.float32).astype(np.float64))
 
 
-def as_results(dets: Detections) -> list[dict]:
+def as_results(dets) -> list[dict]:
     return [{"image_id": int(i), "category_id": int(c), "bbox": b, "score": s}
             for i, c, b, s in zip(dets.image_ids.tolist(), dets.category_ids.tolist(),
                                   dets.boxes.tolist(), dets.scores.tolist(), strict=True)]
@@ -237,3 +238,11 @@ def report(r: dict, side: dict, per_class: int) -> None:
           + "\npooled " + "  ".join(f"{k} {pooled[k] * 100:.2f}"
                                     for k in ("AP", "APr", "APc", "APf"))
           + "  (x100; detections are synthetic, scores random)")
+
+
+if __name__ == "__main__":  # the same as ``bench_eval.py --protocols``
+    import sys
+
+    import bench_eval  # puts the checkout on sys.path
+
+    bench_eval.main(["--protocols", *sys.argv[1:]])

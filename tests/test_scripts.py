@@ -16,6 +16,7 @@ SCRIPTS = sorted(p.name for p in (ROOT / "scripts").iterdir()
 # what each one prints when it finished its work (a line a crash would not reach)
 EXPECT = {
     "bench_eval.py": "detections are synthetic",
+    "bench_eval_protocols.py": "detections are synthetic",
     "bench_losses.py": "vs its dense form",
     "bench_openimages_eval.py": "evaluate_openimages:",
     "bench_openimages_load.py": "image check:",
