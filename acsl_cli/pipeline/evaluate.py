@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,7 +13,9 @@ from acsl_cli.data.lvis_dataset import subset_gt
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_base
 from acsl_cli.engine.inference import eval_subset, predict
 from acsl_cli.errors import DataError
-from acsl_cli.evaluation import evaluate_lvis
+from acsl_cli.evaluation.detections import parse_detections
+from acsl_cli.evaluation.lvis_bootstrap import ImageMatches, image_matches
+from acsl_cli.evaluation.lvis_eval import match_detections, summarise
 from acsl_cli.models.trunk import FrozenTrunk, Scorer, with_classifier
 from acsl_cli.pipeline.components import (
     build_model,
@@ -30,11 +32,13 @@ log = logging.getLogger("acsl")
 
 @dataclass
 class Evaluation:
-    """Per scorer name: LVIS metrics, per-category AP rows, and the detections scored."""
+    """Per scorer name: LVIS metrics, per-category AP rows, the detections scored, and
+    (LVIS rules only) the matches the image bootstrap resamples."""
 
     metrics: dict[str, dict[str, float]]
     per_category: dict[str, list[dict]]
     detections: dict[str, list[dict]]
+    matches: dict[str, ImageMatches] = field(default_factory=dict)
 
 
 def evaluate(s: Settings, data: DatasetBundle, model, scorers: Mapping[str, Scorer] | None,
@@ -49,8 +53,10 @@ def evaluate(s: Settings, data: DatasetBundle, model, scorers: Mapping[str, Scor
     out = Evaluation({}, {}, results)
     score = scorer(s, data, len(val))
     for name, dets in results.items():
-        metrics, rows = score(dets)
+        metrics, rows, matches = score(dets)
         out.metrics[name], out.per_category[name] = metrics, rows
+        if matches is not None:
+            out.matches[name] = matches
         when = f" ({during['stage']}, epoch {during['epoch']})" if during else ""
         log.info("evaluated %s on %d val images%s: AP %.4f APr %.4f APc %.4f APf %.4f", name,
                  len(val), when, *(metrics[k] for k in ("AP", "APr", "APc", "APf")),
@@ -81,8 +87,9 @@ def validation(s: Settings, data: DatasetBundle, device: str, stage: str,
 
 
 def scorer(s: Settings, data: DatasetBundle, images: int
-           ) -> Callable[[list[dict]], tuple[dict, list[dict]]]:
-    """Metrics and per-category rows of detections on the first ``images`` val images:
+           ) -> Callable[[list[dict]], tuple[dict, list[dict], ImageMatches | None]]:
+    """Metrics, per-category rows and matches (None for Open Images) of detections on the
+    first ``images`` val images:
     LVIS rules, or the Open Images challenge metric for an Open Images set. The ground truth
     is cut (and expanded up the hierarchy) once, for all the heads scored."""
     oi = data.openimages
@@ -94,16 +101,17 @@ def scorer(s: Settings, data: DatasetBundle, images: int
         gt = ground_truth(oi.split, len(oi.names))
         full = expand_ground_truth(first_images(gt, images), oi.ancestors)
         expand = s.test.expand_hierarchy
-        return lambda dets: score_openimages(
+        return lambda dets: (*score_openimages(
             full, dets, oi.widths, oi.heights, ancestors=oi.ancestors, names=oi.names,
-            groups=oi.groups, expand=expand, group_of_weight=oi.group_of_weight)
+            groups=oi.groups, expand=expand, group_of_weight=oi.group_of_weight), None)
     gt = data.val_gt
     if images < len(data.val):
         gt = subset_gt(gt, {im["id"] for im in data.val.images[:images]})
 
-    def score_lvis(dets: list[dict]) -> tuple[dict, list[dict]]:
-        r = evaluate_lvis(gt, dets)
-        return r.metrics, r.per_category
+    def score_lvis(dets: list[dict]) -> tuple[dict, list[dict], ImageMatches]:
+        m = match_detections(gt, parse_detections(gt, dets, "detections"))
+        r = summarise(m)
+        return r.metrics, r.per_category, image_matches(m)
 
     return score_lvis
 

@@ -35,7 +35,8 @@ from acsl_cli.engine.loaders import loader_generators
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.train_detector import train_detector
 from acsl_cli.errors import DataError
-from acsl_cli.layout import OutputLayout
+from acsl_cli.evaluation.match_file import save_matches
+from acsl_cli.layout import MATCHES, OutputLayout
 from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import FrozenTrunk, with_classifier
 from acsl_cli.pipeline.components import build_model, loss_context, make_loss, train_data_loader
@@ -132,6 +133,8 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
             atomic_write_text(tmp / "config.yaml", s.to_yaml())
             atomic_write_json(tmp / "history.json", history)
             atomic_write_json(tmp / "metrics.json", saved)
+            if "model" in ev.matches:  # for the image bootstrap (not in FILES: optional)
+                save_matches(tmp / MATCHES, ev.matches["model"])
             entry.publish(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,9 @@ from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
 from acsl_cli.engine.finetune_heads import ClassifierHead, finetune_heads, new_head
 from acsl_cli.engine.schedule import StageSchedule
-from acsl_cli.layout import OutputLayout, pointer
+from acsl_cli.evaluation.match_file import save_matches
+from acsl_cli.files import atomic_write_bytes
+from acsl_cli.layout import MATCHES, OutputLayout, matches_file, pointer
 from acsl_cli.pipeline.components import (
     load_data,
     loss_context,
@@ -113,7 +115,10 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
                            device, s.schedule.max_iters, s.progress, resume=resume, amp=s.amp,
                            after_epoch=check)
         scorers = {h.name: h.scorer for h in heads}
-        if not s.test.canonical:  # the cached stage-1 row was scored the canonical way
+        # the cached stage-1 row was scored the canonical way; an entry cached before
+        # matches were saved is scored again for its matches (the image bootstrap)
+        cached_matches = s1.folder / MATCHES
+        if not s.test.canonical or (data.openimages is None and not cached_matches.is_file()):
             scorers[STAGE1_ROW] = trunk.stage1_scorer
         ev = evaluate(s, data, trunk, scorers, device)
         rows = {STAGE1_ROW: ev.metrics.get(STAGE1_ROW, s1.metrics),
@@ -122,6 +127,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
                    **{h.label: ev.per_category[h.id] for h in plan.heads}}
         if run is not None:
             _write_run(run.path, plan, data, heads, ev, rows, per_cat, s1.folder, origin)
+            _write_stage1_matches(run.path, ev, cached_matches)
             log.info("run finished in %.1f s; metrics (%%):\n%s", time.time() - t0,
                      markdown_table(rows, note=data.groups_note))
             final = run.commit()
@@ -182,11 +188,22 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
         ref = {"path": pointer(ckpt, where), "sha256": digest}
         _save_head(where, spec, data, head, ref)
         write_detections(folder / "heads" / spec.id, data, ev.detections[spec.id])
+        if spec.id in ev.matches:
+            save_matches(matches_file(folder, spec.id), ev.matches[spec.id])
     write_metrics(folder, rows, note=data.groups_note)
     s = data.stats
     counts = {cid: (s.image_counts[i], s.instance_counts[i])
               for i, cid in enumerate(data.cmap.category_ids)}
     write_per_category(folder / "per_category_ap.csv", per_cat, counts)
+
+
+def _write_stage1_matches(folder: Path, ev: Evaluation, cached: Path) -> None:
+    """The stage-1 row's matches: scored in this run, or copied from the cache entry."""
+    target = matches_file(folder, None)
+    if STAGE1_ROW in ev.matches:
+        save_matches(target, ev.matches[STAGE1_ROW])
+    elif cached.is_file():
+        atomic_write_bytes(target, cached.read_bytes())
 
 
 def write_detections(folder: Path, data: DatasetBundle, dets: list[dict]) -> None:
