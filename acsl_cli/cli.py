@@ -254,8 +254,10 @@ def data_stats(overrides: list[str] = OVERRIDES) -> None:
 @app.command(context_settings=EXTRA)
 @user_errors
 def report(args: list[str] = typer.Argument(
-        None, help="run or sweep folders, then optional out=DIR baseline=NAME")) -> None:
-    """Compare saved runs and sweeps: mean ± std over seeds, deltas, Markdown/CSV, figures.
+        None, help="run or sweep folders, then optional out=DIR baseline=NAME resamples=N "
+                   "bootstrap_seed=S")) -> None:
+    """Compare saved runs and sweeps: mean ± std over seeds, deltas with 95 % intervals,
+    Markdown/CSV/JSON, figures.
 
     Example: acsl report outputs/runs/NAME-sweep outputs/runs/OTHER out=cmp baseline=bce
     """

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.files import atomic_write_json, atomic_write_text
-from acsl_cli.reporting.compare import compare, csv_text, json_rows, markdown
+from acsl_cli.reporting.compare import Comparison, compare
+from acsl_cli.reporting.compare_tables import csv_text, json_rows, markdown
 from acsl_cli.reporting.curves import validation_curves
 from acsl_cli.reporting.figures import draw_figures
 from acsl_cli.reporting.runs import Run
@@ -15,10 +16,11 @@ from acsl_cli.reporting.suppression import suppression_report
 from acsl_cli.reporting.tail_classes import tail_classes_markdown
 
 
-def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
-                 ) -> list[Path]:
-    """report.md, report.csv, report.json and the figures in ``out_dir``; returns them."""
-    c = compare(runs, baseline)
+def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None,
+                 comparison: Comparison | None = None) -> list[Path]:
+    """report.md, report.csv, report.json and the figures in ``out_dir``; returns them.
+    ``comparison``: ``compare(runs, baseline)`` already made (its bootstraps take time)."""
+    c = comparison or compare(runs, baseline)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
