@@ -27,7 +27,8 @@ from acsl_cli.reporting.runs import STAGE1_ROW, load_runs, train_counts
 TINY = ["dataset.num_classes=8", "dataset.max_images_per_class=12",
         "dataset.val_instances_per_class=2", "schedule=smoke", "progress=false"]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
-FIGURES = {"label_distribution.png", "per_category_ap.png", "xi_sweep.png", "group_ap.png"}
+FIGURES = {"label_distribution.png", "per_category_ap.png", "xi_sweep.png", "group_ap.png",
+           "deltas.png"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -31,7 +31,8 @@ from acsl_cli.evaluation.lvis_eval import FREQUENCIES, RECALL_THRESHOLDS, LvisMa
 from acsl_cli.evaluation.lvis_matching import IOU_THRESHOLDS
 
 BOOTSTRAP_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APr", "APc", "APf")
-CHUNK = 8  # resamples evaluated together; fixed, so a seed gives the same draws everywhere
+DRAW = 8  # resamples drawn per call to the generator: fixed, so a seed gives fixed draws
+BUDGET = 2.5e7  # numbers held per evaluated chunk of resamples (about 200 MB)
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,21 @@ def image_matches(m: LvisMatches) -> ImageMatches:
         gt_count=counts.astype(np.int64))
 
 
-def resample_weights(n_images: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
-    """Chunks of (b, n_images) draw counts: each row is one resample of the images with
-    replacement (a multinomial draw), the same for a given seed and count."""
+def resample_weights(n_images: int, resamples: int, seed: int, chunk: int = DRAW
+                     ) -> Iterator[np.ndarray]:
+    """Chunks of (<= chunk, n_images) draw counts: each row is one resample of the images
+    with replacement (a multinomial draw). The rows depend only on the seed: they are
+    drawn ``DRAW`` at a time whatever the chunk."""
     rng = np.random.default_rng(seed)
     p = np.full(n_images, 1.0 / n_images)
-    done = 0
+    done, held = 0, []
     while done < resamples:
-        b = min(CHUNK, resamples - done)
-        yield rng.multinomial(n_images, p, size=b).astype(np.float64)
+        b = min(DRAW, resamples - done)
+        held.append(rng.multinomial(n_images, p, size=b).astype(np.float64))
         done += b
+        if sum(len(h) for h in held) >= chunk or done >= resamples:
+            yield np.concatenate(held)
+            held = []
 
 
 class _Prepared:
@@ -266,13 +272,18 @@ def paired_bootstrap(model: ImageMatches, baseline: ImageMatches, resamples: int
     def score(p: _Prepared, w: np.ndarray) -> dict[str, np.ndarray]:
         return _means(p, *_sampled_precision(p, w))
 
+    def size(p: _Prepared) -> int:  # numbers per resample, roughly
+        return p.n_thr * len(RECALL_THRESHOLDS) * p.n_eval + 6 * len(p.e) + len(p.c_img)
+
+    chunk = max(DRAW, int(BUDGET / (size(pm) + size(pb) + 2 * len(model.image_ids))))
+
     full = np.ones((1, len(model.image_ids)))
     observed = {k: float(score(pm, full)[k][0] - score(pb, full)[k][0])
                 for k in BOOTSTRAP_KEYS}
     diffs: dict[str, list[np.ndarray]] = {k: [] for k in BOOTSTRAP_KEYS}
     # the two models of a resample in two threads (numpy releases the GIL in its loops)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for w in resample_weights(len(model.image_ids), resamples, seed):
+        for w in resample_weights(len(model.image_ids), resamples, seed, chunk):
             a, c = pool.map(score, (pm, pb), (w, w))
             for k in BOOTSTRAP_KEYS:
                 diffs[k].append(a[k] - c[k])

@@ -21,8 +21,10 @@ from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_tex
 from acsl_cli.pipeline.sweep_name import taken_message
 from acsl_cli.pipeline.train import RunResult, train
 from acsl_cli.plan import RunPlan, plan_sweep, saved_run_config
-from acsl_cli.reporting.compare import flatten
-from acsl_cli.reporting.figures import sweep_figures
+from acsl_cli.reporting.compare import compare, flatten
+from acsl_cli.reporting.compare_tables import json_rows, markdown
+from acsl_cli.reporting.figures import draw_figures
+from acsl_cli.reporting.runs import load_runs
 from acsl_cli.reporting.tables import markdown_mean_std, metrics_json, write_metrics
 from acsl_cli.settings import not_outcome_keys
 
@@ -159,14 +161,24 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
             atomic_write_text(summary.path / "runs.txt", "".join(
                 f"{setting}\t{r.run_dir}\n"
                 for setting, r in zip(plan.settings, runs, strict=True)))
-            try:  # figures must not cost the sweep its summary
-                sweep_figures(summary.path)
+            try:  # intervals and figures must not cost the sweep its summary
+                _differences(summary.path, markdown_mean_std(mean, std, pooled))
             except AcslError as e:
-                log.warning("sweep figures skipped: %s", e)
+                log.warning("sweep intervals and figures skipped: %s", e)
             folder = summary.commit()
         if plan.out:
             write_out(plan.out, mean[list(mean)[-1]], folder)
     return SweepResult(folder, runs, mean, std, jobs)
+
+
+def _differences(folder: Path, table: str) -> None:
+    """Each row's difference against the stage-1 row with its 95 % interval (as ``acsl
+    report`` computes it) under summary.md's table and in deltas.json; the figures."""
+    c = compare(load_runs([folder]))
+    atomic_write_text(folder / "summary.md", f"{table}\n## Differences against the stage-1 "
+                      f"row (95 % intervals)\n\n{markdown(c)}")
+    atomic_write_json(folder / "deltas.json", json_rows(c))
+    draw_figures(c, folder)
 
 
 def _collected(folder: Path, plan: RunPlan) -> RunResult:
