@@ -36,8 +36,10 @@ def row_label(label: str, gamma: float) -> str:
     return f"{label} norcal gamma={float(gamma):g}"
 
 
-def picked_label(label: str, gamma: float) -> str:
-    return f"{row_label(label, gamma)} (picked on held-out)"
+def picked_label(label: str) -> str:
+    """The reported row: without the gamma, so that a sweep pools its seeds' picks (each
+    run's gamma is in its ``calibration.json``)."""
+    return f"{label} norcal (gamma picked on held-out)"
 
 
 @dataclass
@@ -106,7 +108,7 @@ def finish_calibration(plan: CalibrationPlan, s: Settings, data: DatasetBundle,
             out.per_category[name] = val_per_category[name]
         if picked is not None:
             name = names[plan.gammas.index(picked)]
-            top = picked_label(base, picked)
+            top = picked_label(base)
             out.rows[top], out.per_category[top] = val_metrics[name], val_per_category[name]
             out.headline[base] = top
             log.info("%s: NorCal gamma=%g picked on %d held-out images (%s %.4f)", base,
