@@ -25,7 +25,7 @@ from acsl_cli.models.detector import build_detector
 from acsl_cli.models.init import load_matching
 from acsl_cli.models.trunk import FrozenTrunk
 from acsl_cli.pipeline.components import loss_context, make_loss, stage_losses
-from acsl_cli.pipeline.evaluate import test_trunk
+from acsl_cli.pipeline.evaluate import test_trunk as trunk_from_settings  # not a test
 from acsl_cli.pipeline.train import STAGE1_ROW, run_train
 from acsl_cli.settings import Settings, declared, stage1_key
 from tests.test_engine import TINY
@@ -124,7 +124,7 @@ def test_test_scores_combine_the_three_classifiers_by_the_rule(rule, want):
     with torch.no_grad():
         own = model(images)
     overrides = [] if rule == "mean_logits" else [f"test.cascade_scores={rule}"]
-    trunk = test_trunk(config_mod.load_settings(overrides), model)
+    trunk = trunk_from_settings(config_mod.load_settings(overrides), model)
     ce = [build_loss("softmax_ce", LossContext(3)) for _ in range(3)]
     out = trunk.detect(images, {"model": trunk.stage1_scorer,
                                 "head": (list(model.roi_heads.classifiers), ce)})
