@@ -111,11 +111,11 @@ def scorer(s: Settings, data: DatasetBundle, images: int
 
 
 def test_trunk(s: Settings, model) -> FrozenTrunk:
-    """The frozen detector with the test-time variants (scales, flip) and stage-2 RoI
-    sampling."""
+    """The frozen detector with the test-time variants (scales, flip, the cascade's stage
+    scoring) and stage-2 RoI sampling."""
     t = s.test
     return FrozenTrunk(model, list(t.scales) if t.scales else None, t.flip, t.max_detections,
-                       s.schedule.stage2.rois_per_image)
+                       s.schedule.stage2.rois_per_image, t.cascade_scores)
 
 
 @dataclass

@@ -108,6 +108,9 @@ class TestSettings:
     expand_hierarchy: bool = setting(False, boolean)
     #: Open Images ``eval dets=``: predictions for images not in the ground truth
     unknown_images: str = setting("ignore", choice("ignore", "error"))
+    #: Cascade R-CNN: mean of the stages' logits, then the loss's activation (the ACSL
+    #: release, mmdetection), or mean of the stages' scores (detectron2)
+    cascade_scores: str = setting("mean_logits", choice("mean_logits", "mean_probs"))
     calibration: CalibrationSettings = section(CalibrationSettings)
 
     @property
