@@ -179,13 +179,16 @@ def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
         from acsl_cli.pipeline.rundir import check_out_file
 
         check_out_file(Path(plan.out))
-    note = ""
+    note, calibration = "", None
     if plan.ckpt:
-        from acsl_cli.pipeline.evaluate import run_eval_checkpoint
+        from acsl_cli.pipeline.evaluate import eval_checkpoint
         from acsl_cli.pipeline.report import is_main
 
-        metrics = run_eval_checkpoint(plan)
+        result = eval_checkpoint(plan)
+        metrics, calibration = result.metrics, result.calibration
         title = Path(plan.ckpt).parent.name
+        # "model", "model norcal gamma=0.5", ...: named by the checkpoint's folder
+        rows = {title + k[len("model"):]: m for k, m in result.rows.items()}
         if not is_main():
             return
     else:
@@ -193,11 +196,12 @@ def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
 
         metrics, note = run_eval_results(plan)
         title = Path(str(plan.dets)).name
-    _print_table({title: metrics}, "bbox metrics (%)", note)
+        rows = {title: metrics}
+    _print_table(rows, "bbox metrics (%)", note)
     if plan.out:
         from acsl_cli.pipeline.preflight import write_out
 
-        write_out(plan.out, metrics, None)
+        write_out(plan.out, metrics, None, calibration)
         console.print(f"metrics written to {plan.out}")
 
 

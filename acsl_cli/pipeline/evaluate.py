@@ -12,11 +12,13 @@ from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.lvis_dataset import subset_gt
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_base
 from acsl_cli.engine.inference import eval_subset, predict
-from acsl_cli.errors import DataError
+from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.evaluation.detections import parse_detections
 from acsl_cli.evaluation.lvis_bootstrap import ImageMatches, image_matches
 from acsl_cli.evaluation.lvis_eval import match_detections, summarise
+from acsl_cli.models.calibration import refusal
 from acsl_cli.models.trunk import FrozenTrunk, Scorer, with_classifier
+from acsl_cli.pipeline.calibrate import Row, finish_calibration, plan_calibration
 from acsl_cli.pipeline.components import (
     build_model,
     load_data,
@@ -25,7 +27,7 @@ from acsl_cli.pipeline.components import (
     setup_torch,
 )
 from acsl_cli.plan import EvalPlan, checkpoint_settings
-from acsl_cli.settings import Settings
+from acsl_cli.settings import LossSettings, Settings
 
 log = logging.getLogger("acsl")
 
@@ -117,19 +119,39 @@ def scorer(s: Settings, data: DatasetBundle, images: int
 
 
 def test_trunk(s: Settings, model) -> FrozenTrunk:
-    """The frozen detector with the test-time variants (scales, flip) and stage-2 RoI
-    sampling."""
+    """The frozen detector with the test-time variants (scales, flip, the cascade's stage
+    scoring) and stage-2 RoI sampling."""
     t = s.test
     return FrozenTrunk(model, list(t.scales) if t.scales else None, t.flip, t.max_detections,
-                       s.schedule.stage2.rois_per_image)
+                       s.schedule.stage2.rois_per_image, t.cascade_scores)
+
+
+@dataclass
+class CheckpointEval:
+    """``eval ckpt=``: its rows ("model", and with calibration one per gamma), the row it
+    reports (``out=``), and the calibration record (None without calibration)."""
+
+    rows: dict[str, dict[str, float]]
+    headline: str
+    calibration: dict | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.rows[self.headline]
 
 
 def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
+    """``acsl eval ckpt=PATH``: the metrics of the row it reports."""
+    return eval_checkpoint(plan).metrics
+
+
+def eval_checkpoint(plan: EvalPlan) -> CheckpointEval:
     """``acsl eval ckpt=PATH``: evaluate with the config saved beside (or in) the checkpoint,
     updated by the command's other overrides."""
     assert plan.ckpt is not None
     ckpt = load_checkpoint(plan.ckpt)
     s, loss_settings = checkpoint_settings(plan, ckpt)
+    check_calibration(s, loss_settings)
     device = setup_torch(s)
     data = load_data(s)
     check_classes(plan.ckpt, ckpt, list(data.cmap.category_ids))
@@ -147,4 +169,20 @@ def run_eval_checkpoint(plan: EvalPlan) -> dict[str, float]:
         first = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:160]
         raise DataError(f"{plan.ckpt}: weights do not fit the configured detector ({first})"
                         ) from None
-    return evaluate(s, data, model, None, device).metrics["model"]
+    trunk = test_trunk(s, model)
+    cal = plan_calibration(s, data, [Row("model", trunk.stage1_scorer, loss_settings)])
+    if cal is None:
+        return CheckpointEval(evaluate(s, data, trunk, None, device).metrics, "model")
+    ev = evaluate(s, data, trunk, {"model": trunk.stage1_scorer, **cal.scorers}, device)
+    done = finish_calibration(cal, s, data, trunk, device, ev.metrics, ev.per_category)
+    rows = {"model": ev.metrics["model"], **done.rows}
+    return CheckpointEval(rows, done.headline.get("model", "model"), done.record)
+
+
+def check_calibration(s: Settings, loss: LossSettings) -> None:
+    """``eval ckpt=`` of a head NorCal cannot score: one line, before any work."""
+    if s.test.calibration.method == "none":
+        return
+    why = refusal(loss.name, loss.params)
+    if why is not None:
+        raise ConfigError(f"test.calibration={s.test.calibration.method}: {why}")

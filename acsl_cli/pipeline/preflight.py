@@ -68,10 +68,15 @@ def check_run(s: Settings, num_heads: int) -> None:
         raise ConfigError("amp=fp16 needs CUDA (use amp=bf16 or amp=off on this device)")
 
 
-def write_out(path: str | Path, metrics: Mapping[str, float], saved_run: Path | None) -> None:
-    """The ``out=`` file; if it cannot be written, the finished run is not lost."""
+def write_out(path: str | Path, metrics: Mapping[str, float], saved_run: Path | None,
+              calibration: Mapping | None = None) -> None:
+    """The ``out=`` file; if it cannot be written, the finished run is not lost. With
+    ``test.calibration``, its record (the gamma curve, the pick) is under ``calibration``."""
+    data: dict = dict(metrics_json(metrics))
+    if calibration is not None:
+        data["calibration"] = dict(calibration)
     try:
-        atomic_write_json(Path(path), metrics_json(metrics))
+        atomic_write_json(Path(path), data)
     except OSError as e:
         where = f"; the run is saved in {saved_run}" if saved_run else ""
         raise DataError(f"out={path}: cannot write ({e.strerror or e}){where}") from None

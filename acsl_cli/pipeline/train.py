@@ -21,6 +21,7 @@ from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.evaluation.match_file import save_matches
 from acsl_cli.files import atomic_write_bytes
 from acsl_cli.layout import MATCHES, OutputLayout, matches_file, pointer
+from acsl_cli.pipeline.calibrate import Row, finish_calibration, plan_calibration
 from acsl_cli.pipeline.components import (
     load_data,
     loss_context,
@@ -41,11 +42,13 @@ from acsl_cli.pipeline.rundir import (
     default_run_name,
 )
 from acsl_cli.pipeline.stage1_cache import (
+    CE,
     checkpoint_payload,
     replay_history,
     train_or_load_stage1,
 )
 from acsl_cli.plan import HeadSpec, RunPlan, plan_train
+from acsl_cli.reporting.calibration import write_calibration
 from acsl_cli.reporting.events import event_handlers
 from acsl_cli.reporting.suppression import write_suppression
 from acsl_cli.reporting.tables import markdown_table, write_metrics, write_per_category
@@ -120,14 +123,26 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         cached_matches = s1.folder / MATCHES
         if not s.test.canonical or (data.openimages is None and not cached_matches.is_file()):
             scorers[STAGE1_ROW] = trunk.stage1_scorer
+        cal = plan_calibration(s, data, [Row(STAGE1_ROW, trunk.stage1_scorer, CE), *(
+            Row(spec.label, h.scorer, spec.loss) for spec, h in zip(plan.heads, heads,
+                                                                     strict=True))])
+        scorers.update(cal.scorers if cal is not None else {})
         ev = evaluate(s, data, trunk, scorers, device)
         rows = {STAGE1_ROW: ev.metrics.get(STAGE1_ROW, s1.metrics),
                 **{h.label: ev.metrics[h.id] for h in plan.heads}}
         per_cat = {STAGE1_ROW: ev.per_category.get(STAGE1_ROW, s1.per_category),
                    **{h.label: ev.per_category[h.id] for h in plan.heads}}
+        calibration = None
+        if cal is not None:  # one row per head and gamma (and the pick), after the plain rows
+            calibration = finish_calibration(cal, s, data, trunk, device, ev.metrics,
+                                             ev.per_category)
+            rows.update(calibration.rows)
+            per_cat.update(calibration.per_category)
         if run is not None:
             _write_run(run.path, plan, data, heads, ev, rows, per_cat, s1.folder, origin)
             _write_stage1_matches(run.path, ev, cached_matches)
+            if calibration is not None:
+                write_calibration(run.path, calibration.record)
             log.info("run finished in %.1f s; metrics (%%):\n%s", time.time() - t0,
                      markdown_table(rows, note=data.groups_note))
             final = run.commit()
