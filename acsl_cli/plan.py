@@ -22,6 +22,7 @@ from acsl_cli.config import available, config_dir, load_config, parse_overrides,
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings import LossSettings, Settings, loss_settings
+from acsl_cli.settings.pooling import variant_names
 
 HEAD_KEYS = ("loss", "xi")
 EVAL_KEYS = ("ckpt", "dets", "ann", "train_ann", "out")
@@ -56,8 +57,9 @@ class SweepPlan:
     runs: tuple[RunPlan, ...]
     settings: tuple[str, ...]  # per run, the overrides that make it differ ("seed=1")
     out: str | None  # where the mean of the last head goes
-    #: per run, its overrides but the seed ("detector=cascade_rcnn"): runs of one variant
-    #: differ only in the seed, so only they are pooled into a mean and std
+    #: per run, the outcome settings but the seed in which it differs from the others
+    #: ("detector.name=cascade_rcnn", ``settings.pooling``): runs of one variant differ
+    #: only in the seed, so only they are pooled into a mean and std
     variants: tuple[str, ...]
 
 
@@ -171,7 +173,7 @@ def plan_sweep(overrides: list[str] | tuple[str, ...]) -> SweepPlan:
             inner.append(o.text)
     combos = list(itertools.product(*outer))
     runs = tuple(plan_train(inner + list(c)) for c in combos)
-    variants = tuple(" ".join(o for o in c if o.partition("=")[0] != "seed") for c in combos)
+    variants = tuple(variant_names([r.settings.as_dict() for r in runs]))
     return SweepPlan(runs, tuple(" ".join(c) for c in combos), out, variants)
 
 
