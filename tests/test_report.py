@@ -85,7 +85,9 @@ def _expected(runs: list[Path], baseline: str = STAGE1_ROW) -> dict[str, dict]:
 
 
 def _sweep_runs(sweep: Path) -> list[Path]:
-    return [Path(line.split("\t")[1]) for line in (sweep / "runs.txt").read_text().splitlines()]
+    """runs.txt's paths are relative to the sweep folder."""
+    return [(sweep / line.split("\t")[1]).resolve()
+            for line in (sweep / "runs.txt").read_text().splitlines()]
 
 
 def _check_tables(out: Path, expected: dict[str, dict], stdout: str) -> None:

@@ -17,7 +17,7 @@ __all__ = ["ReportResult", "is_main", "metrics_table", "print_stats", "run_repor
 class ReportResult:
     table: object  # a rich renderable: the comparison as the terminal shows it
     markdown: Path
-    figures: int
+    figures: int  # -1 on a dry run (nothing drawn)
     out: Path
 
 
@@ -40,8 +40,9 @@ def print_stats(stats: dict, title: str) -> None:
     show(stats, title)
 
 
-def run_report(args: Sequence[str]) -> ReportResult:
-    """``FOLDER... [out=DIR] [baseline=NAME]``: compare the runs, write the report."""
+def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
+    """``FOLDER... [out=DIR] [baseline=NAME]``: compare the runs, write the report (on a
+    dry run: read and compare them, write nothing)."""
     from acsl_cli.reporting.compare import compare, terminal_table
     from acsl_cli.reporting.report import write_report
     from acsl_cli.reporting.runs import load_runs
@@ -61,6 +62,8 @@ def run_report(args: Sequence[str]) -> ReportResult:
         raise ConfigError("acsl report: give at least one run or sweep folder")
     runs = load_runs(folders)
     out = Path(options["out"] or Path(folders[0]) / "report")
-    written = write_report(runs, out, options["baseline"])
     table = terminal_table(compare(runs, options["baseline"]))
+    if dry_run:
+        return ReportResult(table, out / "report.md", -1, out)
+    written = write_report(runs, out, options["baseline"])
     return ReportResult(table, written[0], len(written) - 3, out)

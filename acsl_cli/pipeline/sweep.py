@@ -15,7 +15,7 @@ import numpy as np
 
 from acsl_cli.engine import distributed as dist
 from acsl_cli.errors import AcslError, ConfigError, DataError
-from acsl_cli.layout import OutputLayout
+from acsl_cli.layout import OutputLayout, pointer
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
 from acsl_cli.pipeline.sweep_name import taken_message
@@ -141,8 +141,8 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
                               {row: metrics_json(m) for row, m in std.items()})
             atomic_write_text(summary.path / "summary.md",
                               markdown_mean_std(mean, std, pooled))
-            atomic_write_text(summary.path / "runs.txt", "".join(
-                f"{setting}\t{r.run_dir}\n"
+            atomic_write_text(summary.path / "runs.txt", "".join(  # relative: moves along
+                f"{setting}\t{pointer(r.run_dir, folder)}\n"
                 for setting, r in zip(plan.settings, runs, strict=True)))
             try:  # figures must not cost the sweep its summary
                 sweep_figures(summary.path)
