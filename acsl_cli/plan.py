@@ -23,7 +23,12 @@ from acsl_cli.data.groups import frequency_group
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings import LossSettings, Settings, loss_settings
 from acsl_cli.settings.pooling import variant_names
-from acsl_cli.untrusted import interpolation_free, load_yaml_mapping, without_where_to_write
+from acsl_cli.untrusted import (
+    interpolation_free,
+    load_yaml_mapping,
+    without_where_to_write,
+    yaml_mapping,
+)
 
 HEAD_KEYS = ("loss", "xi")
 EVAL_KEYS = ("ckpt", "dets", "ann", "train_ann", "out")
@@ -225,7 +230,10 @@ def checkpoint_settings(plan: EvalPlan, ckpt: dict) -> tuple[Settings, LossSetti
     assert plan.ckpt is not None
     saved = saved_config(plan.ckpt)
     if saved is None:
-        saved = _plain_config(ckpt.get("config") or {}, f"{plan.ckpt} (its saved config)")
+        embedded, source = ckpt.get("config") or {}, f"{plan.ckpt} (its saved config)"
+        if isinstance(embedded, str):  # what checkpoints hold: the config's YAML text
+            embedded = yaml_mapping(embedded, source)
+        saved = _plain_config(embedded, source)
     settings = to_settings(load_config(list(plan.overrides), base=saved))
     saved_loss = ckpt.get("loss")
     if not isinstance(saved_loss, Mapping):

@@ -37,14 +37,19 @@ def read_text(path: Path) -> str:
 
 
 def load_yaml_mapping(path: Path) -> dict[str, Any]:
-    """A YAML mapping as plain Python data (safe loader: no tags, no interpolation)."""
+    """A YAML file's mapping as plain Python data (safe loader: no tags, no interpolation)."""
+    return yaml_mapping(read_text(path), str(path))
+
+
+def yaml_mapping(text: str, source: str) -> dict[str, Any]:
+    """YAML text (a file's, or the config a checkpoint holds) as a plain mapping."""
     try:
-        data = yaml.safe_load(read_text(path))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(f"{path}: not valid YAML ({first})") from None
+        raise DataError(f"{source}: not valid YAML ({first})") from None
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping of config keys")
+        raise DataError(f"{source}: expected a mapping of config keys")
     return data
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name, writing
+from acsl_cli.tensor_file import load_tensor_file
 from acsl_cli.untrusted import confined
 
 FORMAT = "acsl-detector/1"  # a whole detector
@@ -55,19 +54,7 @@ def _os_error(error: RuntimeError) -> BaseException:
 
 def load_state_file(path: str | Path) -> Any:
     """Read a file written by ``save_state_file``; anything else is a one-line DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it refuses
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise DataError(f"{path}: not a readable checkpoint: it holds something other than "
-                        "tensors, numbers, strings, lists and dicts (nothing in it was run)"
-                        ) from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
-        raise DataError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
+    return load_tensor_file(path, "checkpoint")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any], fmt: str = FORMAT) -> None:
