@@ -88,7 +88,8 @@ def test_interpolation_inside_the_checkpoint_is_refused(tmp_path, monkeypatch, w
             "name": "acsl", "xi": "${oc.env:ACSL_TEST_SECRET}"})
     else:
         ckpt = _detector_ckpt(tmp_path / "h", None,
-                              embedded=_config(run_name="${oc.env:ACSL_TEST_SECRET}"))
+                              embedded=yaml.safe_dump(_config(
+                                  run_name="${oc.env:ACSL_TEST_SECRET}")))
     from acsl_cli.engine.checkpoint import load_checkpoint
 
     plan = plan_eval([f"ckpt={ckpt}"])
