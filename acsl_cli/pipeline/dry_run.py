@@ -41,13 +41,13 @@ def describe_run(plan: RunPlan, title: str = "run") -> str:
 
 
 def describe_train(plan: RunPlan) -> str:
-    check_run(plan.settings, len(plan.heads))
+    check_run(plan.settings, len(plan.heads), dry_run=True)
     return describe_run(plan) + "\n# dry run: nothing was written"
 
 
 def describe_sweep(plan: SweepPlan) -> str:
     for run in plan.runs:
-        check_run(run.settings, len(run.heads))
+        check_run(run.settings, len(run.heads), dry_run=True)
     parts = [describe_run(run, f"run {i} ({setting or 'as given'})")
              for i, (run, setting) in enumerate(zip(plan.runs, plan.settings, strict=True))]
     keys = {_stage1(run) for run in plan.runs}
