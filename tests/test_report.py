@@ -226,8 +226,10 @@ def test_train_counts_from_the_train_json_or_the_csv(made, tmp_path):
 
 
 def test_sweep_figures_draws_into_the_sweep_folder(made, tmp_path):
-    folder = tmp_path / made["sweep"].name
+    folder = tmp_path / "runs" / made["sweep"].name  # a copy reads its own runs (issue 25)
     shutil.copytree(made["sweep"], folder)
+    for run in _sweep_runs(made["sweep"]):
+        shutil.copytree(run, folder.parent / run.name)
     paths = sweep_figures(folder)
     assert {p.name for p in paths} == FIGURES and all(p.parent == folder for p in paths)
     _check_pngs(paths)
