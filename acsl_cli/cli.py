@@ -259,7 +259,9 @@ def data_stats(overrides: list[str] = OVERRIDES) -> None:
 @user_errors
 def report(args: list[str] = typer.Argument(
         None, help="run or sweep folders, then optional out=DIR baseline=NAME resamples=N "
-                   "bootstrap_seed=S")) -> None:
+                   "bootstrap_seed=S"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Read and compare the runs, "
+                                     "print the table; write nothing.")) -> None:
     """Compare saved runs and sweeps: mean ± std over seeds, deltas with 95 % intervals,
     Markdown/CSV/JSON, figures.
 
@@ -268,8 +270,12 @@ def report(args: list[str] = typer.Argument(
     from acsl_cli.pipeline.report import run_report
     from acsl_cli.progress import console
 
-    result = run_report(args or [])
+    result = run_report(args or [], dry_run)
     console.print(result.table)
+    if dry_run:
+        console.print(f"dry run: the report would be written to {result.out}; nothing was "
+                      "written")
+        return
     console.print(f"report: {result.markdown}  ({result.figures} figure(s) in {result.out})")
 
 

@@ -50,15 +50,24 @@ def parse_overrides(args: Sequence[str]) -> list[Override]:
             raise ConfigError(f"argument '{text}' is not of the form key=value")
         try:
             parsed = parser.parse_override(text)
+            key = parsed.get_key_element().lstrip("+~")
+            if parsed.is_sweep_override():
+                o = Override(text, key, text.split("=", 1)[1],
+                             list(parsed.sweep_string_iterator()))
+            else:
+                o = Override(text, key, parsed.value(), None)
         except HydraException as e:
-            raise ConfigError(f"bad override '{text}': {' '.join(str(e).split())}") from None
-        key = parsed.get_key_element().lstrip("+~")
-        if parsed.is_sweep_override():
-            o = Override(text, key, text.split("=", 1)[1], list(parsed.sweep_string_iterator()))
-        else:
-            o = Override(text, key, parsed.value(), None)
+            raise ConfigError(f"bad override '{_short(text)}': "
+                              f"{' '.join(str(e).split())[:300]}") from None
+        except ValueError as e:  # Python's own limits, e.g. an integer of 5000 digits
+            raise ConfigError(f"bad override '{_short(text)}': "
+                              f"{' '.join(str(e).split())[:200]}") from None
         out.append(_spelled_out(o, parser))
     return out
+
+
+def _short(text: str, keep: int = 60) -> str:
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
 
 
 def _spelled_out(o: Override, parser: OverridesParser) -> Override:

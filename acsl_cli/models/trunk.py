@@ -142,8 +142,11 @@ class FrozenTrunk:
 def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping[str, Any]
                     ) -> dict[str, Any]:
     """A detector state dict whose ``cls_score`` is replaced by ``classifier_state`` (a
-    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``)."""
+    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``). A classifier of the
+    other detector kind is a ValueError."""
     if any(k.startswith(CLS_SCORE) for k in detector_state):
+        if any("." in k for k in classifier_state):
+            raise ValueError("a cascade's classifier on a Faster R-CNN")
         state = {k: v for k, v in detector_state.items() if not k.startswith(CLS_SCORE)}
         state.update({CLS_SCORE + k: v for k, v in classifier_state.items()})
         return state
@@ -151,7 +154,9 @@ def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping
     state = {k: v for k, v in detector_state.items()
              if not (k.startswith(STAGES) and cls in k)}
     for k, v in classifier_state.items():
-        stage, name = k.split(".", 1)
+        stage, dot, name = k.partition(".")
+        if not dot or not stage.isdigit():
+            raise ValueError("a Faster R-CNN's classifier on a cascade")
         state[stage_prefix(int(stage)) + cls[1:] + name] = v
     return state
 

@@ -10,14 +10,14 @@ import torch
 
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.lvis_dataset import subset_gt
-from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_base
+from acsl_cli.engine.checkpoint import HEAD_FORMAT, check_classes, load_checkpoint, load_head_state
 from acsl_cli.engine.inference import eval_subset, predict
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.evaluation.detections import parse_detections
 from acsl_cli.evaluation.lvis_bootstrap import ImageMatches, image_matches
 from acsl_cli.evaluation.lvis_eval import match_detections, summarise
 from acsl_cli.models.calibration import refusal
-from acsl_cli.models.trunk import FrozenTrunk, Scorer, with_classifier
+from acsl_cli.models.trunk import FrozenTrunk, Scorer
 from acsl_cli.pipeline.calibrate import Row, finish_calibration, plan_calibration
 from acsl_cli.pipeline.components import (
     build_model,
@@ -152,15 +152,14 @@ def eval_checkpoint(plan: EvalPlan) -> CheckpointEval:
     ckpt = load_checkpoint(plan.ckpt)
     s, loss_settings = checkpoint_settings(plan, ckpt)
     check_calibration(s, loss_settings)
+    # a head's stage 1 is found and checked before any data is generated
+    state = load_head_state(plan.ckpt, ckpt) if ckpt["format"] == HEAD_FORMAT else \
+        ckpt.get("model")
     device = setup_torch(s)
     data = load_data(s)
     check_classes(plan.ckpt, ckpt, list(data.cmap.category_ids))
     loss = make_loss(loss_settings, loss_context(data, s.seed))
     model = build_model(s, data, loss)
-    state = ckpt.get("model")
-    if ckpt["format"] == HEAD_FORMAT:
-        base = load_head_base(plan.ckpt, ckpt)
-        state = with_classifier(base["model"], ckpt["classifier"])
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:

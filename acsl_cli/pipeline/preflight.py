@@ -13,6 +13,7 @@ from acsl_cli.data.datasets import GENERATED_KINDS, OPENIMAGES_KINDS
 from acsl_cli.engine.distributed import resolve_device
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.layout import OutputLayout
+from acsl_cli.models.backbones import check_weights
 from acsl_cli.pipeline.rundir import (
     atomic_write_json,
     check_free_disk,
@@ -52,10 +53,12 @@ def disk_needed(s: Settings, num_heads: int) -> int:
     return int(checkpoint_bytes(s) * (3 + num_heads) * MARGIN)
 
 
-def check_run(s: Settings, num_heads: int) -> None:
-    """Everything about paths, space and packages that can be known before a run starts."""
+def check_run(s: Settings, num_heads: int, dry_run: bool = False) -> None:
+    """Everything about paths, space and packages that can be known before a run starts
+    (a dry run creates nothing, not even output_root)."""
     check_tracker(s.tracker)
-    check_output_root(Path(s.output_root))
+    check_weights(s.backbone)
+    check_output_root(Path(s.output_root), create=not dry_run)
     if s.run_name:
         check_run_name(s.run_name)
         taken = OutputLayout.at(s.output_root).run(s.run_name)

@@ -17,7 +17,7 @@ __all__ = ["ReportResult", "is_main", "metrics_table", "print_stats", "run_repor
 class ReportResult:
     table: object  # a rich renderable: the comparison as the terminal shows it
     markdown: Path
-    figures: int
+    figures: int  # -1 on a dry run (nothing drawn)
     out: Path
 
 
@@ -40,10 +40,11 @@ def print_stats(stats: dict, title: str) -> None:
     show(stats, title)
 
 
-def run_report(args: Sequence[str]) -> ReportResult:
+def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
     """``FOLDER... [out=DIR] [baseline=NAME] [resamples=N] [bootstrap_seed=S]``: compare
-    the runs, write the report. ``resamples`` (default 1000, 0 = off) and
-    ``bootstrap_seed`` (default 0) drive the image bootstrap of single-seed differences."""
+    the runs, write the report (on a dry run: read and compare them, write nothing).
+    ``resamples`` (default 1000, 0 = off) and ``bootstrap_seed`` (default 0) drive the
+    image bootstrap of single-seed differences."""
     from acsl_cli.reporting.compare import compare
     from acsl_cli.reporting.compare_tables import terminal_table
     from acsl_cli.reporting.report import write_report
@@ -68,6 +69,8 @@ def run_report(args: Sequence[str]) -> ReportResult:
     runs = load_runs(folders)
     out = Path(options["out"] or Path(folders[0]) / "report")
     c = compare(runs, options["baseline"], resamples, seed)
+    if dry_run:
+        return ReportResult(terminal_table(c), out / "report.md", -1, out)
     written = write_report(runs, out, options["baseline"], comparison=c)
     return ReportResult(terminal_table(c), written[0], len(written) - 3, out)
 

@@ -27,7 +27,7 @@ from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import (
     HEAD_FORMAT,
     load_checkpoint,
-    load_head_base,
+    load_head_state,
     load_state_file,
     save_checkpoint,
 )
@@ -39,7 +39,7 @@ from acsl_cli.evaluation.match_file import save_matches
 from acsl_cli.layout import MATCHES, OutputLayout
 from acsl_cli.models.cascade import CASCADE_SCORES
 from acsl_cli.models.init import detector_state, load_matching
-from acsl_cli.models.trunk import FrozenTrunk, with_classifier
+from acsl_cli.models.trunk import FrozenTrunk
 from acsl_cli.pipeline.components import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate, validation
 from acsl_cli.pipeline.rundir import (
@@ -175,7 +175,7 @@ def _apply_init(path: str, model: nn.Module) -> None:
     """``init=PATH``: an acsl checkpoint (detector or lean head) or a torchvision state dict."""
     obj = load_state_file(path)
     if isinstance(obj, dict) and obj.get("format") == HEAD_FORMAT:
-        obj = with_classifier(load_head_base(path, obj)["model"], obj["classifier"])
+        obj = load_head_state(path, obj)
     report = load_matching(model, detector_state(obj, str(path)), str(path))
     log.info("init from %s: %d tensors loaded", path, len(report.loaded))
     if report.reinitialised:

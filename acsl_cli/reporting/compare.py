@@ -2,8 +2,10 @@
 with their 95 % intervals (``deltas.py``); ``compare_tables.py`` renders it, ``report.py``
 writes it.
 
-Rows are pooled only across runs that differ in nothing but the seed: config keys that
-differ between runs (e.g. ``schedule.stage2.lr``) name a variant, shown after the label.
+Rows are pooled only across runs that differ in nothing but the seed (the rule of
+``settings.pooling``, shared with sweeps): outcome settings that differ between runs (e.g.
+``schedule.stage2.lr``) name a variant, shown after the label. A run without config.yaml
+has unknown settings and is pooled with no other run.
 """
 
 from __future__ import annotations
@@ -20,13 +22,9 @@ from acsl_cli.evaluation import METRIC_KEYS
 from acsl_cli.reporting.deltas import Bootstrapper, intervals, row_matches
 from acsl_cli.reporting.intervals import Interval
 from acsl_cli.reporting.runs import STAGE1_ROW, Run
-from acsl_cli.settings import not_outcome_keys
+from acsl_cli.settings.pooling import flatten, variant_names  # noqa: F401 - flatten: re-exported
 
 HEADLINE = ("AP", "APr", "APc", "APf")
-# Keys that do not change what a row measures: the settings declared so (where and how a
-# run was written), what pooling is over (seed), what head labels already state (loss,
-# xi) and the run's record of itself (heads, provenance: command line, versions, host).
-_NOT_A_VARIANT = {*not_outcome_keys(), "seed", "heads", "loss", "xi", "provenance"}
 
 
 @dataclass
@@ -88,24 +86,15 @@ def compare(runs: Sequence[Run], baseline: str | None = None, resamples: int = 1
 
 
 def _variants(runs: Sequence[Run]) -> dict[Path, str]:
-    """Per run, the config keys (shared by every run) whose values differ between runs."""
-    flat = [{k: v for k, v in flatten(r.config).items() if k not in _NOT_A_VARIANT
-             and k.split(".")[0] not in _NOT_A_VARIANT} for r in runs]
-    common = set.intersection(*(set(f) for f in flat)) if flat else set()
-    differing = sorted(k for k in common if len({repr(f[k]) for f in flat}) > 1)
-    return {r.path: " ".join(f"{k}={f[k]}" for k in differing)
-            for r, f in zip(runs, flat, strict=True)}
-
-
-def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings -> {dotted path: leaf value}."""
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    """Per run, its variant: the outcome settings whose values differ between the runs
+    (``settings.pooling``); runs get one variant exactly when they may be pooled."""
+    known = [r for r in runs if r.config]
+    names = dict(zip((r.path for r in known), variant_names([r.config for r in known]),
+                     strict=True))
+    for r in runs:
+        if not r.config:  # nothing says what it measured: a row of its own
+            names[r.path] = f"{r.name}: no config.yaml"
+    return names
 
 
 def _summary(members: list[tuple[Run, str]], variant: str) -> Summary:
