@@ -5,7 +5,7 @@ features is shared by every head: ``FrozenTrunk`` runs that part once per batch 
 several heads (a ``cls_score`` layer plus the loss that trains and scores it) use the same
 RoIs. A detector has one stage (Faster R-CNN) or several (Cascade R-CNN, whose RoIs and
 features differ per stage): a head has one layer and one loss per stage, and its test
-scores are the mean of its stages' scores.
+scores combine its stages by ``cascade_scores`` (``models.cascade.stage_scores``).
 
 It goes through the detector's own modules (transform, backbone, RPN, RoI pooling)
 rather than re-implementing ``GeneralizedRCNN.forward``, and never swaps attributes of the
@@ -26,7 +26,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
-from acsl_cli.models.cascade import STAGES, mean_scores, stage_prefix
+from acsl_cli.models.cascade import CASCADE_SCORES, STAGES, stage_prefix, stage_scores
 
 #: per detector stage: (the cls_score layers, the losses that score them)
 Scorer = tuple[Sequence[nn.Module], Sequence[ClassificationLoss]]
@@ -38,8 +38,10 @@ class FrozenTrunk:
 
     def __init__(self, detector: FasterRCNN, scales: Sequence[int] | None = None,
                  flip: bool = False, max_detections: int | None = None,
-                 rois_per_image: int | None = None) -> None:
+                 rois_per_image: int | None = None,
+                 cascade_scores: str = CASCADE_SCORES[0]) -> None:
         self.detector = detector
+        self.cascade_scores = cascade_scores  # how a cascade's stages make one score
         self.scales, self.flip = list(scales or []), bool(flip)
         self.max_detections = max_detections or detector.roi_heads.detections_per_img
         # stage 2 may sample more RoIs per image than stage 1 did (the paper: 512)
@@ -162,8 +164,8 @@ class FrozenTrunk:
                                                       images_t.image_sizes)
         out = {}
         for name, (layers, losses) in scorers.items():
-            scores = mean_scores([loss.scores(layer(f)) for layer, loss, f in zip(
-                layers, losses, feats, strict=True)])
+            scores = stage_scores([layer(f) for layer, f in zip(layers, feats, strict=True)],
+                                  losses, self.cascade_scores)
             dets = rh.detect(scores, box_regression, boxes, images_t.image_sizes, keep)
             out[name] = transform.postprocess(dets, images_t.image_sizes, sizes)
         return out
@@ -180,8 +182,11 @@ def _first(dets: dict[str, list[dict[str, Tensor]]], n: int
 def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping[str, Any]
                     ) -> dict[str, Any]:
     """A detector state dict whose ``cls_score`` is replaced by ``classifier_state`` (a
-    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``)."""
+    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``). A classifier of the
+    other detector kind is a ValueError."""
     if any(k.startswith(CLS_SCORE) for k in detector_state):
+        if any("." in k for k in classifier_state):
+            raise ValueError("a cascade's classifier on a Faster R-CNN")
         state = {k: v for k, v in detector_state.items() if not k.startswith(CLS_SCORE)}
         state.update({CLS_SCORE + k: v for k, v in classifier_state.items()})
         return state
@@ -189,7 +194,9 @@ def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping
     state = {k: v for k, v in detector_state.items()
              if not (k.startswith(STAGES) and cls in k)}
     for k, v in classifier_state.items():
-        stage, name = k.split(".", 1)
+        stage, dot, name = k.partition(".")
+        if not dot or not stage.isdigit():
+            raise ValueError("a Faster R-CNN's classifier on a cascade")
         state[stage_prefix(int(stage)) + cls[1:] + name] = v
     return state
 

@@ -96,11 +96,12 @@ def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]]
 def markdown_mean_std(mean: Mapping[str, Mapping[str, float]],
                       std: Mapping[str, Mapping[str, float]], runs: int,
                       keys: Sequence[str] = HEADLINE) -> str:
-    """A sweep's table: mean ± sample std over runs, in percent."""
-    lines = [f"| model (mean ± std over {runs} runs) | " + " | ".join(keys) + " |",
+    """A sweep's table: mean ± sample std over runs, in percent (one run: no std, n=1)."""
+    head = f"mean ± std over {runs} runs" if runs > 1 else "one run: n=1, no std"
+    lines = [f"| model ({head}) | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 1) + "|"]
     for name, m in mean.items():
-        cells = [f"{pct(m[k])} ± {pct(std[name][k])}" if not _undefined(m[k]) else "-"
-                 for k in keys]
+        cells = ["-" if _undefined(m[k]) else pct(m[k]) if runs < 2 else
+                 f"{pct(m[k])} ± {pct(std[name][k])}" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -37,7 +37,8 @@ class Rule:
 
 def integer(lo: int | None = None, hi: int | None = None, null: bool = False) -> Rule:
     top = INT_MAX if hi is None else hi
-    rng = f" in [{lo}, {top}]" if lo is not None else ""
+    # no upper bound given: say so, not the machine's largest integer
+    rng = ("" if lo is None else f" >= {lo}" if hi is None else f" in [{lo}, {top}]")
 
     def check(key: str, v: Any) -> None:
         if v is None and null:
