@@ -29,10 +29,13 @@ accelerators, chosen by the logits' device. Half-precision logits are upcast to 
 Suppression record (the paper's Figure 3 on real runs): in training mode every call adds,
 per foreground RoI of class k, a 1 to cell (k, j) for each column j != k with W = 1, and a
 1 to the RoI count of k, in place on the logits' device with tensor ops only (no host
-sync). ``suppression()`` returns the (C, C) counts and (C,) RoIs, background row and column
-left out. ``state_dict`` carries them once recorded, so a resumed stage 2 (which saves its
-losses' state) continues them; loading never requires them, so a detector whose loss is
-ACSL still loads a stage-1 state dict strictly. Under DDP each process records its RoIs.
+sync off CPU). On CPU it visits only the suppressed entries of the foreground rows (a few
+thousand cells per batch), so recording costs a few per cent of the loss, not a pass
+over the whole matrix. ``suppression()`` returns the (C, C) counts and (C,) RoIs,
+background row and column left out. ``state_dict`` carries them once recorded, so a
+resumed stage 2 (which saves its losses' state) continues them; loading never requires
+them, so a detector whose loss is ACSL still loads a stage-1 state dict strictly. Under
+DDP each process records its RoIs.
 
 Under a class hierarchy (``use_hierarchy``, Open Images) a RoI has several target columns,
 its class and every ancestor; W is 1 on all of them, and a plain autograd form computes
@@ -51,6 +54,7 @@ from torch import Tensor
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.acsl_forms import (
     Record,
+    Scratch,
     dense_background,
     form_for,
     fused_acsl,
@@ -111,6 +115,7 @@ class ACSL(ClassificationLoss):
             masks = group_masks(self._columns, len(frequencies) + 1)  # for the dense form
             self.register_buffer("group_columns", masks, persistent=False)
         self._record: Record | None = None
+        self._scratch = Scratch()  # the CPU form's reused temporary; never saved
 
     @classmethod
     def needs_for(cls, bg_mode: str = "official") -> tuple[str, ...]:
@@ -135,7 +140,7 @@ class ACSL(ClassificationLoss):
         record = self._record_for(logits) if self.training else None
         if self.expansion is not None:
             return self._multi_label(logits, labels, threshold, background, record)
-        return fused_acsl(logits, labels, threshold, background, form, record)
+        return fused_acsl(logits, labels, threshold, background, form, record, self._scratch)
 
     def _multi_label(self, logits: Tensor, labels: Tensor, threshold: float,
                      background: tuple[Tensor, Tensor] | None, record: Record | None
