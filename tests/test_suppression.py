@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from acsl_cli.errors import DataError
-from acsl_cli.losses import LossContext, build_loss
+from acsl_cli.losses import LossContext, acsl_record, build_loss
 from acsl_cli.reporting.report import write_report
 from acsl_cli.reporting.runs import TrainCounts, load_runs
 from acsl_cli.reporting.suppression import (
@@ -111,14 +111,19 @@ def reference_record(batches, xi: float, width: int) -> tuple[np.ndarray, np.nda
     return counts, rois
 
 
+@pytest.mark.parametrize("pending_limit", [None, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bg_mode", ["adaptive", "official"])
-def test_record_equals_the_plain_reference_over_random_batches(bg_mode, dtype):
-    """The CPU record (only the kept entries of the foreground rows are visited) gives
-    exactly the counts of the plain definition, cell for cell, over several calls on an
-    LVIS-like long tail with hundreds of background RoIs per batch (official draws on),
-    batch sizes varying, and both rules; the loss value and gradient stay those of the
-    eval-mode (not recording) loss."""
+def test_record_equals_the_plain_reference_over_random_batches(bg_mode, dtype, pending_limit,
+                                                               monkeypatch):
+    """The CPU record (the kept entries of the foreground rows, added in one go when read or
+    when they pile up: ``pending_limit`` 1 adds every call at once) gives exactly the
+    counts of the plain definition, cell for cell, over several calls on an LVIS-like long
+    tail with hundreds of background RoIs per batch (official draws on), batch sizes
+    varying, a read in between, and both rules; the loss value and gradient stay those of
+    the eval-mode (not recording) loss."""
+    if pending_limit is not None:
+        monkeypatch.setattr(acsl_record, "PENDING_LIMIT", pending_limit)
     c = 120
     width = c + 1
     g = torch.Generator().manual_seed(7)
@@ -137,6 +142,9 @@ def test_record_equals_the_plain_reference_over_random_batches(bg_mode, dtype):
         value, grad = loss_and_grad(loss, logits, labels)
         value_ref, grad_ref = loss_and_grad(twin, logits, labels)
         assert torch.equal(value, value_ref) and torch.equal(grad, grad_ref)
+        if call == 2:  # a read on the way (a checkpoint) adds what is pending
+            counts, rois = reference_record(batches, 0.6, width)
+            np.testing.assert_array_equal(loss.suppression()[0].numpy(), counts[1:, 1:])
     counts, rois = reference_record(batches, 0.6, width)
     state = loss.state_dict()
     assert counts.sum() > 1000 and counts[0].sum() == 0

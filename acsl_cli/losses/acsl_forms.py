@@ -34,13 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from acsl_cli.losses.acsl_record import Record, record_dense, record_flat, record_rows
+
 COMMON_FRACTION = 0.1
 RARE_FRACTION = 0.01
 FORMS = ("gathered", "dense")
 
-#: (W, W) int64 counts (row: a RoI's label, column: a logit column where W = 1 off target)
-#: and (W,) int64 RoIs per label, W = C + 1; accumulated in place on the logits' device.
-Record = tuple[Tensor, Tensor]
 
 
 def form_for(device: torch.device) -> str:
@@ -103,38 +102,6 @@ def dense_background(labels: Tensor, generator: torch.Generator, masks: Tensor
     return is_bg, keep & is_bg[:, None]
 
 
-def record_dense(record: Record, labels: Tensor, suppressed: Tensor) -> None:
-    """Add a batch's (N, W) bool off-target W to the record: tensor ops only, no sync."""
-    counts, rois = record
-    counts.index_add_(0, labels, suppressed.to(counts.dtype))
-    rois.index_add_(0, labels, torch.ones_like(labels))
-
-
-def record_flat(record: Record, labels: Tensor, kept: Tensor, width: int) -> None:
-    """The same from the flat indices of the kept off-target entries of all rows (adaptive
-    mode: a few per row): each lands in (its row's label, its column); background rows
-    (label 0) are left out. A handful of small ops, a tiny share of the loss's time."""
-    counts, rois = record
-    rois.index_add_(0, labels, torch.ones_like(labels))
-    row = torch.div(kept, width, rounding_mode="floor")
-    label = labels[row]
-    cells = (kept + (label - row) * width)[label > 0]  # label * width + column
-    counts.view(-1).index_add_(0, cells, torch.ones_like(cells))
-
-
-def record_rows(record: Record, labels: Tensor, drop: Tensor) -> None:
-    """The same from an (N, W) bool mask that is False exactly where a foreground row has
-    W = 1 off target (official mode): only the foreground rows are read."""
-    counts, rois = record
-    rois.index_add_(0, labels, torch.ones_like(labels))
-    fg = labels.nonzero().squeeze(1)
-    width = drop.shape[1]
-    flat = drop.index_select(0, fg).logical_not_().view(-1).nonzero().squeeze(1)
-    row = torch.div(flat, width, rounding_mode="floor")
-    cells = flat + (labels[fg][row] - row) * width
-    counts.view(-1).index_add_(0, cells, torch.ones_like(cells))
-
-
 class Scratch:
     """A float buffer kept between calls for the official mode's masked sum on CPU: a
     fresh whole-matrix temporary would be mapped in, page by page, on every call (the
@@ -192,7 +159,7 @@ def gathered_form(z: Tensor, labels: Tensor, threshold: float, background: Any,
         grad[rows, labels] = 0.0  # the target column is accounted for separately below
         kept = grad.view(-1).nonzero().squeeze(1)
         if record is not None:
-            record_flat(record, labels, kept, width)
+            record_flat(record, labels, kept)
         off_target = F.softplus(z.view(-1).index_select(0, kept)).sum()
     else:  # official mode: the background rows' W replaces their adaptive rows
         drop = official_drop(grad, labels, threshold, background)
@@ -238,10 +205,13 @@ class _ACSLFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, logits: Tensor, labels: Tensor, threshold: float, background: Any,
-        form: str, record: Record | None, scratch: Scratch | None,
+        form: str, record: Record | tuple[Tensor, Tensor] | None, scratch: Scratch | None,
     ) -> Tensor:
-        loss, grad = _FORM_FNS[form](logits.contiguous(), labels, threshold, background, record,
+        sink = record if record is None or isinstance(record, Record) else Record(*record)
+        loss, grad = _FORM_FNS[form](logits.contiguous(), labels, threshold, background, sink,
                                      scratch)
+        if sink is not record:  # a bare (counts, rois) pair is brought up to date now
+            sink.flush()
         ctx.save_for_backward(grad)
         ctx.n = logits.shape[0]
         return loss / ctx.n
@@ -254,10 +224,13 @@ class _ACSLFunction(torch.autograd.Function):
 
 
 def fused_acsl(logits: Tensor, labels: Tensor, threshold: float, background: Any, form: str,
-               record: Record | None = None, scratch: Scratch | None = None) -> Tensor:
+               record: Record | tuple[Tensor, Tensor] | None = None,
+               scratch: Scratch | None = None) -> Tensor:
     """Mean ACSL of float32/64 ``logits`` (one target per row) in ``form``; ``background`` is
-    that form's official-mode W of the background rows (None: adaptive rule); ``scratch``
-    (the loss's own) spares the gathered form a temporary per call."""
+    that form's official-mode W of the background rows (None: adaptive rule); ``record``
+    (a ``Record``, or a bare (counts, rois) pair, updated before this returns) gets the
+    batch's suppressions; ``scratch`` (the loss's own) spares the gathered form a
+    temporary per call."""
     if form not in _FORM_FNS:
         raise ValueError(f"ACSL form must be one of {', '.join(FORMS)}, got {form!r}")
     return _ACSLFunction.apply(logits, labels, threshold, background, form, record, scratch)
