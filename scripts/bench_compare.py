@@ -16,14 +16,15 @@ ratio is the median over the rounds of new/old within a round.
 
 Figures: every row of ``bench_losses.py`` as its ratio to BCE (paired runs, 2 threads, the
 full 8192 x 1231 batch), so the ratio new/old of a loss does not depend on how busy the
-machine was; ``bench_train.py`` (small backbone, 512 px, 2 threads): stage-1 and stage-2 ms
-per step, wall and CPU, and stage 1's images/s ours/bare; ``bench_eval.py`` (2,000 images
-x 300 detections): evaluation wall time and peak RSS above its baseline. A figure more than
-10 % slower (or larger, for memory) than on BASE is flagged; with ``--fail-on-flag`` the
-exit status is then 1. A benchmark that fails on one side (BASE may predate what the
-script needs) is reported, its figures left out. ``--quick`` runs every benchmark in its
-``--quick`` mode, one round: it checks that the comparison runs, its ratios mean little.
-On a CPU shared with other jobs, raise ``--rounds`` and read the medians with that in mind.
+machine was; ``bench_train.py`` (small backbone, 320 px, 2 threads, 6 steps): stage-1 and
+stage-2 ms per step, wall and CPU, and stage 1's images/s ours/bare; ``bench_eval.py``
+(2,000 images x 300 detections): evaluation wall time and peak RSS above its baseline. A figure
+more than 10 % slower (or larger, for memory) than on BASE is flagged; with ``--fail-on-flag``
+the exit status is then 1. A benchmark that fails on one side (BASE may predate what the script
+needs) is reported, its figures left out. ``--quick`` runs every benchmark in its ``--quick``
+mode, one round: it checks that the comparison runs, its ratios mean little. On a CPU shared
+with other jobs, raise ``--rounds`` and read the medians with that in mind; Ctrl-C (or SIGTERM)
+stops it and prints the pairs completed so far.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def losses_figures(tree: Path, out: Path, quick: bool) -> Figures:
 def train_figures(tree: Path, out: Path, quick: bool) -> Figures:
     out.unlink(missing_ok=True)
     run_script(tree, "bench_train.py", ["--json", str(out), "--threads", "2"]
-               + (["--quick"] if quick else ["--size", "512", "--iters", "8"]))
+               + (["--quick"] if quick else ["--size", "320", "--iters", "6"]))
     data = json.loads(out.read_text())
     figures: Figures = {}
     for key, label in (("ours", "stage 1"), ("stage2", "stage 2"), ("bare", "stage 1, bare")):
@@ -111,12 +112,11 @@ RUNNERS: dict[str, Callable[[Path, Path, bool], Figures]] = {
     "losses": losses_figures, "train": train_figures, "eval": eval_figures}
 
 
-def compare(base_tree: Path, scratch: Path, benches: list[str], rounds: int, quick: bool
-            ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, bool], list[str]]:
-    """Per figure the (old, new) pairs of every round, its direction, and failures."""
-    pairs: dict[str, list[tuple[float, float]]] = {}
-    worse_up: dict[str, bool] = {}
-    failures: list[str] = []
+def compare(base_tree: Path, scratch: Path, benches: list[str], rounds: int, quick: bool,
+            pairs: dict[str, list[tuple[float, float]]], worse_up: dict[str, bool],
+            failures: list[str]) -> None:
+    """Fill in per figure the (old, new) pairs of every round, its direction, and failures
+    (in place, so that an interrupted comparison still reports its completed pairs)."""
     broken: set[tuple[str, str]] = set()
     for r in range(rounds):
         sides = [("old", base_tree), ("new", ROOT)]
@@ -140,7 +140,6 @@ def compare(base_tree: Path, scratch: Path, benches: list[str], rounds: int, qui
                 if name in got["old"]:
                     pairs.setdefault(name, []).append((got["old"][name][0], new))
                     worse_up[name] = up
-    return pairs, worse_up, failures
 
 
 def report(pairs: dict[str, list[tuple[float, float]]], worse_up: dict[str, bool],
@@ -203,16 +202,23 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in background
     scratch = Path(tempfile.mkdtemp(prefix="bench_compare_"))
     base_tree = scratch / "base"
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    worse_up: dict[str, bool] = {}
+    failures: list[str] = []
     try:
         git("worktree", "add", "--detach", str(base_tree), commit)
         for name in COPIED:  # the same benchmark code on both sides
             shutil.copy2(ROOT / "scripts" / name, base_tree / "scripts" / name)
-        pairs, worse_up, failures = compare(base_tree, scratch, benches, rounds, args.quick)
+        compare(base_tree, scratch, benches, rounds, args.quick, pairs, worse_up, failures)
         flagged = report(pairs, worse_up, failures, args.base, commit, args.quick)
     except KeyboardInterrupt:
-        print("interrupted: nothing compared", file=sys.stderr)
+        print("interrupted: " + ("the figures of the completed pairs follow" if pairs
+                                 else "nothing compared"), file=sys.stderr)
+        if pairs:
+            report(pairs, worse_up, failures, args.base, commit, args.quick)
         return 130
     except BenchFailed as e:
         print(f"error: {e}", file=sys.stderr)
