@@ -150,8 +150,7 @@ def gathered_form(z: Tensor, labels: Tensor, threshold: float, background: Any,
     """(loss sum, gradient buffer N * dL/dz). Adaptive: the few kept entries are gathered
     and only they pass through softplus. Official: the background rows keep whole column
     groups (about half the matrix), so the kept entries are masked rather than gathered."""
-    n, width = z.shape
-    rows = torch.arange(n, device=z.device)
+    rows = torch.arange(z.shape[0], device=z.device)
     z_target = z[rows, labels]
     grad = torch.sigmoid(z)
     if background is None:
