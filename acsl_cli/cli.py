@@ -176,25 +176,30 @@ def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
         from acsl_cli.pipeline.rundir import check_out_file
 
         check_out_file(Path(plan.out))
-    note = ""
+    note, calibration = "", None
     if plan.ckpt:
-        from acsl_cli.pipeline.evaluate import run_eval_checkpoint
+        from acsl_cli.pipeline.evaluate import eval_checkpoint
         from acsl_cli.pipeline.report import is_main
 
-        metrics = run_eval_checkpoint(plan)
+        result = eval_checkpoint(plan)
+        by_protocol, calibration = result.by_protocol, result.calibration
         title = Path(plan.ckpt).parent.name
+        # "model", "model norcal gamma=0.5", ...: named by the checkpoint's folder
+        rows = {title + k[len("model"):]: m for k, m in result.rows.items()}
         if not is_main():
             return
     else:
+        from acsl_cli.evaluation.lvis_protocols import protocol_label
         from acsl_cli.pipeline.evaluate_file import run_eval_results
 
-        metrics, note = run_eval_results(plan)
+        by_protocol, note = run_eval_results(plan)
         title = Path(str(plan.dets)).name
-    _print_table({title: metrics}, "bbox metrics (%)", note)
+        rows = {protocol_label(title, p): m for p, m in by_protocol.items()}
+    _print_table(rows, "bbox metrics (%)", note)
     if plan.out:
         from acsl_cli.pipeline.preflight import write_out
 
-        write_out(plan.out, metrics, None)
+        write_out(plan.out, by_protocol, None, calibration)
         console.print(f"metrics written to {plan.out}")
 
 
@@ -251,16 +256,24 @@ def data_stats(overrides: list[str] = OVERRIDES) -> None:
 @app.command(context_settings=EXTRA)
 @user_errors
 def report(args: list[str] = typer.Argument(
-        None, help="run or sweep folders, then optional out=DIR baseline=NAME")) -> None:
-    """Compare saved runs and sweeps: mean ± std over seeds, deltas, Markdown/CSV, figures.
+        None, help="run or sweep folders, then optional out=DIR baseline=NAME resamples=N "
+                   "bootstrap_seed=S"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Read and compare the runs, "
+                                     "print the table; write nothing.")) -> None:
+    """Compare saved runs and sweeps: mean ± std over seeds, deltas with 95 % intervals,
+    Markdown/CSV/JSON, figures.
 
     Example: acsl report outputs/runs/NAME-sweep outputs/runs/OTHER out=cmp baseline=bce
     """
     from acsl_cli.pipeline.report import run_report
     from acsl_cli.progress import console
 
-    result = run_report(args or [])
+    result = run_report(args or [], dry_run)
     console.print(result.table)
+    if dry_run:
+        console.print(f"dry run: the report would be written to {result.out}; nothing was "
+                      "written")
+        return
     console.print(f"report: {result.markdown}  ({result.figures} figure(s) in {result.out})")
 
 

@@ -21,7 +21,7 @@ from acsl_cli.conf_groups import GROUPS, available, config_dir
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings import LauncherSettings, Settings, settings_from
-from acsl_cli.settings.sections import LAUNCHER_KEYS
+from acsl_cli.settings.sections import LAUNCHER_KEYS, LIST_KEYS, SHORTHANDS
 
 __all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "load_settings",
            "parse_overrides", "to_settings", "to_yaml", "validate"]
@@ -50,15 +50,40 @@ def parse_overrides(args: Sequence[str]) -> list[Override]:
             raise ConfigError(f"argument '{text}' is not of the form key=value")
         try:
             parsed = parser.parse_override(text)
+            key = parsed.get_key_element().lstrip("+~")
+            if parsed.is_sweep_override():
+                o = Override(text, key, text.split("=", 1)[1],
+                             list(parsed.sweep_string_iterator()))
+            else:
+                o = Override(text, key, parsed.value(), None)
         except HydraException as e:
-            raise ConfigError(f"bad override '{text}': {' '.join(str(e).split())}") from None
-        key = parsed.get_key_element().lstrip("+~")
-        if parsed.is_sweep_override():
-            out.append(Override(text, key, text.split("=", 1)[1],
-                                list(parsed.sweep_string_iterator())))
-        else:
-            out.append(Override(text, key, parsed.value(), None))
+            raise ConfigError(f"bad override '{_short(text)}': "
+                              f"{' '.join(str(e).split())[:300]}") from None
+        except ValueError as e:  # Python's own limits, e.g. an integer of 5000 digits
+            raise ConfigError(f"bad override '{_short(text)}': "
+                              f"{' '.join(str(e).split())[:200]}") from None
+        out.append(_spelled_out(o, parser))
     return out
+
+
+def _short(text: str, keep: int = 60) -> str:
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
+
+
+def _spelled_out(o: Override, parser: OverridesParser) -> Override:
+    """The long form of a declared shorthand (``test.calibration=norcal`` sets ``.method``),
+    and a comma list over a list key as one list value (``gamma=0,0.5,1``, not a sweep)."""
+    if o.key in SHORTHANDS and o.text.startswith(o.key + "=") and not isinstance(o.value, dict):
+        o = Override(SHORTHANDS[o.key] + o.text[len(o.key):], SHORTHANDS[o.key], o.value,
+                     o.sweep)
+    if o.key in LIST_KEYS and o.text.startswith(o.key + "=") and not isinstance(o.value, list):
+        raw = o.text.split("=", 1)[1]
+        text = f"{o.key}=[{raw if o.sweep is None else ','.join(o.sweep)}]"
+        try:
+            return Override(text, o.key, parser.parse_override(text).value(), None)
+        except HydraException as e:
+            raise ConfigError(f"bad override '{o.text}': {' '.join(str(e).split())}") from None
+    return o
 
 
 def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -> DictConfig:

@@ -19,7 +19,11 @@ def validate(s: Settings) -> None:
         raise ConfigError("sampler.t=None: rfs needs a frequency threshold in (0, 1]")
     _check_detector(s)
     _check_launcher(s)
+    _check_calibration(s)
     d = s.dataset
+    if s.test.protocols != ("standard",) and d.kind in ("openimages", "openimages_synthetic"):
+        raise ConfigError(f"test.protocol={s.test.protocol}: fixed and pooled are LVIS "
+                          f"protocols; dataset {d.name} is scored with the Open Images metric")
     if d.kind in ("synthetic", "synthetic_lvis", "openimages_synthetic"):
         lo, hi, size = d["min_object_size"], d["max_object_size"], d["image_size"]
         if d.kind == "openimages_synthetic":
@@ -63,3 +67,21 @@ def _check_detector(s: Settings) -> None:
         if len(w) != 4:
             raise ConfigError(f"detector.box_coder_weights[{i}]={list(w)}: need 4 weights "
                               "(x, y, w, h)")
+
+
+#: dataset kinds that can generate held-out images from their train distribution
+HELDOUT_KINDS = ("synthetic", "synthetic_lvis")
+
+
+def _check_calibration(s: Settings) -> None:
+    """Several gammas are picked from on held-out images, which only a generated set has."""
+    c = s.test.calibration
+    if c.method == "none":
+        return
+    if len(set(map(float, c.gamma))) != len(c.gamma):
+        raise ConfigError(f"test.calibration.gamma={list(c.gamma)}: the values must differ")
+    if c.select == "heldout" and len(c.gamma) > 1 and s.dataset.kind not in HELDOUT_KINDS:
+        raise ConfigError(
+            f"test.calibration.select=heldout: dataset kind '{s.dataset.kind}' has no images "
+            "held out from train to pick gamma on; give one gamma, or "
+            "test.calibration.select=none (every gamma reported on val, none picked)")

@@ -15,13 +15,14 @@ import json
 import math
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from acsl_cli.errors import AcslError
+from acsl_cli.errors import AcslError, ConfigError
 
 
 class WriteError(AcslError, OSError):
@@ -90,3 +91,34 @@ def strict_json(obj: Any) -> Any:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Strict JSON (``allow_nan=False``; nan/inf written as null), atomically."""
     atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
+
+
+@contextmanager
+def staged_folder(out: str | os.PathLike[str], key: str = "out") -> Iterator[Path]:
+    """A folder of outputs (a report, pictures) written whole or not at all: the files go
+    into a hidden sibling of ``out``, moved in once the block has finished; a failure
+    leaves ``out`` as it was. ``out`` is checked on entry, before any work: a file, a path
+    under a file, or a place where no folder can be made is one line naming ``key``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{key}={out}: exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = tmp_name(out, "partial")
+        stage.mkdir()
+    except OSError as e:
+        raise ConfigError(f"{key}={out}: cannot create the folder "
+                          f"({e.strerror or e.__class__.__name__})") from None
+    try:
+        yield stage
+        try:
+            if out.is_dir():
+                for f in sorted(stage.iterdir()):
+                    os.replace(f, out / f.name)
+            else:
+                os.replace(stage, out)
+        except OSError as e:
+            raise ConfigError(f"{key}={out}: cannot write into the folder "
+                              f"({e.strerror or e.__class__.__name__})") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The one owner of what lives where under ``output_root``.
 
-    runs/<name>/                     a finished run (heads/<id>/ inside)
+    runs/<name>/                     a finished run (heads/<id>/ inside; matches files:
+                                     heads/<id>/matches.npz, stage1_matches.npz)
     cache/data/                      generated benchmarks, parsed annotation caches
     cache/stage1/<key>/              a trained stage-1 detector (+ <key>.resume.pt)
     cache/stage2/<key>.resume.pt     an interrupted stage-2 pass
@@ -15,6 +16,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+MATCHES = "matches.npz"  # a head's LVIS matches (heads/<id>/), or a stage-1 cache entry's
+STAGE1_MATCHES = "stage1_matches.npz"  # the stage-1 row's, in a run folder
+
+
+def matches_file(run_dir: Path, head_id: str | None) -> Path:
+    """Where a run keeps a row's matches: a head's, or the stage-1 row's (``None``)."""
+    run_dir = Path(run_dir)
+    return run_dir / STAGE1_MATCHES if head_id is None else run_dir / "heads" / head_id / MATCHES
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,13 @@ from acsl_cli.config import available, config_dir, load_config, parse_overrides,
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings import LossSettings, Settings, loss_settings
+from acsl_cli.settings.pooling import variant_names
+from acsl_cli.untrusted import (
+    interpolation_free,
+    load_yaml_mapping,
+    without_where_to_write,
+    yaml_mapping,
+)
 
 HEAD_KEYS = ("loss", "xi")
 EVAL_KEYS = ("ckpt", "dets", "ann", "train_ann", "out")
@@ -58,8 +65,9 @@ class SweepPlan:
     runs: tuple[RunPlan, ...]
     settings: tuple[str, ...]  # per run, the overrides that make it differ ("seed=1")
     out: str | None  # where the mean of the last head goes
-    #: per run, its overrides but the seed ("detector=cascade_rcnn"): runs of one variant
-    #: differ only in the seed, so only they are pooled into a mean and std
+    #: per run, the outcome settings but the seed in which it differs from the others
+    #: ("detector.name=cascade_rcnn", ``settings.pooling``): runs of one variant differ
+    #: only in the seed, so only they are pooled into a mean and std
     variants: tuple[str, ...]
 
 
@@ -176,7 +184,7 @@ def plan_sweep(overrides: list[str] | tuple[str, ...]) -> SweepPlan:
             inner.append(o.text)
     combos = list(itertools.product(*outer))
     runs = tuple(plan_train(inner + list(c)) for c in combos)
-    variants = tuple(" ".join(o for o in c if o.partition("=")[0] != "seed") for c in combos)
+    variants = tuple(variant_names([r.settings.as_dict() for r in runs]))
     return SweepPlan(runs, tuple(" ".join(c) for c in combos), out, variants)
 
 
@@ -200,17 +208,24 @@ def plan_eval(overrides: list[str] | tuple[str, ...]) -> EvalPlan:
 
 
 def saved_config(ckpt: str | Path) -> DictConfig | None:
-    """The config saved beside a checkpoint, if there is one (plain YAML, safe to read)."""
+    """The config saved beside a checkpoint, if there is one, as plain data
+    (``untrusted``: no interpolation, and not where the run was written)."""
     beside = Path(ckpt).parent / "config.yaml"
     if not beside.is_file():
         return None
+    return _plain_config(load_yaml_mapping(beside), str(beside))
+
+
+def _plain_config(data: Any, source: str) -> DictConfig:
+    """Plain data from a file that came with a checkpoint -> a config to update. Keys that
+    say where and how a command writes are dropped: the command's own apply."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: not a config mapping")
+    plain = without_where_to_write(interpolation_free(data, source))
     try:
-        cfg = OmegaConf.load(beside)
+        return OmegaConf.create(plain)
     except Exception as e:  # noqa: BLE001 - a broken file is the user's input
-        raise ConfigError(f"{beside}: not a readable config ({e.__class__.__name__})") from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{beside}: not a config mapping")
-    return cfg
+        raise ConfigError(f"{source}: not a readable config ({e.__class__.__name__})") from None
 
 
 def checkpoint_settings(plan: EvalPlan, ckpt: dict) -> tuple[Settings, LossSettings]:
@@ -220,13 +235,15 @@ def checkpoint_settings(plan: EvalPlan, ckpt: dict) -> tuple[Settings, LossSetti
     assert plan.ckpt is not None
     saved = saved_config(plan.ckpt)
     if saved is None:
-        try:
-            saved = OmegaConf.create(ckpt.get("config") or {})
-        except Exception as e:  # noqa: BLE001 - the checkpoint's text is untrusted input
-            raise ConfigError(f"{plan.ckpt}: its saved config is not readable "
-                              f"({e.__class__.__name__})") from None
+        embedded, source = ckpt.get("config") or {}, f"{plan.ckpt} (its saved config)"
+        if isinstance(embedded, str):  # what checkpoints hold: the config's YAML text
+            embedded = yaml_mapping(embedded, source)
+        saved = _plain_config(embedded, source)
     settings = to_settings(load_config(list(plan.overrides), base=saved))
-    node = OmegaConf.create(dict(ckpt["loss"]))
+    saved_loss = ckpt.get("loss")
+    if not isinstance(saved_loss, Mapping):
+        raise ConfigError(f"{plan.ckpt}: its saved loss is not a mapping")
+    node = OmegaConf.create(dict(interpolation_free(saved_loss, f"{plan.ckpt} (its loss)")))
     for o in parse_overrides(list(plan.overrides)):
         if o.key.startswith("loss."):
             OmegaConf.update(node, o.key[len("loss."):], o.value, merge=False)
@@ -237,15 +254,7 @@ def checkpoint_settings(plan: EvalPlan, ckpt: dict) -> tuple[Settings, LossSetti
 
 def saved_run_config(path: Path) -> dict:
     """A finished run's ``config.yaml`` as plain data (safe YAML; errors as ValueError)."""
-    try:
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except OSError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the file is untrusted input
-        raise ValueError(str(e)) from None
-    if not isinstance(cfg, dict):
-        raise ValueError("not a mapping")
-    return cfg
+    return load_yaml_mapping(path)
 
 
 def loss_presets() -> list[tuple[str, str]]:

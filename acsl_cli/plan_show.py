@@ -53,8 +53,8 @@ def plan_show(overrides: list[str] | tuple[str, ...]) -> ShowPlan:
     number(0, 1)("score", values["score"])
     if values["classes"] is not None:
         classes = values["classes"]
-        list_of(text())("classes", [str(c) for c in classes] if isinstance(classes, list)
-                        else classes)
+        list_of(text(), nonempty=True)("classes", [str(c) for c in classes]
+                                       if isinstance(classes, list) else classes)
     if not (values["ckpt"] and not values["dets"]) and not (
             values["dets"] and values["ann"] and values["image_dir"] and not values["ckpt"]):
         raise ConfigError("acsl show needs ckpt=HEAD/checkpoint.pt, or dets=RESULTS.json "

@@ -1,4 +1,5 @@
-"""Wall time and peak memory of LVIS-scale evaluation (issue #7: 5,000 images x 300 dets < 2 GB).
+"""Wall time and peak memory of LVIS-scale evaluation (issue #7: 5,000 images x 300 dets < 2 GB;
+``--protocols``: Fixed + Pooled AP at LVIS v1 val scale, issue 24, see bench_eval_protocols.py).
 
 Run: ``.venv/bin/python scripts/bench_eval.py [--images 5000 --dets-per-image 300 --seed 0
 --json-file --keep-category-ids --tracemalloc]``. The ground truth is LVIS-shaped and built
@@ -26,6 +27,10 @@ included), which is what ``acsl eval dets=`` runs, with the inputs freed before 
 baseline. ``--tracemalloc`` also reports the peak of the evaluation's traced allocations
 (Python objects and numpy buffers), at several times the wall time and with tracemalloc's
 own records in the RSS figures, so its run gives no verdict on the 2 GB target.
+
+Then, in this process, the paired image bootstrap (``--resamples``, default 1000) of two
+detection sets on the same ground truth, timed from their matches, beside one resample
+evaluated the direct way (the resampled data set built and scored with ``evaluate_lvis``).
 """
 
 from __future__ import annotations
@@ -305,6 +310,54 @@ def report(args: argparse.Namespace, r: dict) -> None:
           + "  (x100; detections are synthetic, scores random)")
 
 
+def bench_bootstrap(args: argparse.Namespace) -> None:
+    """The paired image bootstrap (issue 24: 5,000 images x 1,230 categories, 1,000
+    resamples within a minute): two detection sets on the same ground truth, matched once;
+    the bootstrap timed from the matches, side by side with one resample done the direct
+    way (the resampled data set built and evaluated with evaluate_lvis)."""
+    from acsl_cli.evaluation import evaluate_lvis
+    from acsl_cli.evaluation.detections import parse_detections
+    from acsl_cli.evaluation.lvis_bootstrap import image_matches, paired_bootstrap
+    from acsl_cli.evaluation.lvis_eval import match_detections
+
+    gt = build_ground_truth(args.images, args.seed)
+    dets = [build_detections(gt, args.dets_per_image, args.seed + k) for k in (0, 1)]
+    start = time.perf_counter()
+    matches = [image_matches(match_detections(gt, parse_detections(gt, d, "dets")))
+               for d in dets]
+    matched = time.perf_counter() - start
+    start = time.perf_counter()
+    found = paired_bootstrap(matches[0], matches[1], args.resamples, seed=0)
+    ours = time.perf_counter() - start
+    counts = np.random.default_rng(0).multinomial(args.images, np.full(args.images,
+                                                                        1 / args.images))
+    start = time.perf_counter()
+    for d in dets:  # one resample, directly: copies of the drawn images under new ids
+        images, by_image = [], {}
+        for det in d:
+            by_image.setdefault(det["image_id"], []).append(det)
+        anns: dict[int, list] = {}
+        for a in gt["annotations"]:
+            anns.setdefault(a["image_id"], []).append(a)
+        new_anns, new_dets = [], []
+        for im, c in zip(gt["images"], counts, strict=True):
+            for _ in range(c):
+                iid = len(images) + 1
+                images.append({**im, "id": iid})
+                new_anns += [{**a, "id": len(new_anns) + 1, "image_id": iid}
+                             for a in anns.get(im["id"], [])]
+                new_dets += [{**x, "image_id": iid} for x in by_image.get(im["id"], [])]
+        evaluate_lvis({**gt, "images": images, "annotations": new_anns}, new_dets)
+    direct = time.perf_counter() - start
+    per = ours / args.resamples
+    print(f"\nimage bootstrap, {args.images:,} images x {len(gt['categories'])} categories, "
+          f"{args.resamples} resamples, two models: {ours:.1f} s ({1000 * per:.0f} ms per "
+          f"resample; matching both once: {matched:.1f} s); one resample evaluated directly: "
+          f"{direct:.1f} s, {direct / per:,.0f}x ours; "
+          f"ΔAP {100 * found['AP'].delta:+.2f} [{100 * found['AP'].low:+.2f}, "
+          f"{100 * found['AP'].high:+.2f}]")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000, help="images in the ground truth")
@@ -316,19 +369,50 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the fixture's category ids on drawn images (190 with GT)")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also trace the evaluation's allocations (peak; several x slower)")
+    parser.add_argument("--protocols", action="store_true",
+                        help="Fixed + Pooled AP at --images with --dets-per-class (issue 24; "
+                             "see bench_eval_protocols.py) instead of the standard protocol")
+    parser.add_argument("--dets-per-class", type=int, default=10_000,
+                        help="--protocols: detections per category (K)")
+    parser.add_argument("--side-images", type=int, default=200,
+                        help="--protocols: images of the side-by-side run with lvis-api")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--resamples", type=int, default=1000,
+                        help="image bootstrap: resamples timed (two models)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
     if args.quick:
         args.images = 50
         args.dets_per_image = 20
-    if args.images < 1 or args.dets_per_image < 0:
-        parser.error("--images must be >= 1 and --dets-per-image >= 0")
+        args.dets_per_class, args.side_images = 5, 10
+        args.resamples = 20
+    if args.images < 1 or args.dets_per_image < 0 or args.dets_per_class < 1:
+        parser.error("--images, --dets-per-class must be >= 1 and --dets-per-image >= 0")
+    if args.protocols or args.quick:
+        import bench_eval_protocols as protocols
+
+        if args.child:
+            print(json.dumps(protocols.child(args.images, args.dets_per_class, args.seed)))
+            return
+        side = protocols.side_by_side(args.side_images, min(args.dets_per_class, 50),
+                                      args.seed)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--protocols",
+               "--images", str(args.images), "--dets-per-class", str(args.dets_per_class),
+               "--seed", str(args.seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"evaluation subprocess failed ({proc.returncode}):\n"
+                             f"{proc.stderr}")
+        protocols.report(json.loads(proc.stdout.strip().splitlines()[-1]), side,
+                         args.dets_per_class)
+        if not args.quick:
+            return
     if args.child:
         print(json.dumps(child(args)))
         return
     report(args, run_child(args))
+    bench_bootstrap(args)
 
 
 if __name__ == "__main__":

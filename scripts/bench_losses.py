@@ -1,16 +1,21 @@
 """Forward + backward wall time of every registered loss against plain sigmoid BCE.
 
-Run: ``.venv/bin/python scripts/bench_losses.py [--n 8192 --classes 1230 --repeats 7
---device cpu|cuda --dtype float32|bfloat16|float16 --threads T --clock wall|cpu
---acsl-only]``. Logits are N(-4, 2) so ACSL masks are as sparse as on a trained head, 25 % of the
-RoIs are foreground, and the dataset statistics are a synthetic LVIS-like long tail.
-Losses are timed round-robin (one repeat of each, then the next round) so that load from
-other processes hits all of them alike; the table reports the median per loss after one
-warm-up call. On CUDA every timing starts and ends with ``torch.cuda.synchronize()``, the
-losses and their buffers live on the device, and a column counts the host synchronisations
-of one forward (CUDA's sync debug mode). ``--dtype`` is the logits' dtype (what autocast
-hands the loss); the losses reduce in float32 whatever it is, and so does the BCE
-baseline.
+Run: ``.venv/bin/python scripts/bench_losses.py [--n 8192 --classes 1230 --repeats 9
+--device cpu|cuda --dtype float32|bfloat16|float16 --threads 2 --clock wall|cpu
+--acsl-only --json FILE]``. Logits are N(-4, 2) so ACSL masks are as sparse as on a trained
+head, 25 % of the RoIs are foreground, and the dataset statistics are a synthetic LVIS-like
+long tail.
+
+Every loss is measured the same way: in paired runs against the BCE baseline, each pair
+one call of BCE and one of the loss back to back (BCE first in even rounds, second in odd
+ones), round-robin over the losses so that load from other processes hits all of them
+alike; ``x BCE`` is the median over ``--repeats`` pairs of the pair's ratio, after one
+untimed warm-up call of each. The ``ms`` column is the loss's median time. On CUDA every
+timing starts and ends with ``torch.cuda.synchronize()``, the losses and their buffers live
+on the device, and a column counts the host synchronisations of one forward (CUDA's sync
+debug mode). ``--dtype`` is the logits' dtype (what autocast hands the loss); the losses
+reduce in float32 whatever it is, and so does the BCE baseline. ``--threads`` defaults to
+2 (the figures in the README and in ``bench_compare.py`` are at 2 threads).
 
 Besides the registered losses it times, for comparison, the formulations they replaced
 (BAGS with ``nonzero`` per group, Federated with advanced indexing), ACSL's other form
@@ -19,17 +24,20 @@ style of the authors' release (official background draws); it checks that each g
 loss's value and gradient, and prints everything as a Markdown table.
 
 ACSL records its suppression counts (Figure 3) in training mode, as in stage 2; each ACSL
-mode is also timed in eval mode, which records nothing, and the ratio of the two medians
-(the recording's overhead) is printed below the table. ``--acsl-only`` times just those
-rows and the baseline, for a quick, less noisy measurement (raise ``--repeats``). On a
-CPU shared with other processes, ``--threads 1 --clock cpu`` measures the work itself: wall
-time there mostly measures how often the scheduler runs this process (and, with several
-threads, how long a parallel op waits for its second thread).
+mode is also timed in eval mode, which records nothing, and the ratio of the two (each
+against its BCE pairs: the recording's overhead) is printed below the table.
+``--acsl-only`` times just those rows and the baseline, for a quick, less noisy
+measurement (raise ``--repeats``). On a CPU shared with other processes, ``--threads 1
+--clock cpu`` measures the work itself: wall time there mostly measures how often the
+scheduler runs this process (and, with several threads, how long a parallel op waits for
+its second thread). ``--json FILE`` also writes the medians (``x_bce`` and ``ms`` per row)
+for ``scripts/bench_compare.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -110,6 +118,28 @@ def step(
     return run
 
 
+def paired_times(runs: dict[str, Callable[[], None]], repeats: int, device: str,
+                 clock: Callable[[], float]) -> tuple[dict[str, list[float]],
+                                                       dict[str, list[float]]]:
+    """ms per call of every run, and each loss's ratio to the BCE call paired with it:
+    per round, every loss in turn with one BCE call beside it (BCE first in even rounds)."""
+    ms: dict[str, list[float]] = {key: [] for key in runs}
+    ratios: dict[str, list[float]] = {key: [] for key in runs}
+    for r in range(repeats):
+        for key, run in runs.items():
+            if key == BASELINE:
+                continue
+            if r % 2 == 0:
+                base, t = timed(runs[BASELINE], device, clock), timed(run, device, clock)
+            else:
+                t, base = timed(run, device, clock), timed(runs[BASELINE], device, clock)
+            ms[BASELINE].append(base)
+            ms[key].append(t)
+            ratios[key].append(t / base)
+            ratios[BASELINE].append(1.0)
+    return ms, ratios
+
+
 def host_syncs(fn: Callable[[], None], device: str) -> str:
     """How many host synchronisations one call makes (CUDA only; "-" elsewhere)."""
     if device != "cuda":
@@ -156,17 +186,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8192, help="RoIs per batch (N)")
     parser.add_argument("--classes", type=int, default=1230, help="foreground classes (C)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per loss")
+    parser.add_argument("--repeats", type=int, default=9,
+                        help="timed pairs (BCE, loss) per loss")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
                         help="dtype of the logits handed to the losses")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time (CPU device; with --threads 1 it "
                         "ignores other processes' load)")
     parser.add_argument("--acsl-only", action="store_true",
                         help="time only ACSL with and without its suppression record")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the medians to this file (bench_compare.py reads it)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
@@ -177,8 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu times CPU work only: use it with --device cpu")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -223,30 +256,29 @@ def main(argv: list[str] | None = None) -> None:
     runs = {key: step(fn, z, labels) for key, (fn, z) in cases.items()}
     syncs = {key: host_syncs(lambda f=fn, z=z: f(z, labels), dev)
              for key, (fn, z) in cases.items()}
-    times: dict[str, list[float]] = {key: [] for key in cases}
     for run in runs.values():  # warm-up
         run()
-    for _ in range(args.repeats):
-        for key, run in runs.items():
-            times[key].append(timed(run, dev, clock))
-
-    medians = {key: statistics.median(values) for key, values in times.items()}
-    base = medians[BASELINE]
+    ms, ratios = paired_times(runs, args.repeats, dev, clock)
+    medians = {key: statistics.median(values) for key, values in ms.items()}
+    x_bce = {key: statistics.median(values) for key, values in ratios.items()}
     device_name = torch.cuda.get_device_name() if dev == "cuda" \
         else f"cpu x{torch.get_num_threads()}"
     print(f"N={n} C={c} logits {args.dtype}, forward+backward ({args.clock} clock), median of "
-          f"{args.repeats} (torch {torch.__version__}, {device_name})\n")
-    print("| loss | ms (median) | x BCE | host syncs / forward |")
+          f"{args.repeats} pairs with BCE (torch {torch.__version__}, {device_name})\n")
+    print("| loss | ms (median) | x BCE (median of pairs) | host syncs / forward |")
     print("|---|---:|---:|---:|")
     for key, value in medians.items():
-        print(f"| {key} | {value:.1f} | {value / base:.2f} | {syncs[key]} |")
+        print(f"| {key} | {value:.1f} | {x_bce[key]:.2f} | {syncs[key]} |")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"x_bce": x_bce, "ms": medians, "n": n, "classes": c,
+                                         "device": device_name, "clock": args.clock}))
 
     print()
     for mode in BG_MODES:
         key = f"acsl (bg_mode={mode})"
-        on, off = medians[key], medians[f"{key}, not recording (eval mode)"]
+        on, off = x_bce[key], x_bce[f"{key}, not recording (eval mode)"]
         print(f"{key}: recording suppression counts costs x{on / off:.3f} "
-              f"({on:.1f} ms vs {off:.1f} ms, {100 * (on / off - 1):+.1f} %)")
+              f"({on:.2f} x BCE vs {off:.2f} x BCE, {100 * (on / off - 1):+.1f} %)")
     if args.acsl_only:
         return
     # fresh pairs built alike (same seeds, so the same draws on both sides)

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python scripts/bench_train.py [--device cpu|cuda] [--backbone small|r50|r101]
 [--size 800] [--batch 2] [--amp off|bf16|fp16] [--iters 20] [--warmup N] [--classes 1230]
 [--bare matched|torchvision] [--detector faster_rcnn|cascade_rcnn] [--threads N]
-[--seed 0]``.
+[--seed 0] [--json FILE]``.
 
 Quick CPU check (under a minute): ``scripts/bench_train.py --backbone small --size 128
 --batch 2 --iters 5``. GPU: ``scripts/bench_train.py --device cuda --backbone r50 --size 800
@@ -48,13 +48,16 @@ Prints a Markdown table (median and mean wall ms per step, median process-CPU ms
 images/s from the median wall time) and, as its last line, ``stage-1 images/s ours/bare: R``
 (R > 1: ours is faster). On a CPU shared with other jobs, wall times of multi-threaded steps
 are very noisy (a descheduled OpenMP thread stalls the others); ``--threads 1`` and the
-CPU-time ratio printed just above the last line are the steadier check.
+CPU-time ratio printed just above the last line are the steadier check. ``--json FILE``
+also writes the medians (ms per step, wall and CPU, per step kind, and the ratios) for
+``scripts/bench_compare.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import math
 import statistics
 import sys
@@ -275,6 +278,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is steadier on a busy CPU")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the medians to this file (bench_compare.py reads it)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
@@ -401,6 +406,10 @@ def main(argv: list[str] | None = None) -> None:
               f"CPU {cpu['cascade'] / cpu['ours']:.3f} (target <= 1.4); stage 2: wall "
               f"{med_ms['cascade2'] / med_ms['stage2']:.3f}, "
               f"CPU {cpu['cascade2'] / cpu['stage2']:.3f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "ms": med_ms, "cpu_ms": cpu, "ours/bare images/s": rate["ours"] / rate["bare"],
+            "ours/bare CPU ms": cpu["ours"] / cpu["bare"], "device": name}))
     print(f"stage-1 images/s ours/bare: {rate['ours'] / rate['bare']:.3f}")
 
 

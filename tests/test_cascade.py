@@ -1,4 +1,4 @@
-"""Cascade R-CNN: each stage's IoU threshold, its loss weight, the averaged test scores,
+"""Cascade R-CNN: each stage's IoU threshold, its loss weight, the test scores (both rules),
 stage 2 on three classifiers, and the pipeline end to end (values derived by hand)."""
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from acsl_cli.engine.checkpoint import load_checkpoint
 from acsl_cli.engine.finetune_heads import HeadsStep, new_head
 from acsl_cli.engine.loop import LossGuard
 from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.errors import ConfigError
 from acsl_cli.losses import LossContext, build_loss
-from acsl_cli.models.cascade import CascadeRoIHeads, CascadeSpec
+from acsl_cli.models.cascade import CASCADE_SCORES, CascadeRoIHeads, CascadeSpec, stage_scores
 from acsl_cli.models.detector import build_detector
 from acsl_cli.models.init import load_matching
 from acsl_cli.models.trunk import FrozenTrunk
 from acsl_cli.pipeline.components import loss_context, make_loss, stage_losses
-from acsl_cli.pipeline.train import run_train
-from acsl_cli.settings import stage1_key
+from acsl_cli.pipeline.evaluate import test_trunk as trunk_from_settings  # not a test
+from acsl_cli.pipeline.train import STAGE1_ROW, run_train
+from acsl_cli.settings import Settings, declared, stage1_key
 from tests.test_engine import TINY
 
 CASCADE = [*TINY, "detector=cascade_rcnn"]
@@ -95,31 +97,88 @@ def test_each_stage_loss_is_scaled_by_its_weight():
         assert all(p.grad is None or p.grad.abs().sum() == 0 for p in stage.parameters())
 
 
-#: zero weights and these biases make each classifier's softmax scores the same for every
-#: RoI: stage 1 (1, 2, 1, 1) / 5, stage 2 (1, 1, 3, 1) / 6, stage 3 (2, 1, 1, 1) / 5
+#: zero weights and these biases make each classifier's logits the same for every RoI:
+#: softmax scores stage 1 (1, 2, 1, 1) / 5, stage 2 (1, 1, 3, 1) / 6, stage 3 (2, 1, 1, 1) / 5
 BIASES = ((0, math.log(2), 0, 0), (0, 0, math.log(3), 0), (math.log(2), 0, 0, 0))
-MEAN = {1: (2 / 5 + 1 / 6 + 1 / 5) / 3, 2: (1 / 5 + 3 / 6 + 1 / 5) / 3,
-        3: (1 / 5 + 1 / 6 + 1 / 5) / 3}
+#: mean_probs: the mean of those scores
+MEAN_PROBS = {1: (2 / 5 + 1 / 6 + 1 / 5) / 3, 2: (1 / 5 + 3 / 6 + 1 / 5) / 3,
+              3: (1 / 5 + 1 / 6 + 1 / 5) / 3}
+#: mean_logits: softmax of the mean logits (ln 2 / 3, ln 2 / 3, ln 3 / 3, 0), i.e. of
+#: exp = (2^(1/3), 2^(1/3), 3^(1/3), 1)
+_Z = 2 * 2 ** (1 / 3) + 3 ** (1 / 3) + 1
+MEAN_LOGITS = {1: 2 ** (1 / 3) / _Z, 2: 3 ** (1 / 3) / _Z, 3: 1 / _Z}
 
 
-def test_test_scores_are_the_mean_of_the_three_classifiers():
+@pytest.mark.parametrize("rule, want", [("mean_logits", MEAN_LOGITS),
+                                        ("mean_probs", MEAN_PROBS)])
+def test_test_scores_combine_the_three_classifiers_by_the_rule(rule, want):
+    """The detector's own forward and the trunk that evaluation builds from the settings
+    (``test.cascade_scores``) both score by the rule; the default is mean_logits."""
     model = _cascade().eval()
     with torch.no_grad():
         for layer, bias in zip(model.roi_heads.classifiers, BIASES, strict=True):
             layer.weight.zero_()
             layer.bias.copy_(torch.tensor(bias))
     images, _ = _images()
+    model.roi_heads.cascade_scores = rule
     with torch.no_grad():
         own = model(images)
-    trunk = FrozenTrunk(model)
+    overrides = [] if rule == "mean_logits" else [f"test.cascade_scores={rule}"]
+    trunk = trunk_from_settings(config_mod.load_settings(overrides), model)
     ce = [build_loss("softmax_ce", LossContext(3)) for _ in range(3)]
     out = trunk.detect(images, {"model": trunk.stage1_scorer,
                                 "head": (list(model.roi_heads.classifiers), ce)})
     for dets in (own, out["model"], out["head"]):
         assert all(len(d["labels"]) > 0 for d in dets)
         for d in dets:
-            want = torch.tensor([MEAN[int(lab)] for lab in d["labels"]])
-            assert torch.allclose(d["scores"], want, atol=1e-6)
+            expect = torch.tensor([want[int(lab)] for lab in d["labels"]])
+            assert torch.allclose(d["scores"], expect, atol=1e-6)
+
+
+E = math.e
+SIG = {z: 1 / (1 + math.exp(-z)) for z in (0, 1, 3)}
+
+
+@pytest.mark.parametrize("loss, rule, want", [
+    # logits (bg, l1, l2): stage 1 (0, 3, 0), stage 2 (0, 0, 3), stage 3 (0, 0, 0); mean
+    # (0, 1, 1). softmax of the mean: (1, e, e) / (1 + 2e)
+    ("softmax_ce", "mean_logits", [E / (1 + 2 * E), E / (1 + 2 * E)]),
+    # softmax per stage: (1, e^3, 1) / (2 + e^3), (1, 1, e^3) / (2 + e^3), (1, 1, 1) / 3
+    ("softmax_ce", "mean_probs", [((E**3 + 1) / (2 + E**3) + 1 / 3) / 3] * 2),
+    # sigmoid of each class logit (no background factor): of the mean, or the mean of them
+    ("bce", "mean_logits", [SIG[1], SIG[1]]),
+    ("bce", "mean_probs", [(SIG[3] + 2 * SIG[0]) / 3] * 2),
+])
+def test_stage_scores_on_hand_derived_values(loss, rule, want):
+    logits = [torch.tensor([[0.0, 3.0, 0.0]], dtype=torch.float64),
+              torch.tensor([[0.0, 0.0, 3.0]], dtype=torch.float64),
+              torch.zeros(1, 3, dtype=torch.float64)]
+    losses = [build_loss(loss, LossContext(2)) for _ in range(3)]
+    got = stage_scores(logits, losses, rule)
+    assert torch.allclose(got, torch.tensor([want], dtype=torch.float64), rtol=1e-12)
+    # one stage (Faster R-CNN): its loss's scores whatever the rule
+    assert torch.equal(stage_scores(logits[:1], losses[:1], rule), losses[0].scores(logits[0]))
+
+
+def test_the_stage_scoring_is_a_test_setting_with_one_line_errors():
+    from acsl_cli.settings import stage2_key
+
+    default = config_mod.load_settings(CASCADE)
+    probs = config_mod.load_settings([*CASCADE, "test.cascade_scores=mean_probs"])
+    assert default.test.cascade_scores == CASCADE_SCORES[0] == "mean_logits"
+    assert default.test.canonical and not probs.test.canonical  # the stage-1 row re-scored
+    assert stage1_key(probs, 1) == stage1_key(default, 1)
+    assert stage2_key(probs, [probs.loss], "x", 1) == stage2_key(default, [default.loss],
+                                                                 "x", 1)
+    rule = next(d.rule for d in declared(Settings) if d.path == ("test", "cascade_scores"))
+    for name in CASCADE_SCORES:  # the setting accepts exactly the rules the model knows
+        rule("test.cascade_scores", name)
+    assert rule.example(CASCADE_SCORES[0]) == CASCADE_SCORES[1] and len(CASCADE_SCORES) == 2
+    with pytest.raises(ConfigError, match=r"test.cascade_scores") as err:
+        config_mod.load_settings(["test.cascade_scores=mean"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="unknown stage scoring"):
+        stage_scores([torch.zeros(1, 3)] * 2, [build_loss("bce", LossContext(2))] * 2, "max")
 
 
 def test_boxes_are_refined_stage_by_stage_and_the_last_stage_places_them():
@@ -232,8 +291,17 @@ def test_cascade_heads_end_to_end_alone_or_together_and_from_their_checkpoint(tm
     both = json.loads((tmp_path / "runs/both/metrics.json").read_text())
     acsl = next(k for k in both if k.startswith("acsl"))  # its label: acsl xi=... bg=...
     assert "softmax_ce" in both
+    # a cache entry from before mean_logits was the rule (no cascade_scores, its row scored
+    # otherwise: here spoilt) is re-scored on reuse, its detector kept
+    [cached] = (tmp_path / "cache/stage1").glob("*/metrics.json")
+    saved = json.loads(cached.read_text())
+    assert saved.pop("cascade_scores") == "mean_logits"
+    cached.write_text(json.dumps({**saved, "metrics": {**saved["metrics"], "AP": -1.0}}))
     alone = run_train([*CASCADE, f"output_root={tmp_path}", "loss=acsl", "run_name=alone"])
     assert alone.stage1_reused
+    assert json.loads(cached.read_text()) == {**saved, "cascade_scores": "mean_logits"}
+    assert json.loads((alone.run_dir / "metrics.json").read_text())[STAGE1_ROW] == both[
+        STAGE1_ROW]
     # every metric, exactly (strict JSON: undefined metrics are null in both files)
     assert json.loads((alone.run_dir / "metrics.json").read_text())[acsl] == both[acsl]
     [ckpt] = (tmp_path / "runs/both/heads").glob("acsl*/checkpoint.pt")

@@ -438,17 +438,68 @@ def test_bags_merged_scores():
             assert total == pytest.approx(p_fg * (1 - p_others), rel=1e-10)
 
 
-def test_bags_init_classifier_copies_stage1_rows():
+def _normal_draw(seed: int, shape: tuple[int, int]) -> torch.Tensor:
+    """What N(0, 0.01^2) draws from the global generator seeded with ``seed``."""
+    torch.manual_seed(seed)
+    return torch.empty(shape).normal_(0.0, 0.01)
+
+
+def test_bags_classifier_starts_fresh_by_default_as_the_release():
+    """The release's wider fc_cls keeps its own init (normal std 0.01, bias 0): the
+    stage-1 layer does not fit it and is skipped, so no row of it is copied."""
     loss = build_loss("bags", instance_counts=[5, 50, 500], bins=[10, 100])
+    assert loss.classifier_init == "fresh"
+    torch.manual_seed(0)
+    stage1 = torch.nn.Linear(4, 4)
+    layer = torch.nn.Linear(4, loss.num_outputs(3))  # 3 + 1 + 4 = 8 rows
+    torch.manual_seed(11)
+    loss.init_classifier(layer, stage1)
+    assert torch.equal(layer.weight, _normal_draw(11, (8, 4)))  # every row drawn
+    assert torch.equal(layer.bias, torch.zeros(8))
+    for row in stage1.weight:
+        assert not any(torch.equal(row, w) for w in layer.weight)
+    # the draw's statistics on a layer of realistic width (1,230 classes, 1024 features)
+    wide = build_loss("bags", instance_counts=[5] * 400 + [50] * 400 + [500] * 430,
+                      bins=[10, 100])
+    big = torch.nn.Linear(1024, wide.num_outputs(1230))
+    torch.manual_seed(3)
+    wide.init_classifier(big, torch.nn.Linear(1024, 1231))
+    w = big.weight.double()
+    n = w.numel()  # 1,235 x 1,024 draws: mean within 4 standard errors, std within 1 %
+    assert abs(w.mean().item()) < 4 * 0.01 / math.sqrt(n)
+    assert abs(w.std().item() / 0.01 - 1) < 0.01
+    assert big.bias.abs().max().item() == 0
+
+
+def test_bags_stage1_rows_option_copies_class_and_background_rows():
+    loss = build_loss("bags", instance_counts=[5, 50, 500], bins=[10, 100],
+                      classifier_init="stage1_rows")
+    torch.manual_seed(0)
     stage1 = torch.nn.Linear(4, 4)
     layer = torch.nn.Linear(4, loss.num_outputs(3))
+    torch.manual_seed(11)
     loss.init_classifier(layer, stage1)
-    # layout [bg, fg | o1, l1 | o2, l2 | o3, l3]
+    drawn = _normal_draw(11, (8, 4))
+    # layout [bg, fg | o1, l1 | o2, l2 | o3, l3]: stage-1 rows 0..3 (bg, labels 1..3) go to
+    # columns 0, 3, 5, 7; the any-foreground and "others" rows keep their draws
     for label, column in enumerate([0, 3, 5, 7]):
         assert torch.equal(layer.weight[column], stage1.weight[label])
         assert layer.bias[column] == stage1.bias[label]
     for column in [1, 2, 4, 6]:
-        assert layer.bias[column] == 0 and layer.weight[column].abs().max() < 0.1
+        assert layer.bias[column] == 0 and torch.equal(layer.weight[column], drawn[column])
+    # without a stage-1 layer both options draw every row
+    torch.manual_seed(11)
+    loss.init_classifier(layer, None)
+    assert torch.equal(layer.weight, drawn) and not layer.bias.any()
+
+
+def test_bags_classifier_init_is_checked_and_the_yaml_default_is_the_release():
+    conf = Path(__file__).resolve().parents[1] / "conf" / "loss" / "bags.yaml"
+    assert OmegaConf.load(conf).classifier_init == "fresh"
+    with pytest.raises(ConfigError, match="classifier_init must be one of fresh, stage1_rows"
+                       ) as err:
+        build_loss("bags", instance_counts=[5, 50], bins=[10], classifier_init="copy")
+    assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- Federated

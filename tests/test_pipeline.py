@@ -32,7 +32,7 @@ def test_stage2_is_the_same_with_stage1_trained_or_loaded_from_the_cache(tmp_pat
 
 
 def test_a_head_with_fresh_columns_is_the_same_with_stage1_trained_or_loaded(tmp_path):
-    """BAGS's group columns are not copied from stage 1: their initial draw must not depend
+    """BAGS's classifier rows are drawn, not copied from stage 1: their draw must not depend
     on how much of the global random stream training stage 1 used."""
     args = [*TINY, f"output_root={tmp_path}", "loss=bags", "loss.bins=[4]"]
     first, second = run_train(args), run_train(args)

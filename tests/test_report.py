@@ -27,7 +27,8 @@ from acsl_cli.reporting.runs import STAGE1_ROW, load_runs, train_counts
 TINY = ["dataset.num_classes=8", "dataset.max_images_per_class=12",
         "dataset.val_instances_per_class=2", "schedule=smoke", "progress=false"]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
-FIGURES = {"label_distribution.png", "per_category_ap.png", "xi_sweep.png", "group_ap.png"}
+FIGURES = {"label_distribution.png", "per_category_ap.png", "xi_sweep.png", "group_ap.png",
+           "deltas.png"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -85,7 +86,9 @@ def _expected(runs: list[Path], baseline: str = STAGE1_ROW) -> dict[str, dict]:
 
 
 def _sweep_runs(sweep: Path) -> list[Path]:
-    return [Path(line.split("\t")[1]) for line in (sweep / "runs.txt").read_text().splitlines()]
+    """runs.txt's paths are relative to the sweep folder."""
+    return [(sweep / line.split("\t")[1]).resolve()
+            for line in (sweep / "runs.txt").read_text().splitlines()]
 
 
 def _check_tables(out: Path, expected: dict[str, dict], stdout: str) -> None:
@@ -224,8 +227,10 @@ def test_train_counts_from_the_train_json_or_the_csv(made, tmp_path):
 
 
 def test_sweep_figures_draws_into_the_sweep_folder(made, tmp_path):
-    folder = tmp_path / made["sweep"].name
+    folder = tmp_path / "runs" / made["sweep"].name  # a copy reads its own runs (issue 25)
     shutil.copytree(made["sweep"], folder)
+    for run in _sweep_runs(made["sweep"]):
+        shutil.copytree(run, folder.parent / run.name)
     paths = sweep_figures(folder)
     assert {p.name for p in paths} == FIGURES and all(p.parent == folder for p in paths)
     _check_pngs(paths)

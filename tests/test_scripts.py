@@ -4,6 +4,7 @@ script broken by a refactor would otherwise go unnoticed)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ SCRIPTS = sorted(p.name for p in (ROOT / "scripts").iterdir()
                  if p.suffix in (".py", ".sh") and not p.name.endswith("_refs.py"))
 # what each one prints when it finished its work (a line a crash would not reach)
 EXPECT = {
+    "bench_compare.py": "figure(s) flagged of",
     "bench_eval.py": "detections are synthetic",
+    "bench_eval_protocols.py": "detections are synthetic",
     "bench_losses.py": "vs its dense form",
     "bench_openimages_eval.py": "evaluate_openimages:",
     "bench_openimages_load.py": "image check:",
@@ -44,3 +47,42 @@ def test_script_quick_mode_runs(name, tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert EXPECT[name] in output, output[-3000:]
+
+
+def test_bench_compare_refuses_a_bad_base_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_compare.py"),
+                           "no-such-ref-1f2e3d", "--quick"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: BASE 'no-such-ref-1f2e3d': not a commit of the repository at {ROOT}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def worktrees_under(folder) -> list[str]:
+    out = subprocess.run(["git", "-C", str(ROOT), "worktree", "list", "--porcelain"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines()
+            if line.startswith("worktree ") and str(folder) in line]
+
+
+def test_bench_compare_removes_its_worktree_on_ctrl_c(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a benchmark
+    runs on the temporary worktree: the worktree and its folder are gone afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "bench_compare.py"), "HEAD", "--quick",
+         "--only", "train"], cwd=tmp_path, start_new_session=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr.readline().startswith("round 1/1: train (old)")
+        assert len(worktrees_under(tmp_path)) == 1  # the benchmark runs in it now
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert worktrees_under(tmp_path) == [] and list(tmp_path.iterdir()) == []

@@ -78,6 +78,7 @@ def test_exactly_the_fields_tagged_for_a_key_change_it(cache, dataset):
             assert path in tagged, path
         assert ("schedule", "stage2", "lr") in seen - tagged
         assert ("test", "max_detections") in seen - tagged
+        assert ("test", "cascade_scores") in seen - tagged  # re-scores, never retrains
 
 
 def _get(s, path):
@@ -153,6 +154,10 @@ def _bad_conf(tmp_path: Path, line: str) -> Path:
     (["train", "+lsos=bce"], "unknown key lsos", None),
     (["train", "loss=bags", "loss.bins=[100,10]"], "strictly increasing", None),
     (["train", "loss=acsl", "loss.bg_mode=weird"], "bg_mode must be one of", None),
+    (["train", "test.cascade_scores=mean"],
+     "test.cascade_scores='mean': must be one of mean_logits, mean_probs", None),
+    (["train", "loss=bags", "loss.classifier_init=copy"], "classifier_init must be one of",
+     None),
     (["train", "sampler=rfs", "sampler.t=1e308"], "sampler.t=1e+308: must be a finite number",
      None),
     (["train", "loss=bce,nope"], "unknown loss 'nope'", None),

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from acsl_cli.errors import DataError
-from acsl_cli.losses import LossContext, build_loss
+from acsl_cli.losses import LossContext, acsl_record, build_loss
 from acsl_cli.reporting.report import write_report
 from acsl_cli.reporting.runs import TrainCounts, load_runs
 from acsl_cli.reporting.suppression import (
@@ -89,6 +89,67 @@ def test_record_is_w_read_from_the_gradient(bg_mode):
     assert expected.sum() > 50  # the batch really suppresses something
     np.testing.assert_array_equal(counts.numpy(), expected)
     np.testing.assert_array_equal(got_rois.numpy(), rois)
+
+
+def reference_record(batches, xi: float, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The record as it was kept before it was made cheap (commit a37b46f), written plainly:
+    per foreground RoI of class k, +1 on (k, j) for every column j != k whose p (in the
+    logits' dtype) is >= xi, +1 on the RoIs of k; a background RoI adds to rois[0] only.
+    The full (W, W) matrix, background row and column included, as ``state_dict`` keeps it."""
+    counts = np.zeros((width, width), dtype=np.int64)
+    rois = np.zeros(width, dtype=np.int64)
+    for logits, labels in batches:
+        p = torch.sigmoid(logits)
+        high = (p >= torch.tensor(xi, dtype=logits.dtype)).numpy()
+        for i, k in enumerate(labels.tolist()):
+            rois[k] += 1
+            if k == 0:
+                continue
+            for j in np.flatnonzero(high[i]):
+                if j != k:
+                    counts[k, j] += 1
+    return counts, rois
+
+
+@pytest.mark.parametrize("pending_limit", [None, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bg_mode", ["adaptive", "official"])
+def test_record_equals_the_plain_reference_over_random_batches(bg_mode, dtype, pending_limit,
+                                                               monkeypatch):
+    """The CPU record (the kept entries of the foreground rows, added in one go when read or
+    when they pile up: ``pending_limit`` 1 adds every call at once) gives exactly the
+    counts of the plain definition, cell for cell, over several calls on an LVIS-like long
+    tail with hundreds of background RoIs per batch (official draws on), batch sizes
+    varying, a read in between, and both rules; the loss value and gradient stay those of
+    the eval-mode (not recording) loss."""
+    if pending_limit is not None:
+        monkeypatch.setattr(acsl_record, "PENDING_LIMIT", pending_limit)
+    c = 120
+    width = c + 1
+    g = torch.Generator().manual_seed(7)
+    rank = torch.randperm(c, generator=g).double()
+    images = torch.exp(math.log(20000.0) * (1.0 - rank / (c - 1))).round().long().tolist()
+    freqs = ["r" if n <= 10 else "c" if n <= 100 else "f" for n in images]
+    loss = build_loss("acsl", xi=0.6, bg_mode=bg_mode, frequencies=freqs, seed=11)
+    twin = build_loss("acsl", xi=0.6, bg_mode=bg_mode, frequencies=freqs, seed=11).eval()
+    batches = []
+    for call in range(5):
+        n = 600 + 97 * call
+        logits = (torch.randn(n, width, generator=g, dtype=torch.float64) * 2.5 - 2.0).to(dtype)
+        labels = torch.randint(1, width, (n,), generator=g)
+        labels[torch.rand(n, generator=g) > 0.3] = 0
+        batches.append((logits, labels))
+        value, grad = loss_and_grad(loss, logits, labels)
+        value_ref, grad_ref = loss_and_grad(twin, logits, labels)
+        assert torch.equal(value, value_ref) and torch.equal(grad, grad_ref)
+        if call == 2:  # a read on the way (a checkpoint) adds what is pending
+            counts, rois = reference_record(batches, 0.6, width)
+            np.testing.assert_array_equal(loss.suppression()[0].numpy(), counts[1:, 1:])
+    counts, rois = reference_record(batches, 0.6, width)
+    state = loss.state_dict()
+    assert counts.sum() > 1000 and counts[0].sum() == 0
+    np.testing.assert_array_equal(state["suppression_counts"].numpy(), counts)
+    np.testing.assert_array_equal(state["suppression_rois"].numpy(), rois)
 
 
 def test_record_under_a_hierarchy_leaves_ancestors_out():

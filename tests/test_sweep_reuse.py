@@ -72,14 +72,15 @@ def test_runs_are_pooled_only_with_runs_that_differ_in_the_seed():
     plan = plan_sweep(["seed=0,1", "detector=faster_rcnn,cascade_rcnn", "loss=bce"])
     assert plan.settings == ("seed=0 detector=faster_rcnn", "seed=0 detector=cascade_rcnn",
                              "seed=1 detector=faster_rcnn", "seed=1 detector=cascade_rcnn")
-    assert plan.variants == ("detector=faster_rcnn", "detector=cascade_rcnn") * 2
+    assert plan.variants == ("detector.name=faster_rcnn", "detector.name=cascade_rcnn") * 2
     runs = [{"bce": {"AP": ap}} for ap in (0.1, 0.5, 0.3, 0.9)]
     mean, std, pooled = pooled_by_variant(plan.variants, runs)
     assert pooled == 2
-    assert list(mean) == ["bce [detector=faster_rcnn]", "bce [detector=cascade_rcnn]"]
-    assert mean["bce [detector=faster_rcnn]"]["AP"] == pytest.approx(0.2)
-    assert mean["bce [detector=cascade_rcnn]"]["AP"] == pytest.approx(0.7)
-    assert std["bce [detector=cascade_rcnn]"]["AP"] == pytest.approx(0.4 / 2 ** 0.5)
+    faster, cascade = "bce [detector.name=faster_rcnn]", "bce [detector.name=cascade_rcnn]"
+    assert list(mean) == [faster, cascade]
+    assert mean[faster]["AP"] == pytest.approx(0.2)
+    assert mean[cascade]["AP"] == pytest.approx(0.7)
+    assert std[cascade]["AP"] == pytest.approx(0.4 / 2 ** 0.5)
     seeds_only = plan_sweep(["seed=0,1", "loss=bce"])
     assert seeds_only.variants == ("", "")
     mean, _, pooled = pooled_by_variant(seeds_only.variants, runs[:2])

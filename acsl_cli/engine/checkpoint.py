@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,8 @@ import torch
 
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name, writing
-from acsl_cli.layout import follow
+from acsl_cli.tensor_file import load_tensor_file
+from acsl_cli.untrusted import confined
 
 FORMAT = "acsl-detector/1"  # a whole detector
 HEAD_FORMAT = "acsl-head/1"  # a stage-2 classifier + pointer to its stage-1 checkpoint
@@ -55,19 +54,7 @@ def _os_error(error: RuntimeError) -> BaseException:
 
 def load_state_file(path: str | Path) -> Any:
     """Read a file written by ``save_state_file``; anything else is a one-line DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols it refuses
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise DataError(f"{path}: not a readable checkpoint: it holds something other than "
-                        "tensors, numbers, strings, lists and dicts (nothing in it was run)"
-                        ) from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
-        raise DataError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
+    return load_tensor_file(path, "checkpoint")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any], fmt: str = FORMAT) -> None:
@@ -94,17 +81,47 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def head_tree(path: Path) -> Path:
+    """The folder tree a head checkpoint came with: the output root of
+    ``<root>/runs/<run>/heads/<id>/checkpoint.pt``, else the head's own folder."""
+    path = Path(path).absolute()
+    parents = path.parents
+    if len(parents) > 4 and parents[1].name == "heads" and parents[3].name == "runs":
+        return parents[4]
+    return path.parent
+
+
 def load_head_base(path: str | Path, head: dict[str, Any]) -> dict[str, Any]:
-    """The stage-1 checkpoint a lean head points to, checked against the recorded hash."""
-    ref = head.get("stage1") or {}
-    base = follow(str(ref.get("path", "")), Path(path).parent)  # older heads: absolute
+    """The stage-1 checkpoint a lean head points to, checked against the recorded hash.
+    The pointer is untrusted data: it must name a file inside the head's output root
+    (``untrusted.confined``), so nothing outside it is opened or hashed."""
+    ref = head.get("stage1")
+    if not isinstance(ref, dict) or not isinstance(ref.get("path"), str):
+        raise DataError(f"{path}: a head checkpoint without a stage-1 pointer")
+    origin = Path(path).absolute().parent
+    base = confined(ref["path"], origin, head_tree(Path(path)), "stage-1 pointer", Path(path))
     if not base.is_file():
-        raise DataError(f"{path}: its stage-1 checkpoint {base} is missing (a head checkpoint "
-                        "holds only the classifier; keep outputs/cache/stage1)")
+        raise DataError(f"{path}: its stage-1 checkpoint {ref['path']} is missing (a head "
+                        "checkpoint holds only the classifier; keep outputs/cache/stage1)")
     if file_digest(base) != ref.get("sha256"):
-        raise DataError(f"{path}: its stage-1 checkpoint {base} has changed since the head "
-                        "was trained (sha256 differs)")
+        raise DataError(f"{path}: its stage-1 checkpoint {ref['path']} has changed since the "
+                        "head was trained (sha256 differs)")
     return load_checkpoint(base)
+
+
+def load_head_state(path: str | Path, head: dict[str, Any]) -> dict[str, Any]:
+    """A lean head's whole detector state: its stage-1 detector with the head's classifier.
+    A classifier of another detector (a Faster R-CNN head pointing at a cascade's stage 1,
+    or the reverse) is a one-line DataError."""
+    from acsl_cli.models.trunk import with_classifier
+
+    base = load_head_base(path, head)
+    try:
+        return with_classifier(base["model"], head["classifier"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DataError(f"{path}: its classifier does not fit the stage-1 detector its "
+                        f"pointer names ({head['stage1'].get('path')}: another detector)"
+                        ) from None
 
 
 def check_classes(path: str | Path, ckpt: dict[str, Any], category_ids: list[int]) -> None:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from acsl_cli.data.lvis_dataset import CategoryMap, collate
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.mixed_precision import MixedPrecision
+from acsl_cli.engine.topk import CategoryTopK, TopDetections, concat, keep_top
 from acsl_cli.models.trunk import FrozenTrunk, Scorer
 from acsl_cli.progress import progress_bar
 
@@ -39,21 +40,44 @@ def predict(
     Under torchrun each rank takes every world_size-th image and the results are gathered,
     so every rank returns the full list.
     """
+    return predict_top_k(trunk, dataset, cmap, device, scorers, batch_size, show_progress,
+                         amp)[0]
+
+
+@torch.no_grad()
+def predict_top_k(
+    trunk: FrozenTrunk, dataset: Dataset, cmap: CategoryMap, device: str,
+    scorers: Mapping[str, Scorer] | None = None, batch_size: int = 8,
+    show_progress: bool = True, amp: str = "off", top_k: int | None = None,
+    per_image: int = 10_000,
+) -> tuple[dict[str, list[dict]], dict[str, TopDetections]]:
+    """``predict``'s results and, with ``top_k``, from the same pass each scorer's top
+    ``top_k`` detections per category over the whole set, up to ``per_image`` per image
+    (the fixed protocol's inference; ``engine.topk``)."""
     precision = MixedPrecision(amp, device)
     trunk.detector.to(device).eval()
     names = list(scorers) if scorers is not None else ["model"]
     shard = Subset(dataset, range(dist.rank(), len(dataset), dist.world_size()))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate)
     results: dict[str, list[dict]] = {name: [] for name in names}
+    tops = {name: CategoryTopK(top_k, cmap.category_ids) for name in names} if top_k else {}
     with progress_bar("eval", len(loader), show_progress and dist.is_main()) as bar:
         for images, targets in loader:
             ids = [int(t["image_id"]) for t in targets]
+            batch = [im.to(device) for im in images]
             with precision.autocast():
-                dets = trunk.detect([im.to(device) for im in images], scorers)
+                if top_k:
+                    dets, wide = trunk.detect_wide(batch, scorers, per_image)
+                else:
+                    dets = trunk.detect(batch, scorers)
             for name in names:
                 results[name].extend(to_lvis(dets[name], ids, cmap))
+                if top_k:
+                    tops[name].add(wide[name], ids)
             bar.advance()
-    return {name: dist.all_gather_list(r) for name, r in results.items()}
+    gathered = {name: dist.all_gather_list(r) for name, r in results.items()}
+    return gathered, {name: keep_top(concat(dist.all_gather_list([t.result()])), top_k or 1)
+                      for name, t in tops.items()}
 
 
 def to_lvis(dets: Sequence[dict], image_ids: Sequence[int], cmap: CategoryMap) -> list[dict]:

@@ -2,8 +2,9 @@
 challenge metric, numpy implementations, all torch-free.
 
 LVIS: ``lvis_gt`` (what takes part), ``lvis_matching`` (greedy matching), ``lvis_eval``
-(precision and summary); ``detections``: reading and checking results files; ``results``:
-scoring a results file with train frequency groups. Open Images: the ``openimages_*``
+(precision and summary), ``lvis_protocols`` (Fixed and Pooled AP); ``detections``: reading
+and checking results files; ``results``: scoring a results file with train frequency groups.
+Open Images: the ``openimages_*``
 modules.
 """
 

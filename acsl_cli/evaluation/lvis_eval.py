@@ -121,8 +121,10 @@ class LvisMatches:
     def accumulation_order(self) -> np.ndarray:
         """Kept detections per category by descending score; ties by image id, then input
         order (lvis-api concatenates per-image lists in image order, then mergesorts)."""
-        k = self.kept
-        return np.lexsort((k.order, k.img, -k.scores, k.cat))
+        k = self.kept  # in input order: stable sorts, last key first (faster than lexsort)
+        order = np.argsort(k.img, kind="stable")
+        order = order[np.argsort(-k.scores[order], kind="stable")]
+        return order[np.argsort(k.cat[order], kind="stable")]
 
 
 def match_detections(

@@ -9,7 +9,7 @@ undefined (nan) and ``groups_note`` says why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
@@ -23,18 +23,20 @@ from acsl_cli.data.groups import (
 )
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation.detections import parse_detections, read_detections
-from acsl_cli.evaluation.lvis_eval import evaluate_parsed
+from acsl_cli.evaluation.lvis_protocols import evaluate_protocols
 
 PathArg = str | PathLike[str]
 
 
 @dataclass(frozen=True)
 class ResultsEvaluation:
-    """LVIS metrics of a results file (nan where undefined) and how the groups were found."""
+    """LVIS metrics of a results file (nan where undefined) and how the groups were found;
+    ``metrics`` and ``per_category`` are the first protocol's, ``by_protocol`` has each."""
 
     metrics: dict[str, float]
     per_category: list[dict]
     groups_note: str | None
+    by_protocol: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _frequency_groups(gt: dict, ann_path: Path, train_ann: PathArg | None) -> str | None:
@@ -61,9 +63,11 @@ def _frequency_groups(gt: dict, ann_path: Path, train_ann: PathArg | None) -> st
 
 
 def evaluate_results_file(
-    dets_path: PathArg, ann_path: PathArg, train_ann: PathArg | None = None
+    dets_path: PathArg, ann_path: PathArg, train_ann: PathArg | None = None,
+    protocols: tuple[str, ...] = ("standard",), dets_per_class: int = 10_000,
 ) -> ResultsEvaluation:
-    """Evaluate an LVIS results json on ``ann_path`` with LVIS rules.
+    """Evaluate an LVIS results json on ``ann_path`` with LVIS rules, under each of
+    ``protocols`` (standard, fixed, pooled: ``lvis_protocols``).
 
     Every problem with the three files is a one-line DataError naming the file. Group
     metrics use ``train_ann``'s groups when given (frequency fields, else train image
@@ -73,5 +77,7 @@ def evaluate_results_file(
     gt = read_annotations(ann)
     note = _frequency_groups(gt, ann, train_ann)
     dets = parse_detections(gt, read_detections(dets_path), str(dets_path))
-    result = evaluate_parsed(gt, dets)
-    return ResultsEvaluation(result.metrics, result.per_category, note)
+    results = evaluate_protocols(gt, dets, protocols, dets_per_class)
+    first = results[protocols[0]]
+    return ResultsEvaluation(first.metrics, first.per_category, note,
+                             {p: r.metrics for p, r in results.items()})

@@ -28,11 +28,14 @@ accelerators, chosen by the logits' device. Half-precision logits are upcast to 
 
 Suppression record (the paper's Figure 3 on real runs): in training mode every call adds,
 per foreground RoI of class k, a 1 to cell (k, j) for each column j != k with W = 1, and a
-1 to the RoI count of k, in place on the logits' device with tensor ops only (no host
-sync). ``suppression()`` returns the (C, C) counts and (C,) RoIs, background row and column
-left out. ``state_dict`` carries them once recorded, so a resumed stage 2 (which saves its
-losses' state) continues them; loading never requires them, so a detector whose loss is
-ACSL still loads a stage-1 state dict strictly. Under DDP each process records its RoIs.
+1 to the RoI count of k, on the logits' device with tensor ops only (no host sync off
+CPU). On CPU it keeps only the flat indices of the suppressed entries, which the loss
+computes anyway, and adds them in one go when they pile up or are read
+(``acsl_record``): recording costs about 1 % of the loss. ``suppression()`` returns the
+(C, C) counts and (C,) RoIs, background row and column left out. ``state_dict`` carries
+them once recorded, so a resumed stage 2 (which saves its losses' state) continues them;
+loading never requires them, so a detector whose loss is ACSL still loads a stage-1 state
+dict strictly. Under DDP each process records its RoIs.
 
 Under a class hierarchy (``use_hierarchy``, Open Images) a RoI has several target columns,
 its class and every ancestor; W is 1 on all of them, and a plain autograd form computes
@@ -50,15 +53,15 @@ from torch import Tensor
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.acsl_forms import (
-    Record,
+    Scratch,
     dense_background,
     form_for,
     fused_acsl,
     gathered_background,
     group_masks,
-    record_dense,
     threshold_below,
 )
+from acsl_cli.losses.acsl_record import Record, record_dense
 from acsl_cli.losses.base import ClassificationLoss, check_labels
 from acsl_cli.losses.common import (
     check_width,
@@ -111,6 +114,7 @@ class ACSL(ClassificationLoss):
             masks = group_masks(self._columns, len(frequencies) + 1)  # for the dense form
             self.register_buffer("group_columns", masks, persistent=False)
         self._record: Record | None = None
+        self._scratch = Scratch()  # the CPU form's reused temporary; never saved
 
     @classmethod
     def needs_for(cls, bg_mode: str = "official") -> tuple[str, ...]:
@@ -135,7 +139,7 @@ class ACSL(ClassificationLoss):
         record = self._record_for(logits) if self.training else None
         if self.expansion is not None:
             return self._multi_label(logits, labels, threshold, background, record)
-        return fused_acsl(logits, labels, threshold, background, form, record)
+        return fused_acsl(logits, labels, threshold, background, form, record, self._scratch)
 
     def _multi_label(self, logits: Tensor, labels: Tensor, threshold: float,
                      background: tuple[Tensor, Tensor] | None, record: Record | None
@@ -157,24 +161,22 @@ class ACSL(ClassificationLoss):
 
     def _record_for(self, logits: Tensor) -> Record:
         """The running record, created (zeros) or moved onto the logits' device if needed."""
-        width = logits.shape[1]
-        if self._record is None or self._record[1].numel() != width:
-            self._record = (torch.zeros(width, width, dtype=torch.int64, device=logits.device),
-                            torch.zeros(width, dtype=torch.int64, device=logits.device))
-        elif self._record[1].device != logits.device:
-            self._record = (self._record[0].to(logits.device), self._record[1].to(logits.device))
+        if self._record is None or self._record.width != logits.shape[1]:
+            self._record = Record.zeros(logits.shape[1], logits.device)
+        elif self._record.rois.device != logits.device:
+            self._record = self._record.to(logits.device)
         return self._record
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self._record is not None:
             destination[prefix + RECORD_KEYS[0]], destination[prefix + RECORD_KEYS[1]] = \
-                self._record
+                self._record  # pending batches added first
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         saved = [state_dict.pop(prefix + key, None) for key in RECORD_KEYS]
         if saved[0] is not None and saved[1] is not None:
-            self._record = (saved[0].clone(), saved[1].clone())
+            self._record = Record(saved[0].clone(), saved[1].clone())
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def suppression(self) -> tuple[Tensor, Tensor] | None:

@@ -7,14 +7,20 @@ off target and ``softplus(-z)`` on target (BCE = softplus(z) - z t), which stays
 large ``|z|``. Backward is a single scale of the saved buffer (eq. 7). The form is an
 argument of that Function, so both are production paths that tests can run side by side:
 
-* ``gathered`` (CPU): the kept entries are gathered (``nonzero``) and only they pass
-  through softplus, which is fastest there; it is the reference result.
+* ``gathered`` (CPU), the reference result. Adaptive rule: the kept entries (about 1 %)
+  are gathered (``nonzero``) and only they pass through softplus. Official rule: the
+  background rows keep whole column groups (about half the matrix), so a bool mask of the
+  dropped entries is built row-wise and the softplus sum is masked, in a buffer the loss
+  keeps between calls (``Scratch``). The suppression record reads only the kept entries
+  of the foreground rows.
 * ``dense`` (accelerators): a masked sum over the whole matrix, which avoids every host
   synchronisation in adaptive mode; official mode syncs once, to count the background
   rows that the CPU draws need.
 
-The two agree to float rounding (the order of the sum differs); W and the gradient are the
-same, and so is the suppression record.
+The two agree to float rounding (the order of the sum differs, and the dense form's
+official background rows drop an entry whose ``p`` underflows to 0, where the gathered
+form adds its ``softplus``, below 1e-38); W and the gradient are the same, and so is the
+suppression record of the foreground rows.
 """
 
 from __future__ import annotations
@@ -28,13 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from acsl_cli.losses.acsl_record import Record, record_dense, record_flat, record_rows
+
 COMMON_FRACTION = 0.1
 RARE_FRACTION = 0.01
 FORMS = ("gathered", "dense")
 
-#: (W, W) int64 counts (row: a RoI's label, column: a logit column where W = 1 off target)
-#: and (W,) int64 RoIs per label, W = C + 1; accumulated in place on the logits' device.
-Record = tuple[Tensor, Tensor]
 
 
 def form_for(device: torch.device) -> str:
@@ -97,54 +102,78 @@ def dense_background(labels: Tensor, generator: torch.Generator, masks: Tensor
     return is_bg, keep & is_bg[:, None]
 
 
-def record_dense(record: Record, labels: Tensor, suppressed: Tensor) -> None:
-    """Add a batch's (N, W) bool off-target W to the record: tensor ops only, no sync."""
-    counts, rois = record
-    counts.index_add_(0, labels, suppressed.to(counts.dtype))
-    rois.index_add_(0, labels, torch.ones_like(labels))
+class Scratch:
+    """A float buffer kept between calls for the official mode's masked sum on CPU: a
+    fresh whole-matrix temporary would be mapped in, page by page, on every call (the
+    allocator hands matrices this large straight back to the system), which costs more
+    than the softplus itself."""
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+
+    def like(self, z: Tensor) -> Tensor:
+        """An uninitialised tensor of ``z``'s shape, dtype and device (reused storage)."""
+        buf = self.buffer
+        if buf is None or buf.numel() < z.numel() or buf.dtype != z.dtype \
+                or buf.device != z.device:
+            buf = self.buffer = torch.empty(z.numel(), dtype=z.dtype, device=z.device)
+        return buf[: z.numel()].view(z.shape)
 
 
-def record_gathered(record: Record, labels: Tensor, kept: Tensor, width: int) -> None:
-    """The same from the sorted flat indices of the kept off-target entries: only the
-    foreground rows' segments of ``kept`` are visited (background rows may hold most)."""
-    counts, rois = record
-    rois.index_add_(0, labels, torch.ones_like(labels))
-    fg = labels.nonzero().squeeze(1)
-    start = fg * width
-    lo, hi = torch.searchsorted(kept, torch.stack([start, start + width]))
-    length = hi - lo
-    segment = torch.repeat_interleave(length)  # which foreground row each entry belongs to
-    offset = lo - (length.cumsum(0) - length)
-    flat = kept[torch.arange(segment.numel(), device=kept.device) + offset[segment]]
-    cells = labels[fg][segment] * width + (flat - start[segment])
-    counts.view(-1).index_add_(0, cells, torch.ones_like(cells))
+def masked_softplus_sum(z: Tensor, drop: Tensor, scratch: Scratch | None) -> Tensor:
+    """``softplus(z)`` summed where ``drop`` is False, in three whole-matrix ops (each op
+    on a busy CPU may wait for a descheduled thread, so fewer, larger ops are faster)."""
+    out = (scratch or Scratch()).like(z)
+    torch.ops.aten.softplus.out(z, 1, 20, out=out)  # F.softplus, into the reused buffer
+    return out.masked_fill_(drop, 0.0).sum()
+
+
+def official_drop(grad: Tensor, labels: Tensor, threshold: float, background: Any) -> Tensor:
+    """(N, W) bool, True where W = 0 or on the target column, from ``p`` (in ``grad``) and
+    the gathered background draws: foreground rows by the threshold (a NaN p is kept, as
+    ``threshold_`` keeps it), background rows by their column groups."""
+    n, width = grad.shape
+    drop = grad <= threshold
+    bg_rows, ((_, frequent), *drawn) = background
+    keep_row = torch.zeros(width, dtype=torch.bool, device=grad.device)
+    keep_row[frequent] = True
+    drop[bg_rows] = keep_row.logical_not_()
+    for block_rows, block_cols in drawn:
+        drop[block_rows[:, None], block_cols[None, :]] = False
+    drop[torch.arange(n, device=grad.device), labels] = True
+    return drop
 
 
 def gathered_form(z: Tensor, labels: Tensor, threshold: float, background: Any,
-                  record: Record | None) -> tuple[Tensor, Tensor]:
-    """(loss sum, gradient buffer N * dL/dz): softplus over the gathered kept entries."""
-    n, width = z.shape
-    rows = torch.arange(n, device=z.device)
+                  record: Record | None, scratch: Scratch | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """(loss sum, gradient buffer N * dL/dz). Adaptive: the few kept entries are gathered
+    and only they pass through softplus. Official: the background rows keep whole column
+    groups (about half the matrix), so the kept entries are masked rather than gathered."""
+    rows = torch.arange(z.shape[0], device=z.device)
     z_target = z[rows, labels]
     grad = torch.sigmoid(z)
-    F.threshold_(grad, threshold, 0.0)  # W * p off target: p where p >= xi, else 0
-    if background is not None:  # official mode: replace the adaptive background rows
-        bg_rows, bg_blocks = background
-        grad.index_fill_(0, bg_rows, 0.0)
-        for block_rows, block_cols in bg_blocks:
-            r, c = block_rows[:, None], block_cols[None, :]
-            grad[r, c] = torch.sigmoid(z[r, c])
-    grad[rows, labels] = 0.0  # the target column is accounted for separately below
-    kept = grad.view(-1).nonzero().squeeze(1)
-    if record is not None:
-        record_gathered(record, labels, kept, width)
-    loss = F.softplus(z.view(-1)[kept]).sum() + F.softplus(-z_target).sum()
+    if background is None:
+        F.threshold_(grad, threshold, 0.0)  # W * p off target: p where p >= xi, else 0
+        grad[rows, labels] = 0.0  # the target column is accounted for separately below
+        kept = grad.view(-1).nonzero().squeeze(1)
+        if record is not None:
+            record_flat(record, labels, kept)
+        off_target = F.softplus(z.view(-1).index_select(0, kept)).sum()
+    else:  # official mode: the background rows' W replaces their adaptive rows
+        drop = official_drop(grad, labels, threshold, background)
+        grad.masked_fill_(drop, 0.0)
+        if record is not None:
+            record_rows(record, labels, drop)
+        off_target = masked_softplus_sum(z, drop, scratch)
+    loss = off_target + F.softplus(-z_target).sum()
     grad[rows, labels] = torch.sigmoid(z_target) - 1.0
     return loss, grad
 
 
 def dense_form(z: Tensor, labels: Tensor, threshold: float, background: Any,
-               record: Record | None) -> tuple[Tensor, Tensor]:
+               record: Record | None, scratch: Scratch | None = None
+               ) -> tuple[Tensor, Tensor]:
     """(loss sum, gradient buffer N * dL/dz): a masked sum, no data-dependent shapes."""
     rows = torch.arange(z.shape[0], device=z.device)
     z_target = z[rows, labels]
@@ -175,9 +204,13 @@ class _ACSLFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, logits: Tensor, labels: Tensor, threshold: float, background: Any,
-        form: str, record: Record | None,
+        form: str, record: Record | tuple[Tensor, Tensor] | None, scratch: Scratch | None,
     ) -> Tensor:
-        loss, grad = _FORM_FNS[form](logits.contiguous(), labels, threshold, background, record)
+        sink = record if record is None or isinstance(record, Record) else Record(*record)
+        loss, grad = _FORM_FNS[form](logits.contiguous(), labels, threshold, background, sink,
+                                     scratch)
+        if sink is not record:  # a bare (counts, rois) pair is brought up to date now
+            sink.flush()
         ctx.save_for_backward(grad)
         ctx.n = logits.shape[0]
         return loss / ctx.n
@@ -186,13 +219,17 @@ class _ACSLFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        return grad * (grad_out / ctx.n), None, None, None, None, None
+        return grad * (grad_out / ctx.n), None, None, None, None, None, None
 
 
 def fused_acsl(logits: Tensor, labels: Tensor, threshold: float, background: Any, form: str,
-               record: Record | None = None) -> Tensor:
+               record: Record | tuple[Tensor, Tensor] | None = None,
+               scratch: Scratch | None = None) -> Tensor:
     """Mean ACSL of float32/64 ``logits`` (one target per row) in ``form``; ``background`` is
-    that form's official-mode W of the background rows (None: adaptive rule)."""
+    that form's official-mode W of the background rows (None: adaptive rule); ``record``
+    (a ``Record``, or a bare (counts, rois) pair, updated before this returns) gets the
+    batch's suppressions; ``scratch`` (the loss's own) spares the gathered form a
+    temporary per call."""
     if form not in _FORM_FNS:
         raise ValueError(f"ACSL form must be one of {', '.join(FORMS)}, got {form!r}")
-    return _ACSLFunction.apply(logits, labels, threshold, background, form, record)
+    return _ACSLFunction.apply(logits, labels, threshold, background, form, record, scratch)

@@ -11,7 +11,9 @@ permuted logits; ``scores`` returns (N, C) foreground scores in class order eith
     value = loss(class_logits, labels)                # in the box head's loss()
     scores = loss.scores(class_logits)                # in its inference, instead of softmax
 
-Labels outside 0..C are an error (checked on the host: one synchronisation per call).
+Labels outside 0..C are an error (checked on the host: one synchronisation per call);
+labels that are not an integer tensor and logits that are not floating point are a
+TypeError naming the dtype.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ class DetectionLoss(nn.Module):
         return torch.cat([logits[:, -1:], logits[:, :-1]], dim=1)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        _check_logits(logits)
+        if not isinstance(labels, Tensor) or labels.dtype == torch.bool or \
+                labels.dtype.is_floating_point or labels.dtype.is_complex:
+            kind = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+            raise TypeError(f"labels must be an integer tensor (torch.long), got {kind}")
         if labels.numel():
             lo, hi = int(labels.min()), int(labels.max())
             if lo < 0 or hi > self.num_classes:
@@ -59,7 +66,15 @@ class DetectionLoss(nn.Module):
 
     def scores(self, logits: Tensor) -> Tensor:
         """(N, C) per-class detection scores, column j = class j (0-based foreground)."""
+        _check_logits(logits)
         return self.loss.scores(self._to_first(logits))
+
+
+def _check_logits(logits: Tensor) -> None:
+    """Integer or bool logits would fail deep inside a loss (indexing, overflow)."""
+    if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point:
+        kind = logits.dtype if isinstance(logits, Tensor) else type(logits).__name__
+        raise TypeError(f"logits must be a floating-point tensor, got {kind}")
 
 
 def detection_loss(name: str, num_classes: int, background: str = "first", seed: int = 0,

@@ -25,6 +25,13 @@ with ``seed``; the first ``n_sample`` entries pick among the available rows in b
 Scores: softmax within each group; class score = p_group(class) * p_G0(foreground); the
 "others" probabilities are discarded; returned as (N, C) in label order.
 
+Classifier init (``classifier_init``). ``fresh`` (the default, the release): every row drawn
+from N(0, 0.01^2) with zero bias. The release builds its wider ``fc_cls`` in the bbox head,
+whose ``init_weights`` draws it so (mmdetection v1 ``BBoxHead``), and its checkpoint loader
+skips the stage-1 ``fc_cls``, whose shape differs, so nothing of it is copied.
+``stage1_rows``: the class rows and the background row copied from the stage-1 classifier,
+only the G0 any-foreground and "others" rows drawn (this project's earlier default).
+
 Speed: ``forward`` syncs with the host once (the per-group positive counts, which size the
 CPU draws) and has no data-dependent shapes besides: one batched stable argsort orders
 every group's rows as "positives, then others", each in batch order, so slices of it are
@@ -48,8 +55,10 @@ from acsl_cli.losses.base import ClassificationLoss, check_labels
 from acsl_cli.losses.common import counts_tensor, upcast
 from acsl_cli.losses.registry import register_loss
 
-#: Std of the normal init of logits that have no stage-1 counterpart ("others", G0 fg).
+#: Std of the normal init of new classifier rows (the release's ``fc_cls`` init).
 NEW_LOGIT_STD = 0.01
+#: How the stage-2 classifier starts (``classifier_init``); the first is the default.
+CLASSIFIER_INITS = ("fresh", "stage1_rows")
 
 
 def _bin_name(bins: Sequence[int], group: int) -> str:
@@ -96,6 +105,7 @@ class BalancedGroupSoftmax(ClassificationLoss):
         others_ratio: int = 8,
         seed: int = 0,
         instance_counts: Sequence[int] | None = None,
+        classifier_init: str = CLASSIFIER_INITS[0],
     ) -> None:
         super().__init__(num_classes, seed, instance_counts=instance_counts)
         assert instance_counts is not None
@@ -103,8 +113,12 @@ class BalancedGroupSoftmax(ClassificationLoss):
             raise ConfigError(
                 f"loss 'bags': others_ratio must be a positive integer, got {others_ratio!r}"
             )
+        if classifier_init not in CLASSIFIER_INITS:
+            raise ConfigError(f"loss 'bags': classifier_init must be one of "
+                              f"{', '.join(CLASSIFIER_INITS)}, got {classifier_init!r}")
         self.bins = _check_bins(bins)
         self.others_ratio = int(others_ratio)
+        self.classifier_init = classifier_init
 
         groups = assign_groups(instance_counts, self.bins)
         self.num_groups = len(self.bins) + 2  # G0 plus one per bin interval
@@ -193,10 +207,9 @@ class BalancedGroupSoftmax(ClassificationLoss):
 
     @torch.no_grad()
     def init_classifier(self, layer: nn.Linear, stage1: nn.Linear | None) -> None:
-        """New layer of its own width: class rows and the background row copied from the
-        stage-1 (C + 1)-way classifier, the "others" rows and G0's any-foreground row
-        drawn from N(0, 0.01^2) with zero bias. Without a stage-1 layer every row gets
-        that small init."""
+        """New layer of its own width, every row drawn from N(0, 0.01^2) (the global
+        generator) with zero bias; ``stage1_rows`` then copies the class rows and the
+        background row from the stage-1 (C + 1)-way classifier (when there is one)."""
         assert self.num_classes is not None
         width = self.num_outputs(self.num_classes)
         if layer.out_features != width:
@@ -205,7 +218,7 @@ class BalancedGroupSoftmax(ClassificationLoss):
             )
         nn.init.normal_(layer.weight, std=NEW_LOGIT_STD)
         nn.init.zeros_(layer.bias)
-        if stage1 is None:
+        if stage1 is None or self.classifier_init == "fresh":
             return
         if stage1.out_features != self.num_classes + 1 or stage1.in_features != layer.in_features:
             raise ValueError(

@@ -24,6 +24,7 @@ from torchvision.ops import misc
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from acsl_cli.errors import ConfigError, DataError
+from acsl_cli.tensor_file import load_state_dict_file
 
 _BACKBONES: dict[str, Callable[[Any], nn.Module]] = {}
 
@@ -79,24 +80,42 @@ def _resnet_fpn(arch: str, cfg: Any) -> nn.Module:
             raise DataError(
                 f"backbone.weights={weights}: cannot download {arch} weights ({reason}); "
                 f"offline, pass a local file: backbone.weights=/path/{arch}.pth") from None
-    if key.startswith("IMAGENET") and not Path(weights).exists():
-        raise ConfigError(f"backbone.weights={weights}: torchvision has no such {arch} weights "
-                          f"(choose from {', '.join(members)}, null or a local file)")
-    path = Path(weights)
-    if not path.is_file():
-        raise DataError(f"{path}: backbone weights file not found")
+    path = _local_weights(arch, weights)
+    state = load_state_dict_file(path, "backbone weights")
     model = resnet_fpn_backbone(backbone_name=arch, weights=None, trainable_layers=5,
                                 norm_layer=misc.FrozenBatchNorm2d)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
-        raise DataError(f"{path}: cannot load backbone weights ({e.__class__.__name__})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, _ = model.body.load_state_dict(state, strict=False)
+        missing, _ = model.body.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise DataError(f"{path}: not a {arch} state dict ({_one_line(e)})") from None
     if missing:
         raise DataError(f"{path}: not a {arch} state dict (missing {missing[0]}, ...)")
     _freeze_stages(model.body, trainable)
     return model
+
+
+def _local_weights(arch: str, weights: Any) -> Path:
+    """``backbone.weights=`` that is neither null nor torchvision's name: a local file."""
+    members = get_model_weights(arch).__members__
+    if str(weights).upper().startswith("IMAGENET") and not Path(weights).exists():
+        raise ConfigError(f"backbone.weights={weights}: torchvision has no such {arch} weights "
+                          f"(choose from {', '.join(members)}, null or a local file)")
+    return Path(weights)
+
+
+ARCHS = {"r50": "resnet50", "r101": "resnet101", "r152": "resnet152",
+         "x101_64x4d": "resnext101_64x4d", "x101_32x8d": "resnext101_32x8d"}
+
+
+def check_weights(cfg: Any) -> None:
+    """A local ``backbone.weights=`` file read (weights-only) and checked to be a state
+    dict: run before any data is generated or folder created."""
+    weights = getattr(cfg, "weights", None)
+    arch = ARCHS.get(str(getattr(cfg, "name", "")))
+    if arch is None or weights in (None, "", "none", "null") or \
+            str(weights).upper() in get_model_weights(arch).__members__:
+        return
+    load_state_dict_file(_local_weights(arch, weights), "backbone weights")
 
 
 def _one_line(reason: object) -> str:

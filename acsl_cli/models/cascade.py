@@ -7,16 +7,22 @@ every stage sees enough positives of the quality it is asked to output. Regressi
 class-agnostic, with tighter box-coder weights per stage (the refined deltas shrink).
 
 At test time every RoI passes all stages (the same RoIs, refined stage by stage); each
-classifier scores its own stage's features, the scores are averaged, and the last stage's
-regression gives the boxes. Classification loss and scoring belong to ``cls_loss`` as in
-the Faster R-CNN head, so no loss is special-cased here either; that is also why the
-scores, not the logits, are averaged (mmdetection averages logits, then activates): each
-classifier is scored by its loss's own rule (sigmoid, softmax, BAGS's group merge).
+classifier scores its own stage's features, the stages are combined (``stage_scores``), and
+the last stage's regression gives the boxes. Classification loss and scoring belong to
+``cls_loss`` as in the Faster R-CNN head, so no loss is special-cased here either.
+
+Combining the stages (``test.cascade_scores``): ``mean_logits`` (the default) averages the
+stages' raw classifier outputs and applies the last stage's loss's own activation to the
+mean (sigmoid, softmax, BAGS's group merge), as the ACSL release (mmdetection v1
+``CascadeRCNN.simple_test``: ``sum(ms_scores) / num_stages`` then the last head's
+``get_det_bboxes``) and mmdetection v2/v3 (``CascadeRoIHead``, raw ``cls_score`` averaged;
+a custom activation is applied per stage only to pick the refinement labels) do.
+``mean_probs`` scores each stage by its loss and averages the scores (detectron2's rule).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +32,12 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
+from acsl_cli.losses.common import upcast
 from acsl_cli.models.roi_heads import BoxPredictor, box_regression_loss, select_detections
 
 STAGES = "roi_heads.stages."
+#: How a cascade's stages are combined at test time (``test.cascade_scores``).
+CASCADE_SCORES = ("mean_logits", "mean_probs")
 
 
 def stage_prefix(i: int) -> str:
@@ -94,6 +103,7 @@ class CascadeRoIHeads(nn.Module):
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_img, self.pre_nms_topk = detections_per_img, pre_nms_topk
         self.cls_loss = cls_loss
+        self.cascade_scores = CASCADE_SCORES[0]  # the model's own forward; see stage_scores
 
     @property
     def classifiers(self) -> list[nn.Linear]:
@@ -190,16 +200,27 @@ class CascadeRoIHeads(nn.Module):
         if self.training:
             return [], self.losses(features, proposals, image_shapes, targets)
         stage_feats, deltas, boxes = self.test_stages(features, proposals, image_shapes)
-        scores = mean_scores([self.cls_loss.scores(layer(f)) for layer, f in zip(
-            self.classifiers, stage_feats, strict=True)])
+        logits = [layer(f) for layer, f in zip(self.classifiers, stage_feats, strict=True)]
+        scores = stage_scores(logits, [self.cls_loss] * len(logits), self.cascade_scores)
         return self.detect(scores, deltas, boxes, image_shapes), {}
 
 
-def mean_scores(per_stage: list[Tensor]) -> Tensor:
-    """The stages' per-class scores averaged (one stage: its scores as they are)."""
-    if len(per_stage) == 1:
-        return per_stage[0]
-    return torch.stack(per_stage).mean(0)
+def stage_scores(logits: Sequence[Tensor], losses: Sequence[ClassificationLoss],
+                 rule: str = CASCADE_SCORES[0]) -> Tensor:
+    """Per-class scores (N, C) from each stage's logits and loss (one stage: its loss's
+    scores). ``mean_logits``: the last stage's loss scores the mean of the logits (half
+    precision averaged in float32); ``mean_probs``: each stage's scores, averaged."""
+    if len(logits) != len(losses):
+        raise ValueError(f"cascade: {len(logits)} stages' logits for {len(losses)} losses")
+    if len(logits) == 1:
+        return losses[0].scores(logits[0])
+    if rule == "mean_logits":
+        return losses[-1].scores(torch.stack([upcast(z) for z in logits]).mean(0))
+    if rule == "mean_probs":
+        return torch.stack([loss.scores(z) for loss, z in zip(losses, logits, strict=True)]
+                           ).mean(0)
+    raise ValueError(f"cascade: unknown stage scoring {rule!r}, expected one of "
+                     f"{', '.join(CASCADE_SCORES)}")
 
 
 def cascade_heads(old, cls_loss: ClassificationLoss, num_logits: int, representation_size: int,

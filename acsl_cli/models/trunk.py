@@ -5,7 +5,7 @@ features is shared by every head: ``FrozenTrunk`` runs that part once per batch 
 several heads (a ``cls_score`` layer plus the loss that trains and scores it) use the same
 RoIs. A detector has one stage (Faster R-CNN) or several (Cascade R-CNN, whose RoIs and
 features differ per stage): a head has one layer and one loss per stage, and its test
-scores are the mean of its stages' scores.
+scores combine its stages by ``cascade_scores`` (``models.cascade.stage_scores``).
 
 It goes through the detector's own modules (transform, backbone, RPN, RoI pooling)
 rather than re-implementing ``GeneralizedRCNN.forward``, and never swaps attributes of the
@@ -26,7 +26,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
-from acsl_cli.models.cascade import STAGES, mean_scores, stage_prefix
+from acsl_cli.models.cascade import CASCADE_SCORES, STAGES, stage_prefix, stage_scores
 
 #: per detector stage: (the cls_score layers, the losses that score them)
 Scorer = tuple[Sequence[nn.Module], Sequence[ClassificationLoss]]
@@ -38,8 +38,10 @@ class FrozenTrunk:
 
     def __init__(self, detector: FasterRCNN, scales: Sequence[int] | None = None,
                  flip: bool = False, max_detections: int | None = None,
-                 rois_per_image: int | None = None) -> None:
+                 rois_per_image: int | None = None,
+                 cascade_scores: str = CASCADE_SCORES[0]) -> None:
         self.detector = detector
+        self.cascade_scores = cascade_scores  # how a cascade's stages make one score
         self.scales, self.flip = list(scales or []), bool(flip)
         self.max_detections = max_detections or detector.roi_heads.detections_per_img
         # stage 2 may sample more RoIs per image than stage 1 did (the paper: 512)
@@ -99,26 +101,59 @@ class FrozenTrunk:
         With test ``scales`` and/or ``flip`` (set at construction), every variant is run and
         each image's detections of all variants are merged before one final NMS.
         """
-        d = self.detector
-        if scorers is None:
-            scorers = {"model": self.stage1_scorer}
+        scorers = scorers if scorers is not None else {"model": self.stage1_scorer}
+        parts = self._variants(images, scorers, self.max_detections)
         if not self.scales and not self.flip:
-            return self._detect_once(images, scorers, d.transform)
+            return parts[0]
+        return self._merge(parts, scorers, len(images), self.max_detections)
+
+    @torch.no_grad()
+    def detect_wide(self, images: list[Tensor], scorers: Mapping[str, Scorer] | None,
+                    keep: int) -> tuple[dict[str, list[dict[str, Tensor]]],
+                                        dict[str, list[dict[str, Tensor]]]]:
+        """``detect``'s detections and, from the same pass, up to ``keep`` per image (the
+        fixed protocol's inference, which has no per-image cap but the candidates').
+
+        NMS returns boxes by descending score, so the first ``max_detections`` of a wide
+        list are exactly ``detect``'s; with test scales or flip, each variant's first
+        ``max_detections`` are merged for the standard list as ``detect`` merges them.
+        """
+        scorers = scorers if scorers is not None else {"model": self.stage1_scorer}
+        keep = max(keep, self.max_detections)
+        parts = self._variants(images, scorers, keep)
+        if not self.scales and not self.flip:
+            return _first(parts[0], self.max_detections), parts[0]
+        standard = [_first(p, self.max_detections) for p in parts]
+        return (self._merge(standard, scorers, len(images), self.max_detections),
+                self._merge(parts, scorers, len(images), keep))
+
+    def _variants(self, images: list[Tensor], scorers: Mapping[str, Scorer], keep: int
+                  ) -> list[dict[str, list[dict[str, Tensor]]]]:
+        """Detections of each test variant (one without test scales or flip)."""
+        if not self.scales and not self.flip:
+            return [self._detect_once(images, scorers, self.detector.transform, keep)]
         parts: list[dict[str, list[dict[str, Tensor]]]] = []
         for transform in self.transforms:
-            parts.append(self._detect_once(images, scorers, transform))
+            parts.append(self._detect_once(images, scorers, transform, keep))
             if self.flip:
-                flipped = self._detect_once([im.flip(-1) for im in images], scorers, transform)
+                flipped = self._detect_once([im.flip(-1) for im in images], scorers, transform,
+                                            keep)
                 parts.append({k: [_unflip(r, im.shape[-1]) for r, im in zip(v, images,
                                                                              strict=True)]
                               for k, v in flipped.items()})
-        nms = d.roi_heads.nms_thresh
-        return {name: [merge_detections([p[name][i] for p in parts], nms, self.max_detections)
-                       for i in range(len(images))]
+        return parts
+
+    def _merge(self, parts: list[dict[str, list[dict[str, Tensor]]]],
+               scorers: Mapping[str, Scorer], n_images: int, keep: int
+               ) -> dict[str, list[dict[str, Tensor]]]:
+        nms = self.detector.roi_heads.nms_thresh
+        return {name: [merge_detections([p[name][i] for p in parts], nms, keep)
+                       for i in range(n_images)]
                 for name in scorers}
 
     def _detect_once(self, images: list[Tensor], scorers: Mapping[str, Scorer],
-                     transform: GeneralizedRCNNTransform) -> dict[str, list[dict[str, Tensor]]]:
+                     transform: GeneralizedRCNNTransform, keep: int
+                     ) -> dict[str, list[dict[str, Tensor]]]:
         d = self.detector
         sizes = [tuple(im.shape[-2:]) for im in images]
         images_t, _ = transform(images)
@@ -129,19 +164,29 @@ class FrozenTrunk:
                                                       images_t.image_sizes)
         out = {}
         for name, (layers, losses) in scorers.items():
-            scores = mean_scores([loss.scores(layer(f)) for layer, loss, f in zip(
-                layers, losses, feats, strict=True)])
-            dets = rh.detect(scores, box_regression, boxes, images_t.image_sizes,
-                             self.max_detections)
+            scores = stage_scores([layer(f) for layer, f in zip(layers, feats, strict=True)],
+                                  losses, self.cascade_scores)
+            dets = rh.detect(scores, box_regression, boxes, images_t.image_sizes, keep)
             out[name] = transform.postprocess(dets, images_t.image_sizes, sizes)
         return out
+
+
+def _first(dets: dict[str, list[dict[str, Tensor]]], n: int
+           ) -> dict[str, list[dict[str, Tensor]]]:
+    """Each image's first ``n`` detections (the highest-scoring: NMS keeps score order), as
+    copies: consumers may convert boxes in place."""
+    return {name: [{k: v[:n].clone() for k, v in r.items()} for r in per_image]
+            for name, per_image in dets.items()}
 
 
 def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping[str, Any]
                     ) -> dict[str, Any]:
     """A detector state dict whose ``cls_score`` is replaced by ``classifier_state`` (a
-    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``)."""
+    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``). A classifier of the
+    other detector kind is a ValueError."""
     if any(k.startswith(CLS_SCORE) for k in detector_state):
+        if any("." in k for k in classifier_state):
+            raise ValueError("a cascade's classifier on a Faster R-CNN")
         state = {k: v for k, v in detector_state.items() if not k.startswith(CLS_SCORE)}
         state.update({CLS_SCORE + k: v for k, v in classifier_state.items()})
         return state
@@ -149,7 +194,9 @@ def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping
     state = {k: v for k, v in detector_state.items()
              if not (k.startswith(STAGES) and cls in k)}
     for k, v in classifier_state.items():
-        stage, name = k.split(".", 1)
+        stage, dot, name = k.partition(".")
+        if not dot or not stage.isdigit():
+            raise ValueError("a Faster R-CNN's classifier on a cascade")
         state[stage_prefix(int(stage)) + cls[1:] + name] = v
     return state
 

@@ -1,12 +1,16 @@
 """``--dry-run``: what a command would do, from the plan alone. Prints every run's and
 head's resolved settings, which stage-1 entries are cached and which would be trained,
-and the disk a run needs; it writes nothing (no output folder, no data, no cache)."""
+and the disk a run needs; it writes nothing (no output folder, no data, no cache). The
+real command's checks before any work (preflight: a taken run_name, an output_root that
+is a file, backbone weights, the out= file) run first, so a plan that would fail is not
+printed as if it would run."""
 
 from __future__ import annotations
 
 from acsl_cli.engine import distributed as dist
 from acsl_cli.layout import OutputLayout
-from acsl_cli.pipeline.preflight import disk_needed
+from acsl_cli.pipeline.preflight import check_run, disk_needed
+from acsl_cli.pipeline.rundir import check_out_file
 from acsl_cli.pipeline.stage1_cache import FILES
 from acsl_cli.plan import EvalPlan, RunPlan, SweepPlan
 from acsl_cli.settings import stage1_key, yaml_text
@@ -37,10 +41,13 @@ def describe_run(plan: RunPlan, title: str = "run") -> str:
 
 
 def describe_train(plan: RunPlan) -> str:
+    check_run(plan.settings, len(plan.heads), dry_run=True)
     return describe_run(plan) + "\n# dry run: nothing was written"
 
 
 def describe_sweep(plan: SweepPlan) -> str:
+    for run in plan.runs:
+        check_run(run.settings, len(run.heads), dry_run=True)
     parts = [describe_run(run, f"run {i} ({setting or 'as given'})")
              for i, (run, setting) in enumerate(zip(plan.runs, plan.settings, strict=True))]
     keys = {_stage1(run) for run in plan.runs}
@@ -54,6 +61,10 @@ def describe_sweep(plan: SweepPlan) -> str:
 def describe_eval(plan: EvalPlan) -> str:
     """What ``eval`` would score: a checkpoint's saved settings with the overrides (and its
     loss, which scores), or a results file against its annotations."""
+    if plan.out:
+        from pathlib import Path
+
+        check_out_file(Path(plan.out))
     if plan.ckpt:
         from acsl_cli.engine.checkpoint import load_checkpoint
         from acsl_cli.plan import checkpoint_settings

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from acsl_cli.errors import ConfigError
 from acsl_cli.plan import EvalPlan
 
 
-def run_eval_results(plan: EvalPlan) -> tuple[dict[str, float], str]:
-    """Metrics of ``dets=`` (LVIS results JSON, or Open Images predictions CSV) and the
+def run_eval_results(plan: EvalPlan) -> tuple[dict[str, dict[str, float]], str]:
+    """Metrics of ``dets=`` (LVIS results JSON, or Open Images predictions CSV) per
+    protocol (``test.protocol``; Open Images: its own metric, as "standard") and the
     one-line account of the frequency groups."""
     assert plan.dets is not None and plan.ann is not None and plan.settings is not None
     s = plan.settings
+    protocols = s.test.protocols
     if plan.dets.lower().endswith(".csv"):  # Open Images predictions
+        if protocols != ("standard",):
+            raise ConfigError(f"test.protocol={s.test.protocol}: fixed and pooled are LVIS "
+                              "protocols; Open Images predictions have their own metric")
         from acsl_cli.evaluation.openimages_file import evaluate_predictions_file
 
         group_of_weight = float(s.dataset.get("group_of_weight", 1.0))
@@ -18,8 +24,9 @@ def run_eval_results(plan: EvalPlan) -> tuple[dict[str, float], str]:
                                        expand=s.test.expand_hierarchy,
                                        group_of_weight=group_of_weight,
                                        unknown_images=s.test.unknown_images)
-        return oi.metrics, oi.groups_note
+        return {"standard": oi.metrics}, oi.groups_note
     from acsl_cli.evaluation.results import evaluate_results_file
 
-    result = evaluate_results_file(plan.dets, plan.ann, plan.train_ann)
-    return result.metrics, result.groups_note or ""
+    result = evaluate_results_file(plan.dets, plan.ann, plan.train_ann, protocols,
+                                   s.test.dets_per_class)
+    return result.by_protocol, result.groups_note or ""

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from acsl_cli.data.datasets import GENERATED_KINDS, OPENIMAGES_KINDS
 from acsl_cli.engine.distributed import resolve_device
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.layout import OutputLayout
+from acsl_cli.models.backbones import check_weights
 from acsl_cli.pipeline.rundir import (
     atomic_write_json,
     check_free_disk,
@@ -52,10 +54,12 @@ def disk_needed(s: Settings, num_heads: int) -> int:
     return int(checkpoint_bytes(s) * (3 + num_heads) * MARGIN)
 
 
-def check_run(s: Settings, num_heads: int) -> None:
-    """Everything about paths, space and packages that can be known before a run starts."""
+def check_run(s: Settings, num_heads: int, dry_run: bool = False) -> None:
+    """Everything about paths, space and packages that can be known before a run starts
+    (a dry run creates nothing, not even output_root)."""
     check_tracker(s.tracker)
-    check_output_root(Path(s.output_root))
+    check_weights(s.backbone)
+    check_output_root(Path(s.output_root), create=not dry_run)
     if s.run_name:
         check_run_name(s.run_name)
         taken = OutputLayout.at(s.output_root).run(s.run_name)
@@ -68,10 +72,21 @@ def check_run(s: Settings, num_heads: int) -> None:
         raise ConfigError("amp=fp16 needs CUDA (use amp=bf16 or amp=off on this device)")
 
 
-def write_out(path: str | Path, metrics: Mapping[str, float], saved_run: Path | None) -> None:
-    """The ``out=`` file; if it cannot be written, the finished run is not lost."""
+def write_out(path: str | Path, metrics: Mapping[str, Any], saved_run: Path | None,
+              calibration: Mapping | None = None) -> None:
+    """The ``out=`` file; if it cannot be written, the finished run is not lost. ``metrics``
+    is one row, or {protocol: row}: one protocol writes its row's keys (as always), several
+    an object of rows by protocol. With ``test.calibration``, its record (the gamma curve,
+    the pick) is under ``calibration``."""
+    if all(isinstance(v, Mapping) for v in metrics.values()):
+        rows = {p: metrics_json(m) for p, m in metrics.items()}
+        data: dict = dict(next(iter(rows.values()))) if len(rows) == 1 else rows
+    else:
+        data = dict(metrics_json(metrics))
+    if calibration is not None:
+        data["calibration"] = dict(calibration)
     try:
-        atomic_write_json(Path(path), metrics_json(metrics))
+        atomic_write_json(Path(path), data)
     except OSError as e:
         where = f"; the run is saved in {saved_run}" if saved_run else ""
         raise DataError(f"out={path}: cannot write ({e.strerror or e}){where}") from None

@@ -17,7 +17,7 @@ __all__ = ["ReportResult", "is_main", "metrics_table", "print_stats", "run_repor
 class ReportResult:
     table: object  # a rich renderable: the comparison as the terminal shows it
     markdown: Path
-    figures: int
+    figures: int  # -1 on a dry run (nothing drawn)
     out: Path
 
 
@@ -40,13 +40,18 @@ def print_stats(stats: dict, title: str) -> None:
     show(stats, title)
 
 
-def run_report(args: Sequence[str]) -> ReportResult:
-    """``FOLDER... [out=DIR] [baseline=NAME]``: compare the runs, write the report."""
-    from acsl_cli.reporting.compare import compare, terminal_table
+def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
+    """``FOLDER... [out=DIR] [baseline=NAME] [resamples=N] [bootstrap_seed=S]``: compare
+    the runs, write the report (on a dry run: read and compare them, write nothing).
+    ``resamples`` (default 1000, 0 = off) and ``bootstrap_seed`` (default 0) drive the
+    image bootstrap of single-seed differences."""
+    from acsl_cli.reporting.compare import compare
+    from acsl_cli.reporting.compare_tables import terminal_table
     from acsl_cli.reporting.report import write_report
     from acsl_cli.reporting.runs import load_runs
 
-    folders, options = [], {"out": None, "baseline": None}
+    folders, options = [], {"out": None, "baseline": None, "resamples": "1000",
+                            "bootstrap_seed": "0"}
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key in options:
@@ -54,13 +59,27 @@ def run_report(args: Sequence[str]) -> ReportResult:
                 raise ConfigError(f"{key}=: needs a value")
             options[key] = value
         elif sep and not Path(arg).exists():
-            raise ConfigError(f"{key}: unknown option (acsl report takes out= and baseline=)")
+            raise ConfigError(f"{key}: unknown option (acsl report takes out=, baseline=, "
+                              "resamples= and bootstrap_seed=)")
         else:
             folders.append(arg)
+    resamples, seed = (_count(k, options[k]) for k in ("resamples", "bootstrap_seed"))
     if not folders:
         raise ConfigError("acsl report: give at least one run or sweep folder")
     runs = load_runs(folders)
     out = Path(options["out"] or Path(folders[0]) / "report")
-    written = write_report(runs, out, options["baseline"])
-    table = terminal_table(compare(runs, options["baseline"]))
-    return ReportResult(table, written[0], len(written) - 3, out)
+    c = compare(runs, options["baseline"], resamples, seed)
+    if dry_run:
+        return ReportResult(terminal_table(c), out / "report.md", -1, out)
+    written = write_report(runs, out, options["baseline"], comparison=c)
+    return ReportResult(terminal_table(c), written[0], len(written) - 3, out)
+
+
+def _count(key: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ConfigError(f"{key}={value}: must be an integer >= 0")
+    return n

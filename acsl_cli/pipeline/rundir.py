@@ -140,13 +140,17 @@ def _probe_write(folder: Path, key: str, shown: Path) -> None:
         raise ConfigError(f"{key}={shown}: {folder} is not writable ({e.strerror or e})") from None
 
 
-def check_output_root(path: Path, key: str = "output_root") -> None:
-    """An existing or creatable, writable directory (it is created here)."""
+def check_output_root(path: Path, key: str = "output_root", create: bool = True) -> None:
+    """An existing or creatable, writable directory (it is created here, unless
+    ``create=False``: a dry run then probes its nearest existing ancestor)."""
     path = Path(path)
     found = _nearest_existing(path)
     if not found.is_dir():
         where = "" if found == Path(os.path.abspath(path)) else f"{found} "
         raise ConfigError(f"{key}={path}: {where}is not a directory")
+    if not create:
+        _probe_write(found, key, path)
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

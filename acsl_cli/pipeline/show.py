@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from acsl_cli.errors import ConfigError, DataError
+from acsl_cli.files import staged_folder
 from acsl_cli.plan_show import ShowPlan
 from acsl_cli.reporting.drawing import Box, crop_page, draw_boxes
 
@@ -28,12 +29,18 @@ class Scene:
 
 
 def run_show(plan: ShowPlan) -> list[Path]:
-    """Write the pictures into ``plan.out``; returns their paths."""
+    """Write the pictures into ``plan.out`` (whole or not at all); returns their paths."""
+    if plan.image_dir and not Path(plan.image_dir).is_dir():
+        raise DataError(f"image_dir={plan.image_dir}: no such folder")
+    with staged_folder(plan.out) as stage:
+        names = [p.name for p in _draw(plan, stage)]
+    return [Path(plan.out) / name for name in names]
+
+
+def _draw(plan: ShowPlan, out: Path) -> list[Path]:
     scene = _head_scene(plan) if plan.ckpt else _file_scene(plan)
     cats = {c["id"]: c for c in scene.gt["categories"]}
     chosen = _chosen(plan.classes, cats)
-    out = Path(plan.out)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     by_image: dict[int, list[dict]] = {}
     for d in scene.dets:
@@ -66,18 +73,18 @@ def run_show(plan: ShowPlan) -> list[Path]:
 
 def _head_scene(plan: ShowPlan) -> Scene:
     from acsl_cli.data.annotations import load_json
+    from acsl_cli.engine.checkpoint import load_checkpoint
     from acsl_cli.evaluation.detections import validate_detections
     from acsl_cli.pipeline.components import load_data
     from acsl_cli.plan import checkpoint_settings
 
     assert plan.ckpt is not None
+    ckpt = load_checkpoint(plan.ckpt)  # a missing or unreadable file is named as such
     results = Path(plan.ckpt).parent / "results.json"
     if not results.is_file():
         raise DataError(f"{plan.ckpt}: no results.json beside it (acsl show draws a head's "
                         "saved val detections; Open Images heads save predictions.csv)")
-    from acsl_cli.engine.checkpoint import load_checkpoint
-
-    settings, _ = checkpoint_settings(plan.as_eval(), load_checkpoint(plan.ckpt))
+    settings, _ = checkpoint_settings(plan.as_eval(), ckpt)
     data = load_data(settings)
     dets = load_json(results)
     validate_detections(data.val_gt, dets, str(results))

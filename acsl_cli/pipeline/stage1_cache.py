@@ -27,7 +27,7 @@ from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import (
     HEAD_FORMAT,
     load_checkpoint,
-    load_head_base,
+    load_head_state,
     load_state_file,
     save_checkpoint,
 )
@@ -35,9 +35,11 @@ from acsl_cli.engine.loaders import loader_generators
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.train_detector import train_detector
 from acsl_cli.errors import DataError
-from acsl_cli.layout import OutputLayout
+from acsl_cli.evaluation.match_file import save_matches
+from acsl_cli.layout import MATCHES, OutputLayout
+from acsl_cli.models.cascade import CASCADE_SCORES
 from acsl_cli.models.init import detector_state, load_matching
-from acsl_cli.models.trunk import FrozenTrunk, with_classifier
+from acsl_cli.models.trunk import FrozenTrunk
 from acsl_cli.pipeline.components import build_model, loss_context, make_loss, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate, validation
 from acsl_cli.pipeline.rundir import (
@@ -93,6 +95,8 @@ def train_or_load_stage1(s: Settings, data: DatasetBundle, device: str) -> Stage
                 ckpt = load_checkpoint(folder / "checkpoint.pt")
                 model.load_state_dict(ckpt["model"])
                 saved = json.loads((folder / "metrics.json").read_text())
+                if _old_cascade_row(model, saved):
+                    saved = _rescore(s, data, model, device, folder, saved)
                 metrics = {k: _nan(v) for k, v in saved["metrics"].items()}
                 per_cat = [{**r, "AP": _nan(r["AP"])} for r in saved["per_category"]]
                 log.info("stage 1: reusing %s", folder)
@@ -121,9 +125,9 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
     log.info("stage 1: trained in %.1f s", time.time() - t0)
     # the cached row is scored the canonical way (one scale, no flip, 300 detections);
     # runs with other test settings re-score stage 1 themselves
-    ev = evaluate(s, data, FrozenTrunk(model), None, device)
+    ev = evaluate(s, data, FrozenTrunk(model), None, device, protocols=("standard",))
     saved = {"metrics": ev.metrics["model"], "per_category": ev.per_category["model"],
-             "train_seconds": time.time() - t0}
+             "train_seconds": time.time() - t0, "cascade_scores": CASCADE_SCORES[0]}
     if dist.is_main():
         tmp = tmp_name(folder)
         try:
@@ -132,11 +136,33 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
             atomic_write_text(tmp / "config.yaml", s.to_yaml())
             atomic_write_json(tmp / "history.json", history)
             atomic_write_json(tmp / "metrics.json", saved)
+            if "model" in ev.matches:  # for the image bootstrap (not in FILES: optional)
+                save_matches(tmp / MATCHES, ev.matches["model"])
             entry.publish(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         resume.unlink(missing_ok=True)
     return Stage1Result(model, folder, saved["metrics"], saved["per_category"], False)
+
+
+def _old_cascade_row(model: nn.Module, saved: dict) -> bool:
+    """Whether a cached cascade's row was scored before ``mean_logits`` became the
+    canonical stage scoring (such entries hold no ``cascade_scores``)."""
+    stages = len(model.roi_heads.classifiers)
+    return stages > 1 and saved.get("cascade_scores") != CASCADE_SCORES[0]
+
+
+def _rescore(s: Settings, data: DatasetBundle, model: nn.Module, device: str, folder: Path,
+             saved: dict) -> dict:
+    """The cached row scored again the canonical way, and saved so (the detector stays)."""
+    log.info("stage 1: %s was scored by the mean of the stages' probabilities; re-scoring "
+             "it by the mean of their logits", folder)
+    ev = evaluate(s, data, FrozenTrunk(model), None, device)
+    saved = {**saved, "metrics": ev.metrics["model"], "per_category": ev.per_category["model"],
+             "cascade_scores": CASCADE_SCORES[0]}
+    if dist.is_main():
+        atomic_write_json(folder / "metrics.json", saved)
+    return saved
 
 
 def _validation_trunk(model: nn.Module):
@@ -149,7 +175,7 @@ def _apply_init(path: str, model: nn.Module) -> None:
     """``init=PATH``: an acsl checkpoint (detector or lean head) or a torchvision state dict."""
     obj = load_state_file(path)
     if isinstance(obj, dict) and obj.get("format") == HEAD_FORMAT:
-        obj = with_classifier(load_head_base(path, obj)["model"], obj["classifier"])
+        obj = load_head_state(path, obj)
     report = load_matching(model, detector_state(obj, str(path)), str(path))
     log.info("init from %s: %d tensors loaded", path, len(report.loaded))
     if report.reinitialised:

@@ -15,16 +15,18 @@ import numpy as np
 
 from acsl_cli.engine import distributed as dist
 from acsl_cli.errors import AcslError, ConfigError, DataError
-from acsl_cli.layout import OutputLayout
+from acsl_cli.layout import OutputLayout, pointer
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
 from acsl_cli.pipeline.sweep_name import taken_message
 from acsl_cli.pipeline.train import RunResult, train
 from acsl_cli.plan import RunPlan, SweepPlan, plan_sweep, saved_run_config
-from acsl_cli.reporting.compare import flatten
-from acsl_cli.reporting.figures import sweep_figures
+from acsl_cli.reporting.compare import compare
+from acsl_cli.reporting.compare_tables import json_rows, markdown
+from acsl_cli.reporting.figures import draw_figures
+from acsl_cli.reporting.runs import load_runs
 from acsl_cli.reporting.tables import markdown_mean_std, metrics_json, write_metrics
-from acsl_cli.settings import not_outcome_keys
+from acsl_cli.settings.pooling import differences
 
 log = logging.getLogger("acsl")
 
@@ -77,25 +79,11 @@ def pooled_by_variant(variants: Sequence[str], runs: Sequence[dict[str, dict[str
     return mean, std, max(len(g) for g in groups.values())
 
 
-# Not compared when a sweep reuses a finished run: what cannot change a result, what the
-# heads compare (loss, xi) and the run's record of itself.
-_NOT_COMPARED = {*not_outcome_keys(), "heads", "loss", "xi", "provenance"}
-
-
-def _outcome_values(node: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted path -> value of every setting that can change a result."""
-    return {k: v for k, v in flatten(node).items()
-            if k not in _NOT_COMPARED and k.split(".")[0] not in _NOT_COMPARED}
-
-
 def _first_difference(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> str | None:
-    """The first setting both configs hold with different values. A setting only one of them
-    holds is an option added since the run was saved: the run is still this one."""
-    a, b = _outcome_values(saved), _outcome_values(mine)
-    for k in sorted(a.keys() & b.keys()):
-        if a[k] != b[k]:
-            return f"{k}: {a[k]!r} there, {b[k]!r} here"
-    return None
+    """The first outcome setting (seed included) in which the saved run differs from this
+    one, by the rule that pools runs (``settings.pooling``)."""
+    diff = differences(saved, mine)
+    return None if not diff else f"{diff[0][0]}: {diff[0][1]!r} there, {diff[0][2]!r} here"
 
 
 def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
@@ -173,17 +161,27 @@ def _summary(plan: SweepPlan, base: str, root: Path, runs: list[RunResult],
                               {row: metrics_json(m) for row, m in std.items()})
             atomic_write_text(summary.path / "summary.md",
                               markdown_mean_std(mean, std, pooled))
-            atomic_write_text(summary.path / "runs.txt", "".join(
-                f"{setting}\t{r.run_dir}\n"
+            atomic_write_text(summary.path / "runs.txt", "".join(  # relative: moves along
+                f"{setting}\t{pointer(r.run_dir, folder)}\n"
                 for setting, r in zip(plan.settings, runs, strict=True)))
-            try:  # figures must not cost the sweep its summary
-                sweep_figures(summary.path)
+            try:  # intervals and figures must not cost the sweep its summary
+                _differences(summary.path, markdown_mean_std(mean, std, pooled))
             except AcslError as e:
-                log.warning("sweep figures skipped: %s", e)
+                log.warning("sweep intervals and figures skipped: %s", e)
             folder = summary.commit()
         if plan.out:
             write_out(plan.out, mean[list(mean)[-1]], folder)
     return SweepResult(folder, runs, mean, std, jobs)
+
+
+def _differences(folder: Path, table: str) -> None:
+    """Each row's difference against the stage-1 row with its 95 % interval (as ``acsl
+    report`` computes it) under summary.md's table and in deltas.json; the figures."""
+    c = compare(load_runs([folder]))
+    atomic_write_text(folder / "summary.md", f"{table}\n## Differences against the stage-1 "
+                      f"row (95 % intervals)\n\n{markdown(c)}")
+    atomic_write_json(folder / "deltas.json", json_rows(c))
+    draw_figures(c, folder)
 
 
 def _collected(folder: Path, plan: RunPlan) -> RunResult:

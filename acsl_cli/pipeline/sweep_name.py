@@ -8,27 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from acsl_cli.plan import SweepPlan, saved_run_config
-from acsl_cli.settings import not_outcome_keys
+from acsl_cli.settings.pooling import differences as pooled_differences
 
 SHOWN = 3  # differences named in the message
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def differences(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> list[str]:
-    """``key: saved -> mine`` for the settings that can change a result."""
-    skip = not_outcome_keys() | {"provenance", "heads"}
-    a, b = _flat(saved), _flat(mine)
-    keys = sorted(k for k in set(a) | set(b)
-                  if k not in skip and k.split(".")[0] not in skip and a.get(k) != b.get(k))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+    """``key: saved -> mine`` for the settings that can change a result (the rule of
+    ``settings.pooling``, seed included)."""
+    return [f"{k}: {a!r} -> {b!r}" for k, a, b in pooled_differences(saved, mine)]
 
 
 def _heads(config: Mapping[str, Any]) -> list[str]:

@@ -18,7 +18,11 @@ from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
 from acsl_cli.engine.finetune_heads import ClassifierHead, finetune_heads, new_head
 from acsl_cli.engine.schedule import StageSchedule
-from acsl_cli.layout import OutputLayout, pointer
+from acsl_cli.evaluation.lvis_protocols import protocol_label
+from acsl_cli.evaluation.match_file import save_matches
+from acsl_cli.files import atomic_write_bytes
+from acsl_cli.layout import MATCHES, OutputLayout, matches_file, pointer
+from acsl_cli.pipeline.calibrate import Row, finish_calibration, plan_calibration
 from acsl_cli.pipeline.components import (
     load_data,
     loss_context,
@@ -39,11 +43,13 @@ from acsl_cli.pipeline.rundir import (
     default_run_name,
 )
 from acsl_cli.pipeline.stage1_cache import (
+    CE,
     checkpoint_payload,
     replay_history,
     train_or_load_stage1,
 )
 from acsl_cli.plan import HeadSpec, RunPlan, plan_train
+from acsl_cli.reporting.calibration import write_calibration
 from acsl_cli.reporting.events import event_handlers
 from acsl_cli.reporting.suppression import write_suppression
 from acsl_cli.reporting.tables import markdown_table, write_metrics, write_per_category
@@ -113,15 +119,29 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
                            device, s.schedule.max_iters, s.progress, resume=resume, amp=s.amp,
                            after_epoch=check)
         scorers = {h.name: h.scorer for h in heads}
-        if not s.test.canonical:  # the cached stage-1 row was scored the canonical way
+        # the cached stage-1 row was scored the canonical way; an entry cached before
+        # matches were saved is scored again for its matches (the image bootstrap)
+        cached_matches = s1.folder / MATCHES
+        if not s.test.canonical or (data.openimages is None and not cached_matches.is_file()):
             scorers[STAGE1_ROW] = trunk.stage1_scorer
+        cal = plan_calibration(s, data, [Row(STAGE1_ROW, trunk.stage1_scorer, CE), *(
+            Row(spec.label, h.scorer, spec.loss) for spec, h in zip(plan.heads, heads,
+                                                                     strict=True))])
+        scorers.update(cal.scorers if cal is not None else {})
         ev = evaluate(s, data, trunk, scorers, device)
-        rows = {STAGE1_ROW: ev.metrics.get(STAGE1_ROW, s1.metrics),
-                **{h.label: ev.metrics[h.id] for h in plan.heads}}
-        per_cat = {STAGE1_ROW: ev.per_category.get(STAGE1_ROW, s1.per_category),
-                   **{h.label: ev.per_category[h.id] for h in plan.heads}}
+        rows, per_cat = protocol_rows(s.test.protocols, plan.heads, ev, s1.metrics,
+                                      s1.per_category)
+        calibration = None
+        if cal is not None:  # one row per head and gamma (and the pick), after the plain rows
+            calibration = finish_calibration(cal, s, data, trunk, device, ev.metrics,
+                                             ev.per_category)
+            rows.update(calibration.rows)
+            per_cat.update(calibration.per_category)
         if run is not None:
             _write_run(run.path, plan, data, heads, ev, rows, per_cat, s1.folder, origin)
+            _write_stage1_matches(run.path, ev, cached_matches)
+            if calibration is not None:
+                write_calibration(run.path, calibration.record)
             log.info("run finished in %.1f s; metrics (%%):\n%s", time.time() - t0,
                      markdown_table(rows, note=data.groups_note))
             final = run.commit()
@@ -129,9 +149,29 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         else:
             final = OutputLayout.at(s.output_root).run(name)
     if dist.is_main() and s.out:
-        write_out(s.out, rows[plan.heads[-1].label], final)
+        last = plan.heads[-1].label
+        write_out(s.out, {p: rows[protocol_label(last, p)] for p in s.test.protocols}, final)
     return RunResult(final, rows, per_cat, s1.folder, s1.reused, time.time() - t0,
                      data.groups_note)
+
+
+def protocol_rows(protocols: tuple[str, ...], heads: list[HeadSpec], ev: Evaluation,
+                  stage1_metrics: dict, stage1_per_category: list[dict]
+                  ) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """The run's rows, protocol after protocol (``label``, ``label [fixed]``, ...): the
+    stage-1 row (from the cache when this run did not re-score it), then each head."""
+    rows: dict[str, dict] = {}
+    per_cat: dict[str, list[dict]] = {}
+    for p in protocols:
+        stage1 = protocol_label(STAGE1_ROW, p)
+        rows[stage1] = ev.metrics.get(stage1, stage1_metrics)
+        if p != "pooled":
+            per_cat[stage1] = ev.per_category.get(stage1, stage1_per_category)
+        for h in heads:
+            rows[protocol_label(h.label, p)] = ev.metrics[protocol_label(h.id, p)]
+            if p != "pooled":
+                per_cat[protocol_label(h.label, p)] = ev.per_category[protocol_label(h.id, p)]
+    return rows, per_cat
 
 
 @contextmanager
@@ -182,11 +222,25 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
         ref = {"path": pointer(ckpt, where), "sha256": digest}
         _save_head(where, spec, data, head, ref)
         write_detections(folder / "heads" / spec.id, data, ev.detections[spec.id])
+        if spec.id in ev.top_detections:  # fixed / pooled: what those rows scored
+            atomic_write_json(folder / "heads" / spec.id / "results_topk.json",
+                              ev.top_detections[spec.id].as_results())
+        if spec.id in ev.matches:
+            save_matches(matches_file(folder, spec.id), ev.matches[spec.id])
     write_metrics(folder, rows, note=data.groups_note)
     s = data.stats
     counts = {cid: (s.image_counts[i], s.instance_counts[i])
               for i, cid in enumerate(data.cmap.category_ids)}
     write_per_category(folder / "per_category_ap.csv", per_cat, counts)
+
+
+def _write_stage1_matches(folder: Path, ev: Evaluation, cached: Path) -> None:
+    """The stage-1 row's matches: scored in this run, or copied from the cache entry."""
+    target = matches_file(folder, None)
+    if STAGE1_ROW in ev.matches:
+        save_matches(target, ev.matches[STAGE1_ROW])
+    elif cached.is_file():
+        atomic_write_bytes(target, cached.read_bytes())
 
 
 def write_detections(folder: Path, data: DatasetBundle, dets: list[dict]) -> None:

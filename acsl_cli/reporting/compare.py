@@ -1,14 +1,15 @@
-"""Runs -> one comparison: mean ± sample std over seeds per row, deltas against a baseline,
-as terminal, Markdown, CSV and JSON tables (percent, 2 decimals); ``report.py`` writes them.
+"""Runs -> one comparison: mean ± sample std over seeds per row, deltas against a baseline
+with their 95 % intervals (``deltas.py``); ``compare_tables.py`` renders it, ``report.py``
+writes it.
 
-Rows are pooled only across runs that differ in nothing but the seed: config keys that
-differ between runs (e.g. ``schedule.stage2.lr``) name a variant, shown after the label.
+Rows are pooled only across runs that differ in nothing but the seed (the rule of
+``settings.pooling``, shared with sweeps): outcome settings that differ between runs (e.g.
+``schedule.stage2.lr``) name a variant, shown after the label. A run without config.yaml
+has unknown settings and is pooled with no other run.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -18,14 +19,12 @@ from typing import Any
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.evaluation import METRIC_KEYS
+from acsl_cli.reporting.deltas import Bootstrapper, intervals, row_matches
+from acsl_cli.reporting.intervals import Interval
 from acsl_cli.reporting.runs import STAGE1_ROW, Run
-from acsl_cli.settings import not_outcome_keys
+from acsl_cli.settings.pooling import flatten, variant_names  # noqa: F401 - flatten: re-exported
 
 HEADLINE = ("AP", "APr", "APc", "APf")
-# Keys that do not change what a row measures: the settings declared so (where and how a
-# run was written), what pooling is over (seed), what head labels already state (loss,
-# xi) and the run's record of itself (heads, provenance: command line, versions, host).
-_NOT_A_VARIANT = {*not_outcome_keys(), "seed", "heads", "loss", "xi", "provenance"}
 
 
 @dataclass
@@ -41,9 +40,14 @@ class Summary:
     runs: list[str]
     seeds: list[int | None]  # distinct seeds, what the std is taken over
     mean: dict[str, float | None]
-    std: dict[str, float | None]
+    std: dict[str, float | None]  # None with one seed: no spread was measured
     delta: dict[str, float | None] = field(default_factory=dict)
     per_category: dict[int, float] = field(default_factory=dict)  # mean AP over runs
+    #: per seed (or run, without a seed): the metrics, and the matches files of its runs
+    per_seed: dict[Any, dict[str, float | None]] = field(default_factory=dict)
+    sources: dict[Any, list[Path | None]] = field(default_factory=dict)
+    baseline_row: str | None = None  # the row the deltas are taken against
+    interval: dict[str, Interval | None] = field(default_factory=dict)  # of each delta
 
 
 @dataclass
@@ -56,41 +60,43 @@ class Comparison:
         return next(r for r in self.rows if r.name == name)
 
 
-def compare(runs: Sequence[Run], baseline: str | None = None) -> Comparison:
-    """Pool rows over seeds and subtract the baseline (default: the stage-1 row)."""
+def compare(runs: Sequence[Run], baseline: str | None = None, resamples: int = 1000,
+            bootstrap_seed: int = 0) -> Comparison:
+    """Pool rows over seeds and subtract the baseline (default: the stage-1 row); each
+    difference gets its 95 % interval (``resamples`` image resamples where a row pair has
+    one seed; 0: no bootstrap)."""
     variants = _variants(runs)
     pooled: dict[tuple, list[tuple[Run, str]]] = {}
     for run in runs:
         for label, model in run.models.items():
             cfg = sorted((k, v) for k, v in model.loss_cfg.items() if k != "seed")
-            key = (label, variants[run.path], repr(cfg))
+            variant = " ".join(v for v in (variants[run.path], model.protocol)
+                               if v and v != "standard")
+            key = (label, variant, repr(cfg))
             pooled.setdefault(key, []).append((run, label))
     rows = [_summary(members, variant) for (_, variant, _), members in pooled.items()]
     _unique_names(rows)
     name = baseline or STAGE1_ROW
     _apply_deltas(rows, name)
+    boot = Bootstrapper(resamples, bootstrap_seed)
+    by_name = {r.name: r for r in rows}
+    for r in rows:
+        base = by_name.get(r.baseline_row or "")
+        r.interval = dict.fromkeys(METRIC_KEYS) if base is None or base is r else \
+            intervals((r.per_seed, r.sources), (base.per_seed, base.sources), boot)
     return Comparison(rows, name, list(runs))
 
 
 def _variants(runs: Sequence[Run]) -> dict[Path, str]:
-    """Per run, the config keys (shared by every run) whose values differ between runs."""
-    flat = [{k: v for k, v in flatten(r.config).items() if k not in _NOT_A_VARIANT
-             and k.split(".")[0] not in _NOT_A_VARIANT} for r in runs]
-    common = set.intersection(*(set(f) for f in flat)) if flat else set()
-    differing = sorted(k for k in common if len({repr(f[k]) for f in flat}) > 1)
-    return {r.path: " ".join(f"{k}={f[k]}" for k in differing)
-            for r, f in zip(runs, flat, strict=True)}
-
-
-def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings -> {dotted path: leaf value}."""
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    """Per run, its variant: the outcome settings whose values differ between the runs
+    (``settings.pooling``); runs get one variant exactly when they may be pooled."""
+    known = [r for r in runs if r.config]
+    names = dict(zip((r.path for r in known), variant_names([r.config for r in known]),
+                     strict=True))
+    for r in runs:
+        if not r.config:  # nothing says what it measured: a row of its own
+            names[r.path] = f"{r.name}: no config.yaml"
+    return names
 
 
 def _summary(members: list[tuple[Run, str]], variant: str) -> Summary:
@@ -101,20 +107,26 @@ def _summary(members: list[tuple[Run, str]], variant: str) -> Summary:
     for run, label in members:
         by_seed.setdefault(run.path if run.seed is None else run.seed, []).append((run, label))
     mean, std = {}, {}
+    per_seed_all: dict[Any, dict[str, float | None]] = {key: {} for key in by_seed}
     for k in METRIC_KEYS:
         vals = [[run.models[label].metrics[k] for run, label in same]
                 for same in by_seed.values()]
+        for key, same in zip(by_seed, vals, strict=True):
+            per_seed_all[key][k] = None if any(v is None for v in same) else \
+                statistics.fmean(same)  # type: ignore[arg-type]
         if any(v is None for same in vals for v in same):  # undefined in any run
             mean[k] = std[k] = None
             continue
         per_seed = [statistics.fmean(same) for same in vals]  # type: ignore[arg-type]
         mean[k] = statistics.fmean(per_seed)
-        std[k] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+        std[k] = statistics.stdev(per_seed) if len(per_seed) > 1 else None
     name = f"{first.label} [{variant}]" if variant else first.label
     seeds = [same[0][0].seed for same in by_seed.values()]
     return Summary(name, first.label, variant, first.loss, first.xi, first.loss_cfg,
                    [run.name for run, _ in members], seeds, mean, std,
-                   per_category=_per_category(members))
+                   per_category=_per_category(members), per_seed=per_seed_all,
+                   sources={key: [row_matches(run, label) for run, label in same]
+                            for key, same in by_seed.items()})
 
 
 def _per_category(members: list[tuple[Run, str]]) -> dict[int, float]:
@@ -140,87 +152,14 @@ def _unique_names(rows: list[Summary]) -> None:
 def _apply_deltas(rows: list[Summary], baseline: str) -> None:
     """A baseline given by its full name serves every row; a bare label (the default)
     serves the rows of its own variant."""
-    exact = [r for r in rows if r.name == baseline]
     per_variant = {r.variant: r for r in rows if r.label == baseline}
+    # a label in several variants (e.g. protocols: "acsl", "acsl [fixed]") is per variant
+    exact = [r for r in rows if r.name == baseline] if len(per_variant) < 2 else []
     if not exact and not per_variant:
         names = ", ".join(r.name for r in rows)
         raise ConfigError(f"baseline={baseline}: no such row (rows: {names})")
     for r in rows:
         base = exact[0] if exact else per_variant.get(r.variant)
+        r.baseline_row = None if base is None else base.name
         r.delta = {k: None if base is None or r.mean[k] is None or base.mean[k] is None
                    else r.mean[k] - base.mean[k] for k in METRIC_KEYS}
-
-
-def pct(v: float | None) -> str:
-    return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
-
-
-def signed(v: float | None) -> str:
-    """A delta with its sign; one that rounds to zero is +0.00, never -0.00."""
-    return "-" if v is None or math.isnan(v) else f"{100 * v + 0.0:+.2f}".replace(
-        "-0.00", "+0.00")
-
-
-def mean_std(r: Summary, k: str) -> str:
-    return "-" if r.mean[k] is None else f"{pct(r.mean[k])} ± {pct(r.std[k])}"
-
-
-def caption(c: Comparison) -> str:
-    seeds = sorted({s for r in c.runs if (s := r.seed) is not None})
-    return (f"mean ± sample std over seeds ({len(c.runs)} runs, seeds "
-            f"{', '.join(map(str, seeds)) or '?'}); Δ = mean - mean of '{c.baseline}', "
-            "percentage points; - = undefined")
-
-
-def terminal_table(c: Comparison, title: str = "comparison (%)"):
-    """The headline metrics with their deltas, for the console."""
-    from rich.table import Table
-
-    t = Table(title=title, caption=caption(c))
-    t.add_column("model")
-    t.add_column("seeds", justify="right")
-    for k in HEADLINE:
-        t.add_column(k, justify="right", style="bold")
-    for k in HEADLINE:
-        t.add_column(f"Δ{k}", justify="right")
-    for r in c.rows:
-        t.add_row(r.name, str(len(r.seeds)), *(mean_std(r, k) for k in HEADLINE),
-                  *(signed(r.delta[k]) for k in HEADLINE))
-    return t
-
-
-def markdown(c: Comparison) -> str:
-    keys = [*METRIC_KEYS, *(f"Δ{k}" for k in HEADLINE)]
-    lines = ["| model | seeds | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for r in c.rows:
-        cells = [mean_std(r, k) for k in METRIC_KEYS] + [signed(r.delta[k]) for k in HEADLINE]
-        lines.append(f"| {r.name} | {len(r.seeds)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + caption(c) + "\n"
-
-
-def _num(v: float | None) -> str:
-    return "" if v is None or math.isnan(v) else f"{100 * v:.2f}".replace("-0.00", "0.00")
-
-
-def csv_text(c: Comparison) -> str:
-    """One line per row; ``<metric>_mean/_std/_delta`` in percent, empty where undefined."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["model", "label", "variant", "loss", "xi", "runs", "seeds",
-                *(f"{k}_{s}" for k in METRIC_KEYS for s in ("mean", "std", "delta"))])
-    for r in c.rows:
-        w.writerow([r.name, r.label, r.variant, r.loss, "" if r.xi is None else r.xi,
-                    " ".join(r.runs), " ".join(str(s) for s in r.seeds),
-                    *(_num(d[k]) for k in METRIC_KEYS for d in (r.mean, r.std, r.delta))])
-    return buf.getvalue()
-
-
-def json_rows(c: Comparison) -> dict[str, Any]:
-    """The same numbers as JSON: percent rounded to 2 decimals, null where undefined."""
-    def p(d: Mapping[str, float | None]) -> dict[str, float | None]:
-        return {k: None if d[k] is None else round(100 * d[k], 2) for k in METRIC_KEYS}
-
-    return {"baseline": c.baseline, "rows": [
-        {"model": r.name, "label": r.label, "variant": r.variant, "loss": r.loss, "xi": r.xi,
-         "runs": r.runs, "seeds": r.seeds, "mean": p(r.mean), "std": p(r.std),
-         "delta": p(r.delta)} for r in c.rows]}

@@ -4,6 +4,8 @@ training (``schedule.eval_every_epochs``) in its ``events.jsonl``."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,23 +13,65 @@ from acsl_cli.reporting.runs import Run
 
 METRICS = ("AP", "APr")
 STAGES = ("stage 1", "stage 2")
+log = logging.getLogger("acsl")
 
 
 def validation_points(run: Run) -> dict[tuple[str, str], list[tuple[int, dict]]]:
-    """(stage, model) -> [(epoch, metrics)] of one run's validations, in logged order."""
+    """(stage, model) -> [(epoch, metrics)] of one run's validations, in logged order.
+
+    events.jsonl travels with the run and is read as plain data: a line that is not UTF-8
+    or not JSON (cut by a crash), or an eval event whose epoch is not a whole number or
+    whose AP/APr is neither a number in [0, 1] nor null, is skipped; one warning counts
+    them."""
     path = run.path / "events.jsonl"
     out: dict[tuple[str, str], list[tuple[int, dict]]] = {}
-    if not path.is_file():
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    except OSError as e:
+        log.warning("%s: not read (%s); no validation curves from it", path,
+                    e.strerror or e.__class__.__name__)
+        return out
+    bad = 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
         try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash: the rest still draws
-        if isinstance(event, dict) and event.get("type") == "eval" and "epoch" in event:
-            key = (str(event.get("stage")), str(event.get("model")))
-            out.setdefault(key, []).append((int(event["epoch"]), event))
+            event = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+            bad += 1
+            continue
+        if not (isinstance(event, dict) and event.get("type") == "eval" and "epoch" in event):
+            continue
+        epoch = _epoch(event["epoch"])
+        metrics = {k: event.get(k) for k in METRICS}
+        if epoch is None or not all(_metric_ok(v) for v in metrics.values()):
+            bad += 1
+            continue
+        key = (str(event.get("stage")), str(event.get("model")))
+        out.setdefault(key, []).append((epoch, metrics))
+    if bad:
+        log.warning("%s: %d line(s) skipped (not UTF-8 or JSON, or an eval event whose epoch "
+                    "or AP is not a number)", path, bad)
     return out
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number of an event")
+
+
+def _epoch(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and 0 <= value <= 10**9 else None
+
+
+def _metric_ok(value: object) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             and 0.0 <= value <= 1.0)
 
 
 def validation_curves(runs: Sequence[Run], path: Path) -> Path | None:

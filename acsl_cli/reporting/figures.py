@@ -195,12 +195,21 @@ def xi_sweep(c: Comparison, path: Path) -> Path | None:
         ax.set_title(k)
         ax.set_xlabel("ξ")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("AP (%), mean ± std over seeds")
+    axes[0].set_ylabel(f"AP (%), {_spread(c.rows)}")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)),
                fontsize=8)
     fig.suptitle("ACSL: metrics against ξ")
     return _save(fig, path)
+
+
+def _spread(rows: Sequence[Summary]) -> str:
+    """What the error bars are: a std needs two seeds."""
+    if all(len(r.seeds) < 2 for r in rows):
+        return "one seed per row (n=1: no std)"
+    if any(len(r.seeds) < 2 for r in rows):
+        return "mean ± std over seeds (none for n=1 rows)"
+    return "mean ± std over seeds"
 
 
 def group_bars(c: Comparison, path: Path) -> Path | None:
@@ -216,7 +225,7 @@ def group_bars(c: Comparison, path: Path) -> Path | None:
     for j, k in enumerate(keys):
         xs = [i + (j - 1) * width for i in range(n)]
         ys = [math.nan if r.mean[k] is None else 100 * r.mean[k] for r in rows]  # no bar
-        es = [0.0 if r.std[k] is None else 100 * r.std[k] for r in rows]
+        es = [0.0 if r.std[k] is None else 100 * r.std[k] for r in rows]  # none for n=1
         none = all(r.mean[k] is None for r in rows)
         ax.bar(xs, ys, width, yerr=es, capsize=2, color=GROUP_COLOURS[k[-1]],
                label=f"{k} ({GROUP_NAMES[k[-1]]}{': undefined' if none else ''})",
@@ -227,7 +236,7 @@ def group_bars(c: Comparison, path: Path) -> Path | None:
                        rotation=30 if rotate else 0, ha="right" if rotate else "center",
                        rotation_mode="anchor", fontsize=8)
     ax.set_ylim(bottom=0)  # AP is never negative; a large std is cut at 0
-    ax.set_ylabel("AP (%), mean ± std over seeds")
+    ax.set_ylabel(f"AP (%), {_spread(rows)}")
     ax.set_title("AP of rare / common / frequent categories per model")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
@@ -237,6 +246,8 @@ def group_bars(c: Comparison, path: Path) -> Path | None:
 def draw_figures(c: Comparison, out_dir: Path) -> tuple[list[Path], list[str]]:
     """Every figure the runs allow, and one note per figure that could not be drawn."""
     out_dir = Path(out_dir)
+    from acsl_cli.reporting.delta_figure import delta_bars  # it draws with this module
+
     paths: list[Path] = []
     notes: list[str] = []
     counts, why = _first_counts(c.runs)
@@ -247,7 +258,8 @@ def draw_figures(c: Comparison, out_dir: Path) -> tuple[list[Path], list[str]]:
     for draw, name, reason in (
             (per_category_ap, "per_category_ap.png", "no per_category_ap.csv in the runs"),
             (xi_sweep, "xi_sweep.png", "no ACSL heads with several xi"),
-            (group_bars, "group_ap.png", "APr / APc / APf undefined in every row")):
+            (group_bars, "group_ap.png", "APr / APc / APf undefined in every row"),
+            (delta_bars, "deltas.png", "no row has a difference to a baseline")):
         p = draw(c, out_dir / name)
         if p is not None:
             paths.append(p)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from acsl_cli.errors import ConfigError
-from acsl_cli.files import atomic_write_json, atomic_write_text
-from acsl_cli.reporting.compare import compare, csv_text, json_rows, markdown
+from acsl_cli.files import atomic_write_json, atomic_write_text, staged_folder
+from acsl_cli.reporting.compare import Comparison, compare
+from acsl_cli.reporting.compare_tables import csv_text, json_rows, markdown
 from acsl_cli.reporting.curves import validation_curves
 from acsl_cli.reporting.figures import draw_figures
 from acsl_cli.reporting.runs import Run
@@ -15,15 +15,23 @@ from acsl_cli.reporting.suppression import suppression_report
 from acsl_cli.reporting.tail_classes import tail_classes_markdown
 
 
-def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
-                 ) -> list[Path]:
-    """report.md, report.csv, report.json and the figures in ``out_dir``; returns them."""
-    c = compare(runs, baseline)
+def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None,
+                 comparison: Comparison | None = None) -> list[Path]:
+    """report.md, report.csv, report.json and the figures in ``out_dir``; returns them.
+    ``comparison``: ``compare(runs, baseline)`` already made (its bootstraps take time).
+
+    Everything is written into a hidden folder beside ``out_dir`` first and moved in when
+    all of it is there: a report that fails half-way leaves ``out_dir`` as it was (not
+    created, or with its earlier report)."""
+    c = comparison or compare(runs, baseline)
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"out={out_dir}: cannot create the folder ({e.strerror})") from None
+    with staged_folder(out_dir) as stage:
+        names = _write_all(c, runs, stage)
+    return [out_dir / name for name in names]
+
+
+def _write_all(c: Comparison, runs: Sequence[Run], out_dir: Path) -> list[str]:
+    """Every file of the report into ``out_dir``; their names, tables first."""
     figures, notes = draw_figures(c, out_dir)
     curves = validation_curves(runs, out_dir / "validation.png")
     if curves is not None:
@@ -42,4 +50,4 @@ def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
     atomic_write_text(paths[0], text)
     atomic_write_text(paths[1], csv_text(c))
     atomic_write_json(paths[2], json_rows(c))
-    return paths + figures + suppression_figures
+    return [p.name for p in paths + figures + suppression_figures]

@@ -11,17 +11,17 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from acsl_cli.data.annotations import load_json
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation import METRIC_KEYS
+from acsl_cli.evaluation.lvis_protocols import split_protocol
 from acsl_cli.evaluation.openimages_scoring import count_value
 from acsl_cli.layout import OutputLayout
+from acsl_cli.untrusted import load_yaml_mapping, read_text
 
 STAGE1_ROW = "stage1 (softmax CE)"  # the stage-1 row of every run (pipeline/train.py)
 _META = {"category_id", "name", "frequency", "group", "num_gt", "train_images",
@@ -37,6 +37,8 @@ class ModelRow:
     xi: float | None
     loss_cfg: Mapping[str, Any]
     metrics: Mapping[str, float | None]
+    #: the LVIS protocol of the row (metrics.json labels ``label [fixed]``, ``[pooled]``)
+    protocol: str = "standard"
 
 
 @dataclass(frozen=True)
@@ -95,22 +97,36 @@ def _expand(folder: Path) -> list[tuple[Path, str]]:
 
 
 def _sweep_runs(listing: Path) -> list[tuple[Path, str]]:
-    """runs.txt lines are ``setting<TAB>run path``; a moved sweep finds its runs beside it."""
+    """runs.txt lines are ``setting<TAB>run path``, the path relative to the sweep folder
+    (``../<name>-sweep-0``). The listing is untrusted data: a path must name a run inside
+    the sweep's own runs folder, so a copied or moved sweep reads its own runs, never the
+    original tree's. An absolute path (older sweeps wrote them) is read as the run of that
+    name beside the sweep."""
+    runs_folder = listing.parent.parent
     out = []
     for n, line in enumerate(_read_text(listing).splitlines(), 1):
         if not line.strip():
             continue
         setting, sep, where = line.rpartition("\t")
-        path = Path(where.strip())
-        beside = listing.parent.parent / path.name
-        if not path.is_dir() and beside.is_dir():
-            path = beside
-        if not sep or not (path / "metrics.json").is_file():
-            raise DataError(f"{listing}: line {n}: no run folder at '{where.strip()}'")
+        where = where.strip()
+        beside = runs_folder / Path(where).name
+        tries = [beside] if Path(where).is_absolute() else [listing.parent / where, beside]
+        path = next((p for p in tries if where and _run_inside(p, runs_folder)), None)
+        if not sep or path is None:
+            raise DataError(f"{listing}: line {n}: no run folder at '{where}' in "
+                            f"{runs_folder}")
         out.append((path, setting.strip()))
     if not out:
         raise DataError(f"{listing}: lists no runs")
     return out
+
+
+def _run_inside(path: Path, runs_folder: Path) -> bool:
+    try:
+        inside = runs_folder.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):
+        return False
+    return inside and (path / "metrics.json").is_file()
 
 
 def load_run(folder: Path, setting: str = "") -> Run:
@@ -120,7 +136,11 @@ def load_run(folder: Path, setting: str = "") -> Run:
     seed = config.get("seed")
     heads = {h.get("label"): h.get("loss") or {} for h in
              (config.get("heads") or {}).values() if isinstance(h, Mapping)}
-    models = {label: _model_row(label, heads.get(label), m) for label, m in metrics.items()}
+    models = {}
+    for label, m in metrics.items():
+        plain, protocol = split_protocol(label)
+        row = _model_row(plain, heads.get(plain), m)
+        models[label] = replace(row, protocol=protocol)
     csv_path = folder / "per_category_ap.csv"
     cats = read_per_category(csv_path, list(metrics)) if csv_path.is_file() else []
     return Run(folder, seed if isinstance(seed, int) else None, setting, config, models, cats)
@@ -168,14 +188,8 @@ def _metric(path: Path, label: str, key: str, value: Any) -> float | None:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(_read_text(path))
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(f"{path}: not valid YAML ({first})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping of config keys")
-    return data
+    """A run's config.yaml as plain data (``untrusted``: the one loader of such files)."""
+    return load_yaml_mapping(path)
 
 
 def read_per_category(path: Path, labels: Sequence[str]) -> list[CategoryAP]:
@@ -207,13 +221,7 @@ def _opt_float(text: str | None) -> float:
     return math.nan if text is None or text.strip() == "" else float(text)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e.__class__.__name__})") from None
+_read_text = read_text
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from acsl_cli.evaluation import METRIC_KEYS
@@ -30,8 +31,8 @@ def rich_table(rows: Mapping[str, Mapping[str, float]], title: str = "", note: s
     t.add_column("model")
     for k in METRIC_KEYS:
         t.add_column(k, justify="right", style="bold" if k in HEADLINE else None)
-    for name, m in rows.items():
-        t.add_row(name, *(pct(m.get(k)) for k in METRIC_KEYS))
+    for name, m in rows.items():  # escaped: "acsl [fixed]" is not a rich style tag
+        t.add_row(escape(name), *(pct(m.get(k)) for k in METRIC_KEYS))
     return t
 
 
@@ -95,11 +96,12 @@ def write_per_category(path: Path, per_category: Mapping[str, Sequence[Mapping]]
 def markdown_mean_std(mean: Mapping[str, Mapping[str, float]],
                       std: Mapping[str, Mapping[str, float]], runs: int,
                       keys: Sequence[str] = HEADLINE) -> str:
-    """A sweep's table: mean ± sample std over runs, in percent."""
-    lines = [f"| model (mean ± std over {runs} runs) | " + " | ".join(keys) + " |",
+    """A sweep's table: mean ± sample std over runs, in percent (one run: no std, n=1)."""
+    head = f"mean ± std over {runs} runs" if runs > 1 else "one run: n=1, no std"
+    lines = [f"| model ({head}) | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 1) + "|"]
     for name, m in mean.items():
-        cells = [f"{pct(m[k])} ± {pct(std[name][k])}" if not _undefined(m[k]) else "-"
-                 for k in keys]
+        cells = ["-" if _undefined(m[k]) else pct(m[k]) if runs < 2 else
+                 f"{pct(m[k])} ± {pct(std[name][k])}" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

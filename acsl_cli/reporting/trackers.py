@@ -4,7 +4,8 @@ scalars and its final metrics, fed from the same ``event`` log records as
 
 Scalars: ``<stage>/<name>`` against ``<stage>/iter`` (stage1, stage2), and each evaluated
 model's metrics as ``eval/<model>/<metric>``. W&B honours its own environment
-(``WANDB_PROJECT``, ``WANDB_MODE=offline``, ``WANDB_DIR``).
+(``WANDB_PROJECT``, ``WANDB_MODE=offline``, ``WANDB_DIR``); without ``WANDB_MODE`` and with
+no answer from its server, it runs offline with one warning (``wandb_mode``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from acsl_cli.errors import ConfigError
 
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}
+PROBE_SECONDS = 3.0
+log = logging.getLogger("acsl")
 
 
 def check_tracker(name: str) -> None:
@@ -70,6 +75,23 @@ class TensorBoardHandler(logging.Handler):
         super().close()
 
 
+def wandb_mode() -> str | None:
+    """W&B's mode: ``WANDB_MODE`` when set (W&B reads it); otherwise online only if its
+    server answers within a few seconds, else offline with one warning, instead of W&B's
+    minutes of retries and tracebacks (``wandb sync`` uploads an offline run later)."""
+    if os.environ.get("WANDB_MODE"):
+        return None
+    url = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=PROBE_SECONDS).close()
+    except OSError:
+        log.warning("tracker=wandb: %s does not answer; W&B runs offline (set WANDB_MODE to "
+                    "choose; upload later with wandb sync)", url.hostname)
+        return "offline"
+    return None
+
+
 class WandbHandler(logging.Handler):
     """A W&B run per acsl run; its files go to ``<output_root>/wandb`` (not into the run
     folder, which is renamed when it is complete)."""
@@ -81,7 +103,7 @@ class WandbHandler(logging.Handler):
         folder.mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(project=os.environ.get("WANDB_PROJECT", "acsl"), name=name,
                                dir=os.environ.get("WANDB_DIR", str(folder)), config=config,
-                               reinit="create_new")
+                               reinit="create_new", mode=wandb_mode())
         for stage in ("stage1", "stage2"):
             self._run.define_metric(f"{stage}/iter")
             self._run.define_metric(f"{stage}/*", step_metric=f"{stage}/iter")

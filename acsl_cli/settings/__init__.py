@@ -5,6 +5,7 @@ from acsl_cli.settings.declare import CACHES, DATA, STAGE1, STAGE2, declared
 from acsl_cli.settings.keys import config_hash, not_outcome_keys, stage1_key, stage2_key
 from acsl_cli.settings.sections import (
     BackboneSettings,
+    CalibrationSettings,
     DatasetSettings,
     DetectorSettings,
     LauncherSettings,
@@ -17,7 +18,8 @@ from acsl_cli.settings.sections import (
     yaml_text,
 )
 
-__all__ = ["CACHES", "DATA", "STAGE1", "STAGE2", "BackboneSettings", "DatasetSettings",
+__all__ = ["CACHES", "DATA", "STAGE1", "STAGE2", "BackboneSettings", "CalibrationSettings",
+           "DatasetSettings",
            "DetectorSettings", "LauncherSettings", "LossSettings", "SamplerSettings",
            "ScheduleSettings",
            "Settings", "StageSettings",

@@ -37,7 +37,8 @@ class Rule:
 
 def integer(lo: int | None = None, hi: int | None = None, null: bool = False) -> Rule:
     top = INT_MAX if hi is None else hi
-    rng = f" in [{lo}, {top}]" if lo is not None else ""
+    # no upper bound given: say so, not the machine's largest integer
+    rng = ("" if lo is None else f" >= {lo}" if hi is None else f" in [{lo}, {top}]")
 
     def check(key: str, v: Any) -> None:
         if v is None and null:
@@ -127,6 +128,21 @@ def list_of(rule: Rule, nonempty: bool = False, null: bool = False) -> Rule:
         return [rule.example(first)]
 
     return Rule(check, example)
+
+
+def one_or_list(rule: Rule) -> Rule:
+    """One value, or a non-empty list of distinct values, each passing ``rule``."""
+
+    def check(key: str, v: Any) -> None:
+        if isinstance(v, (list, tuple)):
+            if not v or len(set(map(repr, v))) != len(v):
+                _fail(key, v, "a value or a non-empty list of distinct values")
+            for i, x in enumerate(v):
+                rule(f"{key}[{i}]", x)
+        else:
+            rule(key, v)
+
+    return Rule(check, lambda v: rule.example(v[0] if isinstance(v, (list, tuple)) else v))
 
 
 def anything() -> Rule:

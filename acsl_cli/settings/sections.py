@@ -8,7 +8,7 @@ the yaml that documents it (``conf/``). Nothing else reads config keys.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from acsl_cli.errors import ConfigError
@@ -21,6 +21,7 @@ from acsl_cli.settings.rules import (
     integer,
     list_of,
     number,
+    one_or_list,
     text,
 )
 
@@ -28,6 +29,8 @@ SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays 
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 AMP_MODES = ("off", "bf16", "fp16")
 DETECTORS = ("faster_rcnn", "cascade_rcnn")
+#: LVIS evaluation protocols (evaluation.lvis_protocols)
+PROTOCOLS = ("standard", "fixed", "pooled")
 
 
 def yaml_text(data: Mapping[str, Any]) -> str:
@@ -78,6 +81,37 @@ class SamplerSettings:
     t: float | None = setting(None, number(0, 1, lo_open=True, null=True))
 
 
+#: ``KEY=VALUE`` spellings that set a section's leading field: ``test.calibration=norcal``
+#: means ``test.calibration.method=norcal`` (read by ``config.parse_overrides``)
+SHORTHANDS = {"test.calibration": "test.calibration.method"}
+#: keys whose comma list is one list value, never a sweep: ``test.calibration.gamma=0,0.5,1``
+#: scores one head with every value in one pass (``config.parse_overrides``)
+LIST_KEYS = ("test.calibration.gamma",)
+CALIBRATIONS = ("none", "norcal")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Post-hoc test-time calibration of a head's scores (``models.calibration``): NorCal
+    (Pan et al. 2021). Test-time only, so it enters no cache key."""
+
+    method: str = setting("none", choice(*CALIBRATIONS))
+    #: NorCal's exponent: class c's score is divided by N_c^gamma; a list scores the head
+    #: once per value, in the same frozen pass (0 = the head's own scores, exactly)
+    gamma: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0),
+                                       list_of(number(0, 100), nonempty=True))
+    #: N_c: train images that hold class c (the release's LVIS ``image_count``) or instances
+    counts: str = setting("images", choice("images", "instances"))
+    #: how the reported gamma is picked from several: ``heldout`` = on images generated from
+    #: the train distribution that no stage sees (generated sets only); ``none`` = none
+    #: picked, every gamma reported
+    select: str = setting("heldout", choice("heldout", "none"))
+    #: held-out images of a class: this fraction of its train images, at least one
+    heldout_fraction: float = setting(0.1, number(0, 1, lo_open=True))
+    #: the held-out metric the pick maximises (ties: the smaller gamma)
+    select_metric: str = setting("AP", choice("AP", "APr", "APc", "APf", "AP50", "AP75"))
+
+
 @dataclass(frozen=True)
 class TestSettings:
     scales: tuple[int, ...] | None = setting(None, list_of(integer(1, 100_000), nonempty=True,
@@ -87,11 +121,30 @@ class TestSettings:
     expand_hierarchy: bool = setting(False, boolean)
     #: Open Images ``eval dets=``: predictions for images not in the ground truth
     unknown_images: str = setting("ignore", choice("ignore", "error"))
+    #: LVIS protocol: standard (300 per image), fixed or pooled (Dave et al. 2021); a list
+    #: reports each side by side
+    protocol: str | tuple[str, ...] = setting("standard", one_or_list(choice(*PROTOCOLS)))
+    #: fixed / pooled: detections kept per category over the whole set (K)
+    dets_per_class: int = setting(10_000, integer(1, 10**8))
+    #: Cascade R-CNN: mean of the stages' logits, then the loss's activation (the ACSL
+    #: release, mmdetection), or mean of the stages' scores (detectron2)
+    cascade_scores: str = setting("mean_logits", choice("mean_logits", "mean_probs"))
+    calibration: CalibrationSettings = section(CalibrationSettings)
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The requested protocols, in the order given."""
+        return (self.protocol,) if isinstance(self.protocol, str) else tuple(self.protocol)
 
     @property
     def canonical(self) -> bool:
-        """Whether these are the settings the cached stage-1 row was scored with."""
-        return self == TestSettings()
+        """Whether these are the settings the cached stage-1 row was scored with (K only
+        matters to the fixed and pooled protocols; calibration adds rows of its own and
+        leaves the plain row as it is)."""
+        if self.protocols != ("standard",):
+            return False
+        return replace(self, protocol="standard", dets_per_class=10_000,
+                       calibration=CalibrationSettings()) == TestSettings()
 
 
 @dataclass(frozen=True)
