@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import subprocess
 import time
 from pathlib import Path
 
@@ -115,6 +117,31 @@ def test_show_out_that_cannot_be_a_folder_is_one_line(tmp_path, where):
     out = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "sub",
            "pseudo-filesystem": Path("/proc/acsl-show-test")}[where]
     _bad(_show(scene, f"out={out}"), f"out={out}")
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody may write into: a read-only tmpfs as root (root ignores permission
+    bits), else a folder without write permission."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                       check=True)
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_show_out_in_a_read_only_folder_is_one_line(tmp_path, read_only_folder, inside):
+    scene = _scene(tmp_path)
+    out = read_only_folder / "pics" if inside else read_only_folder
+    _bad(_show(scene, f"out={out}"), f"out={out}")
+    assert list(read_only_folder.iterdir()) == []
 
 
 def test_show_empty_classes_is_refused_not_every_rare_class(tmp_path):
