@@ -350,4 +350,4 @@ def test_train_smoke_bf16_end_to_end(tmp_path, monkeypatch):
     metrics = (tmp_path / "runs" / "amp" / "metrics.json").read_text()
     assert '"AP"' in metrics
     assert {("DetectorStep.__init__", "bf16"), ("HeadsStep.__init__", "bf16"),
-            ("predict", "bf16")} <= seen, seen
+            ("predict_top_k", "bf16")} <= seen, seen  # inference: engine.inference
