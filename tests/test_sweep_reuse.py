@@ -85,3 +85,14 @@ def test_runs_are_pooled_only_with_runs_that_differ_in_the_seed():
     assert seeds_only.variants == ("", "")
     mean, _, pooled = pooled_by_variant(seeds_only.variants, runs[:2])
     assert list(mean) == ["bce"] and pooled == 2 and mean["bce"]["AP"] == pytest.approx(0.3)
+
+
+def test_a_run_that_scored_fewer_protocols_is_refused(tmp_path):
+    """``test.protocol`` does not split pooling variants, but a finished run without the
+    fixed rows cannot stand in for one that asks for them."""
+    (standard,) = plan_sweep(["seed=0", "loss=bce"]).runs
+    (both,) = plan_sweep(["seed=0", "loss=bce", "test.protocol=[standard,fixed]"]).runs
+    folder = _saved_run(tmp_path / "std", standard, drop_key=False)
+    with pytest.raises(ConfigError, match="test.protocol"):
+        finished_run(folder, both)
+    assert finished_run(folder, standard) is not None

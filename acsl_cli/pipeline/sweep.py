@@ -86,6 +86,16 @@ def _first_difference(saved: Mapping[str, Any], mine: Mapping[str, Any]) -> str 
     return None if not diff else f"{diff[0][0]}: {diff[0][1]!r} there, {diff[0][2]!r} here"
 
 
+def _missing_protocols(saved: Mapping[str, Any], plan: RunPlan) -> str | None:
+    """``test.protocol`` is no pooling variant (each row's label names its protocol), so
+    the reuse check asks it apart: a run that scored fewer protocols lacks their rows."""
+    test = saved.get("test")
+    have = test.get("protocol", "standard") if isinstance(test, Mapping) else "standard"
+    have_set = {have} if isinstance(have, str) else set(have)
+    missing = [p for p in plan.settings.test.protocols if p not in have_set]
+    return f"test.protocol: {have!r} there, {missing[0]!r} asked here" if missing else None
+
+
 def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
     """The saved result of a sweep's run, if ``folder`` holds one made from this plan."""
     if not (folder / "metrics.json").is_file():
@@ -99,8 +109,8 @@ def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
     want = {h.id: h.loss.as_dict() for h in plan.heads}
     heads = saved.get("heads") or {}
     have = {k: v.get("loss") for k, v in heads.items()} if isinstance(heads, dict) else None
-    differs = ("heads" if have != want else
-               _first_difference(saved, plan.settings.source))
+    differs = ("heads" if have != want else _missing_protocols(saved, plan)
+               or _first_difference(saved, plan.settings.source))
     if differs:
         raise ConfigError(f"{folder} exists but was made with other settings ({differs}); "
                           "use another run_name")
