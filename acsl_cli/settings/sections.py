@@ -151,6 +151,9 @@ class TestSettings:
     #: Cascade R-CNN: mean of the stages' logits, then the loss's activation (the ACSL
     #: release, mmdetection), or mean of the stages' scores (detectron2)
     cascade_scores: str = setting("mean_logits", choice("mean_logits", "mean_probs"))
+    #: LVIS rules from this project's evaluator, or from the official lvis-api (extra
+    #: ``.[lvis]``; the standard protocol only: equal numbers, slower)
+    backend: str = setting("ours", choice("ours", "lvis-api"))
     calibration: CalibrationSettings = section(CalibrationSettings)
 
     @property
