@@ -14,14 +14,14 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from acsl_cli.conf_groups import GROUPS, available, config_dir
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings import LauncherSettings, Settings, settings_from
-from acsl_cli.settings.sections import LAUNCHER_KEYS, LIST_KEYS, SHORTHANDS
+from acsl_cli.settings.sections import LAUNCHER_KEYS, LIST_KEYS, PLUGINS_RULE, SHORTHANDS
 
 __all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "load_settings",
            "parse_overrides", "to_settings", "to_yaml", "validate"]
@@ -97,9 +97,12 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
     for o in parsed:
         if o.sweep is not None:
             raise ConfigError(f"{o.key}: a list of values needs 'acsl sweep' or head keys")
-        if o.key in GROUPS and o.value not in available(o.key):
+    plugin_losses = _plugin_losses(parsed, base)
+    for o in parsed:
+        choices = available(o.key) + (plugin_losses if o.key == "loss" else [])
+        if o.key in GROUPS and o.value not in choices:
             raise ConfigError(
-                f"unknown {o.key} '{o.value}' (choose from {', '.join(available(o.key))})")
+                f"unknown {o.key} '{o.value}' (choose from {', '.join(sorted(choices))})")
     _check_launcher_keys(parsed, base)
     try:
         if base is None:
@@ -112,6 +115,45 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
         raise ConfigError(f"bad config override: {msg}"[:400]) from None
     to_settings(cfg)  # every value checked before anything runs
     return cfg
+
+
+def _plugin_losses(parsed: list[Override], base: DictConfig | None) -> list[str]:
+    """Losses from plugins (``losses.plugins``) as ``loss=NAME`` choices, put in Hydra's
+    config store before the overrides are checked. Loaded only when ``plugins=`` is set or
+    a ``loss=`` is no preset of ``conf/loss/``, so built-in runs never import them."""
+    modules = _plugin_modules(parsed, base)
+    presets = available("loss")
+    if not modules and all(o.value in presets for o in parsed if o.key == "loss"):
+        return []
+    from hydra.core.config_store import ConfigStore
+
+    from acsl_cli.losses import available_losses, plugins
+
+    plugins.import_plugins(modules)
+    plugins.load_entry_points()
+    names = [n for n in available_losses() if n not in presets and plugins.origin(n)]
+    for name in names:
+        ConfigStore.instance().store(group="loss", name=name, node=plugins.config_node(name))
+    return names
+
+
+def _plugin_modules(parsed: list[Override], base: DictConfig | None) -> list[str]:
+    """The ``plugins=`` modules: the override's, else the saved run's, else ``conf/``'s;
+    checked by the option's rule before anything is imported."""
+    given = [o.value for o in parsed if o.key == "plugins"]
+    if given:
+        value = given[-1]
+    elif base is not None:
+        value = base.get("plugins") or []
+        value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    else:
+        try:
+            value = OmegaConf.load(config_dir() / "config.yaml").get("plugins") or []
+            value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        except Exception:  # noqa: BLE001 - the compose step reports a broken config.yaml
+            value = []
+    PLUGINS_RULE("plugins", value)
+    return list(value or [])
 
 
 def _check_launcher_keys(parsed: list[Override], base: DictConfig | None) -> None:

@@ -21,6 +21,14 @@ def validate(s: Settings) -> None:
     _check_launcher(s)
     _check_calibration(s)
     d = s.dataset
+    if s.test.backend == "lvis-api":
+        if s.test.protocols != ("standard",):
+            raise ConfigError(f"test.backend=lvis-api, test.protocol={s.test.protocol}: "
+                              "lvis-api has the standard protocol only (Fixed and Pooled "
+                              "AP's reference scripts are not in it); use test.backend=ours")
+        if d.kind in ("openimages", "openimages_synthetic"):
+            raise ConfigError(f"test.backend=lvis-api: dataset {d.name} is scored with the "
+                              "Open Images metric, not LVIS rules")
     if s.test.protocols != ("standard",) and d.kind in ("openimages", "openimages_synthetic"):
         raise ConfigError(f"test.protocol={s.test.protocol}: fixed and pooled are LVIS "
                           f"protocols; dataset {d.name} is scored with the Open Images metric")

@@ -268,5 +268,25 @@ def loss_presets() -> list[tuple[str, str]]:
                 break
             about.append(line.lstrip("#").strip())
         out.append((name, " ".join(a for a in about if a)))
+    return out + plugin_losses()
+
+
+def plugin_losses() -> list[tuple[str, str]]:
+    """The losses that installed plugins register (entry-point group ``acsl.losses``),
+    with where each came from and its docstring's first line; nothing imported if none."""
+    from importlib.metadata import entry_points
+
+    if not entry_points(group="acsl.losses"):  # metadata only: no torch without plugins
+        return []
+    from acsl_cli.losses import loss_class
+    from acsl_cli.losses.plugins import load_entry_points, origin
+    from acsl_cli.losses.registry import available_losses
+
+    load_entry_points()
+    out = []
+    for name in available_losses():
+        if origin(name):
+            doc = (loss_class(name).__doc__ or "").strip().splitlines()
+            out.append((name, f"[{origin(name)}] {doc[0] if doc else ''}".rstrip()))
     return out
 

@@ -361,8 +361,13 @@ def test_output_root_check(tmp_path):
 
 def test_out_file_check(tmp_path):
     check_out_file(tmp_path / "m.json")
-    check_out_file(tmp_path / "new" / "deeper" / "m.json")
     assert list(tmp_path.iterdir()) == []  # nothing written
+    # a mistyped folder is refused in one line, not created (out=/nonexistent/dir/m.json)
+    for missing in (tmp_path / "new" / "deeper" / "m.json", Path("/nonexistent-acsl/d/m.json")):
+        with pytest.raises(ConfigError, match=f"^out={re.escape(str(missing))}: folder "
+                           f"{re.escape(str(missing.parent))} does not exist"):
+            check_out_file(missing)
+    assert list(tmp_path.iterdir()) == [] and not Path("/nonexistent-acsl").exists()
     (tmp_path / "afile").write_text("x")
     for bad in (tmp_path, tmp_path / "afile" / "m.json", tmp_path / "afile" / "d" / "m.json",
                 Path("/proc/m.json")):

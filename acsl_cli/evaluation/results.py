@@ -65,6 +65,7 @@ def _frequency_groups(gt: dict, ann_path: Path, train_ann: PathArg | None) -> st
 def evaluate_results_file(
     dets_path: PathArg, ann_path: PathArg, train_ann: PathArg | None = None,
     protocols: tuple[str, ...] = ("standard",), dets_per_class: int = 10_000,
+    backend: str = "ours",
 ) -> ResultsEvaluation:
     """Evaluate an LVIS results json on ``ann_path`` with LVIS rules, under each of
     ``protocols`` (standard, fixed, pooled: ``lvis_protocols``).
@@ -72,12 +73,18 @@ def evaluate_results_file(
     Every problem with the three files is a one-line DataError naming the file. Group
     metrics use ``train_ann``'s groups when given (frequency fields, else train image
     counts), else the annotation file's LVIS ``frequency`` fields, else they are nan.
+    ``backend="lvis-api"``: the standard protocol's numbers from lvis-api (``lvis_api``).
     """
     ann = Path(ann_path)
     gt = read_annotations(ann)
     note = _frequency_groups(gt, ann, train_ann)
     dets = parse_detections(gt, read_detections(dets_path), str(dets_path))
-    results = evaluate_protocols(gt, dets, protocols, dets_per_class)
+    if backend == "lvis-api":
+        from acsl_cli.evaluation.lvis_api import evaluate_with_lvis_api
+
+        results = {"standard": evaluate_with_lvis_api(gt, dets)}
+    else:
+        results = evaluate_protocols(gt, dets, protocols, dets_per_class)
     first = results[protocols[0]]
     return ResultsEvaluation(first.metrics, first.per_category, note,
                              {p: r.metrics for p, r in results.items()})

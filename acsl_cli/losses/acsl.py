@@ -141,12 +141,28 @@ class ACSL(ClassificationLoss):
             return self._multi_label(logits, labels, threshold, background, record)
         return fused_acsl(logits, labels, threshold, background, form, record, self._scratch)
 
+    def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Per-RoI terms: the dense rule (the same draws as ``forward``'s either form) in
+        plain autograd, summed over each row."""
+        check_labels(logits, labels, self._width(logits))
+        logits = upcast(logits)
+        if logits.shape[0] == 0:  # as forward: no draws for an empty batch
+            return logits.sum(1)
+        background = None
+        if self.bg_mode == "official":
+            background = dense_background(labels, self.generator,
+                                          self.group_columns.to(logits.device))
+        threshold = threshold_below(self.xi, logits.dtype)
+        record = self._record_for(logits) if self.training else None
+        return self._multi_label(logits, labels, threshold, background, record, rows=True)
+
     def _multi_label(self, logits: Tensor, labels: Tensor, threshold: float,
-                     background: tuple[Tensor, Tensor] | None, record: Record | None
-                     ) -> Tensor:
+                     background: tuple[Tensor, Tensor] | None, record: Record | None,
+                     rows: bool = False) -> Tensor:
         """Eq. 5-7 with several target columns (a class and its ancestors, Open Images):
         W = 1 on every target column and wherever p >= xi; plain autograd, since the fused
-        function assumes one target per row. Background rows as in ``forward``."""
+        function assumes one target per row. Background rows as in ``forward``. ``rows``:
+        the (N,) per-RoI sums instead of the mean."""
         target = self.targets(labels, logits.shape[1], torch.bool)
         with torch.no_grad():
             weight = target | (torch.sigmoid(logits) > threshold)
@@ -155,6 +171,10 @@ class ACSL(ClassificationLoss):
                 weight = torch.where(is_bg[:, None], keep | target, weight)
             if record is not None:
                 record_dense(record, labels, weight & ~target)
+        if rows:
+            return F.binary_cross_entropy_with_logits(
+                logits, target.to(logits.dtype), weight.to(logits.dtype), reduction="none"
+            ).sum(1)
         loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype),
                                                   weight.to(logits.dtype), reduction="sum")
         return loss / logits.shape[0]

@@ -128,6 +128,14 @@ class ClassificationLoss(nn.Module):
         if any(k.startswith(prefix) for k in state_dict):
             missing_keys.extend(own_missing)
 
+    def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """(N,) per-RoI terms whose sum over the N RoIs divided by N is ``forward``'s value
+        (same draws, same running statistics), for callers that weight RoIs or divide by
+        their own count (mmdetection's ``label_weights``, ``avg_factor``). A loss without
+        such terms refuses."""
+        raise ConfigError(f"loss '{self.name}' has no per-RoI terms (it normalises its own "
+                          "way): call it without label_weights, avg_factor or a reduction")
+
     def num_outputs(self, num_classes: int) -> int:
         """Width of the classifier layer for ``num_classes`` foreground classes."""
         return num_classes + 1

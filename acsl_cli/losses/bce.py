@@ -39,6 +39,12 @@ class SigmoidBCE(ClassificationLoss):
         loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
         return loss / max(logits.shape[0], 1)  # an empty batch: 0, not 0 / 0
 
+    def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        check_labels(logits, labels, self._columns(logits))
+        logits = upcast(logits)
+        target = self.targets(labels, logits.shape[1], logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1)
+
     def scores(self, logits: Tensor) -> Tensor:
         check_width(self.name, logits, self._columns(logits))
         return sigmoid_scores(logits, self.bg_factor)

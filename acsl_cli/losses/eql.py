@@ -83,6 +83,15 @@ class EqualizationLoss(ClassificationLoss):
         loss = F.binary_cross_entropy_with_logits(logits, target, weight, reduction="sum")
         return loss / logits.shape[0]
 
+    def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        assert self.num_classes is not None
+        check_labels(logits, labels, self.num_classes + 1)
+        logits = upcast(logits)
+        target = self.targets(labels, logits.shape[1], logits.dtype)
+        weight = self.weights(labels).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, target, weight,
+                                                  reduction="none").sum(1)
+
     def scores(self, logits: Tensor) -> Tensor:
         assert self.num_classes is not None
         check_width(self.name, logits, self.num_classes + 1)

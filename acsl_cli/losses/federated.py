@@ -106,6 +106,19 @@ class FederatedLoss(ClassificationLoss):
         loss = F.binary_cross_entropy_with_logits(z, target, reduction="sum")
         return loss / logits.shape[0]
 
+    def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        assert self.num_classes is not None
+        check_labels(logits, labels, self.num_classes + 1)
+        if logits.shape[0] == 0:
+            return upcast(logits).sum(1)
+        selected = self.select_classes(labels).to(logits.device, non_blocking=True)
+        z = upcast(logits.index_select(1, selected))
+        if self.expansion is None:
+            target = (labels[:, None] == selected[None, :]).to(z.dtype)
+        else:
+            target = self.expansion.to(z.device)[labels][:, selected].to(z.dtype)
+        return F.binary_cross_entropy_with_logits(z, target, reduction="none").sum(1)
+
     def scores(self, logits: Tensor) -> Tensor:
         assert self.num_classes is not None
         check_width(self.name, logits, self.num_classes + 1)

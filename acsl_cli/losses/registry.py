@@ -31,6 +31,12 @@ def available_losses() -> list[str]:
 
 
 def loss_class(name: str) -> type[ClassificationLoss]:
+    """The class registered as ``name``; an unknown name first loads the installed
+    plugins (entry-point group ``acsl.losses``, once)."""
+    if name not in _LOSSES:
+        from acsl_cli.losses.plugins import load_entry_points
+
+        load_entry_points()
     if name not in _LOSSES:
         raise ConfigError(f"unknown loss '{name}' (choose from {', '.join(available_losses())})")
     return _LOSSES[name]

@@ -160,6 +160,24 @@ class SeesawLoss(ClassificationLoss):
         classes = (per_roi * fg.to(per_roi.dtype)).sum()
         return (classes + F.cross_entropy(objectness, fg.long(), reduction="sum")) / n
 
+    def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        assert self.num_classes is not None
+        check_labels(logits, labels, self.num_outputs(self.num_classes))
+        logits = upcast(logits)
+        if self.training:
+            device = self.cum_samples.device
+            ones = torch.ones(labels.shape, dtype=self.cum_samples.dtype, device=device)
+            self.cum_samples.index_add_(0, labels.to(device), ones)
+        log_m, log_c = self.log_factors(logits, labels)
+        if not self.release:
+            return F.cross_entropy(logits + (log_m + log_c), labels, reduction="none")
+        objectness, class_logits = self._split(logits)
+        fg = labels > 0
+        per_roi = F.cross_entropy(class_logits + (log_m + log_c), (labels - 1).clamp(min=0),
+                                  reduction="none")
+        return per_roi * fg.to(per_roi.dtype) + F.cross_entropy(objectness, fg.long(),
+                                                                reduction="none")
+
     def scores(self, logits: Tensor) -> Tensor:
         assert self.num_classes is not None
         width = self.num_outputs(self.num_classes)

@@ -30,6 +30,10 @@ class SoftmaxCE(ClassificationLoss):
             return logits.sum() * 0.0
         return F.cross_entropy(logits, labels, reduction="mean")
 
+    def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
+        check_labels(logits, labels, self._columns(logits))
+        return F.cross_entropy(upcast(logits), labels, reduction="none")
+
     def scores(self, logits: Tensor) -> Tensor:
         check_width(self.name, logits, self._columns(logits))
         return F.softmax(upcast(logits), dim=1)[:, 1:]

@@ -11,8 +11,10 @@ torchvision's download (``weights=DEFAULT`` or one of the arch's named weights, 
 
 from __future__ import annotations
 
+import contextlib
 import pickle
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +70,9 @@ def _resnet_fpn(arch: str, cfg: Any) -> nn.Module:
     key = str(weights).upper()
     if key in members:  # torchvision's normal download path, for users with internet access
         try:
-            return resnet_fpn_backbone(backbone_name=arch, weights=members[key],
-                                       trainable_layers=trainable)
+            with _download_notice_held():
+                return resnet_fpn_backbone(backbone_name=arch, weights=members[key],
+                                           trainable_layers=trainable)
         except (pickle.UnpicklingError, EOFError) as e:  # a damaged file in torch's cache
             raise DataError(
                 f"backbone.weights={weights}: the cached {arch} weights under "
@@ -116,6 +119,40 @@ def check_weights(cfg: Any) -> None:
             str(weights).upper() in get_model_weights(arch).__members__:
         return
     load_state_dict_file(_local_weights(arch, weights), "backbone weights")
+
+
+class _HeldNotice:
+    """stdout/stderr that hold torch.hub's "Downloading: URL to FILE" line until the
+    download shows progress (then it is written, before the progress), so that a failed
+    download (offline) prints only the one-line error."""
+
+    def __init__(self, stream: Any, held: list[tuple[Any, str]]) -> None:
+        self.stream, self.held = stream, held
+
+    def write(self, text: str) -> int:
+        if text.startswith("Downloading: ") and not self.held:
+            self.held.append((self.stream, text))
+            return len(text)
+        release(self.held)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def release(held: list[tuple[Any, str]]) -> None:
+    while held:
+        stream, text = held.pop()
+        stream.write(text)
+
+
+@contextlib.contextmanager
+def _download_notice_held() -> Iterator[None]:
+    held: list[tuple[Any, str]] = []
+    with contextlib.redirect_stdout(_HeldNotice(sys.stdout, held)), \
+            contextlib.redirect_stderr(_HeldNotice(sys.stderr, held)):  # type: ignore[type-var]
+        yield  # an exception drops the held line; success writes it
+    release(held)
 
 
 def _one_line(reason: object) -> str:

@@ -133,8 +133,13 @@ def scorer(s: Settings, data: DatasetBundle, images: int
                    protocols: tuple[str, ...]) -> Scores:
         out: Scores = {}
         if "standard" in protocols:
-            m = match_detections(gt, parse_detections(gt, dets, "detections"))
+            parsed = parse_detections(gt, dets, "detections")
+            m = match_detections(gt, parsed)
             r = summarise(m)
+            if s.test.backend == "lvis-api":  # its numbers; the matches stay ours (bootstrap)
+                from acsl_cli.evaluation.lvis_api import evaluate_with_lvis_api
+
+                r = evaluate_with_lvis_api(gt, parsed)
             out["standard"] = (r.metrics, r.per_category, image_matches(m))
         others = tuple(p for p in protocols if p != "standard")
         if others:
@@ -146,6 +151,26 @@ def scorer(s: Settings, data: DatasetBundle, images: int
         return {p: out[p] for p in protocols}
 
     return score_lvis
+
+
+def load_error_cause(error: BaseException, keep: int = 300) -> str:
+    """torch's reason a state dict does not load, on one line and cut at a word: its first
+    line is a header ("Error(s) in loading ..."), the cause is next."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    cause = " ".join((lines[1] if len(lines) > 1 else lines[0] if lines else "").split())
+    if len(cause) <= keep:
+        return cause
+    return cause[:keep].rsplit(" ", 1)[0] + " ..."
+
+
+def layout_hint(loss: LossSettings, error: BaseException) -> str:
+    """What a Seesaw classifier of the other layout needs (heads saved before ``layout``
+    existed are single-softmax heads)."""
+    if loss.name != "seesaw" or "cls_score" not in str(error):
+        return ""
+    other = "single_softmax" if loss.params.get("layout", "release") == "release" \
+        else "release"
+    return f"; a Seesaw head of the other layout: add loss.layout={other}"
 
 
 def test_trunk(s: Settings, model) -> FrozenTrunk:
@@ -201,11 +226,8 @@ def eval_checkpoint(plan: EvalPlan) -> CheckpointEval:
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        # torch's first line is a header ("Error(s) in loading ..."); the cause is next
-        first = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:160]
-        raise DataError(f"{plan.ckpt}: weights do not fit the configured detector ({first})"
-                        ) from None
+        raise DataError(f"{plan.ckpt}: weights do not fit the configured detector "
+                        f"({load_error_cause(e)}){layout_hint(loss_settings, e)}") from None
     trunk = test_trunk(s, model)
     protocols = s.test.protocols
     cal = plan_calibration(s, data, [Row("model", trunk.stage1_scorer, loss_settings)])

@@ -14,6 +14,9 @@ def run_eval_results(plan: EvalPlan) -> tuple[dict[str, dict[str, float]], str]:
     s = plan.settings
     protocols = s.test.protocols
     if plan.dets.lower().endswith(".csv"):  # Open Images predictions
+        if s.test.backend == "lvis-api":
+            raise ConfigError("test.backend=lvis-api: Open Images predictions are scored "
+                              "with the Open Images metric, not LVIS rules")
         if protocols != ("standard",):
             raise ConfigError(f"test.protocol={s.test.protocol}: fixed and pooled are LVIS "
                               "protocols; Open Images predictions have their own metric")
@@ -28,5 +31,5 @@ def run_eval_results(plan: EvalPlan) -> tuple[dict[str, dict[str, float]], str]:
     from acsl_cli.evaluation.results import evaluate_results_file
 
     result = evaluate_results_file(plan.dets, plan.ann, plan.train_ann, protocols,
-                                   s.test.dets_per_class)
+                                   s.test.dets_per_class, s.test.backend)
     return result.by_protocol, result.groups_note or ""

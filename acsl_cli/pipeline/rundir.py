@@ -159,14 +159,17 @@ def check_output_root(path: Path, key: str = "output_root", create: bool = True)
 
 
 def check_out_file(path: Path, key: str = "out") -> None:
-    """A file that can be written later: not a directory, and its nearest existing
-    ancestor is a writable directory. Nothing is left behind."""
+    """A file that can be written later: not a directory, in an existing writable folder
+    (a mistyped path creates no folders, least of all under /). Nothing is left behind."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{key}={path}: is a directory, not a file")
     found = _nearest_existing(path.parent)
     if not found.is_dir():
         raise ConfigError(f"{key}={path}: {found} is not a directory")
+    if found != path.parent:
+        raise ConfigError(f"{key}={path}: folder {path.parent} does not exist (a file in an "
+                          "existing folder; create the folder first if it is meant)")
     _probe_write(found, key, path)
 
 

@@ -29,6 +29,28 @@ SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays 
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 AMP_MODES = ("off", "bf16", "fp16")
 DETECTORS = ("faster_rcnn", "cascade_rcnn")
+
+
+def _module_names() -> Rule:
+    """``plugins=``: importable module names (``my_pkg.losses``), not paths."""
+    import re
+
+    ok = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*").fullmatch
+
+    def check(key: str, v: Any) -> None:
+        list_of(text())(key, v)
+        for i, name in enumerate(v):
+            if not ok(name):
+                raise ConfigError(f"{key}[{i}]={name[:60]!r}: not a module name (a dotted "
+                                  "name such as my_pkg.losses, importable from PYTHONPATH "
+                                  "or the current folder)")
+
+    return Rule(check, lambda v: ["json"] if list(v) != ["json"] else ["math"])
+
+
+#: ``plugins=``: modules to import for their losses (``losses.plugins``); read by the config
+#: reader before the overrides are checked, so the rule is named here
+PLUGINS_RULE = _module_names()
 #: LVIS evaluation protocols (evaluation.lvis_protocols)
 PROTOCOLS = ("standard", "fixed", "pooled")
 
@@ -86,7 +108,7 @@ class SamplerSettings:
 SHORTHANDS = {"test.calibration": "test.calibration.method"}
 #: keys whose comma list is one list value, never a sweep: ``test.calibration.gamma=0,0.5,1``
 #: scores one head with every value in one pass (``config.parse_overrides``)
-LIST_KEYS = ("test.calibration.gamma",)
+LIST_KEYS = ("test.calibration.gamma", "plugins")
 CALIBRATIONS = ("none", "norcal")
 
 
@@ -129,6 +151,9 @@ class TestSettings:
     #: Cascade R-CNN: mean of the stages' logits, then the loss's activation (the ACSL
     #: release, mmdetection), or mean of the stages' scores (detectron2)
     cascade_scores: str = setting("mean_logits", choice("mean_logits", "mean_probs"))
+    #: LVIS rules from this project's evaluator, or from the official lvis-api (extra
+    #: ``.[lvis]``; the standard protocol only: equal numbers, slower)
+    backend: str = setting("ours", choice("ours", "lvis-api"))
     calibration: CalibrationSettings = section(CalibrationSettings)
 
     @property
@@ -306,6 +331,9 @@ class Settings:
                        changed_only=(STAGE1,))
     #: start stage 1 from this detector; its file's digest enters the stage-1 key
     init: str | None = setting(None, text(null=True), caches=(STAGE1,), changed_only=(STAGE1,))
+    #: modules imported for the losses they register (a loss's name and parameters are
+    #: what tells runs apart, not where its code came from)
+    plugins: tuple[str, ...] = setting((), PLUGINS_RULE, outcome=False)
     test: TestSettings = section(TestSettings)
     schedule: ScheduleSettings = section(ScheduleSettings, caches=(STAGE2,))
     sampler: SamplerSettings = section(SamplerSettings, caches=(STAGE1, STAGE2),

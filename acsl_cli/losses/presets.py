@@ -1,0 +1,55 @@
+"""``conf/loss/NAME.yaml`` presets for the Python API: ``detection_loss("acsl_adaptive")``
+takes the same names as ``loss=NAME`` (``acsl losses`` lists them).
+
+A preset is a registry name plus parameters. Values that the run's config supplies by
+interpolation (``xi: ${xi}``, ``seed: ${seed}``, a dataset's ``bags_bins``) are left out:
+the caller passes them as keywords, or the loss's own default applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from acsl_cli.conf_groups import available, config_dir
+from acsl_cli.errors import ConfigError
+
+
+def preset(name: str) -> tuple[str, dict[str, Any]]:
+    """(registry name, parameters) of the preset ``name``; ``(name, {})`` if there is none
+    (a registry loss without a yaml, e.g. a plugin's)."""
+    if name not in available("loss"):
+        return name, {}
+    node = _merged(name, ())
+    loss = node.pop("name", None)
+    if not isinstance(loss, str):
+        raise ConfigError(f"conf/loss/{name}.yaml: no loss name")
+    return loss, node
+
+
+def _merged(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
+    """The preset's keys after its defaults list (other presets of the group, and
+    ``_self_``, last when absent, as Hydra does)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if name in seen or name not in available("loss"):
+        raise ConfigError(f"conf/loss/{name}.yaml: its defaults list names "
+                          f"{'itself' if name in seen else 'no loss preset'}")
+    cfg = OmegaConf.load(config_dir() / "loss" / f"{name}.yaml")
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"conf/loss/{name}.yaml: not a mapping")
+    defaults = cfg.pop("defaults", None)
+    entries = list(defaults) if isinstance(defaults, ListConfig) else []
+    if "_self_" not in entries:
+        entries.append("_self_")
+    own = {k: cfg[k] for k in cfg if not OmegaConf.is_interpolation(cfg, k)}
+    own = OmegaConf.to_container(OmegaConf.create(own))
+    out: dict[str, Any] = {}
+    for entry in entries:
+        if entry == "_self_":
+            out.update(own)
+        elif isinstance(entry, str):
+            out.update(_merged(entry, (*seen, name)))
+        else:
+            raise ConfigError(f"conf/loss/{name}.yaml: defaults entry {entry!r} is not "
+                              "another loss preset")
+    return out
