@@ -18,7 +18,7 @@ from acsl_cli.cli import app
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import build_loss
 from acsl_cli.models.calibration import NorCal, log_counts, norcal_scores, refusal
-from acsl_cli.pipeline.calibrate import pick
+from acsl_cli.pipeline.calibrate import at_grid_edge, pick
 from acsl_cli.pipeline.train import STAGE1_ROW, run_train
 from tests.conftest import TINY
 
@@ -86,6 +86,25 @@ def test_the_pick_takes_the_best_and_the_smaller_gamma_on_a_tie():
     assert pick([1.0, 0.5, 0.0], [0.3, 0.3, 0.1]) == 0.5
     assert pick([0.0, 1.0], [None, float("nan")]) is None
     assert pick([0.0, 1.0], [None, 0.0]) == 1.0
+
+
+def test_a_pick_on_the_grids_upper_edge_is_said_so():
+    from acsl_cli.reporting.calibration import calibration_markdown
+
+    assert at_grid_edge([0.0, 0.5, 1.0], pick([0.0, 0.5, 1.0], [0.1, 0.2, 0.3]))
+    assert not at_grid_edge([1.0, 0.5, 0.0], 0.5)
+    assert not at_grid_edge([0.0, 0.5, 1.0], 0.0)  # gamma=0 is the uncalibrated model
+    assert not at_grid_edge([1.0], 1.0)  # one value: nothing was searched
+    assert not at_grid_edge([0.0, 1.0], None)
+    point = {"AP": 0.5, "APr": 0.2, "APc": 0.5, "APf": 0.7}
+    record = {"counts": "images", "heldout": {"images": 9}, "select_metric": "AP",
+              "heads": {h: {"picked_gamma": 1.0, "picked_at_grid_edge": edge,
+                            "curve": [{"gamma": g, "val": point, "heldout": point}
+                                      for g in (0.0, 1.0)]}
+                        for h, edge in (("a", True), ("b", False))}}
+    text = calibration_markdown(record)
+    assert text.count("largest gamma of the grid") == 1
+    assert text.index("largest gamma") < text.index("### b")
 
 
 # --- settings and override spellings ---------------------------------------------------

@@ -114,10 +114,15 @@ def finish_calibration(plan: CalibrationPlan, s: Settings, data: DatasetBundle,
             log.info("%s: NorCal gamma=%g picked on %d held-out images (%s %.4f)", base,
                      picked, heldout_images, c.select_metric,
                      heldout[name].get(c.select_metric) or float("nan"))
+            if at_grid_edge(plan.gammas, picked):
+                log.warning("%s: NorCal picked gamma=%g, the largest of the grid: the held-out "
+                            "%s may still rise; extend test.calibration.gamma (e.g. "
+                            "gamma=[1,1.5,2,3])", base, picked, c.select_metric)
         elif len(names) == 1:
             out.headline[base] = names[0]
         heads[base] = {
             "picked_gamma": picked,
+            "picked_at_grid_edge": at_grid_edge(plan.gammas, picked),
             "reported_row": out.headline.get(base),
             "curve": [{"gamma": g, "row": n, "val": metrics_json(val_metrics[n]),
                        "heldout": metrics_json(heldout[n]) if heldout else None}
@@ -143,6 +148,12 @@ def pick(gammas: Sequence[float], values: Sequence[float | None]) -> float | Non
         if best is None or v > best[1]:
             best = (g, float(v))
     return None if best is None else best[0]
+
+
+def at_grid_edge(gammas: Sequence[float], picked: float | None) -> bool:
+    """Whether the pick is the largest gamma of a grid of several: the held-out metric may
+    still rise past it, so the grid should be extended (a larger gamma is never tried)."""
+    return picked is not None and len(set(gammas)) > 1 and picked == max(gammas)
 
 
 def heldout_metrics(s: Settings, data: DatasetBundle, trunk: FrozenTrunk,

@@ -32,6 +32,9 @@ def calibration_markdown(record: Mapping[str, Any]) -> str:
             lines.append(f"| {point['gamma']:g}{mark} | "
                          + " | ".join(pct(point["val"][k]) for k in CURVE_KEYS)
                          + f" | {pct(held)} |")
+        if head.get("picked_at_grid_edge"):
+            lines += ["", f"The pick is the largest gamma of the grid: the held-out {metric} "
+                          "may still rise past it (extend `test.calibration.gamma`)."]
         lines.append("")
     for base, why in record.get("not_calibrated", {}).items():
         lines.append(f"- {base}: not calibrated ({why})")
