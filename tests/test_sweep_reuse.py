@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.pipeline.sweep import finished_run
+from acsl_cli.pipeline.reuse import finished_run
 from acsl_cli.plan import plan_sweep
 
 
