@@ -17,6 +17,7 @@ import torch
 
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name, writing
+from acsl_cli.layout import HEADS, RUNS
 from acsl_cli.tensor_file import load_tensor_file
 from acsl_cli.untrusted import confined
 
@@ -86,7 +87,7 @@ def head_tree(path: Path) -> Path:
     ``<root>/runs/<run>/heads/<id>/checkpoint.pt``, else the head's own folder."""
     path = Path(path).absolute()
     parents = path.parents
-    if len(parents) > 4 and parents[1].name == "heads" and parents[3].name == "runs":
+    if len(parents) > 4 and parents[1].name == HEADS and parents[3].name == RUNS:
         return parents[4]
     return path.parent
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from acsl_cli.errors import ConfigError, DataError
-from acsl_cli.layout import OutputLayout
+from acsl_cli.layout import CONFIG, METRICS, OutputLayout, finished
 from acsl_cli.pipeline.train import RunResult, train
 from acsl_cli.plan import RunPlan, saved_run_config
 from acsl_cli.settings.pooling import differences as pooled_differences
@@ -86,11 +86,11 @@ def differences(saved: Mapping[str, Any], run: RunPlan) -> list[Difference]:
 def finished_run(folder: Path, run: RunPlan) -> RunResult | None:
     """The saved result of ``run`` if ``folder`` holds it finished; None if it is not
     finished; a one-line error if it is the finished run of other settings."""
-    if not (folder / "metrics.json").is_file():
+    if not finished(folder):
         return None
     try:
-        saved = saved_run_config(folder / "config.yaml")
-        rows = json.loads((folder / "metrics.json").read_text())
+        saved = saved_run_config(folder / CONFIG)
+        rows = json.loads((folder / METRICS).read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{folder}: a finished run that cannot be read "
                         f"({e.__class__.__name__}); move it away to rerun it") from None

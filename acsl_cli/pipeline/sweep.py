@@ -13,7 +13,16 @@ import numpy as np
 
 from acsl_cli.engine import distributed as dist
 from acsl_cli.errors import AcslError, ConfigError, DataError
-from acsl_cli.layout import OutputLayout, pointer
+from acsl_cli.layout import (
+    DELTAS,
+    RUNS_LIST,
+    STD,
+    SUMMARY,
+    OutputLayout,
+    pointer,
+    sweep_run,
+    sweep_summary,
+)
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.reuse import finished_run, reuse_or_train
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
@@ -90,7 +99,7 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
     for run in plan.runs:
         check_run(run.settings, len(run.heads))
     root = OutputLayout.at(first.output_root).runs
-    names = [f"{base}-sweep-{i}" for i in range(len(plan.runs))]
+    names = [sweep_run(base, i) for i in range(len(plan.runs))]
     _check_free(root, base, plan, names)
     if first.launcher.name == "inprocess":  # a rerun after an interruption skips finished runs
         runs = [reuse_or_train(run, n) for run, n in zip(plan.runs, names, strict=True)]
@@ -109,8 +118,8 @@ def run_sweep(overrides: list[str] | tuple[str, ...] = ()) -> SweepResult:
 
 
 def _check_free(root: Path, base: str, plan: SweepPlan, names: list[str]) -> None:
-    if (root / f"{base}-sweep").exists():
-        raise ConfigError(taken_message(base, root / f"{base}-sweep", plan,
+    if (root / sweep_summary(base)).exists():
+        raise ConfigError(taken_message(base, root / sweep_summary(base), plan,
                                         [root / n for n in names]))
 
 
@@ -118,16 +127,16 @@ def _summary(plan: SweepPlan, base: str, root: Path, runs: list[RunResult],
              jobs: list[str]) -> SweepResult:
     """The sweep's tables and figures over its finished runs."""
     mean, std, pooled = pooled_by_variant(plan.variants, [r.metrics for r in runs])
-    folder = root / f"{base}-sweep"
+    folder = root / sweep_summary(base)
     if dist.is_main():
         with RunDir(folder.parent, folder.name) as summary:
             summary.open()
             write_metrics(summary.path, mean)
-            atomic_write_json(summary.path / "std.json",
+            atomic_write_json(summary.path / STD,
                               {row: metrics_json(m) for row, m in std.items()})
-            atomic_write_text(summary.path / "summary.md",
+            atomic_write_text(summary.path / SUMMARY,
                               markdown_mean_std(mean, std, pooled))
-            atomic_write_text(summary.path / "runs.txt", "".join(  # relative: moves along
+            atomic_write_text(summary.path / RUNS_LIST, "".join(  # relative: moves along
                 f"{setting}\t{pointer(r.run_dir, folder)}\n"
                 for setting, r in zip(plan.settings, runs, strict=True)))
             try:  # intervals and figures must not cost the sweep its summary
@@ -144,9 +153,9 @@ def _differences(folder: Path, table: str) -> None:
     """Each row's difference against the stage-1 row with its 95 % interval (as ``acsl
     report`` computes it) under summary.md's table and in deltas.json; the figures."""
     c = compare(load_runs([folder]))
-    atomic_write_text(folder / "summary.md", f"{table}\n## Differences against the stage-1 "
+    atomic_write_text(folder / SUMMARY, f"{table}\n## Differences against the stage-1 "
                       f"row (95 % intervals)\n\n{markdown(c)}")
-    atomic_write_json(folder / "deltas.json", json_rows(c))
+    atomic_write_json(folder / DELTAS, json_rows(c))
     draw_figures(c, folder)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from acsl_cli.layout import CONFIG, RUNS_LIST
 from acsl_cli.pipeline.reuse import differences
 from acsl_cli.plan import SweepPlan, saved_run_config
 
@@ -15,7 +16,7 @@ SHOWN = 3  # differences named in the message
 def taken_message(base: str, folder: Path, plan: SweepPlan, runs: Sequence[Path]) -> str:
     """The one line for ``run_name=base`` when ``folder`` (its summary) exists."""
     try:
-        lines = (folder / "runs.txt").read_text(encoding="utf-8").splitlines()
+        lines = (folder / RUNS_LIST).read_text(encoding="utf-8").splitlines()
     except OSError:
         lines = []
     saved = [line.split("\t")[0] for line in lines if line.strip()]
@@ -26,7 +27,7 @@ def taken_message(base: str, folder: Path, plan: SweepPlan, runs: Sequence[Path]
                 f"{'; '.join(want)}); use another run_name")
     for run, path in zip(plan.runs, runs, strict=True):
         try:
-            config = saved_run_config(path / "config.yaml")
+            config = saved_run_config(path / CONFIG)
         except (OSError, ValueError):
             continue
         diff = [d.arrow() for d in differences(config, run)]

@@ -30,6 +30,7 @@ from pathlib import Path
 from acsl_cli.errors import AcslError, ConfigError, Terminated
 from acsl_cli.files import atomic_write_text
 from acsl_cli.layout import OutputLayout
+from acsl_cli.layout import finished as run_finished
 from acsl_cli.locks import locks_enabled
 from acsl_cli.pipeline.launchers.backend import Backend, SchedulerSilent
 from acsl_cli.pipeline.launchers.jobs import (
@@ -121,7 +122,7 @@ def sweep_lock(plan: SweepPlan, base: str) -> Iterator[None]:
 
 
 def finished(runs_root: Path, job: JobSpec) -> bool:
-    return all((runs_root / n / "metrics.json").is_file() for n in job.names)
+    return all(run_finished(runs_root / n) for n in job.names)
 
 
 def launch(plan: SweepPlan, overrides: Sequence[str], base: str, names: Sequence[str],
