@@ -15,12 +15,12 @@ import torch
 
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.engine import distributed as dist
-from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
+from acsl_cli.engine.checkpoint import HEAD_FORMAT, save_checkpoint
 from acsl_cli.engine.finetune_heads import ClassifierHead, finetune_heads, new_head
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.evaluation.lvis_protocols import protocol_label
 from acsl_cli.evaluation.match_file import save_matches
-from acsl_cli.files import atomic_write_bytes
+from acsl_cli.files import atomic_write_bytes, file_sha256
 from acsl_cli.layout import (
     CHECKPOINT,
     CONFIG,
@@ -229,7 +229,7 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
     atomic_write_text(folder / CONFIG, yaml_text(record))
     atomic_write_text(folder / STAGE1_POINTER, pointer(stage1_dir, folder) + "\n")
     ckpt = stage1_dir / CHECKPOINT
-    digest = file_digest(ckpt)
+    digest = file_sha256(ckpt)
     for spec, head in zip(plan.heads, heads, strict=True):
         # relative to the head's folder (the partial run folder is a sibling of the final
         # one, so the pointer holds after the rename, and after moving outputs/)

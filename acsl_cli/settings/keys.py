@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from acsl_cli.files import file_sha256
 from acsl_cli.settings.declare import STAGE1, STAGE2, declared
 from acsl_cli.settings.sections import LossSettings, SamplerSettings, Settings
 
@@ -90,14 +91,6 @@ def _key_value(path: Sequence[str], value: Any) -> Any:
     if tuple(path) == ("init",) and value and Path(str(value)).is_file():
         return file_sha256(Path(str(value)))
     return value
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stage1_key(settings: Settings, world_size: int) -> str:
