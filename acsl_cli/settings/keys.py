@@ -21,6 +21,10 @@ STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are no
 
 #: Sections whose ``changed_only`` applies to the section as a whole.
 _WHOLE = {"sampler": SamplerSettings}
+#: Fields taken out of a key whose format held them (they cannot change a result): where
+#: the config holds one it enters at this fixed value, whatever its value, so existing
+#: entries of the default keep their keys.
+FIXED = {STAGE2: {("schedule", "workers"): 0}}
 
 
 def config_hash(node: Any) -> str:
@@ -80,6 +84,9 @@ def key_node(settings: Settings, cache: str) -> dict[str, Any]:
             _put(node, d.path, given)
         elif changed:
             _put(node, d.path, value)
+    for path, value in FIXED.get(cache, {}).items():
+        if _get(source, path)[0]:
+            _put(node, path, value)
     if cache == STAGE1:  # a dataset's own keys are not declared one by one: all enter
         extra = {k: v for k, v in settings.dataset.params.items()}
         node.setdefault("dataset", {}).update(extra)
