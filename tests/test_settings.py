@@ -249,3 +249,41 @@ def test_a_changed_only_default_moves_only_with_its_keys_version():
     for version, defaults in now.items():
         assert version in CHANGED_ONLY_DEFAULTS, f"{version}: no line in CHANGED_ONLY_DEFAULTS"
         assert defaults == CHANGED_ONLY_DEFAULTS[version], version
+
+
+def test_init_enters_the_stage1_key_by_its_files_content(tmp_path):
+    """Rule: ``init=PATH`` shapes stage 1 by the file's bytes, not its name: two copies
+    share a key, other weights do not, and the key holds the file's sha256."""
+    import hashlib
+
+    a, b, c = tmp_path / "a.pt", tmp_path / "sub" / "b.pt", tmp_path / "c.pt"
+    b.parent.mkdir()
+    for path, data in ((a, b"weights-1"), (b, b"weights-1"), (c, b"weights-2")):
+        path.write_bytes(data)
+
+    def key(*overrides: str) -> str:
+        return stage1_key(config_mod.load_settings(list(overrides)), 1)
+
+    assert key(f"init={a}") == key(f"init={b}") != key(f"init={c}")
+    assert key(f"init={a}") != key()
+    digest = hashlib.sha256(b"weights-1").hexdigest()
+    assert key(f"init={a}") == _old_stage1_key(config_mod.load_config([f"init={digest}"]))
+
+
+def test_an_integer_rule_takes_its_upper_bound_and_refuses_one_more():
+    """Rule: ``integer(lo, hi)`` is the closed range [lo, hi]."""
+    from acsl_cli.errors import ConfigError
+    from acsl_cli.settings.rules import integer
+
+    rule = integer(0, 5)
+    rule("k", 5)
+    rule("k", 0)
+    for bad in (6, -1):
+        with pytest.raises(ConfigError, match=rf"k={bad}: must be an integer in \[0, 5\]"):
+            rule("k", bad)
+    s = config_mod.load_settings(["schedule.stage1.epochs=10000", f"seed={2**31 - 1}"])
+    assert (s.schedule.stage1.epochs, s.seed) == (10_000, 2**31 - 1)
+    with pytest.raises(ConfigError, match="schedule.stage1.epochs=10001"):
+        config_mod.load_settings(["schedule.stage1.epochs=10001"])
+    with pytest.raises(ConfigError, match=f"seed={2**31}"):
+        config_mod.load_settings([f"seed={2**31}"])
