@@ -367,3 +367,20 @@ def test_the_configured_stage_values_reach_the_cascade():
     assert rh.stage_weights == (2.0, 1.0, 0.125)
     assert [m.high_threshold for m in rh.matchers] == [0.4, 0.55, 0.8]
     assert [c.weights for c in rh.coders] == [(1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12)]
+
+
+def test_every_detector_the_settings_accept_is_registered():
+    """``detector=NAME`` is checked by the settings' choice rule (the config layer cannot
+    import the models) and built by the registry: both list the same names, and every
+    ``conf/detector/`` yaml names one of them."""
+    from pathlib import Path
+
+    import yaml
+
+    from acsl_cli.models.detectors import detector_names
+    from acsl_cli.settings.sections import DETECTORS
+
+    assert sorted(detector_names()) == sorted(DETECTORS)
+    conf = Path(__file__).resolve().parents[1] / "conf" / "detector"
+    assert sorted(yaml.safe_load(p.read_text())["name"] for p in conf.glob("*.yaml")) == \
+        sorted(DETECTORS)
