@@ -127,3 +127,22 @@ def test_a_run_made_on_another_dataset_is_refused_by_a_sweep(tmp_path, other, na
         finished_run(folder, there)
     saved = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
     assert named in [(d.key, d.there, d.here) for d in differences(saved, there)]
+
+
+def test_a_taken_sweep_name_is_judged_by_the_reuse_rule(tmp_path):
+    """The sweep-name check says "complete already" exactly when every saved run would be
+    reused, else names what differs by the same rule (heads by their losses first)."""
+    from acsl_cli.pipeline.sweep_name import taken_message
+
+    bce, acsl = plan_sweep(["seed=0", "loss=bce"]), plan_sweep(["seed=0", "loss=acsl"])
+    summary = tmp_path / "S-sweep"
+    summary.mkdir()
+    (summary / "runs.txt").write_text("".join(f"{s}\t../S-sweep-{i}\n"
+                                              for i, s in enumerate(bce.settings)))
+    runs = [_saved_run(tmp_path / "S-sweep-0", bce.runs[0], drop_key=False)]
+    assert "this sweep is complete already" in taken_message("S", summary, bce, runs)
+    assert finished_run(runs[0], bce.runs[0]) is not None
+    other = taken_message("S", summary, acsl, runs)
+    assert "holds another sweep (heads: bce -> acsl xi=0.7 bg=official)" in other
+    with pytest.raises(ConfigError, match="heads: bce there"):
+        finished_run(runs[0], acsl.runs[0])
