@@ -11,6 +11,7 @@ the file and the OS error, with the temp file removed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -122,3 +123,13 @@ def staged_folder(out: str | os.PathLike[str], key: str = "out") -> Iterator[Pat
                               f"({e.strerror or e.__class__.__name__})") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes (hex): ties a lean head to the exact stage-1 checkpoint it
+    was trained on, and ``init=`` into the stage-1 key by content, not by name."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,7 +1,16 @@
-"""The one owner of what lives where under ``output_root``.
+"""The one owner of what lives where under ``output_root``, and of the file names inside
+a run, a head, a stage-1 cache entry and a sweep's summary (each written once, here).
 
-    runs/<name>/                     a finished run (heads/<id>/ inside; matches files:
-                                     heads/<id>/matches.npz, stage1_matches.npz)
+    runs/<name>/                     a finished run: config.yaml, metrics.json (+ .csv, .md;
+                                     rows: STAGE1_ROW first, then the heads),
+                                     per_category_ap.csv, stage1 (a pointer),
+                                     stage1_matches.npz, train.log, events.jsonl
+    runs/<name>/heads/<id>/          a head: checkpoint.pt, config.yaml, history.json,
+                                     results.json or predictions.csv, results_topk.json,
+                                     matches.npz
+    runs/<base>-sweep-<i>/           a sweep's i-th run (``sweep_run``)
+    runs/<base>-sweep/               a sweep's summary (``sweep_summary``): metrics.json,
+                                     std.json, summary.md, runs.txt, deltas.json, figures
     cache/data/                      generated benchmarks, parsed annotation caches
     cache/stage1/<key>/              a trained stage-1 detector (+ <key>.resume.pt)
     cache/stage2/<key>.resume.pt     an interrupted stage-2 pass
@@ -17,14 +26,55 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+#: the stage-1 row of every run's metrics (the softmax detector before stage 2)
+STAGE1_ROW = "stage1 (softmax CE)"
+
+RUNS = "runs"  # under output_root: the run and sweep folders
+# In a run, a head and a stage-1 cache entry
+CONFIG = "config.yaml"  # the resolved config (a run's adds heads and provenance)
+METRICS = "metrics.json"  # {row: {metric: value}}; its presence marks a finished run
+CHECKPOINT = "checkpoint.pt"  # a whole detector (stage 1), or a lean head
+HISTORY = "history.json"  # per-epoch losses and lr
+PER_CATEGORY = "per_category_ap.csv"
+STAGE1_POINTER = "stage1"  # a run's pointer to its stage-1 cache entry
+HEADS = "heads"  # a run's folder of heads
+RESULTS = "results.json"  # a head's val detections (LVIS results format)
+PREDICTIONS = "predictions.csv"  # ... or Open Images predictions
+RESULTS_TOPK = "results_topk.json"  # the fixed / pooled protocols' detections
 MATCHES = "matches.npz"  # a head's LVIS matches (heads/<id>/), or a stage-1 cache entry's
 STAGE1_MATCHES = "stage1_matches.npz"  # the stage-1 row's, in a run folder
+TRAIN_LOG = "train.log"
+EVENTS = "events.jsonl"
+# In a sweep's summary
+STD = "std.json"
+SUMMARY = "summary.md"
+RUNS_LIST = "runs.txt"  # one line per run: its settings, a tab, a pointer to its folder
+DELTAS = "deltas.json"
+
+
+def sweep_summary(base: str) -> str:
+    """The folder name of the summary of the sweep named ``base``."""
+    return f"{base}-sweep"
+
+
+def sweep_run(base: str, index: int) -> str:
+    """The folder name of the ``index``-th run of the sweep named ``base``."""
+    return f"{sweep_summary(base)}-{index}"
+
+
+def head_dir(run_dir: Path, head_id: str) -> Path:
+    return Path(run_dir) / HEADS / head_id
 
 
 def matches_file(run_dir: Path, head_id: str | None) -> Path:
     """Where a run keeps a row's matches: a head's, or the stage-1 row's (``None``)."""
     run_dir = Path(run_dir)
-    return run_dir / STAGE1_MATCHES if head_id is None else run_dir / "heads" / head_id / MATCHES
+    return run_dir / STAGE1_MATCHES if head_id is None else head_dir(run_dir, head_id) / MATCHES
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether a run folder is a finished run (run folders appear whole, metrics inside)."""
+    return (Path(run_dir) / METRICS).is_file()
 
 
 @dataclass(frozen=True)
@@ -37,7 +87,7 @@ class OutputLayout:
 
     @property
     def runs(self) -> Path:
-        return self.root / "runs"
+        return self.root / RUNS
 
     def run(self, name: str) -> Path:
         return self.runs / name

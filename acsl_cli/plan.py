@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from acsl_cli.config import available, config_dir, load_config, parse_overrides, to_settings
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.errors import ConfigError
+from acsl_cli.layout import CONFIG
 from acsl_cli.settings import LossSettings, Settings, loss_settings
 from acsl_cli.settings.pooling import variant_names
 from acsl_cli.untrusted import (
@@ -210,7 +211,7 @@ def plan_eval(overrides: list[str] | tuple[str, ...]) -> EvalPlan:
 def saved_config(ckpt: str | Path) -> DictConfig | None:
     """The config saved beside a checkpoint, if there is one, as plain data
     (``untrusted``: no interpolation, and not where the run was written)."""
-    beside = Path(ckpt).parent / "config.yaml"
+    beside = Path(ckpt).parent / CONFIG
     if not beside.is_file():
         return None
     return _plain_config(load_yaml_mapping(beside), str(beside))

@@ -348,3 +348,39 @@ def test_an_image_without_proposals_has_no_detections_and_no_error(cascade):
     trunk = FrozenTrunk(model)
     out = trunk.detect(images, {"model": trunk.stage1_scorer})
     assert [len(d["boxes"]) for d in out["model"]] == [0, 0]
+
+
+def test_the_configured_stage_values_reach_the_cascade():
+    """Rule: ``detector.stage_weights``, ``iou_thresholds`` and ``box_coder_weights`` are
+    the model's, through the pipeline's one builder (not the cascade's own defaults)."""
+    from types import SimpleNamespace
+
+    from acsl_cli.pipeline.components import build_model
+
+    s = config_mod.load_settings([
+        "detector=cascade_rcnn", "detector.stage_weights=[2,1,0.125]",
+        "detector.iou_thresholds=[0.4,0.55,0.8]",
+        "detector.box_coder_weights=[[1,2,3,4],[5,6,7,8],[9,10,11,12]]"])
+    assert s.detector.stage_weights != CascadeSpec().stage_weights
+    data = SimpleNamespace(cmap=SimpleNamespace(num_classes=3))  # all the builder reads
+    rh = build_model(s, data, build_loss("softmax_ce", LossContext(3))).roi_heads
+    assert rh.stage_weights == (2.0, 1.0, 0.125)
+    assert [m.high_threshold for m in rh.matchers] == [0.4, 0.55, 0.8]
+    assert [c.weights for c in rh.coders] == [(1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12)]
+
+
+def test_every_detector_the_settings_accept_is_registered():
+    """``detector=NAME`` is checked by the settings' choice rule (the config layer cannot
+    import the models) and built by the registry: both list the same names, and every
+    ``conf/detector/`` yaml names one of them."""
+    from pathlib import Path
+
+    import yaml
+
+    from acsl_cli.models.detectors import detector_names
+    from acsl_cli.settings.sections import DETECTORS
+
+    assert sorted(detector_names()) == sorted(DETECTORS)
+    conf = Path(__file__).resolve().parents[1] / "conf" / "detector"
+    assert sorted(yaml.safe_load(p.read_text())["name"] for p in conf.glob("*.yaml")) == \
+        sorted(DETECTORS)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.pipeline.sweep import finished_run
+from acsl_cli.pipeline.reuse import finished_run
 from acsl_cli.plan import plan_sweep
 from acsl_cli.reporting.compare import _variants
 from acsl_cli.reporting.runs import Run

@@ -18,12 +18,12 @@ import yaml
 from acsl_cli.engine.checkpoint import (
     FORMAT,
     HEAD_FORMAT,
-    file_digest,
     load_head_base,
     load_head_state,
     save_checkpoint,
 )
 from acsl_cli.errors import DataError
+from acsl_cli.files import file_sha256
 from acsl_cli.layout import pointer
 from acsl_cli.models.trunk import CLS_SCORE, stage_prefix, with_classifier
 from acsl_cli.plan import checkpoint_settings, plan_eval, plan_train
@@ -130,7 +130,7 @@ def test_a_stage1_pointer_out_of_the_tree_is_refused_alike_whether_it_exists(tmp
     outside = tmp_path / "elsewhere" / "checkpoint.pt"
     outside.parent.mkdir()
     save_checkpoint(outside, {"model": {}})
-    digest = file_digest(outside)
+    digest = file_sha256(outside)
     root = tmp_path / "o"
     messages = []
     for i, path in enumerate(["../../../../../elsewhere/checkpoint.pt", str(outside),
@@ -142,7 +142,7 @@ def test_a_stage1_pointer_out_of_the_tree_is_refused_alike_whether_it_exists(tmp
     assert len(set(messages)) == 1  # existence outside the tree is not told
     inside = _stage1(root / "ok", {})
     head = _head(root / "ok", {"path": pointer(inside, root / "ok" / "runs" / "r" / "heads"
-                                                / "h"), "sha256": file_digest(inside)})
+                                                / "h"), "sha256": file_sha256(inside)})
     import torch
 
     ckpt = torch.load(head, weights_only=True)
@@ -159,7 +159,7 @@ def test_a_faster_head_on_a_cascade_stage1_is_one_line(tmp_path):
                for s in range(3)}
     base = _stage1(root, cascade)
     where = root / "runs" / "r" / "heads" / "h"
-    ref = {"path": pointer(base, where), "sha256": file_digest(base)}
+    ref = {"path": pointer(base, where), "sha256": file_sha256(base)}
     faster_classifier = {"weight": torch.zeros(3, 4), "bias": torch.zeros(3)}
     head = _head(root, ref, faster_classifier)
     with pytest.raises(DataError, match="does not fit the stage-1 detector"):

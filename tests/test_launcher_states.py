@@ -240,3 +240,23 @@ def test_each_launchers_keys_are_the_ones_its_yaml_documents():
     for name, keys in LAUNCHER_KEYS.items():
         documented = yaml.safe_load((ROOT / "conf" / "launcher" / f"{name}.yaml").read_text())
         assert set(documented) == set(keys), name
+
+
+def test_runs_sharing_a_stage1_key_go_into_one_job_in_sweep_order():
+    """Rule: one job per stage-1 key, so no two jobs ever train (or wait on) the same stage
+    1. ``schedule.stage2.lr`` does not shape stage 1 and the seed does: the runs of one
+    seed share a job, in the order of the sweep, whatever order the list gives."""
+    from acsl_cli.pipeline.launchers.jobs import group_runs
+    from acsl_cli.plan import plan_sweep
+
+    overrides = ["seed=1,0", "schedule.stage2.lr=0.01,0.02", "loss=bce"]
+    plan = plan_sweep(overrides)
+    names = [f"s-sweep-{i}" for i in range(len(plan.runs))]
+    seeds = [r.settings.seed for r in plan.runs]
+    want = [tuple(i for i, s in enumerate(seeds) if s == seed)
+            for seed in dict.fromkeys(seeds)]  # first appearance order
+    assert len(want) == 2 and all(len(w) == 2 for w in want)
+    jobs = group_runs(plan, overrides, names)
+    assert [j.runs for j in jobs] == want
+    assert [j.names for j in jobs] == [tuple(names[i] for i in w) for w in want]
+    assert all(j.overrides == tuple(overrides) for j in jobs)

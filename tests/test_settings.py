@@ -194,3 +194,96 @@ def test_a_moved_outputs_folder_keeps_its_heads(tmp_path):
                                    f"output_root={moved}", f"out={out}", "progress=false"])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text()) == metrics
+
+
+
+def test_schedule_workers_enter_no_key():
+    """``schedule.workers`` cannot change a result (``outcome=False``), so no key moves with
+    it; the stage-2 key keeps the value its format held (0), so existing entries of the
+    default schedule keep their keys (``keys.FIXED``)."""
+    base = config_mod.load_settings([])
+    four = config_mod.load_settings(["schedule.workers=4"])
+    assert stage1_key(four, 1) == stage1_key(base, 1)
+    assert stage2_key(four, [four.loss], "x", 1) == stage2_key(base, [base.loss], "x", 1)
+    smoke = config_mod.load_config(["schedule=smoke", "schedule.workers=3"])
+    s = config_mod.to_settings(smoke)
+    smoke.schedule.workers = 0  # the oracle: the key as it was for workers=0
+    assert stage2_key(s, [s.loss], "x", 1) == _old_stage2_key(smoke, [s.loss.as_dict()])
+
+
+def test_a_stage2_only_leaf_under_stage1_is_one_line():
+    """``schedule.stage1.rois_per_image`` would be read by nothing and move the stage-1 key:
+    stage 1's recipe has no such option."""
+    from acsl_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^unknown key schedule.stage1.rois_per_image "):
+        config_mod.load_settings(["+schedule.stage1.rois_per_image=5"])
+    assert config_mod.load_settings(["schedule.stage2.rois_per_image=5"]
+                                    ).schedule.stage2.rois_per_image == 5
+
+#: The default of every ``changed_only`` field, per key and key version. Such a field
+#: enters its key only when it differs from its default, so a new default would silently
+#: give existing cache entries another experiment's key (or two experiments one key).
+#: Changing one is changing the key: bump the key's version (``settings/keys.py``) and add
+#: the new version's line here.
+CHANGED_ONLY_DEFAULTS = {
+    (STAGE1, 1): {
+        "amp": "off", "init": None, "sampler.name": "random", "sampler.t": None,
+        "detector.name": "faster_rcnn", "detector.class_agnostic_boxes": False,
+        "detector.iou_thresholds": (0.5, 0.6, 0.7), "detector.stage_weights": (1.0, 0.5, 0.25),
+        "detector.box_coder_weights": ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0),
+                                       (30.0, 30.0, 15.0, 15.0)),
+    },
+}
+
+
+def test_a_changed_only_default_moves_only_with_its_keys_version():
+    from acsl_cli.settings.keys import STAGE1_VERSION
+
+    versions = {STAGE1: STAGE1_VERSION}  # the keys that have a version
+    now: dict = {}
+    for d in declared(Settings):
+        for cache in d.changed_only:
+            assert cache in versions, f"{d.path}: changed_only for {cache}, a key without version"
+            now.setdefault((cache, versions[cache]), {})[".".join(d.path)] = d.default
+    for version, defaults in now.items():
+        assert version in CHANGED_ONLY_DEFAULTS, f"{version}: no line in CHANGED_ONLY_DEFAULTS"
+        assert defaults == CHANGED_ONLY_DEFAULTS[version], version
+
+
+def test_init_enters_the_stage1_key_by_its_files_content(tmp_path):
+    """Rule: ``init=PATH`` shapes stage 1 by the file's bytes, not its name: two copies
+    share a key, other weights do not, and the key holds the file's sha256."""
+    import hashlib
+
+    a, b, c = tmp_path / "a.pt", tmp_path / "sub" / "b.pt", tmp_path / "c.pt"
+    b.parent.mkdir()
+    for path, data in ((a, b"weights-1"), (b, b"weights-1"), (c, b"weights-2")):
+        path.write_bytes(data)
+
+    def key(*overrides: str) -> str:
+        return stage1_key(config_mod.load_settings(list(overrides)), 1)
+
+    assert key(f"init={a}") == key(f"init={b}") != key(f"init={c}")
+    assert key(f"init={a}") != key()
+    digest = hashlib.sha256(b"weights-1").hexdigest()
+    assert key(f"init={a}") == _old_stage1_key(config_mod.load_config([f"init={digest}"]))
+
+
+def test_an_integer_rule_takes_its_upper_bound_and_refuses_one_more():
+    """Rule: ``integer(lo, hi)`` is the closed range [lo, hi]."""
+    from acsl_cli.errors import ConfigError
+    from acsl_cli.settings.rules import integer
+
+    rule = integer(0, 5)
+    rule("k", 5)
+    rule("k", 0)
+    for bad in (6, -1):
+        with pytest.raises(ConfigError, match=rf"k={bad}: must be an integer in \[0, 5\]"):
+            rule("k", bad)
+    s = config_mod.load_settings(["schedule.stage1.epochs=10000", f"seed={2**31 - 1}"])
+    assert (s.schedule.stage1.epochs, s.seed) == (10_000, 2**31 - 1)
+    with pytest.raises(ConfigError, match="schedule.stage1.epochs=10001"):
+        config_mod.load_settings(["schedule.stage1.epochs=10001"])
+    with pytest.raises(ConfigError, match=f"seed={2**31}"):
+        config_mod.load_settings([f"seed={2**31}"])

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.pipeline.sweep import finished_run
+from acsl_cli.pipeline.reuse import differences, finished_run
 from acsl_cli.plan import plan_sweep
 
 
@@ -96,3 +96,53 @@ def test_a_run_that_scored_fewer_protocols_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="test.protocol"):
         finished_run(folder, both)
     assert finished_run(folder, standard) is not None
+
+
+def test_a_run_made_with_other_head_losses_is_refused_by_a_sweep(tmp_path):
+    """Rule: a finished run stands in for a planned one only with the same heads (their
+    losses): its rows are per head. The message names the heads on both sides."""
+    (bce,) = plan_sweep(["seed=0", "loss=bce"]).runs
+    (acsl,) = plan_sweep(["seed=0", "loss=acsl"]).runs
+    folder = _saved_run(tmp_path / "bce", bce, drop_key=False)
+    with pytest.raises(ConfigError, match="heads: bce there, acsl xi=0.7 bg=official here"):
+        finished_run(folder, acsl)
+    (bce_too,) = plan_sweep(["seed=0", "loss=bce,acsl"]).runs  # a head more is not the same
+    with pytest.raises(ConfigError, match="heads: bce there, "):
+        finished_run(folder, bce_too)
+    assert finished_run(folder, bce) is not None
+
+
+@pytest.mark.parametrize("other, named", [
+    (["dataset=synthetic_lvis"], ("dataset.kind", "synthetic", "synthetic_lvis")),
+    (["dataset.num_classes=9"], ("dataset.num_classes", 60, 9)),
+])
+def test_a_run_made_on_another_dataset_is_refused_by_a_sweep(tmp_path, other, named):
+    """Rule: the dataset (its kind, and a kind's own keys both configs hold) is an outcome
+    setting: a run on another set is never reused, and what differs is named."""
+    (here,) = plan_sweep(["seed=0", "loss=bce"]).runs
+    (there,) = plan_sweep(["seed=0", "loss=bce", *other]).runs
+    folder = _saved_run(tmp_path / "run", here, drop_key=False)
+    with pytest.raises(ConfigError, match="exists but was made with other settings"
+                                          r" \(dataset\."):
+        finished_run(folder, there)
+    saved = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+    assert named in [(d.key, d.there, d.here) for d in differences(saved, there)]
+
+
+def test_a_taken_sweep_name_is_judged_by_the_reuse_rule(tmp_path):
+    """The sweep-name check says "complete already" exactly when every saved run would be
+    reused, else names what differs by the same rule (heads by their losses first)."""
+    from acsl_cli.pipeline.sweep_name import taken_message
+
+    bce, acsl = plan_sweep(["seed=0", "loss=bce"]), plan_sweep(["seed=0", "loss=acsl"])
+    summary = tmp_path / "S-sweep"
+    summary.mkdir()
+    (summary / "runs.txt").write_text("".join(f"{s}\t../S-sweep-{i}\n"
+                                              for i, s in enumerate(bce.settings)))
+    runs = [_saved_run(tmp_path / "S-sweep-0", bce.runs[0], drop_key=False)]
+    assert "this sweep is complete already" in taken_message("S", summary, bce, runs)
+    assert finished_run(runs[0], bce.runs[0]) is not None
+    other = taken_message("S", summary, acsl, runs)
+    assert "holds another sweep (heads: bce -> acsl xi=0.7 bg=official)" in other
+    with pytest.raises(ConfigError, match="heads: bce there"):
+        finished_run(runs[0], acsl.runs[0])

@@ -66,3 +66,19 @@ def test_a_tracker_that_is_not_installed_is_one_line(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["train", "tracker=wandb", f"output_root={tmp_path / 'o'}"])
     assert res.exit_code == 2 and "tracker=wandb needs the no_such_package_acsl" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_validation_events_go_to_their_stages_curve_and_final_metrics_to_eval():
+    """Rule: an ``eval`` event with an epoch is validation during training and is drawn as
+    ``val_<stage>/<model>/<metric>`` at that epoch; one without is the run's final metric
+    (``eval/<model>``, step 0); train events are ``<stage>/<loss>`` at their iteration.
+    Undefined (nan) metrics and the event's own fields are not scalars."""
+    val = {"type": "eval", "model": "bce", "stage": "stage 2", "epoch": 3, "images": 8,
+           "AP": 0.25, "APr": float("nan")}
+    assert trackers._scalars(val) == ("val_stage2/bce", 3, {"AP": 0.25})
+    final = {"type": "eval", "model": "bce", "images": 8, "AP": 0.5}
+    assert trackers._scalars(final) == ("eval/bce", 0, {"AP": 0.5})
+    train = {"type": "train", "stage": "stage 1", "iter": 7, "epoch": 1, "loss": 1.5,
+             "lr": 0.02}
+    assert trackers._scalars(train) == ("stage1", 7, {"loss": 1.5, "lr": 0.02})
+    assert trackers._scalars({"type": "start"}) is None and trackers._scalars("x") is None

@@ -23,8 +23,8 @@ from acsl_cli.data.synthetic.lvis_like import SyntheticLvisSpec
 from acsl_cli.data.synthetic.lvis_like import ensure_generated as ensure_generated_lvis
 from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 from acsl_cli.errors import ConfigError
+from acsl_cli.settings.sections import DATASET_KINDS
 
-DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 GENERATED_KINDS = ("synthetic", "synthetic_lvis")  # embedded benchmarks, generated and cached
 OPENIMAGES_KINDS = ("openimages", "openimages_synthetic")  # scored by the challenge metric
 

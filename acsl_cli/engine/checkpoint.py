@@ -1,4 +1,4 @@
-"""Checkpoints and state files: atomic writes, reads that never run code, the cache key.
+"""Checkpoints and state files: atomic writes, and reads that never run code.
 
 Every read uses ``torch.load(..., weights_only=True)``: a checkpoint is untrusted input,
 and a pickle can run arbitrary code on load. What we store is only tensors, numbers,
@@ -7,8 +7,6 @@ strings, lists and dicts, which that loader accepts.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,8 @@ from typing import Any
 import torch
 
 from acsl_cli.errors import DataError
-from acsl_cli.files import tmp_name, writing
+from acsl_cli.files import file_sha256, tmp_name, writing
+from acsl_cli.layout import HEADS, RUNS
 from acsl_cli.tensor_file import load_tensor_file
 from acsl_cli.untrusted import confined
 
@@ -72,21 +71,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file: ties a lean head to the exact stage-1 checkpoint it was trained on."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def head_tree(path: Path) -> Path:
     """The folder tree a head checkpoint came with: the output root of
     ``<root>/runs/<run>/heads/<id>/checkpoint.pt``, else the head's own folder."""
     path = Path(path).absolute()
     parents = path.parents
-    if len(parents) > 4 and parents[1].name == "heads" and parents[3].name == "runs":
+    if len(parents) > 4 and parents[1].name == HEADS and parents[3].name == RUNS:
         return parents[4]
     return path.parent
 
@@ -103,7 +93,7 @@ def load_head_base(path: str | Path, head: dict[str, Any]) -> dict[str, Any]:
     if not base.is_file():
         raise DataError(f"{path}: its stage-1 checkpoint {ref['path']} is missing (a head "
                         "checkpoint holds only the classifier; keep outputs/cache/stage1)")
-    if file_digest(base) != ref.get("sha256"):
+    if file_sha256(base) != ref.get("sha256"):
         raise DataError(f"{path}: its stage-1 checkpoint {ref['path']} has changed since the "
                         "head was trained (sha256 differs)")
     return load_checkpoint(base)
@@ -132,9 +122,3 @@ def check_classes(path: str | Path, ckpt: dict[str, Any], category_ids: list[int
             f"{path}: checkpoint has {len(have)} classes that do not match the dataset's "
             f"{len(category_ids)} categories"
         )
-
-
-def config_hash(node: Any) -> str:
-    """Stable short hash of a JSON-able config subtree."""
-    blob = json.dumps(node, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]

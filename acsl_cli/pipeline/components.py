@@ -21,11 +21,10 @@ from acsl_cli.engine.loaders import train_loader
 from acsl_cli.errors import DataError
 from acsl_cli.layout import OutputLayout
 from acsl_cli.losses import ClassificationLoss, LossContext, build_loss
-from acsl_cli.models.cascade import CascadeSpec
-from acsl_cli.models.detector import build_detector
+from acsl_cli.models.detectors import detector_from
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock
 from acsl_cli.progress import progress_callback, status
-from acsl_cli.settings import DetectorSettings, LossSettings, Settings
+from acsl_cli.settings import LossSettings, Settings
 
 
 def setup_torch(s: Settings) -> str:
@@ -91,17 +90,8 @@ STAGE_SEED = 1_000_003
 
 
 def build_model(s: Settings, data: DatasetBundle, loss: ClassificationLoss):
-    return build_detector(s.backbone, data.cmap.num_classes, loss, s.dataset.min_size,
-                          s.dataset.max_size, cascade_spec(s.detector),
-                          s.detector.class_agnostic_boxes)
-
-
-def cascade_spec(d: DetectorSettings) -> CascadeSpec | None:
-    """The cascade's per-stage values, or None for Faster R-CNN."""
-    if d.name != "cascade_rcnn":
-        return None
-    return CascadeSpec(tuple(d.iou_thresholds), tuple(d.stage_weights),
-                       tuple(tuple(w) for w in d.box_coder_weights))
+    return detector_from(s.detector, s.backbone, data.cmap.num_classes, loss,
+                         s.dataset.min_size, s.dataset.max_size)
 
 
 def stage_losses(first: ClassificationLoss, loss: LossSettings, context: LossContext,

@@ -12,6 +12,7 @@ from PIL import Image
 
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.files import staged_folder
+from acsl_cli.layout import RESULTS
 from acsl_cli.plan_show import ShowPlan
 from acsl_cli.reporting.drawing import Box, crop_page, draw_boxes
 
@@ -80,7 +81,7 @@ def _head_scene(plan: ShowPlan) -> Scene:
 
     assert plan.ckpt is not None
     ckpt = load_checkpoint(plan.ckpt)  # a missing or unreadable file is named as such
-    results = Path(plan.ckpt).parent / "results.json"
+    results = Path(plan.ckpt).parent / RESULTS
     if not results.is_file():
         raise DataError(f"{plan.ckpt}: no results.json beside it (acsl show draws a head's "
                         "saved val detections; Open Images heads save predictions.csv)")

@@ -36,7 +36,7 @@ from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.train_detector import train_detector
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation.match_file import save_matches
-from acsl_cli.layout import MATCHES, OutputLayout
+from acsl_cli.layout import CHECKPOINT, CONFIG, HISTORY, MATCHES, METRICS, STAGE1_ROW, OutputLayout
 from acsl_cli.models.cascade import CASCADE_SCORES
 from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import FrozenTrunk
@@ -54,7 +54,7 @@ from acsl_cli.settings import LossSettings, Settings, stage1_key
 
 log = logging.getLogger("acsl")
 CE = LossSettings("softmax_ce")
-FILES = ("checkpoint.pt", "config.yaml", "history.json", "metrics.json")
+FILES = (CHECKPOINT, CONFIG, HISTORY, METRICS)
 
 
 @dataclass
@@ -92,9 +92,9 @@ def train_or_load_stage1(s: Settings, data: DatasetBundle, device: str) -> Stage
         dist.barrier()  # the other ranks wait until rank 0 holds the lock
         if entry.complete():
             try:
-                ckpt = load_checkpoint(folder / "checkpoint.pt")
+                ckpt = load_checkpoint(folder / CHECKPOINT)
                 model.load_state_dict(ckpt["model"])
-                saved = json.loads((folder / "metrics.json").read_text())
+                saved = json.loads((folder / METRICS).read_text())
                 if _old_cascade_row(model, saved):
                     saved = _rescore(s, data, model, device, folder, saved)
                 metrics = {k: _nan(v) for k, v in saved["metrics"].items()}
@@ -131,11 +131,11 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
     if dist.is_main():
         tmp = tmp_name(folder)
         try:
-            save_checkpoint(tmp / "checkpoint.pt",
+            save_checkpoint(tmp / CHECKPOINT,
                             checkpoint_payload(s, data, model.state_dict(), CE))
-            atomic_write_text(tmp / "config.yaml", s.to_yaml())
-            atomic_write_json(tmp / "history.json", history)
-            atomic_write_json(tmp / "metrics.json", saved)
+            atomic_write_text(tmp / CONFIG, s.to_yaml())
+            atomic_write_json(tmp / HISTORY, history)
+            atomic_write_json(tmp / METRICS, saved)
             if "model" in ev.matches:  # for the image bootstrap (not in FILES: optional)
                 save_matches(tmp / MATCHES, ev.matches["model"])
             entry.publish(tmp)
@@ -161,14 +161,14 @@ def _rescore(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fo
     saved = {**saved, "metrics": ev.metrics["model"], "per_category": ev.per_category["model"],
              "cascade_scores": CASCADE_SCORES[0]}
     if dist.is_main():
-        atomic_write_json(folder / "metrics.json", saved)
+        atomic_write_json(folder / METRICS, saved)
     return saved
 
 
 def _validation_trunk(model: nn.Module):
     """A frozen copy of the detector in training, with its own head as the stage-1 row."""
     trunk = FrozenTrunk(copy.deepcopy(model))
-    return trunk, {"stage1 (softmax CE)": trunk.stage1_scorer}
+    return trunk, {STAGE1_ROW: trunk.stage1_scorer}
 
 
 def _apply_init(path: str, model: nn.Module) -> None:
@@ -189,7 +189,7 @@ def replay_history(folder: Path, every: int = 50) -> None:
     """Log a cached stage 1's saved training curve as the loop logged it (every ``every``th
     iteration and the last), marked ``replayed``."""
     try:
-        history = json.loads((folder / "history.json").read_text())
+        history = json.loads((folder / HISTORY).read_text())
     except (OSError, ValueError):
         return  # a cache entry without a readable curve still serves its detector
     if not isinstance(history, list):

@@ -15,13 +15,29 @@ import torch
 
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.engine import distributed as dist
-from acsl_cli.engine.checkpoint import HEAD_FORMAT, file_digest, save_checkpoint
+from acsl_cli.engine.checkpoint import HEAD_FORMAT, save_checkpoint
 from acsl_cli.engine.finetune_heads import ClassifierHead, finetune_heads, new_head
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.evaluation.lvis_protocols import protocol_label
 from acsl_cli.evaluation.match_file import save_matches
-from acsl_cli.files import atomic_write_bytes
-from acsl_cli.layout import MATCHES, OutputLayout, matches_file, pointer
+from acsl_cli.files import atomic_write_bytes, file_sha256
+from acsl_cli.layout import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    MATCHES,
+    PER_CATEGORY,
+    PREDICTIONS,
+    RESULTS,
+    RESULTS_TOPK,
+    STAGE1_POINTER,
+    STAGE1_ROW,
+    TRAIN_LOG,
+    OutputLayout,
+    head_dir,
+    matches_file,
+    pointer,
+)
 from acsl_cli.pipeline.calibrate import Row, finish_calibration, plan_calibration
 from acsl_cli.pipeline.components import (
     load_data,
@@ -57,7 +73,6 @@ from acsl_cli.reporting.trackers import tracker_handlers
 from acsl_cli.settings import Settings, stage2_key, yaml_text
 
 log = logging.getLogger("acsl")
-STAGE1_ROW = "stage1 (softmax CE)"
 
 
 @dataclass
@@ -185,7 +200,7 @@ def run_folder(s: Settings, name: str):
     with run:
         run.open()
         logger = logging.getLogger("acsl")
-        handlers = [_log_to(run.path / "train.log"), *event_handlers(run.path),
+        handlers = [_log_to(run.path / TRAIN_LOG), *event_handlers(run.path),
                     *tracker_handlers(s.tracker, run.path, Path(s.output_root), s.as_dict(),
                                       s.to_yaml(), name)]
         for h in handlers[1:]:
@@ -211,19 +226,19 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
     record = plan.settings.as_dict()
     record["heads"] = {h.id: {"label": h.label, "loss": h.loss.as_dict()} for h in plan.heads}
     record["provenance"] = origin
-    atomic_write_text(folder / "config.yaml", yaml_text(record))
-    atomic_write_text(folder / "stage1", pointer(stage1_dir, folder) + "\n")
-    ckpt = stage1_dir / "checkpoint.pt"
-    digest = file_digest(ckpt)
+    atomic_write_text(folder / CONFIG, yaml_text(record))
+    atomic_write_text(folder / STAGE1_POINTER, pointer(stage1_dir, folder) + "\n")
+    ckpt = stage1_dir / CHECKPOINT
+    digest = file_sha256(ckpt)
     for spec, head in zip(plan.heads, heads, strict=True):
         # relative to the head's folder (the partial run folder is a sibling of the final
         # one, so the pointer holds after the rename, and after moving outputs/)
-        where = folder / "heads" / spec.id
+        where = head_dir(folder, spec.id)
         ref = {"path": pointer(ckpt, where), "sha256": digest}
         _save_head(where, spec, data, head, ref)
-        write_detections(folder / "heads" / spec.id, data, ev.detections[spec.id])
+        write_detections(where, data, ev.detections[spec.id])
         if spec.id in ev.top_detections:  # fixed / pooled: what those rows scored
-            atomic_write_json(folder / "heads" / spec.id / "results_topk.json",
+            atomic_write_json(where / RESULTS_TOPK,
                               ev.top_detections[spec.id].as_results())
         if spec.id in ev.matches:
             save_matches(matches_file(folder, spec.id), ev.matches[spec.id])
@@ -231,7 +246,7 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
     s = data.stats
     counts = {cid: (s.image_counts[i], s.instance_counts[i])
               for i, cid in enumerate(data.cmap.category_ids)}
-    write_per_category(folder / "per_category_ap.csv", per_cat, counts)
+    write_per_category(folder / PER_CATEGORY, per_cat, counts)
 
 
 def _write_stage1_matches(folder: Path, ev: Evaluation, cached: Path) -> None:
@@ -248,13 +263,13 @@ def write_detections(folder: Path, data: DatasetBundle, dets: list[dict]) -> Non
     ``results.json``, or Open Images ``predictions.csv`` (normalised boxes, release ids)."""
     oi = data.openimages
     if oi is None:
-        atomic_write_json(folder / "results.json", dets)
+        atomic_write_json(folder / RESULTS, dets)
         return
     from acsl_cli.evaluation.openimages_predictions import write_predictions_csv
     from acsl_cli.evaluation.openimages_scoring import results_to_arrays
 
     arrays = results_to_arrays(dets, oi.widths, oi.heights)
-    write_predictions_csv(folder / "predictions.csv", oi.image_ids, oi.label_names, *arrays)
+    write_predictions_csv(folder / PREDICTIONS, oi.image_ids, oi.label_names, *arrays)
 
 
 def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, head: ClassifierHead,
@@ -264,9 +279,9 @@ def _save_head(folder: Path, spec: HeadSpec, data: DatasetBundle, head: Classifi
     payload = checkpoint_payload(spec.settings, data, {}, spec.loss)
     del payload["model"]
     payload.update(classifier=head.classifier.state_dict(), stage1=stage1)
-    save_checkpoint(folder / "checkpoint.pt", payload, HEAD_FORMAT)
-    atomic_write_text(folder / "config.yaml", spec.settings.to_yaml())
-    atomic_write_json(folder / "history.json", head.history)
+    save_checkpoint(folder / CHECKPOINT, payload, HEAD_FORMAT)
+    atomic_write_text(folder / CONFIG, spec.settings.to_yaml())
+    atomic_write_json(folder / HISTORY, head.history)
     write_suppression(folder, head.loss, data.cmap.category_ids)  # ACSL: Figure 3's counts
 
 

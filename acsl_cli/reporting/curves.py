@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from acsl_cli.layout import EVENTS
 from acsl_cli.reporting.runs import Run
 
 METRICS = ("AP", "APr")
@@ -23,7 +24,7 @@ def validation_points(run: Run) -> dict[tuple[str, str], list[tuple[int, dict]]]
     or not JSON (cut by a crash), or an eval event whose epoch is not a whole number or
     whose AP/APr is neither a number in [0, 1] nor null, is skipped; one warning counts
     them."""
-    path = run.path / "events.jsonl"
+    path = run.path / EVENTS
     out: dict[tuple[str, str], list[tuple[int, dict]]] = {}
     try:
         raw = path.read_bytes()

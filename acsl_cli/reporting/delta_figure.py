@@ -8,7 +8,7 @@ from pathlib import Path
 
 from acsl_cli.reporting.compare import HEADLINE, Comparison
 from acsl_cli.reporting.compare_tables import interval_kind
-from acsl_cli.reporting.figures import GROUP_COLOURS, _pyplot, _save, _wrap
+from acsl_cli.reporting.plotting import GROUP_COLOURS, _pyplot, _save, _wrap
 
 COLOURS = {"AP": "tab:grey", **{f"AP{g}": c for g, c in GROUP_COLOURS.items()}}
 

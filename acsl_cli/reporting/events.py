@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from acsl_cli.files import strict_json
+from acsl_cli.layout import EVENTS
 
 
 class EventsHandler(logging.Handler):
@@ -40,4 +41,4 @@ class EventsHandler(logging.Handler):
 
 def event_handlers(folder: Path) -> list[logging.Handler]:
     """``events.jsonl`` (trackers: ``reporting.trackers``)."""
-    return [EventsHandler(folder / "events.jsonl")]
+    return [EventsHandler(folder / EVENTS)]

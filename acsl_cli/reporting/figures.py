@@ -7,43 +7,18 @@ import, and nothing needs a display. Every PNG is written atomically at 150 dpi.
 
 from __future__ import annotations
 
-import io
 import math
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from acsl_cli.errors import AcslError
-from acsl_cli.files import atomic_write_bytes
 from acsl_cli.reporting.compare import Comparison, Summary, compare
+from acsl_cli.reporting.plotting import GROUP_COLOURS, _pyplot, _save, _wrap
 from acsl_cli.reporting.runs import TrainCounts, load_runs, train_counts
 
-DPI = 150
 GROUP_NAMES = {"f": "frequent", "c": "common", "r": "rare"}
-GROUP_COLOURS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 RARE_MAX, COMMON_MAX = 10, 100  # acsl_cli.data.groups thresholds, drawn as lines
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _wrap(name: str, width: int = 16) -> str:
-    return textwrap.fill(name, width, break_long_words=True)
 
 
 def _colours(rows: Sequence[Summary], baseline: str) -> dict[str, Any]:

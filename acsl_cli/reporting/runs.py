@@ -20,10 +20,17 @@ from acsl_cli.errors import DataError
 from acsl_cli.evaluation import METRIC_KEYS
 from acsl_cli.evaluation.lvis_protocols import split_protocol
 from acsl_cli.evaluation.openimages_scoring import count_value
-from acsl_cli.layout import OutputLayout
+from acsl_cli.layout import (
+    CONFIG,
+    METRICS,
+    PER_CATEGORY,
+    RUNS_LIST,
+    STAGE1_ROW,
+    OutputLayout,
+    finished,
+)
 from acsl_cli.untrusted import load_yaml_mapping, read_text
 
-STAGE1_ROW = "stage1 (softmax CE)"  # the stage-1 row of every run (pipeline/train.py)
 _META = {"category_id", "name", "frequency", "group", "num_gt", "train_images",
          "train_instances"}
 
@@ -87,10 +94,10 @@ def _expand(folder: Path) -> list[tuple[Path, str]]:
     """A sweep folder -> its runs (runs.txt); a run folder -> itself."""
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
-    listing = folder / "runs.txt"
+    listing = folder / RUNS_LIST
     if listing.is_file():
         return _sweep_runs(listing)
-    if (folder / "metrics.json").is_file():
+    if finished(folder):
         return [(folder, "")]
     raise DataError(f"{folder}: neither a run folder (metrics.json) nor a sweep folder "
                     "(runs.txt)")
@@ -126,13 +133,13 @@ def _run_inside(path: Path, runs_folder: Path) -> bool:
         inside = runs_folder.resolve() in path.resolve().parents
     except (OSError, RuntimeError):
         return False
-    return inside and (path / "metrics.json").is_file()
+    return inside and finished(path)
 
 
 def load_run(folder: Path, setting: str = "") -> Run:
     """One run folder: metrics.json is required, config.yaml and the CSV are used if there."""
-    metrics = read_metrics(folder / "metrics.json")
-    config = read_config(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    metrics = read_metrics(folder / METRICS)
+    config = read_config(folder / CONFIG) if (folder / CONFIG).is_file() else {}
     seed = config.get("seed")
     heads = {h.get("label"): h.get("loss") or {} for h in
              (config.get("heads") or {}).values() if isinstance(h, Mapping)}
@@ -141,7 +148,7 @@ def load_run(folder: Path, setting: str = "") -> Run:
         plain, protocol = split_protocol(label)
         row = _model_row(plain, heads.get(plain), m)
         models[label] = replace(row, protocol=protocol)
-    csv_path = folder / "per_category_ap.csv"
+    csv_path = folder / PER_CATEGORY
     cats = read_per_category(csv_path, list(metrics)) if csv_path.is_file() else []
     return Run(folder, seed if isinstance(seed, int) else None, setting, config, models, cats)
 
@@ -244,7 +251,7 @@ def train_counts(run: Run) -> TrainCounts:
             return TrainCounts({c.category_id: int(c.train_images or 0)
                                 for c in run.categories},
                                {c.category_id: c.group for c in run.categories},
-                               run.path / "per_category_ap.csv")
+                               run.path / PER_CATEGORY)
         raise
     from acsl_cli.data.groups import train_category_info  # torch-free, the one r/c/f rule
 

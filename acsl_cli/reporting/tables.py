@@ -13,6 +13,7 @@ from rich.table import Table
 
 from acsl_cli.evaluation import METRIC_KEYS
 from acsl_cli.files import atomic_write_json, atomic_write_text
+from acsl_cli.layout import METRICS
 
 HEADLINE = ("AP", "APr", "APc", "APf")
 
@@ -64,7 +65,7 @@ def write_metrics(folder: Path, rows: Mapping[str, Mapping[str, float]], note: s
                   ) -> None:
     """metrics.json / metrics.csv / metrics.md for every evaluated model of a run; ``note``
     (e.g. the frequency-group sizes) goes under the Markdown table."""
-    atomic_write_json(folder / "metrics.json", {n: metrics_json(m) for n, m in rows.items()})
+    atomic_write_json(folder / METRICS, {n: metrics_json(m) for n, m in rows.items()})
     atomic_write_text(folder / "metrics.csv", csv_table(rows))
     atomic_write_text(folder / "metrics.md", markdown_table(rows, note=note))
 

@@ -13,6 +13,7 @@ from acsl_cli.settings.sections import (
     SamplerSettings,
     ScheduleSettings,
     Settings,
+    Stage2Settings,
     StageSettings,
     TestSettings,
     yaml_text,
@@ -22,6 +23,6 @@ __all__ = ["CACHES", "DATA", "STAGE1", "STAGE2", "BackboneSettings", "Calibratio
            "DatasetSettings",
            "DetectorSettings", "LauncherSettings", "LossSettings", "SamplerSettings",
            "ScheduleSettings",
-           "Settings", "StageSettings",
+           "Settings", "Stage2Settings", "StageSettings",
            "TestSettings", "config_hash", "declared", "loss_settings", "not_outcome_keys",
            "settings_from", "stage1_key", "stage2_key", "yaml_text"]

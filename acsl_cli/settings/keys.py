@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from acsl_cli.files import file_sha256
 from acsl_cli.settings.declare import STAGE1, STAGE2, declared
 from acsl_cli.settings.sections import LossSettings, SamplerSettings, Settings
 
@@ -20,6 +21,10 @@ STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are no
 
 #: Sections whose ``changed_only`` applies to the section as a whole.
 _WHOLE = {"sampler": SamplerSettings}
+#: Fields taken out of a key whose format held them (they cannot change a result): where
+#: the config holds one it enters at this fixed value, whatever its value, so existing
+#: entries of the default keep their keys.
+FIXED = {STAGE2: {("schedule", "workers"): 0}}
 
 
 def config_hash(node: Any) -> str:
@@ -79,6 +84,9 @@ def key_node(settings: Settings, cache: str) -> dict[str, Any]:
             _put(node, d.path, given)
         elif changed:
             _put(node, d.path, value)
+    for path, value in FIXED.get(cache, {}).items():
+        if _get(source, path)[0]:
+            _put(node, path, value)
     if cache == STAGE1:  # a dataset's own keys are not declared one by one: all enter
         extra = {k: v for k, v in settings.dataset.params.items()}
         node.setdefault("dataset", {}).update(extra)
@@ -90,14 +98,6 @@ def _key_value(path: Sequence[str], value: Any) -> Any:
     if tuple(path) == ("init",) and value and Path(str(value)).is_file():
         return file_sha256(Path(str(value)))
     return value
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stage1_key(settings: Settings, world_size: int) -> str:

@@ -75,7 +75,14 @@ class StageSettings:
     steps: tuple[float, ...] = setting((0.75,), list_of(number(0, 1, lo_open=True,
                                                                 hi_open=True)))
     grad_clip: float = setting(35.0, number(0, 1e12))
-    #: RoIs sampled per image (stage 2; null = backbone.roi_batch_size_per_image)
+
+
+@dataclass(frozen=True)
+class Stage2Settings(StageSettings):
+    """Stage 2's recipe: a stage's, and how many RoIs its frozen pass samples (stage 1's
+    RoI sampler is the detector's own: ``backbone.roi_batch_size_per_image``)."""
+
+    #: RoIs sampled per image (null = backbone.roi_batch_size_per_image)
     rois_per_image: int | None = setting(None, integer(1, 1_000_000, null=True))
 
 
@@ -83,7 +90,8 @@ class StageSettings:
 class ScheduleSettings:
     name: str = setting("default", text())
     batch_size: int = setting(8, integer(1, 100_000), caches=(STAGE1, STAGE2))
-    workers: int = setting(0, integer(0, 1024), outcome=False)
+    #: data-loading processes: cannot change a result, so in no key (see ``keys.FIXED``)
+    workers: int = setting(0, integer(0, 1024), caches=(), outcome=False)
     flip: float = setting(0.5, number(0, 1), caches=(STAGE1, STAGE2))
     max_iters: int | None = setting(None, integer(1, null=True), caches=(STAGE1, STAGE2))
     eval_max_images: int | None = setting(None, integer(1, null=True))
@@ -91,7 +99,7 @@ class ScheduleSettings:
     eval_every_epochs: int | None = setting(None, integer(1, null=True), caches=(),
                                             outcome=False)
     stage1: StageSettings = section(StageSettings, caches=(STAGE1, STAGE2))
-    stage2: StageSettings = section(StageSettings)
+    stage2: Stage2Settings = section(Stage2Settings)
 
 
 @dataclass(frozen=True)

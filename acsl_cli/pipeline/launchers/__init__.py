@@ -26,12 +26,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from acsl_cli.errors import AcslError, ConfigError, Terminated
 from acsl_cli.files import atomic_write_text
 from acsl_cli.layout import OutputLayout
+from acsl_cli.layout import finished as run_finished
 from acsl_cli.locks import locks_enabled
+from acsl_cli.pipeline.launchers.backend import Backend, SchedulerSilent
 from acsl_cli.pipeline.launchers.jobs import (
     JobSpec,
     failure_file,
@@ -62,21 +63,6 @@ class JobsUnknown(AcslError):
     """The scheduler did not answer: the jobs' state is unknown, nothing was submitted."""
 
     exit_code = 1
-
-
-class SchedulerSilent(Exception):
-    """Raised by ``Backend.states`` when the scheduler gives no answer."""
-
-
-class Backend(Protocol):
-    kind: str
-
-    def check(self) -> None: ...
-    def submit(self, job: JobSpec) -> str: ...
-    def states(self, ids: Sequence[str]) -> dict[str, str]: ...
-    def ended(self, job_id: str) -> str | None: ...
-    def stop(self, ids: Sequence[str], sig: int) -> str: ...
-    def log(self, job: JobSpec, job_id: str) -> Path: ...
 
 
 @dataclass
@@ -136,7 +122,7 @@ def sweep_lock(plan: SweepPlan, base: str) -> Iterator[None]:
 
 
 def finished(runs_root: Path, job: JobSpec) -> bool:
-    return all((runs_root / n / "metrics.json").is_file() for n in job.names)
+    return all(run_finished(runs_root / n) for n in job.names)
 
 
 def launch(plan: SweepPlan, overrides: Sequence[str], base: str, names: Sequence[str],

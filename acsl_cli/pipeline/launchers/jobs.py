@@ -154,20 +154,13 @@ def worker_overrides(overrides: Sequence[str], base: str) -> list[str]:
 def run_job(job: JobSpec) -> list[str]:
     """Run the job's runs in turn (in this process, or this rank of a DDP group); returns
     their folders. Called by the local worker and inside a Slurm job."""
-    from acsl_cli.layout import OutputLayout
     from acsl_cli.pipeline.provenance import set_command
-    from acsl_cli.pipeline.sweep import finished_run
-    from acsl_cli.pipeline.train import train
+    from acsl_cli.pipeline.reuse import reuse_or_train  # torch: only where a job runs
 
     set_command(job.command)
     plan = plan_sweep(list(job.overrides))
-    done = []
-    for i, name in zip(job.runs, job.names, strict=True):
-        run = plan.runs[i]
-        folder = OutputLayout.at(run.settings.output_root).run(name)
-        result = finished_run(folder, run) or train(run, name)
-        done.append(str(result.run_dir))
-    return done
+    return [str(reuse_or_train(plan.runs[i], name).run_dir)
+            for i, name in zip(job.runs, job.names, strict=True)]
 
 
 def slurm_distributed_env() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.pipeline.launchers import SchedulerSilent
+from acsl_cli.pipeline.launchers.backend import SchedulerSilent
 from acsl_cli.pipeline.launchers.jobs import JobSpec, SlurmJob
 from acsl_cli.settings import LauncherSettings
 

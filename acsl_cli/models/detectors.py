@@ -1,0 +1,68 @@
+"""Detectors behind a registry, as the losses are: ``detector=NAME`` picks the function
+that builds the detector from its settings (``DetectorSettings``). Every detector shares
+the trunk and RPN of ``models.detector.build_detector``; its RoI head keeps the contract
+of ``models.roi_head.RoIHead``.
+
+Adding one: a function here decorated ``@register_detector("<name>")``, its name in
+``settings.sections.DETECTORS`` (the choice rule; ``tests/test_cascade.py`` checks both
+list the same names), its fields in ``DetectorSettings`` and ``conf/detector/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torchvision.models.detection import FasterRCNN
+
+from acsl_cli.losses import ClassificationLoss
+from acsl_cli.models.cascade import CascadeSpec
+from acsl_cli.models.detector import build_detector
+from acsl_cli.models.roi_head import RoIHead
+from acsl_cli.settings.sections import DetectorSettings
+
+#: (detector settings, backbone settings, number of classes, stage-1 loss, min and max
+#: image size) -> the detector
+Builder = Callable[[DetectorSettings, Any, int, ClassificationLoss, int, int], FasterRCNN]
+_DETECTORS: dict[str, Builder] = {}
+
+
+def register_detector(name: str) -> Callable[[Builder], Builder]:
+    def wrap(fn: Builder) -> Builder:
+        _DETECTORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def detector_names() -> tuple[str, ...]:
+    return tuple(_DETECTORS)
+
+
+def detector_from(d: DetectorSettings, backbone: Any, num_classes: int,
+                  loss: ClassificationLoss, min_size: int, max_size: int) -> FasterRCNN:
+    """The detector ``d.name`` names (the settings rule has checked the name)."""
+    model = _DETECTORS[d.name](d, backbone, num_classes, loss, min_size, max_size)
+    if not isinstance(model.roi_heads, RoIHead):
+        raise TypeError(f"detector {d.name}: its RoI head does not keep models.roi_head's "
+                        "contract")
+    return model
+
+
+@register_detector("faster_rcnn")
+def faster_rcnn(d: DetectorSettings, backbone: Any, num_classes: int,
+                loss: ClassificationLoss, min_size: int, max_size: int) -> FasterRCNN:
+    return build_detector(backbone, num_classes, loss, min_size, max_size, None,
+                          d.class_agnostic_boxes)
+
+
+@register_detector("cascade_rcnn")
+def cascade_rcnn(d: DetectorSettings, backbone: Any, num_classes: int,
+                 loss: ClassificationLoss, min_size: int, max_size: int) -> FasterRCNN:
+    """Cai & Vasconcelos 2018 on the same trunk: the configured per-stage values."""
+    spec = CascadeSpec(tuple(d.iou_thresholds), tuple(d.stage_weights),
+                       tuple(tuple(w) for w in d.box_coder_weights))
+    # the first stage's Faster R-CNN head is built as before it is replaced (the same
+    # random draws as ever: class_agnostic_boxes shapes it)
+    return build_detector(backbone, num_classes, loss, min_size, max_size, spec,
+                          d.class_agnostic_boxes)
