@@ -17,10 +17,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "acsl_cli"
 #: Layers, lowest first: a module may import its own layer and those below it. Each entry
 #: is a dotted prefix under ``acsl_cli`` (a module or a package).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("", "errors", "files", "locks", "layout", "tensor_file", "progress")),
-    ("config", ("config", "config_rules", "conf_groups", "settings", "untrusted")),
-    ("dataset", ("data",)),
+    ("base", ("", "errors", "files", "locks", "layout", "tensor_file", "progress",
+              "conf_groups")),
+    # losses are pure tensor code on the base layer; the config consults their registry
+    # (a plugin loss's config node is built from its class)
     ("loss", ("losses",)),
+    ("config", ("config", "config_rules", "settings", "untrusted")),
+    ("dataset", ("data",)),
     ("model", ("models",)),
     ("engine", ("engine",)),
     ("evaluator", ("evaluation",)),

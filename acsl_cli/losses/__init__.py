@@ -8,7 +8,17 @@ Adding a loss = one module here (decorated with ``@register_loss``) + one yaml i
 """
 
 # Importing a loss module registers it: a new loss adds its module name here.
-from acsl_cli.losses import acsl, bags, bce, eql, eqlv2, federated, seesaw, softmax_ce  # noqa: F401
+from acsl_cli.losses import (  # noqa: F401
+    acsl,
+    bags,
+    bce,
+    eql,
+    eqlv2,
+    federated,
+    plugins,  # noqa: F401  (an unknown loss= loads installed plugins)
+    seesaw,
+    softmax_ce,
+)
 from acsl_cli.losses.api import DetectionLoss, detection_loss
 from acsl_cli.losses.base import STAT_NAMES, ClassificationLoss, LossContext
 from acsl_cli.losses.registry import available_losses, build_loss, loss_class, register_loss

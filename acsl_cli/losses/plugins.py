@@ -24,7 +24,7 @@ from typing import Any
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.base import STAT_NAMES, ClassificationLoss
-from acsl_cli.losses.registry import _LOSSES, register_loss
+from acsl_cli.losses.registry import _LOSSES, ON_UNKNOWN, register_loss
 
 GROUP = "acsl.losses"
 _state = {"entry_points": False}
@@ -41,6 +41,9 @@ def load_entry_points() -> None:
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
         _load(f"plugin '{ep.name}' ({GROUP} entry point {ep.value})",
               f"entry point {ep.name} = {ep.value}", ep.load, ep.name)
+
+
+ON_UNKNOWN.append(load_entry_points)
 
 
 def import_plugins(modules: Iterable[str]) -> None:

@@ -10,6 +10,9 @@ from acsl_cli.errors import ConfigError
 from acsl_cli.losses.base import ClassificationLoss, LossContext
 
 _LOSSES: dict[str, type[ClassificationLoss]] = {}
+#: called (once each, in order) when a name is not registered: ``losses.plugins`` adds the
+#: installed plugins' loader here, so the registry never imports the plugin machinery
+ON_UNKNOWN: list[Callable[[], None]] = []
 T = TypeVar("T", bound=type[ClassificationLoss])
 
 
@@ -33,10 +36,8 @@ def available_losses() -> list[str]:
 def loss_class(name: str) -> type[ClassificationLoss]:
     """The class registered as ``name``; an unknown name first loads the installed
     plugins (entry-point group ``acsl.losses``, once)."""
-    if name not in _LOSSES:
-        from acsl_cli.losses.plugins import load_entry_points
-
-        load_entry_points()
+    for hook in ON_UNKNOWN if name not in _LOSSES else ():
+        hook()
     if name not in _LOSSES:
         raise ConfigError(f"unknown loss '{name}' (choose from {', '.join(available_losses())})")
     return _LOSSES[name]
