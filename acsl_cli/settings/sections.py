@@ -128,7 +128,7 @@ class CalibrationSettings:
     method: str = setting("none", choice(*CALIBRATIONS))
     #: NorCal's exponent: class c's score is divided by N_c^gamma; a list scores the head
     #: once per value, in the same frozen pass (0 = the head's own scores, exactly)
-    gamma: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0),
+    gamma: tuple[float, ...] = setting((0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0),
                                        list_of(number(0, 100), nonempty=True))
     #: N_c: train images that hold class c (the release's LVIS ``image_count``) or instances
     counts: str = setting("images", choice("images", "instances"))
