@@ -72,7 +72,8 @@ def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
     if dry_run:
         return ReportResult(terminal_table(c), out / "report.md", -1, out)
     written = write_report(runs, out, options["baseline"], comparison=c)
-    return ReportResult(terminal_table(c), written[0], len(written) - 3, out)
+    pictures = sum(p.suffix == ".png" for p in written)
+    return ReportResult(terminal_table(c), written[0], pictures, out)
 
 
 def _count(key: str, value: str) -> int:
