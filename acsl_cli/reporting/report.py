@@ -1,4 +1,5 @@
-"""``acsl report``'s files: the comparison tables (compare.py) and figures (figures.py)."""
+"""``acsl report``'s files: the comparison tables (compare.py), figures (figures.py) and
+the self-contained ``report.html`` (html_report.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from acsl_cli.reporting.compare import Comparison, compare
 from acsl_cli.reporting.compare_tables import csv_text, json_rows, markdown
 from acsl_cli.reporting.curves import validation_curves
 from acsl_cli.reporting.figures import draw_figures
+from acsl_cli.reporting.html_report import render
 from acsl_cli.reporting.runs import Run
 from acsl_cli.reporting.suppression import suppression_report
 from acsl_cli.reporting.tail_classes import tail_classes_markdown
@@ -17,7 +19,8 @@ from acsl_cli.reporting.tail_classes import tail_classes_markdown
 
 def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None,
                  comparison: Comparison | None = None) -> list[Path]:
-    """report.md, report.csv, report.json and the figures in ``out_dir``; returns them.
+    """report.md, report.csv, report.json, the figures and report.html in ``out_dir``;
+    returns them.
     ``comparison``: ``compare(runs, baseline)`` already made (its bootstraps take time).
 
     Everything is written into a hidden folder beside ``out_dir`` first and moved in when
@@ -50,4 +53,6 @@ def _write_all(c: Comparison, runs: Sequence[Run], out_dir: Path) -> list[str]:
     atomic_write_text(paths[0], text)
     atomic_write_text(paths[1], csv_text(c))
     atomic_write_json(paths[2], json_rows(c))
-    return [p.name for p in paths + figures + suppression_figures]
+    drawn = [p.name for p in figures + suppression_figures]
+    atomic_write_text(out_dir / "report.html", render(c, out_dir, drawn))
+    return [p.name for p in paths] + drawn + ["report.html"]
