@@ -51,15 +51,15 @@ def category_groups(c: Comparison) -> dict[int, str]:
 
 
 def per_category_ap(c: Comparison, path: Path) -> Path | None:
-    """One panel per group; None without per-category AP or a baseline row to order by."""
+    """One panel per group; None without per-category AP."""
     rows, picked = curve_rows(c)
-    base = order_row(c)
     groups = category_groups(c)
     present = [g for g in ("f", "c", "r") if any(v == g for v in groups.values())]
-    if not rows or not present or base is None:
+    if not rows or not present:
         return None
+    base = order_row(c) or rows[0]  # no baseline with per-category AP: the first row
     names = {cat.category_id: cat.name for run in c.runs for cat in run.categories}
-    dashed = [r.name for r in rows if r.label == base.label]
+    dashed = [r.name for r in rows if c.baseline in (r.name, r.label)]
     colour = colours([r.name for r in rows], black=[base.name])
     orders = {g: sorted((cid for cid, v in groups.items() if v == g),
                         key=lambda cid: (-_ap(base, cid), cid)) for g in present}
@@ -91,7 +91,8 @@ def per_category_ap(c: Comparison, path: Path) -> Path | None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     bottom_legend(fig, handles, labels)
     title = (f"Per-category AP ({seed_words([len(r.seeds) for r in rows])}){picked}. "
-             f"Classes in the order of the baseline's AP ({base.name}); dashed: baseline")
+             f"Classes in the order of the AP of {base.name}"
+             + ("; dashed: baseline" if dashed else ""))
     fig.suptitle(wrap(title, int(sum(widths) * 11)), fontsize=10)
     return save(fig, path)
 

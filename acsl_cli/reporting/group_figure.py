@@ -64,7 +64,11 @@ def group_bars(c: Comparison, path: Path) -> Path | None:
                                           ms=9, mew=1.5, color="black")[0]
         ax.set_title(k if any(not math.isnan(v) for v in vals) else f"{k} (undefined)",
                      fontsize=10)
-        ax.set_xlim(0, max(1.0, *(v for v in vals if not math.isnan(v))) * 1.12)
+        ends = [v + 100 * (iv.high - iv.delta) for r, v in zip(rows, vals, strict=True)
+                if with_iv and (iv := r.interval.get(k)) is not None and not math.isnan(v)
+                and not math.isnan(iv.high)]
+        ax.set_xlim(0, min(100.0, max(1.0, *(v for v in vals + ends if not math.isnan(v))))
+                    * 1.08)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(axis="x", labelsize=8)
         ax.set_xlabel("%", fontsize=8)

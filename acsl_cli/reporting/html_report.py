@@ -166,8 +166,9 @@ def gallery(runs: Sequence[Run]) -> str:
     return f'<h2 id="gallery">Detections (acsl show)</h2><div class="gallery">{cells}</div>'
 
 
-def render(c: Comparison, out_dir: Path, figure_names: Sequence[str]) -> str:
-    """The page's text."""
+def render(c: Comparison, out_dir: Path, figure_names: Sequence[str],
+           command: str = "") -> str:
+    """The page's text; ``command``: the command line that made it."""
     sections = [("comparison", "Comparison", comparison_table(c)),
                 ("figures", "Figures", figures_html(out_dir, figure_names)),
                 ("categories", "Per-category AP", category_table(c)),
@@ -179,7 +180,8 @@ def render(c: Comparison, out_dir: Path, figure_names: Sequence[str]) -> str:
     runs = ", ".join(r.name for r in c.runs)
     page = files("acsl_cli.reporting").joinpath("report_template.html").read_text("utf-8")
     fill = {"title": e(f"Comparison of {len(c.runs)} run(s)"),
-            "subtitle": e(f"acsl report; baseline: {c.baseline}; runs: {runs}"),
+            "subtitle": e(f"Made by {command or 'acsl report'}; baseline: {c.baseline}; "
+                          f"runs: {runs}"),
             "nav": nav + ('<a href="#gallery">Detections</a>' if "gallery" in body else ""),
             "body": body}
     # one pass: a filled-in value is never scanned again for placeholders
