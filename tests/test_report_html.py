@@ -71,7 +71,7 @@ def expected_order(runs, label: str, descending: bool) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[list, Path]:
+def report(tmp_path_factory) -> tuple[list, Path, Path]:
     """``acsl report`` of a small sweep, with a gallery picture, a file that only claims to
     be one, and a class whose name is markup."""
     root = tmp_path_factory.mktemp("html")
@@ -89,11 +89,11 @@ def report(tmp_path_factory) -> tuple[list, Path]:
                            f"baseline={STAGE1_ROW}", f"out={out}", "resamples=0"],
                           capture_output=True, text=True, timeout=600, cwd=root)
     assert proc.returncode == 0, proc.stderr
-    return load_runs([sweep]), out
+    return load_runs([sweep]), out, sweep
 
 
 def test_report_html_works_in_a_real_browser(report, tmp_path):
-    runs, out = report
+    runs, out, _ = report
     page = out / "report.html"
     assert page.is_file()
     c = compare(runs, STAGE1_ROW, 0)
@@ -123,7 +123,7 @@ def test_report_html_works_in_a_real_browser(report, tmp_path):
 
 
 def test_report_html_is_self_contained_and_escaped(report):
-    _, out = report
+    _, out, sweep = report
     text = (out / "report.html").read_text()
     assert EVIL not in text and html.escape(EVIL, quote=True) in text
     for attr in re.findall(r'(?:src|href)="([^"]*)"', text):
@@ -131,6 +131,8 @@ def test_report_html_is_self_contained_and_escaped(report):
     assert "http://" not in text and "https://" not in text
     assert "default-src 'none'" in text  # the page may fetch nothing
     assert "not really" not in text and text.count('alt="image_') == 1
+    made = f"Made by acsl report {sweep} "
+    assert made in text and "Made by `acsl report" in (out / "report.md").read_text()
 
 
 def test_a_thousand_categories_sort_and_filter(tmp_path):

@@ -86,6 +86,8 @@ def validation_curves(runs: Sequence[Run], path: Path) -> Path | None:
     models = list(dict.fromkeys(model for _, (_, model), _ in series))
     colour = colours(models)
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(len(stages), len(METRICS), squeeze=False,
                              figsize=(5.2 * len(METRICS), 3.4 * len(stages)),
                              constrained_layout=True)
@@ -103,6 +105,7 @@ def validation_curves(runs: Sequence[Run], path: Path) -> Path | None:
                                          label=model)[0]
             ax.set_title(f"{stage}: {metric} (%) on val", fontsize=10)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     bottom_legend(fig, list(handles.values()), list(handles))
     if len(runs) > 1:

@@ -20,7 +20,7 @@ def delta_bars(c: Comparison, path: Path) -> Path | None:
             and any(r.delta.get(k) is not None for k in HEADLINE)]
     if not rows:
         return None
-    labels = [wrap(f"{r.name} ({interval_kind(r)})", LABEL_CHARS) for r in rows]
+    labels = [wrap(r.name, LABEL_CHARS) + f"\ninterval: {interval_kind(r)}" for r in rows]
     lines = max(label.count("\n") + 1 for label in labels)
     n = len(rows)
     plt = pyplot()
@@ -37,8 +37,7 @@ def delta_bars(c: Comparison, path: Path) -> Path | None:
             pale = iv is not None and iv.holds_zero
             ax.barh(y, x, height, color=METRIC_COLOURS[k], alpha=0.45 if pale else 1.0,
                     hatch="//" if pale else None,
-                    edgecolor="black" if pale else METRIC_COLOURS[k], linewidth=0.5,
-                    label=f"Δ{k}" if i == 0 else None)
+                    edgecolor="black" if pale else METRIC_COLOURS[k], linewidth=0.5)
             if iv is not None and not math.isnan(iv.low):
                 ax.errorbar(x, y, xerr=[[x - 100 * iv.low], [100 * iv.high - x]], fmt="none",
                             ecolor="black", capsize=2, lw=1)
@@ -49,7 +48,9 @@ def delta_bars(c: Comparison, path: Path) -> Path | None:
                   fontsize=9)
     ax.set_title(wrap("Differences with 95 % intervals (hatched: the interval holds 0; no "
                       "error bar: no interval)", 80), fontsize=9)
-    handles, names = ax.get_legend_handles_labels()
-    bottom_legend(fig, handles, names)
+    from matplotlib.patches import Patch
+
+    bottom_legend(fig, [Patch(color=METRIC_COLOURS[k]) for k in HEADLINE],
+                  [f"Δ{k}" for k in HEADLINE])
     ax.grid(axis="x", alpha=0.3)
     return save(fig, path)
