@@ -135,3 +135,26 @@ def test_one_seed_says_n1_and_never_a_std(one_seed):
 def test_heads_named_alike_in_both_detectors_stay_apart(sweep):
     names = [r.name for r in compare(sweep[0], STAGE1_ROW, 0).rows]
     assert len(names) == 2 * (len(HEADS) + 1) == len(set(names))
+
+
+def test_figure3_of_the_table3_runs_has_no_layout_defect(tmp_path):
+    """As the Table 3 report drew it: ACSL xi=0.7 under two detectors, too many classes to
+    name (the old figure's main title sat on both panel titles)."""
+    from acsl_cli.reporting.suppression import suppression_report
+
+    heads = {"acsl xi=0.7 bg=official": {"name": "acsl", "xi": 0.7, "bg": "official"}}
+    runs = load_runs([make_sweep(tmp_path, seeds=(0,), classes=60, heads=heads)])
+    c = compare(runs, STAGE1_ROW, 0)
+    kept: list[Figure] = []
+    save = Figure.savefig
+
+    def keep(fig, fname, *args, **kwargs):
+        save(fig, fname, *args, **kwargs)
+        kept.append(fig)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", keep)
+        paths, _ = suppression_report(c, tmp_path)
+    assert [p.name for p in paths if p.suffix == ".png"] == ["suppression.png"]
+    (fig,) = kept
+    assert defects(fig, [r.name for r in c.rows]) == []
