@@ -93,6 +93,7 @@ def test_wheel_carries_config_groups_and_every_module(wheel):
     missing = sorted(modules - names)
     assert not missing, ("modules missing from the wheel (add their package to "
                          f"[tool.setuptools] packages in pyproject.toml): {missing}")
+    assert "acsl_cli/reporting/report_template.html" in names  # report.html's page
     assert wheel.name.startswith(f"acsl_cli-{acsl_cli.__version__}-"), wheel.name
 
 

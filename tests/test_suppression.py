@@ -259,7 +259,8 @@ def test_a_trained_acsl_head_keeps_its_record_and_the_report_draws_it(acsl_run, 
 
 
 def test_classes_sorted_by_train_images_and_a_large_map_draws(tmp_path):
-    from acsl_cli.reporting.suppression import class_order, suppression_figure
+    from acsl_cli.reporting.suppression import _rare_rows, class_order
+    from acsl_cli.reporting.suppression_figure import suppression_figure
 
     rng = np.random.default_rng(0)
     c = 60
@@ -274,6 +275,26 @@ def test_classes_sorted_by_train_images_and_a_large_map_draws(tmp_path):
     assert [images[int(ids[i])] for i in order] == sorted(images.values(), reverse=True)
     # without train counts: by RoIs, most first
     assert [int(rois[i]) for i in class_order(rec, None)] == sorted(rois.tolist(), reverse=True)
-    path = suppression_figure({"a": rec, "b": rec}, train, {}, tmp_path / "s.png")
+    path = suppression_figure({"a": rec, "b": rec}, train, {}, tmp_path / "s.png",
+                              rare_rows=_rare_rows, class_order=class_order)
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] >= 600
+
+
+def test_the_claims_numbers_by_hand():
+    """Class 1 looks like class 2 (colour only); class 3 like neither. Class 1 (10 RoIs)
+    suppressed class 2's column 6 times and class 3's twice: its top column is a look-alike;
+    class 2 (5 RoIs) suppressed class 3's 3 times, class 1's once: not; class 3 had none."""
+    from acsl_cli.reporting.lookalikes import summary
+
+    rec = Suppression(np.array([1, 2, 3]), np.array([[0, 6, 2], [1, 0, 3], [0, 0, 0]]),
+                      np.array([10, 5, 0]))
+    traits = {1: ("circle", "red", "plain"), 2: ("circle", "blue", "plain"),
+              3: ("square", "green", "dots")}
+    s = summary(rec, traits)
+    assert s["columns_per_roi"] == pytest.approx(12 / 15)
+    assert (s["classes_with_rois"], s["classes_suppressing"], s["top_column_is_lookalike"]) \
+        == (2, 2, 1)
+    assert s["lookalike_columns_per_class"] == pytest.approx(0.67)
+    assert s["lookalike_share_of_columns"] == pytest.approx(round(2 / 3 / 2, 4))
+    assert "top_column_is_lookalike" not in summary(rec, {})

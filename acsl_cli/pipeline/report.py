@@ -4,6 +4,7 @@ plan and the pipeline)."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,10 @@ def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
     c = compare(runs, options["baseline"], resamples, seed)
     if dry_run:
         return ReportResult(terminal_table(c), out / "report.md", -1, out)
-    written = write_report(runs, out, options["baseline"], comparison=c)
-    return ReportResult(terminal_table(c), written[0], len(written) - 3, out)
+    command = " ".join(["acsl report", *(shlex.quote(a) for a in args)])
+    written = write_report(runs, out, options["baseline"], comparison=c, command=command)
+    pictures = sum(p.suffix == ".png" for p in written)
+    return ReportResult(terminal_table(c), written[0], pictures, out)
 
 
 def _count(key: str, value: str) -> int:

@@ -57,8 +57,9 @@ def interval_kind(r: Summary) -> str:
 
 def caption(c: Comparison) -> str:
     seeds = sorted({s for r in c.runs if (s := r.seed) is not None})
-    single = any(len(r.seeds) < 2 for r in c.rows)
-    spread = "mean ± sample std over seeds" + ("; n=1: one seed, no std" if single else "")
+    single = [len(r.seeds) < 2 for r in c.rows]
+    spread = "one seed per row (n=1): no std" if all(single) else \
+        "mean ± sample std over seeds" + ("; n=1: one seed, no std" if any(single) else "")
     return (f"{spread} ({len(c.runs)} runs, seeds {', '.join(map(str, seeds)) or '?'}); "
             f"Δ = mean - mean of '{c.baseline}', percentage points, with its 95 % interval "
             "[low, high]: t interval over seeds paired with the baseline's, or with one seed "

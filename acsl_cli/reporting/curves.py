@@ -76,31 +76,40 @@ def _metric_ok(value: object) -> bool:
 
 
 def validation_curves(runs: Sequence[Run], path: Path) -> Path | None:
-    """One panel per stage and metric; a line per (run, model). None without data."""
-    from acsl_cli.reporting.figures import _pyplot, _save
+    """One panel per stage and metric; a line per (run, model), one colour per model in
+    every panel and one legend for all of them below. None without data."""
+    from acsl_cli.reporting.plotting import bottom_legend, colours, pyplot, save
 
     series = [(run, key, pts) for run in runs for key, pts in validation_points(run).items()]
     if not series:
         return None
     stages = [s for s in STAGES if any(key[0] == s for _, key, _ in series)]
-    plt = _pyplot()
+    models = list(dict.fromkeys(model for _, (_, model), _ in series))
+    colour = colours(models)
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(len(stages), len(METRICS), squeeze=False,
                              figsize=(5.2 * len(METRICS), 3.4 * len(stages)),
                              constrained_layout=True)
-    several = len(runs) > 1
+    handles: dict[str, object] = {}
     for row, stage in enumerate(stages):
         for col, metric in enumerate(METRICS):
             ax = axes[row][col]
-            for run, (st, model), pts in series:
+            for _run, (st, model), pts in series:
                 if st != stage:
                     continue
                 xs = [e for e, _ in pts]
                 ys = [100 * m[metric] if m.get(metric) is not None else float("nan")
                       for _, m in pts]
-                label = f"{model} ({run.name})" if several else model
-                ax.plot(xs, ys, marker="o", ms=3, label=label)
-            ax.set_title(f"{stage}: {metric} (%) on val")
+                handles[model] = ax.plot(xs, ys, marker="o", ms=3, color=colour[model],
+                                         label=model)[0]
+            ax.set_title(f"{stage}: {metric} (%) on val", fontsize=10)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    return _save(fig, path)
+    bottom_legend(fig, list(handles.values()), list(handles))
+    if len(runs) > 1:
+        fig.suptitle(f"Validation during training: one line per run and model "
+                     f"({len(runs)} runs)", fontsize=10)
+    return save(fig, path)

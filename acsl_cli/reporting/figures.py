@@ -1,34 +1,29 @@
-"""The paper's figures from saved runs: label distribution (Fig. 1-2), per-category AP per
-group (Fig. 4), metrics against xi (Table 2) and APr/APc/APf per loss (Table 4).
-
-matplotlib (Agg) is imported inside the functions: the CLI and the library stay fast to
-import, and nothing needs a display. Every PNG is written atomically at 150 dpi.
-"""
+"""The paper's figures from saved runs: label distribution (Fig. 1-2) and metrics against
+xi (Table 2) here; per-category AP (Fig. 4, ``category_figure``), AP / AP75 / APr / APc /
+APf per model (Tables 3-4, ``group_figure``) and the differences (``delta_figure``) beside.
+``draw_figures`` draws every one the runs allow (``plotting``: what they share)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from acsl_cli.errors import AcslError
 from acsl_cli.reporting.compare import Comparison, Summary, compare
-from acsl_cli.reporting.plotting import GROUP_COLOURS, _pyplot, _save, _wrap
+from acsl_cli.reporting.plotting import (
+    DPI,  # noqa: F401 - re-exported
+    GROUP_COLOURS,
+    GROUP_NAMES,
+    bottom_legend,
+    spread,
+)
+from acsl_cli.reporting.plotting import pyplot as _pyplot
+from acsl_cli.reporting.plotting import save as _save
+from acsl_cli.reporting.plotting import wrap as _wrap  # noqa: F401 - re-exported
 from acsl_cli.reporting.runs import TrainCounts, load_runs, train_counts
 
-GROUP_NAMES = {"f": "frequent", "c": "common", "r": "rare"}
 RARE_MAX, COMMON_MAX = 10, 100  # acsl_cli.data.groups thresholds, drawn as lines
-
-
-def _colours(rows: Sequence[Summary], baseline: str) -> dict[str, Any]:
-    """One distinct colour per drawn row; the baseline is black."""
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if len(rows) <= 11 else "tab20")
-    others = [r for r in rows if r.name != baseline]
-    colours = {r.name: cmap(i % cmap.N) for i, r in enumerate(others)}
-    colours[baseline] = "black"
-    return colours
 
 
 def label_distribution(counts: TrainCounts, path: Path) -> Path:
@@ -38,7 +33,8 @@ def label_distribution(counts: TrainCounts, path: Path) -> Path:
 
     order = sorted(counts.images, key=lambda cid: -counts.images[cid])
     n = len(order)
-    fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 0.08 * n + 4)), 4.2))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 0.08 * n + 4)), 4.2),
+                           constrained_layout=True)
     for g in ("f", "c", "r"):
         xs = [i for i, cid in enumerate(order) if counts.groups.get(cid) == g]
         ys = [max(counts.images[order[i]], 0.8) for i in xs]  # 0 images: shown at the floor
@@ -61,70 +57,6 @@ def label_distribution(counts: TrainCounts, path: Path) -> Path:
     ax.set_title(f"Train label distribution ({n} categories)")
     ax.legend(title="group (categories)", loc="upper right", fontsize=8, title_fontsize=8)
     return _save(fig, path)
-
-
-def per_category_ap(c: Comparison, path: Path) -> Path | None:
-    """Per group, each model's per-category AP sorted from best to worst (paper Fig. 4):
-    the area under a curve is the group's AP."""
-    rows, title = _curve_rows(c)
-    groups = _category_groups(c)
-    present = [g for g in ("f", "c", "r") if any(v == g for v in groups.values())]
-    if not rows or not present:
-        return None
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    colours = _colours(rows, c.baseline)
-    fig, axes = plt.subplots(1, len(present), figsize=(4.6 * len(present), 4.0),
-                             squeeze=False, constrained_layout=True)
-    for ax, g in zip(axes[0], present, strict=True):
-        for r in rows:
-            aps = sorted((100 * v for cid, v in r.per_category.items()
-                          if groups.get(cid) == g and not math.isnan(v)), reverse=True)
-            if aps:
-                base = r.name == c.baseline
-                # Past ~40 categories a panel's markers touch and hide the baseline's dashes.
-                ax.plot(range(1, len(aps) + 1), aps, color=colours[r.name],
-                        lw=2.2 if base else 1.4, ls="--" if base else "-",
-                        marker="." if len(aps) <= 40 else None,
-                        label=r.name, zorder=3 if base else 2)
-        size = sum(1 for v in groups.values() if v == g)
-        ax.set_title(f"{GROUP_NAMES[g]} categories ({size})")
-        ax.set_xlabel("category, sorted by AP")
-        ax.set_xlim(0.5, max(size, 2) + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("AP (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)),
-               fontsize=8)
-    fig.suptitle(f"Per-category AP (mean over seeds){title}; dashed = baseline")
-    return _save(fig, path)
-
-
-def _curve_rows(c: Comparison, most: int = 7) -> tuple[list[Summary], str]:
-    """All rows, or when they would not be told apart, the baseline and each loss's best
-    row by AP (e.g. the best xi of ACSL)."""
-    rows = [r for r in c.rows if r.per_category]
-    if len(rows) <= most:
-        return rows, ""
-    best: dict[str, Summary] = {}
-    for r in rows:
-        key = r.loss + (f" [{r.variant}]" if r.variant else "")
-        if key not in best or (r.mean["AP"] or 0.0) > (best[key].mean["AP"] or 0.0):
-            best[key] = r
-    keep = {r.name for r in best.values()} | {c.baseline}
-    return [r for r in rows if r.name in keep], ", best row per loss by AP"
-
-
-def _category_groups(c: Comparison) -> dict[int, str]:
-    return {cat.category_id: cat.group for run in c.runs for cat in run.categories}
 
 
 def xi_families(c: Comparison) -> dict[str, list[Summary]]:
@@ -170,58 +102,19 @@ def xi_sweep(c: Comparison, path: Path) -> Path | None:
         ax.set_title(k)
         ax.set_xlabel("ξ")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"AP (%), {_spread(c.rows)}")
+    axes[0].set_ylabel(f"AP (%), {spread([len(r.seeds) for r in c.rows])}")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)),
-               fontsize=8)
+    bottom_legend(fig, handles, labels)
     fig.suptitle("ACSL: metrics against ξ")
-    return _save(fig, path)
-
-
-def _spread(rows: Sequence[Summary]) -> str:
-    """What the error bars are: a std needs two seeds."""
-    if all(len(r.seeds) < 2 for r in rows):
-        return "one seed per row (n=1: no std)"
-    if any(len(r.seeds) < 2 for r in rows):
-        return "mean ± std over seeds (none for n=1 rows)"
-    return "mean ± std over seeds"
-
-
-def group_bars(c: Comparison, path: Path) -> Path | None:
-    """APr / APc / APf per model, error bars = sample std over seeds (Table 4)."""
-    keys = ("APr", "APc", "APf")
-    rows = [r for r in c.rows if any(r.mean[k] is not None for k in keys)]
-    if not rows:
-        return None
-    plt = _pyplot()
-    n = len(rows)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * n + 2.0), 4.6), constrained_layout=True)
-    width = 0.26
-    for j, k in enumerate(keys):
-        xs = [i + (j - 1) * width for i in range(n)]
-        ys = [math.nan if r.mean[k] is None else 100 * r.mean[k] for r in rows]  # no bar
-        es = [0.0 if r.std[k] is None else 100 * r.std[k] for r in rows]  # none for n=1
-        none = all(r.mean[k] is None for r in rows)
-        ax.bar(xs, ys, width, yerr=es, capsize=2, color=GROUP_COLOURS[k[-1]],
-               label=f"{k} ({GROUP_NAMES[k[-1]]}{': undefined' if none else ''})",
-               error_kw={"lw": 1})
-    ax.set_xticks(range(n))
-    rotate = n > 6
-    ax.set_xticklabels([_wrap(r.name, 14 if rotate else 16) for r in rows],
-                       rotation=30 if rotate else 0, ha="right" if rotate else "center",
-                       rotation_mode="anchor", fontsize=8)
-    ax.set_ylim(bottom=0)  # AP is never negative; a large std is cut at 0
-    ax.set_ylabel(f"AP (%), {_spread(rows)}")
-    ax.set_title("AP of rare / common / frequent categories per model")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
 def draw_figures(c: Comparison, out_dir: Path) -> tuple[list[Path], list[str]]:
     """Every figure the runs allow, and one note per figure that could not be drawn."""
     out_dir = Path(out_dir)
-    from acsl_cli.reporting.delta_figure import delta_bars  # it draws with this module
+    from acsl_cli.reporting.category_figure import per_category_ap
+    from acsl_cli.reporting.delta_figure import delta_bars
+    from acsl_cli.reporting.group_figure import group_bars
 
     paths: list[Path] = []
     notes: list[str] = []

@@ -1,4 +1,5 @@
-"""``acsl report``'s files: the comparison tables (compare.py) and figures (figures.py)."""
+"""``acsl report``'s files: the comparison tables (compare.py), figures (figures.py) and
+the self-contained ``report.html`` (html_report.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from acsl_cli.reporting.compare import Comparison, compare
 from acsl_cli.reporting.compare_tables import csv_text, json_rows, markdown
 from acsl_cli.reporting.curves import validation_curves
 from acsl_cli.reporting.figures import draw_figures
+from acsl_cli.reporting.html_report import render
 from acsl_cli.reporting.runs import Run
 from acsl_cli.reporting.suppression import suppression_report
 from acsl_cli.reporting.tail_classes import tail_classes_markdown
 
 
 def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None,
-                 comparison: Comparison | None = None) -> list[Path]:
-    """report.md, report.csv, report.json and the figures in ``out_dir``; returns them.
-    ``comparison``: ``compare(runs, baseline)`` already made (its bootstraps take time).
+                 comparison: Comparison | None = None, command: str = "") -> list[Path]:
+    """report.md, report.csv, report.json, the figures and report.html in ``out_dir``;
+    returns them.
+    ``comparison``: ``compare(runs, baseline)`` already made (its bootstraps take time);
+    ``command``: the command line that made the report, said at its top.
 
     Everything is written into a hidden folder beside ``out_dir`` first and moved in when
     all of it is there: a report that fails half-way leaves ``out_dir`` as it was (not
@@ -26,11 +30,11 @@ def write_report(runs: Sequence[Run], out_dir: Path, baseline: str | None = None
     c = comparison or compare(runs, baseline)
     out_dir = Path(out_dir)
     with staged_folder(out_dir) as stage:
-        names = _write_all(c, runs, stage)
+        names = _write_all(c, runs, stage, command)
     return [out_dir / name for name in names]
 
 
-def _write_all(c: Comparison, runs: Sequence[Run], out_dir: Path) -> list[str]:
+def _write_all(c: Comparison, runs: Sequence[Run], out_dir: Path, command: str) -> list[str]:
     """Every file of the report into ``out_dir``; their names, tables first."""
     figures, notes = draw_figures(c, out_dir)
     curves = validation_curves(runs, out_dir / "validation.png")
@@ -42,12 +46,16 @@ def _write_all(c: Comparison, runs: Sequence[Run], out_dir: Path) -> list[str]:
                         for r in runs)
     pictures = "\n".join(f"![{p.stem}]({p.name})" for p in figures)
     tail = tail_classes_markdown(c)
-    tail = f"## Rarest classes: AP per model (%, mean over seeds)\n\n{tail}\n" if tail else ""
-    text = (f"# Comparison of {len(runs)} run(s)\n\n{markdown(c)}\n{tail}## Runs\n\n{sources}\n\n"
-            f"## Figures\n\n{pictures}\n" + "".join(f"\n{n}\n" for n in notes)
-            + suppression_text)
+    tail = (f"## Rarest classes: AP per model (%, mean over each row's seeds)\n\n{tail}\n"
+            if tail else "")
+    made = f"Made by `{command}`.\n\n" if command else ""
+    text = (f"# Comparison of {len(runs)} run(s)\n\n{made}{markdown(c)}\n{tail}"
+            f"## Runs\n\n{sources}\n\n## Figures\n\n{pictures}\n"
+            + "".join(f"\n{n}\n" for n in notes) + suppression_text)
     paths = [out_dir / "report.md", out_dir / "report.csv", out_dir / "report.json"]
     atomic_write_text(paths[0], text)
     atomic_write_text(paths[1], csv_text(c))
     atomic_write_json(paths[2], json_rows(c))
-    return [p.name for p in paths + figures + suppression_figures]
+    drawn = [p.name for p in figures + suppression_figures]
+    atomic_write_text(out_dir / "report.html", render(c, out_dir, drawn, command))
+    return [p.name for p in paths] + drawn + ["report.html"]

@@ -4,9 +4,11 @@ During stage 2 an ACSL loss counts, per foreground RoI of class k, every column 
 with W = 1 (``ACSL.suppression()``); the head's folder keeps that record as
 ``suppression.npz`` (plain integer arrays, read with ``allow_pickle=False``). ``acsl
 report`` draws the share of class k's RoIs that suppressed column j as a heat map, classes
-sorted by train images (frequent first), beside the same map for sigmoid BCE, which
-suppresses every negative column for every RoI (all ones). For each rare class it lists
-the columns suppressed most often: the look-alikes ACSL keeps discriminating against.
+sorted by train images (frequent first), with a readable panel of the rare classes
+(``suppression_figure``), and computes the claim's numbers from the records
+(``lookalikes``). For each rare class it lists the columns suppressed most often: the
+look-alikes ACSL keeps discriminating against. Sigmoid BCE suppresses every negative
+column by definition and keeps no record: it is not drawn.
 
 Torch-free (``acsl report`` must stay fast to import): the writer only calls the loss.
 """
@@ -14,7 +16,6 @@ Torch-free (``acsl report`` must stay fast to import): the writer only calls the
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +24,15 @@ from typing import Any
 import numpy as np
 
 from acsl_cli.errors import DataError
-from acsl_cli.files import atomic_write_bytes
+from acsl_cli.files import atomic_write_bytes, atomic_write_json
 from acsl_cli.reporting.compare import Comparison
 from acsl_cli.reporting.runs import Run, TrainCounts
 
 SUPPRESSION_FILE = "suppression.npz"
 FIGURE = "suppression.png"
+SUMMARY = "suppression.json"
 TOP_COLUMNS = 3  # look-alikes listed per rare class
 MAX_RARE = 20  # rare classes listed per model
-MAX_PANELS = 6  # ACSL models drawn beside BCE
-NAMED_TICKS = 40  # class names on the axes up to this many classes
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,11 @@ def read_suppression(path: Path) -> Suppression:
 
 
 def pooled_records(c: Comparison) -> tuple[dict[str, Suppression], list[str]]:
-    """Per ACSL row of the comparison, its heads' records summed over the row's runs; and
-    notes for ACSL rows that have none (runs made before heads kept one)."""
+    """Per row whose heads kept a record (ACSL's), the records summed over the row's runs;
+    and notes for ACSL rows that have none (runs made before heads kept one)."""
     out: dict[str, Suppression] = {}
     notes: list[str] = []
     for row in c.rows:
-        if row.loss != "acsl":
-            continue
         for run in (r for r in c.runs if r.name in row.runs and row.label in r.models):
             path = _head_folder(run, row.label)
             if path is None or not (path / SUPPRESSION_FILE).is_file():
@@ -106,7 +104,7 @@ def pooled_records(c: Comparison) -> tuple[dict[str, Suppression], list[str]]:
                              "run; left out of the suppression map")
                 continue
             out[row.name] = out[row.name] + rec if row.name in out else rec
-        if row.name not in out:
+        if row.name not in out and row.loss == "acsl":
             notes.append(f"Suppression map of '{row.name}' not drawn: its heads have no "
                          f"{SUPPRESSION_FILE}")
     return out, notes
@@ -125,44 +123,6 @@ def class_order(rec: Suppression, counts: TrainCounts | None) -> list[int]:
     key = (lambda i: -counts.images.get(int(rec.category_ids[i]), 0)) if counts is not None \
         else (lambda i: -int(rec.rois[i]))
     return sorted(range(len(rec.category_ids)), key=lambda i: (key(i), int(rec.category_ids[i])))
-
-
-def suppression_figure(records: Mapping[str, Suppression], counts: TrainCounts | None,
-                       names: Mapping[int, str], path: Path) -> Path:
-    """One heat map per ACSL model and BCE's beside them, rows normalised by RoIs."""
-    from acsl_cli.reporting.figures import _pyplot, _save, _wrap
-
-    plt = _pyplot()
-    shown = list(records.items())[:MAX_PANELS]
-    first = shown[0][1]
-    order = class_order(first, counts)
-    bce = np.where(first.rois[:, None] > 0, 1.0, np.nan) * np.ones_like(first.counts, float)
-    np.fill_diagonal(bce, np.nan)
-    panels = [(n, r.rates()) for n, r in shown] + [("BCE (suppresses every column)", bce)]
-    cols = min(len(panels), 4)
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1.0, 4.4 * rows), squeeze=False)
-    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-    image = None
-    ticks = [names.get(int(first.category_ids[i]), str(first.category_ids[i])) for i in order]
-    for n, (ax, (title, rates)) in enumerate(zip(axes.flat, panels, strict=False)):
-        image = ax.imshow(rates[np.ix_(order, order)], cmap=cmap, vmin=0.0, vmax=1.0,
-                          interpolation="nearest", aspect="auto")
-        ax.set_title(_wrap(title, 40), fontsize=9)
-        named = len(order) <= NAMED_TICKS
-        ax.set_xticks(range(len(order)) if named else [], ticks if named else [],
-                      rotation=90, fontsize=6)
-        ax.set_yticks(range(len(order)) if named and n % cols == 0 else [],
-                      ticks if named and n % cols == 0 else [], fontsize=6)
-        ax.set_xlabel("suppressed column (frequent → rare)", fontsize=8)
-        if n % cols == 0:
-            ax.set_ylabel("RoI's class (frequent → rare)", fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8,
-                 label="share of the class's foreground RoIs")
-    fig.suptitle("Suppressed columns per class, stage 2 (Figure 3; grey: target or no RoIs)")
-    return _save(fig, path)
 
 
 def lookalikes_markdown(records: Mapping[str, Suppression], counts: TrainCounts | None,
@@ -196,19 +156,31 @@ def _rare_rows(rec: Suppression, counts: TrainCounts | None) -> list[int]:
 
 
 def suppression_report(c: Comparison, out_dir: Path) -> tuple[list[Path], str]:
-    """The figure and the report's Markdown section ("" when no ACSL row has a record)."""
+    """The figure, ``suppression.json`` (the claim's numbers per model, from the records)
+    and the report's Markdown section ("" when no row has a record)."""
     from acsl_cli.reporting.figures import _first_counts
+    from acsl_cli.reporting.lookalikes import category_traits, summary, summary_markdown
+    from acsl_cli.reporting.suppression_figure import suppression_figure
 
     records, notes = pooled_records(c)
     if not records:
         return [], "".join(f"\n{n}\n" for n in notes)
     counts = _first_counts(c.runs)[0]
     names = {cat.category_id: cat.name for run in c.runs for cat in run.categories}
-    figure = suppression_figure(records, counts, names, Path(out_dir) / FIGURE)
+    traits = category_traits(c.runs)
+    figure = suppression_figure(records, counts, names, Path(out_dir) / FIGURE, traits,
+                                rare_rows=_rare_rows, class_order=class_order)
+    stats = {model: summary(rec, traits) for model, rec in records.items()}
+    atomic_write_json(Path(out_dir) / SUMMARY, stats)
     table = lookalikes_markdown(records, counts, names)
     text = ("\n## ACSL suppression (Figure 3)\n\n"
             f"![suppression]({figure.name})\n\nShare of each class's foreground RoIs in "
-            "stage 2 for which ACSL suppressed a column (W = 1); BCE suppresses all of them."
-            + (f" Rare classes' most suppressed columns:\n\n{table}" if table else "\n")
+            "stage 2 for which ACSL suppressed a column (W = 1), summed over each row's runs "
+            "(only measured records are drawn; sigmoid BCE keeps none: it suppresses every "
+            f"column by definition). From the records ({SUMMARY}):\n\n"
+            + summary_markdown(stats)
+            + ("" if traits else "\nLook-alikes are not marked: the train annotations give no "
+               "shape, colour and pattern per class.\n")
+            + (f"\nRare classes' most suppressed columns:\n\n{table}" if table else "")
             + "".join(f"\n{n}\n" for n in notes))
-    return [figure], text
+    return [figure, Path(out_dir) / SUMMARY], text
