@@ -32,6 +32,7 @@ from acsl_cli.pipeline.components import (
     train_data_loader,
 )
 from acsl_cli.pipeline.evaluate import Evaluation, evaluate, test_trunk, validation
+from acsl_cli.pipeline.live_log import live_log
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.provenance import provenance
 from acsl_cli.pipeline.rundir import (
@@ -94,7 +95,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         losses = [make_loss(h.loss, context) for h in plan.heads]  # fail fast
         s1 = train_or_load_stage1(s, data, device)
         if s1.reused:  # the curves of a cached stage 1 reach this run's log and trackers
-            replay_history(s1.folder)
+            replay_history(s1.folder, s.schedule.log_every)
         trunk = test_trunk(s, s1.model)
         C = data.cmap.num_classes
         with torch.random.fork_rng(devices=[]):  # the global stream below stays as it was
@@ -117,7 +118,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
                                                 zip(plan.heads, heads, strict=True)}))
             finetune_heads(trunk, heads, loader, StageSchedule.from_settings(s.schedule.stage2),
                            device, s.schedule.max_iters, s.progress, resume=resume, amp=s.amp,
-                           after_epoch=check)
+                           after_epoch=check, log_every=s.schedule.log_every)
         scorers = {h.name: h.scorer for h in heads}
         # the cached stage-1 row was scored the canonical way; an entry cached before
         # matches were saved is scored again for its matches (the image bootstrap)
@@ -191,7 +192,9 @@ def run_folder(s: Settings, name: str):
         for h in handlers[1:]:
             logger.addHandler(h)
         try:
-            yield run
+            with live_log(OutputLayout.at(s.output_root).live_log(name),
+                          run.path / "train.log"):
+                yield run
         finally:
             for h in handlers:
                 logger.removeHandler(h)
