@@ -1,5 +1,6 @@
 """Re-scoring explains itself: ``acsl eval dets=`` says how many of the ground truth's
-images the detections cover."""
+images the detections cover, and a run's metrics.json says which val images it scored
+(``schedule.eval_max_images``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "lvis_v0.5_val_100.json"
@@ -40,3 +43,21 @@ def test_eval_dets_states_its_coverage_of_the_ground_truth(tmp_path):
     line = evaluate_results_file(full, FIXTURE).coverage
     assert line.startswith(f"detections cover {covered} of {n} images of {FIXTURE.name}")
     assert ("missed" in line) == (covered < n)
+
+
+def test_a_run_records_the_val_images_it_scored(tmp_path):
+    from acsl_cli.evaluation.results import evaluate_results_file
+    from acsl_cli.pipeline.train import run_train
+
+    res = run_train([*TINY, "schedule.max_iters=2", "schedule.eval_max_images=3",
+                     f"output_root={tmp_path}", "loss=bce"])
+    rows = json.loads((res.run_dir / "metrics.json").read_text())
+    val = next(tmp_path.glob("cache/data/*/val.json"))
+    total = len(json.loads(val.read_text())["images"])
+    assert total > 3
+    for row in rows.values():
+        assert (row["val_images_scored"], row["val_images"], row["eval_max_images"]) \
+            == (3, total, 3)
+    line = evaluate_results_file(res.run_dir / "heads" / "bce" / "results.json", val).coverage
+    covered = int(line.split()[2])
+    assert 0 < covered <= 3 and line.startswith(f"detections cover {covered} of {total} ")

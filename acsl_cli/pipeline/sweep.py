@@ -15,6 +15,7 @@ import numpy as np
 
 from acsl_cli.engine import distributed as dist
 from acsl_cli.errors import AcslError, ConfigError, DataError
+from acsl_cli.evaluation.lvis_eval import METRIC_KEYS
 from acsl_cli.layout import OutputLayout, pointer
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name
@@ -115,8 +116,8 @@ def finished_run(folder: Path, plan: RunPlan) -> RunResult | None:
         raise ConfigError(f"{folder} exists but was made with other settings ({differs}); "
                           "use another run_name")
     log.info("sweep: %s is finished, reusing it", folder)
-    metrics = {row: {k: math.nan if v is None else float(v) for k, v in m.items()}
-               for row, m in rows.items()}
+    metrics = {row: {k: math.nan if m.get(k) is None else float(m[k]) for k in METRIC_KEYS}
+               for row, m in rows.items()}  # rows also say which val images were scored
     return RunResult(folder, metrics, stage1_reused=True)
 
 

@@ -230,7 +230,11 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
                               ev.top_detections[spec.id].as_results())
         if spec.id in ev.matches:
             save_matches(matches_file(folder, spec.id), ev.matches[spec.id])
-    write_metrics(folder, rows, note=data.groups_note)
+    cap = plan.settings.schedule.eval_max_images
+    val = len(data.val)
+    write_metrics(folder, rows, note=data.groups_note,
+                  scored={"val_images_scored": val if cap is None else min(cap, val),
+                          "val_images": val, "eval_max_images": cap})
     s = data.stats
     counts = {cid: (s.image_counts[i], s.instance_counts[i])
               for i, cid in enumerate(data.cmap.category_ids)}
