@@ -209,7 +209,7 @@ def show(overrides: list[str] = OVERRIDES) -> None:
     """Draw ground truth and detections on val images, and rare classes' false positives.
 
     Examples: acsl show ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt out=show images=8
-    score=0.3 classes=[circle_red] ; acsl show dets=results.json ann=val.json
+    score=0.3 classes=\\[red_circle] ; acsl show dets=results.json ann=val.json
     image_dir=val2017 out=show. White: ground truth; red/orange/blue: detections of
     rare/common/frequent classes.
     """

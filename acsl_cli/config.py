@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from acsl_cli.conf_groups import GROUPS, available, config_dir
 from acsl_cli.config_rules import validate
-from acsl_cli.errors import ConfigError
+from acsl_cli.errors import ConfigError, did_you_mean
 from acsl_cli.settings import LauncherSettings, Settings, settings_from
 from acsl_cli.settings.sections import LAUNCHER_KEYS, LIST_KEYS, PLUGINS_RULE, SHORTHANDS
 
@@ -101,8 +101,8 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
     for o in parsed:
         choices = available(o.key) + (plugin_losses if o.key == "loss" else [])
         if o.key in GROUPS and o.value not in choices:
-            raise ConfigError(
-                f"unknown {o.key} '{o.value}' (choose from {', '.join(sorted(choices))})")
+            raise ConfigError(f"unknown {o.key} '{o.value}' ({did_you_mean(o.value, choices)}"
+                              f"choose from {', '.join(sorted(choices))})")
     _check_launcher_keys(parsed, base)
     try:
         if base is None:
@@ -111,10 +111,44 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
             cfg = _update(base, parsed)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
+        unknown = _unknown_key(parsed, base)
+        if unknown is not None:
+            raise ConfigError(unknown) from None
         msg = " ".join(str(e).split())
         raise ConfigError(f"bad config override: {msg}"[:400]) from None
     to_settings(cfg)  # every value checked before anything runs
     return cfg
+
+
+def _flat_keys(node: DictConfig, prefix: str = "") -> dict[str, bool]:
+    """Every dotted key of ``node`` -> whether it is a section (a mapping of keys)."""
+    keys = {}
+    for k in node.keys():
+        key, child = f"{prefix}{k}", node._get_node(k)
+        keys[key] = isinstance(child, DictConfig)
+        if keys[key]:
+            keys.update(_flat_keys(child, key + "."))
+    return keys
+
+
+def _unknown_key(parsed: list[Override], base: DictConfig | None) -> str | None:
+    """The first ``key=value`` whose key the config does not have, as one line with the
+    closest key (instead of Hydra's advice to add it with ``+``); None if all exist."""
+    try:
+        known = base if base is not None else _compose([o.text for o in parsed
+                                                         if o.key in GROUPS])
+    except (HydraException, OmegaConfBaseException, ConfigError):
+        return None
+    keys = _flat_keys(known)
+    for o in parsed:
+        if o.text[:1] in "+~" or o.key in GROUPS or o.key in keys:
+            continue
+        parts = o.key.split(".")
+        if any(keys.get(".".join(parts[:i])) is False for i in range(1, len(parts))):
+            continue  # below a value (a free-form mapping such as launcher.additional)
+        return (f"unknown key '{o.key}' ({did_you_mean(o.key, sorted(keys))}every key and "
+                "its value: acsl train --dry-run)")
+    return None
 
 
 def _plugin_losses(parsed: list[Override], base: DictConfig | None) -> list[str]:

@@ -15,6 +15,7 @@ a run, a head, a stage-1 cache entry and a sweep's summary (each written once, h
     cache/stage1/<key>/              a trained stage-1 detector (+ <key>.resume.pt)
     cache/stage2/<key>.resume.pt     an interrupted stage-2 pass
     launcher/<sweep>/                a sweep's jobs (launcher=local|slurm): ids, specs, logs
+    live/<name>.log                  while a run is going: a link to its train.log
 
 Files that point to other files (a head to its stage 1) store the path relative to the
 pointing file's folder, so a moved or copied ``outputs/`` keeps working.
@@ -101,6 +102,9 @@ class OutputLayout:
 
     def stage1_resume(self, key: str) -> Path:
         return self.root / "cache" / "stage1" / f"{key}.resume.pt"
+
+    def live_log(self, name: str) -> Path:
+        return self.root / "live" / f"{name}.log"
 
     def launcher(self, sweep: str) -> Path:
         return self.root / "launcher" / sweep

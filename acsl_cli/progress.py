@@ -35,6 +35,12 @@ class Bar:
         self._progress.update(self._task, advance=n, info=info)
 
 
+def bar_is_live(enabled: bool = True) -> bool:
+    """Whether a bar redraws on stderr as work goes (a terminal and ``progress=true``); when
+    not, training prints its log lines to stderr instead (``engine.iter_log``)."""
+    return enabled and status.is_terminal
+
+
 def _columns() -> tuple:
     return (
         TextColumn("[bold]{task.description}"),

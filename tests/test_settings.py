@@ -122,6 +122,7 @@ def _old_stage1_key(cfg) -> str:
 def _old_stage2_key(cfg, heads) -> str:
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     schedule.pop("eval_every_epochs")  # added since, tagged for no key: old configs lack it
+    schedule.pop("log_every")  # likewise
     return config_hash({"stage1": "x", "heads": heads, "world_size": 1, "seed": cfg.seed,
                         "schedule": schedule,
                         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),

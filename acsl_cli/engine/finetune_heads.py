@@ -143,7 +143,7 @@ def finetune_heads(
     trunk: FrozenTrunk, heads: list[ClassifierHead], loader: DataLoader,
     sched: StageSchedule, device: str, max_iters: int | None = None,
     show_progress: bool = True, resume: Path | None = None, amp: str = "off",
-    after_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[int], None] | None = None, log_every: int = 50,
 ) -> None:
     """Train every head's classifier with its loss on the frozen trunk; fills histories.
 
@@ -155,7 +155,8 @@ def finetune_heads(
     generators += loader_generators(loader)
     label = f"stage 2 ({len(heads)} head{'s' * (len(heads) > 1)})"
     history = fit(HeadsStep(trunk, heads, sched, device, amp), loader, sched, device, max_iters,
-                  show_progress, resume, generators, bar_label=label, after_epoch=after_epoch)
+                  show_progress, resume, generators, bar_label=label, after_epoch=after_epoch,
+                  log_every=log_every)
     for h in heads:
         h.history = [{"iter": r["iter"], "epoch": r["epoch"], "lr": r["lr"], "loss": r[h.name]}
                      for r in history]

@@ -1,11 +1,12 @@
 """The one training loop: both stages are a ``Step`` run by ``fit``.
 
 ``fit`` owns what the stages share: the iteration count and learning rate, the loss
-guard (non-finite or exploding losses stop the run with one line), logging, the progress
-bar, and resumable state. With ``resume=PATH`` the state after every epoch (the step's
-weights and optimizers, iteration, history, and the RNG states of torch and of the given
-generators: sampler order, flips, loss draws) is written there, and a later call with the
-same file continues exactly where it stopped. A step keeps only its own arithmetic.
+guard (non-finite or exploding losses stop the run with one line), logging (every
+``log_every`` iterations, ``iter_log``), the progress bar, and resumable state. With
+``resume=PATH`` the state after every epoch (the step's weights and optimizers, iteration,
+history, and the RNG states of torch and of the given generators: sampler order, flips,
+loss draws) is written there, and a later call with the same file continues exactly where
+it stopped. A step keeps only its own arithmetic.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from torch.utils.data import DataLoader
 
 from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.checkpoint import load_state_file, save_state_file
+from acsl_cli.engine.iter_log import IterationLog
 from acsl_cli.engine.loaders import set_epoch, stage_iters, to_device
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.errors import DataError, TrainingDiverged
-from acsl_cli.progress import progress_bar
+from acsl_cli.progress import bar_is_live, progress_bar
 
 log = logging.getLogger("acsl")
 
@@ -92,10 +94,12 @@ def fit(
     step: Step, loader: DataLoader, sched: StageSchedule, device: str,
     max_iters: int | None = None, show_progress: bool = True, resume: Path | None = None,
     generators: Sequence[torch.Generator] = (), bar_label: str | None = None,
-    after_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[int], None] | None = None, log_every: int = 50,
 ) -> list[dict[str, float]]:
     """Run ``step`` over ``sched.epochs`` epochs of ``loader``; returns the history rows.
-    ``after_epoch(n)`` runs after the n-th epoch (1-based) is saved (validation)."""
+    ``after_epoch(n)`` runs after the n-th epoch (1-based) is saved (validation). Every
+    ``log_every`` iterations a line is logged (``IterationLog``); it is also printed to
+    stderr when no progress bar is live there."""
     start_epoch, it, history = 0, 0, []
     if resume is not None and resume.is_file():
         restored = _restore(resume, step, generators)
@@ -104,6 +108,8 @@ def fit(
     total = stage_iters(loader, sched.epochs, max_iters)
     guard = LossGuard(step.stage)
     label = bar_label or step.stage
+    lines = IterationLog(step.stage, total, log_every, device, it,
+                         to_stderr=dist.is_main() and not bar_is_live(show_progress))
     with progress_bar(label, total, show_progress and dist.is_main()) as bar:
         bar.advance(it)
         for epoch in range(start_epoch, sched.epochs):
@@ -119,13 +125,8 @@ def fit(
                 shown = {"loss": losses.get("loss", next(iter(losses.values())))} \
                     if "loss" in losses or len(losses) == 1 else {}
                 bar.advance(lr=lr, epoch=f"{epoch + 1}/{sched.epochs}", **shown)
-                if it % 50 == 0 or it == total - 1:
-                    log.info("%s it %d/%d epoch %d lr %.5g %s", step.stage.replace(" ", ""),
-                             it + 1, total, epoch + 1, lr,
-                             " ".join(f"{k} {v:.5g}" for k, v in losses.items()),
-                             extra={"event": {"type": "train", "stage": step.stage,
-                                              "iter": it, "epoch": epoch, "lr": lr,
-                                              **losses}})
+                if lines.due(it):
+                    lines.write(it, epoch, sched.epochs, lr, losses)
                 it += 1
             if resume is not None and dist.is_main():
                 save_state_file(resume, {

@@ -63,8 +63,9 @@ def train_detector(
     model: nn.Module, loader: DataLoader, sched: StageSchedule, device: str,
     max_iters: int | None = None, show_progress: bool = True, resume: Path | None = None,
     generators: Sequence[torch.Generator] = (), amp: str = "off",
-    after_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[int], None] | None = None, log_every: int = 50,
 ) -> list[dict[str, float]]:
     """Train every parameter of ``model``; returns the per-iteration loss history."""
     return fit(DetectorStep(model, sched, device, amp), loader, sched, device, max_iters,
-               show_progress, resume, generators, after_epoch=after_epoch)
+               show_progress, resume, generators, after_epoch=after_epoch,
+               log_every=log_every)

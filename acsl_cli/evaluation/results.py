@@ -9,6 +9,7 @@ undefined (nan) and ``groups_note`` says why.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -37,6 +38,20 @@ class ResultsEvaluation:
     per_category: list[dict]
     groups_note: str | None
     by_protocol: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: "detections cover N of M images of ANN": LVIS rules count the ground truth of an
+    #: image without detections as missed, so a file of a subset scores lower on the whole
+    coverage: str = ""
+
+
+def coverage_line(image_ids: Iterable[int], gt: dict, ann_name: str) -> str:
+    """How many of the ground truth's images hold at least one detection, in one line."""
+    covered = len(set(map(int, image_ids)))
+    total = len(gt["images"])
+    line = f"detections cover {covered} of {total} images of {ann_name}"
+    if covered < total:
+        line += (f"; the other {total - covered} count as missed (a run scores only its "
+                 "first schedule.eval_max_images: its metrics.json says how many)")
+    return line
 
 
 def _frequency_groups(gt: dict, ann_path: Path, train_ann: PathArg | None) -> str | None:
@@ -87,4 +102,5 @@ def evaluate_results_file(
         results = evaluate_protocols(gt, dets, protocols, dets_per_class)
     first = results[protocols[0]]
     return ResultsEvaluation(first.metrics, first.per_category, note,
-                             {p: r.metrics for p, r in results.items()})
+                             {p: r.metrics for p, r in results.items()},
+                             coverage_line(dets.image_ids.tolist(), gt, ann.name))

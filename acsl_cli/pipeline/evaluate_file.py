@@ -9,7 +9,8 @@ from acsl_cli.plan import EvalPlan
 def run_eval_results(plan: EvalPlan) -> tuple[dict[str, dict[str, float]], str]:
     """Metrics of ``dets=`` (LVIS results JSON, or Open Images predictions CSV) per
     protocol (``test.protocol``; Open Images: its own metric, as "standard") and the
-    one-line account of the frequency groups."""
+    note under the table: the frequency groups, and (LVIS) how many of the ground truth's
+    images the detections cover."""
     assert plan.dets is not None and plan.ann is not None and plan.settings is not None
     s = plan.settings
     protocols = s.test.protocols
@@ -32,4 +33,4 @@ def run_eval_results(plan: EvalPlan) -> tuple[dict[str, dict[str, float]], str]:
 
     result = evaluate_results_file(plan.dets, plan.ann, plan.train_ann, protocols,
                                    s.test.dets_per_class, s.test.backend)
-    return result.by_protocol, result.groups_note or ""
+    return result.by_protocol, "\n".join(filter(None, (result.groups_note, result.coverage)))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from acsl_cli.errors import ConfigError, DataError
+from acsl_cli.evaluation.lvis_eval import METRIC_KEYS
 from acsl_cli.layout import CONFIG, METRICS, OutputLayout, finished
 from acsl_cli.pipeline.train import RunResult, train
 from acsl_cli.plan import RunPlan, saved_run_config
@@ -99,8 +100,8 @@ def finished_run(folder: Path, run: RunPlan) -> RunResult | None:
         raise ConfigError(f"{folder} exists but was made with other settings "
                           f"({diff[0].there_here()}); use another run_name")
     log.info("sweep: %s is finished, reusing it", folder)
-    metrics = {row: {k: math.nan if v is None else float(v) for k, v in m.items()}
-               for row, m in rows.items()}
+    metrics = {row: {k: math.nan if m.get(k) is None else float(m[k]) for k in METRIC_KEYS}
+               for row, m in rows.items()}  # rows also say which val images were scored
     return RunResult(folder, metrics, stage1_reused=True)
 
 

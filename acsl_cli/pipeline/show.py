@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from acsl_cli.errors import ConfigError, DataError
+from acsl_cli.errors import ConfigError, DataError, did_you_mean
 from acsl_cli.files import staged_folder
 from acsl_cli.layout import RESULTS
 from acsl_cli.plan_show import ShowPlan
@@ -121,7 +121,8 @@ def _chosen(classes: Sequence[str | int] | None, cats: dict[int, dict]) -> set[i
     for c in classes:
         cid = c if isinstance(c, int) and c in cats else by_name.get(str(c))
         if cid is None:
-            raise ConfigError(f"classes: unknown class {c!r} (give names or category ids)")
+            raise ConfigError(f"classes: unknown class {c!r} ({did_you_mean(c, by_name)}"
+                              "give names or category ids)")
         out.add(cid)
     return out
 

@@ -121,7 +121,7 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
     check = validation(s, data, device, "stage 1", lambda: _validation_trunk(model))
     history = train_detector(model, loader, sched, device, s.schedule.max_iters, s.progress,
                              resume=resume, generators=loader_generators(loader), amp=s.amp,
-                             after_epoch=check)
+                             after_epoch=check, log_every=s.schedule.log_every)
     log.info("stage 1: trained in %.1f s", time.time() - t0)
     # the cached row is scored the canonical way (one scale, no flip, 300 detections);
     # runs with other test settings re-score stage 1 themselves

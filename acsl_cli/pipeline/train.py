@@ -48,6 +48,7 @@ from acsl_cli.pipeline.components import (
     train_data_loader,
 )
 from acsl_cli.pipeline.evaluate import Evaluation, evaluate, test_trunk, validation
+from acsl_cli.pipeline.live_log import live_log
 from acsl_cli.pipeline.preflight import check_run, write_out
 from acsl_cli.pipeline.provenance import provenance
 from acsl_cli.pipeline.rundir import (
@@ -109,7 +110,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         losses = [make_loss(h.loss, context) for h in plan.heads]  # fail fast
         s1 = train_or_load_stage1(s, data, device)
         if s1.reused:  # the curves of a cached stage 1 reach this run's log and trackers
-            replay_history(s1.folder)
+            replay_history(s1.folder, s.schedule.log_every)
         trunk = test_trunk(s, s1.model)
         C = data.cmap.num_classes
         with torch.random.fork_rng(devices=[]):  # the global stream below stays as it was
@@ -132,7 +133,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
                                                 zip(plan.heads, heads, strict=True)}))
             finetune_heads(trunk, heads, loader, StageSchedule.from_settings(s.schedule.stage2),
                            device, s.schedule.max_iters, s.progress, resume=resume, amp=s.amp,
-                           after_epoch=check)
+                           after_epoch=check, log_every=s.schedule.log_every)
         scorers = {h.name: h.scorer for h in heads}
         # the cached stage-1 row was scored the canonical way; an entry cached before
         # matches were saved is scored again for its matches (the image bootstrap)
@@ -206,7 +207,9 @@ def run_folder(s: Settings, name: str):
         for h in handlers[1:]:
             logger.addHandler(h)
         try:
-            yield run
+            with live_log(OutputLayout.at(s.output_root).live_log(name),
+                          run.path / TRAIN_LOG):
+                yield run
         finally:
             for h in handlers:
                 logger.removeHandler(h)
@@ -242,7 +245,11 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
                               ev.top_detections[spec.id].as_results())
         if spec.id in ev.matches:
             save_matches(matches_file(folder, spec.id), ev.matches[spec.id])
-    write_metrics(folder, rows, note=data.groups_note)
+    cap = plan.settings.schedule.eval_max_images
+    val = len(data.val)
+    write_metrics(folder, rows, note=data.groups_note,
+                  scored={"val_images_scored": val if cap is None else min(cap, val),
+                          "val_images": val, "eval_max_images": cap})
     s = data.stats
     counts = {cid: (s.image_counts[i], s.instance_counts[i])
               for i, cid in enumerate(data.cmap.category_ids)}

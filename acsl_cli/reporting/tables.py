@@ -61,11 +61,14 @@ def metrics_json(m: Mapping[str, float]) -> dict[str, float | None]:
     return {k: (None if _undefined(m[k]) else float(m[k])) for k in METRIC_KEYS}
 
 
-def write_metrics(folder: Path, rows: Mapping[str, Mapping[str, float]], note: str = ""
-                  ) -> None:
+def write_metrics(folder: Path, rows: Mapping[str, Mapping[str, float]], note: str = "",
+                  scored: Mapping[str, int | None] | None = None) -> None:
     """metrics.json / metrics.csv / metrics.md for every evaluated model of a run; ``note``
-    (e.g. the frequency-group sizes) goes under the Markdown table."""
-    atomic_write_json(folder / METRICS, {n: metrics_json(m) for n, m in rows.items()})
+    (e.g. the frequency-group sizes) goes under the Markdown table; ``scored`` (the val
+    images scored, of how many, ``eval_max_images``) joins each row of metrics.json, so
+    re-scoring a run's detections on the whole val set explains itself."""
+    atomic_write_json(folder / METRICS, {n: {**metrics_json(m), **(scored or {})}
+                                         for n, m in rows.items()})
     atomic_write_text(folder / "metrics.csv", csv_table(rows))
     atomic_write_text(folder / "metrics.md", markdown_table(rows, note=note))
 

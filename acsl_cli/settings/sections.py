@@ -95,6 +95,9 @@ class ScheduleSettings:
     flip: float = setting(0.5, number(0, 1), caches=(STAGE1, STAGE2))
     max_iters: int | None = setting(None, integer(1, null=True), caches=(STAGE1, STAGE2))
     eval_max_images: int | None = setting(None, integer(1, null=True))
+    #: a training line (time per iteration, ETA, memory, losses) every N iterations: into
+    #: train.log and trackers, and to stderr when no progress bar is live there
+    log_every: int = setting(50, integer(1, 10**9), caches=(), outcome=False)
     #: validate every N epochs of either stage (on eval_max_images), into the event log
     eval_every_epochs: int | None = setting(None, integer(1, null=True), caches=(),
                                             outcome=False)
