@@ -12,7 +12,25 @@ import time
 
 import torch
 
+from acsl_cli.progress import status
+
 log = logging.getLogger("acsl")
+
+#: lines to print once before the first training line (the live log's path): printed when
+#: training starts, not at the run's start, so that a run refused for bad input prints its
+#: one error line and nothing else
+_pending: list[str] = []
+
+
+def announce(text: str) -> None:
+    """Print ``text`` on stderr right before the next training line."""
+    _pending.append(text)
+
+
+def retract(text: str) -> None:
+    """Drop ``text`` if it was never printed (its run ended before training)."""
+    if text in _pending:
+        _pending.remove(text)
 
 
 def memory_text(device: str) -> str:
@@ -56,6 +74,8 @@ class IterationLog:
                 f"{epoch + 1}/{epochs} lr {lr:.5g} {per_it:.3f} s/it eta {eta} "
                 f"{memory_text(self.device)} "
                 + " ".join(f"{k} {v:.5g}" for k, v in losses.items()))
+        while _pending:
+            status.print(_pending.pop(0), markup=False, highlight=False, soft_wrap=True)
         log.info("%s", text, extra={"event": {"type": "train", "stage": self.stage,
                                                 "iter": it, "epoch": epoch, "lr": lr,
                                                 **losses}})

@@ -1,6 +1,7 @@
 """A stable path to a running run's log: ``<output_root>/live/<name>.log``, a relative
-symlink to ``train.log`` in the run's hidden partial folder, printed on stderr at start
-and removed when the run ends (the finished log is ``runs/<name>/train.log``).
+symlink to ``train.log`` in the run's hidden partial folder, printed on stderr with the
+first training line (a run refused for bad input prints its one error line only) and
+removed when the run ends (the finished log is ``runs/<name>/train.log``).
 
 Concurrent runs of one name: the first keeps the link, the others print their partial
 folder's path. A killed run's link dangles once its partial folder is cleaned up; the
@@ -14,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from acsl_cli.progress import status
+from acsl_cli.engine.iter_log import announce, retract
 
 
 def _remove_dangling(folder: Path) -> None:
@@ -45,10 +46,12 @@ def live_log(link: Path, log_file: Path) -> Iterator[Path]:
         _remove_dangling(link.parent)
     ours = _link(link, target)
     shown = link if ours else log_file
-    status.print(f"live log: {shown}", markup=False, highlight=False, soft_wrap=True)
+    line = f"live log: {shown}"
+    announce(line)  # printed with the first training line: a refused run prints no path
     try:
         yield shown
     finally:
+        retract(line)
         if ours:
             with contextlib.suppress(OSError):
                 if os.readlink(link) == target:

@@ -248,8 +248,7 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
     cap = plan.settings.schedule.eval_max_images
     val = len(data.val)
     write_metrics(folder, rows, note=data.groups_note,
-                  scored={"val_images_scored": val if cap is None else min(cap, val),
-                          "val_images": val, "eval_max_images": cap})
+                  scored=(val if cap is None else min(cap, val), val))
     s = data.stats
     counts = {cid: (s.image_counts[i], s.instance_counts[i])
               for i, cid in enumerate(data.cmap.category_ids)}

@@ -62,13 +62,17 @@ def metrics_json(m: Mapping[str, float]) -> dict[str, float | None]:
 
 
 def write_metrics(folder: Path, rows: Mapping[str, Mapping[str, float]], note: str = "",
-                  scored: Mapping[str, int | None] | None = None) -> None:
+                  scored: tuple[int, int] | None = None) -> None:
     """metrics.json / metrics.csv / metrics.md for every evaluated model of a run; ``note``
-    (e.g. the frequency-group sizes) goes under the Markdown table; ``scored`` (the val
-    images scored, of how many, ``eval_max_images``) joins each row of metrics.json, so
-    re-scoring a run's detections on the whole val set explains itself."""
-    atomic_write_json(folder / METRICS, {n: {**metrics_json(m), **(scored or {})}
-                                         for n, m in rows.items()})
+    (e.g. the frequency-group sizes) goes under the Markdown table, and so does ``scored``
+    (val images scored, of how many): a run that scored part of val says so, and re-scoring
+    its detections on the whole set explains itself. metrics.json rows hold metrics only."""
+    if scored is not None:
+        done, total = scored
+        part = (f"scored {done} of {total} val images (the first {done}: "
+                "schedule.eval_max_images)" if done < total else f"scored all {total} val images")
+        note = f"{note}\n\n{part}" if note else part
+    atomic_write_json(folder / METRICS, {n: metrics_json(m) for n, m in rows.items()})
     atomic_write_text(folder / "metrics.csv", csv_table(rows))
     atomic_write_text(folder / "metrics.md", markdown_table(rows, note=note))
 
