@@ -202,6 +202,10 @@ def test_node_down_then_resumed_the_job_is_requeued_reported_and_finishes(tmp_pa
     finally:
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
                        capture_output=True, timeout=60)  # refused if it came back already
+        # on a loaded machine the requeued launch can race the old step's teardown: Slurm
+        # then drains the node ("duplicate jobid") and holds the job (launch failed,
+        # requeued held); the operator's resume releases it too (refused if not held)
+        subprocess.run(["scontrol", "release", job], capture_output=True, timeout=60)
     again = acsl(*cmd)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "submitted" not in again.stdout
