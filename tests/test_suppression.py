@@ -7,6 +7,7 @@ the recording code itself.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -230,7 +231,9 @@ def acsl_run(tmp_path_factory):
     from acsl_cli.pipeline.train import run_train
 
     root = tmp_path_factory.mktemp("o")
-    return run_train([*TINY, f"output_root={root}", "loss=acsl", "xi=0.3"])
+    # two protocols: the [fixed] row has the same head, whose record is drawn once
+    return run_train([*TINY, f"output_root={root}", "loss=acsl", "xi=0.3",
+                      "test.protocol=[standard,fixed]", "test.dets_per_class=40"])
 
 
 def test_a_trained_acsl_head_keeps_its_record_and_the_report_draws_it(acsl_run, tmp_path):
@@ -244,6 +247,8 @@ def test_a_trained_acsl_head_keeps_its_record_and_the_report_draws_it(acsl_run, 
         assert im.format == "PNG" and im.size[0] >= 600
     md = (tmp_path / "report.md").read_text()
     assert "## ACSL suppression (Figure 3)" in md and "(suppression.png)" in md
+    drawn = json.loads((tmp_path / "suppression.json").read_text())
+    assert list(drawn) == ["acsl xi=0.3 bg=official"]
     # every listed share is the record's own count over the class's RoIs
     row_of = {cat.name: rec.category_ids.tolist().index(cat.category_id)
               for cat in runs[0].categories}

@@ -48,6 +48,7 @@ class Summary:
     sources: dict[Any, list[Path | None]] = field(default_factory=dict)
     baseline_row: str | None = None  # the row the deltas are taken against
     interval: dict[str, Interval | None] = field(default_factory=dict)  # of each delta
+    protocol: str = "standard"  # the LVIS protocol its metrics were scored under
 
 
 @dataclass
@@ -126,7 +127,8 @@ def _summary(members: list[tuple[Run, str]], variant: str) -> Summary:
                    [run.name for run, _ in members], seeds, mean, std,
                    per_category=_per_category(members), per_seed=per_seed_all,
                    sources={key: [row_matches(run, label) for run, label in same]
-                            for key, same in by_seed.items()})
+                            for key, same in by_seed.items()},
+                   protocol=first.protocol)
 
 
 def _per_category(members: list[tuple[Run, str]]) -> dict[int, float]:

@@ -93,6 +93,8 @@ def pooled_records(c: Comparison) -> tuple[dict[str, Suppression], list[str]]:
     out: dict[str, Suppression] = {}
     notes: list[str] = []
     for row in c.rows:
+        if row.protocol != "standard":  # the same heads as the standard row: drawn once
+            continue
         for run in (r for r in c.runs if r.name in row.runs and row.label in r.models):
             path = _head_folder(run, row.label)
             if path is None or not (path / SUPPRESSION_FILE).is_file():
