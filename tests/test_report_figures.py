@@ -8,6 +8,8 @@ The runs are written as plain files (tests/synth_runs.py); the figures are the r
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,9 @@ FIGURES = {"label_distribution.png", "per_category_ap.png", "xi_sweep.png", "gro
            "deltas.png", "validation.png", "suppression.png"}
 
 
-def _drawn(runs, out: Path, baseline: str | None = STAGE1_ROW) -> dict[str, Figure]:
-    """``write_report``'s figures by file name, each kept as it was saved."""
+@contextlib.contextmanager
+def _kept_figures() -> Iterator[list[Figure]]:
+    """Every figure saved inside the block, kept as it was saved (savefig still writes)."""
     kept: list[Figure] = []
     save = Figure.savefig
 
@@ -34,6 +37,12 @@ def _drawn(runs, out: Path, baseline: str | None = STAGE1_ROW) -> dict[str, Figu
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Figure, "savefig", keep)
+        yield kept
+
+
+def _drawn(runs, out: Path, baseline: str | None = STAGE1_ROW) -> dict[str, Figure]:
+    """``write_report``'s figures by file name, each kept as it was saved."""
+    with _kept_figures() as kept:
         paths = write_report(runs, out, baseline, comparison=compare(runs, baseline, 0))
     pngs = [p.name for p in paths if p.suffix == ".png"]
     assert len(pngs) == len(kept)
@@ -145,15 +154,7 @@ def test_figure3_of_the_table3_runs_has_no_layout_defect(tmp_path):
     heads = {"acsl xi=0.7 bg=official": {"name": "acsl", "xi": 0.7, "bg": "official"}}
     runs = load_runs([make_sweep(tmp_path, seeds=(0,), classes=60, heads=heads)])
     c = compare(runs, STAGE1_ROW, 0)
-    kept: list[Figure] = []
-    save = Figure.savefig
-
-    def keep(fig, fname, *args, **kwargs):
-        save(fig, fname, *args, **kwargs)
-        kept.append(fig)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Figure, "savefig", keep)
+    with _kept_figures() as kept:
         paths, _ = suppression_report(c, tmp_path)
     assert [p.name for p in paths if p.suffix == ".png"] == ["suppression.png"]
     (fig,) = kept

@@ -109,7 +109,8 @@ class EqualizationLossV2(ClassificationLoss):
         r = torch.cat([r.new_ones(1), r])
         return 1.0 + self.alpha * (1.0 - r), r
 
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+    def _weighted_bce(self, logits: Tensor, labels: Tensor, reduction: str) -> Tensor:
+        """The weighted BCE terms (``reduction`` as torch's), statistics collected once."""
         assert self.num_classes is not None
         check_labels(logits, labels, self.num_classes + 1)
         if logits.dtype in (torch.float16, torch.bfloat16):
@@ -117,23 +118,16 @@ class EqualizationLossV2(ClassificationLoss):
         target = self.targets(labels, logits.shape[1], logits.dtype)
         pos_w, neg_w = (w.to(logits.device, logits.dtype) for w in self.column_weights())
         weight = target * pos_w + (1.0 - target) * neg_w
-        loss = F.binary_cross_entropy_with_logits(logits, target, weight, reduction="sum")
+        loss = F.binary_cross_entropy_with_logits(logits, target, weight, reduction=reduction)
         if self.training:
             self._collect(logits.detach(), target, weight)
-        return loss / max(logits.shape[0], 1)
+        return loss
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return self._weighted_bce(logits, labels, "sum") / max(logits.shape[0], 1)
 
     def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
-        assert self.num_classes is not None
-        check_labels(logits, labels, self.num_classes + 1)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        target = self.targets(labels, logits.shape[1], logits.dtype)
-        pos_w, neg_w = (w.to(logits.device, logits.dtype) for w in self.column_weights())
-        weight = target * pos_w + (1.0 - target) * neg_w
-        terms = F.binary_cross_entropy_with_logits(logits, target, weight, reduction="none")
-        if self.training:
-            self._collect(logits.detach(), target, weight)
-        return terms.sum(1)
+        return self._weighted_bce(logits, labels, "none").sum(1)
 
     @torch.no_grad()
     def _collect(self, logits: Tensor, target: Tensor, weight: Tensor) -> None:

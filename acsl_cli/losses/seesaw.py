@@ -139,7 +139,8 @@ class SeesawLoss(ClassificationLoss):
         log_m, log_c = self.log_factors(logits, labels)
         return log_m.exp(), log_c.exp()
 
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+    def _observe(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Checked, upcast logits; in training the batch's labels counted first."""
         assert self.num_classes is not None
         check_labels(logits, labels, self.num_outputs(self.num_classes))
         logits = upcast(logits)
@@ -148,6 +149,10 @@ class SeesawLoss(ClassificationLoss):
             device = self.cum_samples.device
             ones = torch.ones(labels.shape, dtype=self.cum_samples.dtype, device=device)
             self.cum_samples.index_add_(0, labels.to(device), ones)
+        return logits
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = self._observe(logits, labels)
         n = max(logits.shape[0], 1)
         log_m, log_c = self.log_factors(logits, labels)
         if not self.release:
@@ -161,13 +166,7 @@ class SeesawLoss(ClassificationLoss):
         return (classes + F.cross_entropy(objectness, fg.long(), reduction="sum")) / n
 
     def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
-        assert self.num_classes is not None
-        check_labels(logits, labels, self.num_outputs(self.num_classes))
-        logits = upcast(logits)
-        if self.training:
-            device = self.cum_samples.device
-            ones = torch.ones(labels.shape, dtype=self.cum_samples.dtype, device=device)
-            self.cum_samples.index_add_(0, labels.to(device), ones)
+        logits = self._observe(logits, labels)
         log_m, log_c = self.log_factors(logits, labels)
         if not self.release:
             return F.cross_entropy(logits + (log_m + log_c), labels, reduction="none")
