@@ -172,14 +172,21 @@ def _plugin_losses(parsed: list[Override], base: DictConfig | None) -> list[str]
 
 
 def _plugin_modules(parsed: list[Override], base: DictConfig | None) -> list[str]:
-    """The ``plugins=`` modules: the override's, else the saved run's, else ``conf/``'s;
-    checked by the option's rule before anything is imported."""
+    """The ``plugins=`` modules: the override's, else ``conf/``'s; checked by the option's
+    rule before anything is imported. A saved run (``eval ckpt=``, an untrusted file) names
+    no module that is imported on its own: its plugins must be given again."""
     given = [o.value for o in parsed if o.key == "plugins"]
     if given:
         value = given[-1]
     elif base is not None:
-        value = base.get("plugins") or []
-        value = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        saved = base.get("plugins") or []
+        saved = OmegaConf.to_container(saved) if isinstance(saved, ListConfig) else saved
+        if saved:
+            names = ",".join(str(m) for m in saved) if isinstance(saved, list) else str(saved)
+            raise ConfigError(f"the checkpoint's run imported plugins={saved!r}; code named "
+                              f"by a checkpoint is not imported on its own: add "
+                              f"plugins=[{names}] to import it")
+        value = []
     else:
         try:
             value = OmegaConf.load(config_dir() / "config.yaml").get("plugins") or []

@@ -180,3 +180,25 @@ def test_plugins_option_imports_a_module_that_is_not_installed(tmp_path, monkeyp
     # a module name, not a path
     with pytest.raises(ConfigError, match=r"plugins\[0\]='./my_losses.py': not a module name"):
         load_settings(["plugins=[./my_losses.py]"])
+
+
+def test_a_checkpoints_saved_plugins_are_not_imported_on_their_own(tmp_path, monkeypatch):
+    """``eval ckpt=`` composes on the checkpoint's saved config, an untrusted file: a module
+    it names is not imported (its code would run) unless the command names it too."""
+    from omegaconf import OmegaConf
+
+    from acsl_cli.config import load_config
+    from acsl_cli.errors import ConfigError
+
+    marker = tmp_path / "ran"
+    (tmp_path / "saved_plugin.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)  # where a plugin module would be found
+    saved = load_config([])
+    saved.plugins = ["saved_plugin"]
+    base = OmegaConf.create(OmegaConf.to_container(saved))
+    with pytest.raises(ConfigError, match=r"add plugins=\[saved_plugin\] to import it"):
+        load_config([], base=base)
+    assert not marker.exists()
+    load_config(["plugins=[saved_plugin]"], base=base)  # named by the command: imported
+    assert marker.exists()
+    sys.modules.pop("saved_plugin", None)
