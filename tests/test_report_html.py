@@ -153,3 +153,21 @@ def test_a_thousand_categories_sort_and_filter(tmp_path):
     assert got["filtered"] == hits and len(hits) > 0
     print(f"1,230 rows: sorted twice in {got['sort_ms']:.0f} ms, "
           f"filtered in {got['filter_ms']:.0f} ms")
+
+
+def test_the_gallery_reads_no_picture_linked_from_outside_the_run(tmp_path):
+    """A run folder is untrusted: a ``show/*.png`` that links out of it is not embedded."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from acsl_cli.reporting.html_report import gallery_images
+
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (8, 8), "red").save(outside)
+    show = tmp_path / "run" / "heads" / "bce" / "show"
+    show.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "blue").save(show / "a.png")
+    (show / "b.png").symlink_to(outside)
+    run = SimpleNamespace(path=tmp_path / "run", name="run")
+    assert [name for _, name, _ in gallery_images([run])] == ["a.png"]

@@ -141,8 +141,11 @@ def gallery_images(runs: Sequence[Run]) -> list[tuple[str, str, bytes]]:
     out = []
     for run in runs:
         heads = run.path / "heads"
+        inside = run.path.resolve()
         for folder in sorted(heads.glob(f"*/{GALLERY_DIR}")) if heads.is_dir() else []:
             for path in sorted(folder.glob("*.png"))[:GALLERY_MAX]:
+                if not path.resolve().is_relative_to(inside):  # a link out of the run
+                    continue
                 try:
                     if path.stat().st_size > GALLERY_BYTES:
                         continue
