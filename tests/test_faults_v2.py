@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -69,10 +70,17 @@ def runs(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "runs").glob("*")) if (root / "runs").exists() else []
 
 
+# what a training run may print on stderr before it fails: where its live log is, and
+# one line per ``schedule.log_every`` iterations
+PROGRESS_LINE = re.compile(r"^(live log: \S+\.log|stage[12] it \d+/\d+ .*)$")
+
+
 def one_error_line(err: str) -> str:
+    """The one ``error:`` line that ends ``err``; every line before it is a progress line."""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    assert all(PROGRESS_LINE.match(line) for line in lines[:-1]), err
+    return lines[-1]
 
 
 # --- 1. the loss guard ------------------------------------------------------------------
