@@ -52,9 +52,11 @@ Scores (both variants, the release's ``get_activation``): ``1 / exp(exp(-z_j))``
 foreground columns, unclamped, no background factor (DropLoss appends a zero background
 column; GumbelCE's background column is dropped by mmdetection's NMS).
 
-Classifier initialisation: ``init: stage1`` (default) copies the stage-1 layer like every
-other decoupled loss here; ``init: release`` is the release's ``init_cfg`` for ``fc_cls``
-(weights 0.001, bias -2: ``p = exp(-e^2) ~ 6e-4`` at the start), a fresh probe.
+Classifier initialisation: ``init: release`` (default) is the release's ``init_cfg`` for
+``fc_cls`` (every weight 0.001, bias -2: ``p = exp(-e^2) ~ 6e-4`` at the start), the
+stage-1 layer not copied, as BAGS's release default here; ``init: stage1`` copies the
+stage-1 layer like the other sigmoid losses (the release trains end to end, so neither is
+its decoupled protocol: the release's own init is the default).
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ class GumbelOptimisedLoss(ClassificationLoss):
         num_classes: int | None = None,
         lambda_: float = 0.00177,
         variant: str = "gol",
-        init: str = "stage1",
+        init: str = "release",
         seed: int = 0,
         image_counts: Sequence[int] | None = None,
         num_images: int | None = None,
@@ -263,7 +265,7 @@ class GumbelOptimisedLoss(ClassificationLoss):
 
     @torch.no_grad()
     def init_classifier(self, layer: nn.Linear, stage1: nn.Linear | None) -> None:
-        """``stage1``: copy the stage-1 layer; ``release``: weights 0.001, bias -2."""
+        """``release``: weights 0.001, bias -2; ``stage1``: copy the stage-1 layer."""
         if self.init == "stage1":
             super().init_classifier(layer, stage1)
         else:
