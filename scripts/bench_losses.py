@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "federated":
             cases["federated, before (advanced indexing)"] = (
                 partial(federated_before, build(name)), z)
+        if name == "gol":
+            cases["gol (variant=gumbel_ce)"] = (build(name, variant="gumbel_ce"), z)
     other = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
     for mode in BG_MODES:
         key = f"acsl (bg_mode={mode})"
