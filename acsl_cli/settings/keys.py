@@ -61,7 +61,7 @@ def not_outcome_keys() -> set[str]:
     return {".".join(d.path) for d in declared(Settings) if not d.outcome}
 
 
-def _leaves(settings: Settings) -> Iterator[Declared]:
+def leaves(settings: Settings) -> Iterator[Declared]:
     """The declared leaves of ``settings``: the dataset's are those of its kind's class."""
     yield from (d for d in declared(Settings) if d.path[0] != "dataset")
     section = next(f for f in dataclasses.fields(Settings) if f.name == "dataset").metadata
@@ -72,7 +72,7 @@ def key_node(settings: Settings, cache: str) -> dict[str, Any]:
     """The values of every field tagged for ``cache``, at their config paths."""
     node: dict[str, Any] = {}
     source = settings.source
-    for d in _leaves(settings):
+    for d in leaves(settings):
         if cache not in d.caches:
             continue
         root = d.path[0]
