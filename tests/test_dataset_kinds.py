@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ from acsl_cli.data.datasets import synthetic_lvis_spec, synthetic_spec
 from acsl_cli.data.groups import COMMON_MAX
 from acsl_cli.data.synthetic import lvis_like, openimages_like, shapes
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings import DATA, declared
-from acsl_cli.settings.datasets import KINDS, SyntheticDataset
+from acsl_cli.settings import DATA, STAGE1, declared
+from acsl_cli.settings.datasets import KINDS, SyntheticDataset, generator
+from acsl_cli.settings.rules import number
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf" / "dataset"
@@ -100,6 +102,19 @@ def test_a_data_field_moves_the_data_key_and_no_other_field_does(kind):
     assert section.data_key(version + 1) != base  # the generator's version enters
     if kind == "openimages_synthetic":
         assert {"expand_labels", "group_of_weight", "cache_images"} <= other
+
+
+def test_a_data_field_added_later_keeps_old_keys_at_its_default():
+    """The docs' example (docs/layout.md): a field added with ``changed_only`` enters the
+    data key only when set, so the caches of the old default keep their folder."""
+
+    @dataclass(frozen=True)
+    class WithOcclusion(shapes.SyntheticSpec):
+        occlusion: float = generator(0.0, number(0, 1), changed_only=(DATA, STAGE1))
+
+    assert WithOcclusion().folder(Path("r")).name == OLD_DEFAULT_FOLDERS["synthetic"]
+    assert WithOcclusion(occlusion=0.5).key() != WithOcclusion().key()
+    assert "occlusion" not in WithOcclusion().data_fields()
 
 
 def _yaml_lines(path: Path) -> dict[str, str]:
