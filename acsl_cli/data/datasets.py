@@ -1,4 +1,5 @@
-"""Config -> datasets: the one place that knows which kinds of dataset exist."""
+"""A dataset's typed section -> datasets: the one place that builds each kind (the kinds
+and their keys: ``settings.datasets.KINDS``)."""
 
 from __future__ import annotations
 
