@@ -61,6 +61,7 @@ for _path in (ROOT, ROOT / "scripts"):  # the package from a checkout; the refs 
 from bench_losses_refs import (  # noqa: E402 - beside this script
     acsl_release_style,
     bags_before,
+    efl_release_style,
     federated_before,
     other_form,
 )
@@ -239,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         if name == "federated":
             cases["federated, before (advanced indexing)"] = (
                 partial(federated_before, build(name)), z)
+        if name == "efl":
+            cases["efl, release style (autograd, gradient hook)"] = (
+                partial(efl_release_style, build(name)), z)
     other = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
     for mode in BG_MODES:
         key = f"acsl (bg_mode={mode})"
@@ -286,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         ("bags", build("bags"), partial(bags_before, build("bags")), cases["bags"][1]),
         ("federated", build("federated"), partial(federated_before, build("federated")),
          logits),
+        ("efl vs its release-style form", build("efl"),
+         partial(efl_release_style, build("efl")), logits),
         *((f"acsl (bg_mode={mode}) vs its {other} form", build("acsl", bg_mode=mode),
            other_form(build("acsl", bg_mode=mode), other, stats["frequencies"]), logits)
           for mode in BG_MODES),

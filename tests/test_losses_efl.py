@@ -37,8 +37,11 @@ class ReleaseEFL:
         self.pos_neg = torch.ones(c, dtype=torch.float64)
 
     def step(self, logits: torch.Tensor, labels: torch.Tensor,
-             target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(value, gradient w.r.t. the C foreground logits), then the hook's update."""
+             target: torch.Tensor | None = None, normalizer: float | None = None,
+             refresh: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(value, gradient w.r.t. the C foreground logits), then the hook's update
+        (``refresh=False``: sums added, ratio not yet recomputed - another rank's batch of
+        the same iteration follows)."""
         z = logits[:, 1:].detach().double().requires_grad_(True)
         n, c = z.shape
         if target is None:  # expand_label: one-hot over C + 1, column 0 (background) dropped
@@ -52,13 +55,15 @@ class ReleaseEFL:
         loss = -torch.log(pred_t) * torch.pow(1 - pred_t, ff) * wf
         if self.alpha >= 0:
             loss = (self.alpha * target + (1 - self.alpha) * (1 - target)) * loss
-        normalizer = max(int((labels > 0).sum()), 1)  # retina_post_iou, one GPU
+        if normalizer is None:
+            normalizer = max(int((labels > 0).sum()), 1)  # retina_post_iou, one GPU
         value = loss.sum() / normalizer
         (grad,) = torch.autograd.grad(value, z)
         g = grad.abs()
         self.pos_grad += (g * target).sum(0)
         self.neg_grad += (g * (1 - target)).sum(0)
-        self.pos_neg = torch.clamp(self.pos_grad / (self.neg_grad + 1e-10), min=0, max=1)
+        if refresh:
+            self.pos_neg = torch.clamp(self.pos_grad / (self.neg_grad + 1e-10), min=0, max=1)
         return value.detach(), grad
 
 
@@ -310,6 +315,30 @@ def test_one_process_group_gives_the_same_step(tmp_path):
     for (v, g), (w, h) in zip(got, expected, strict=True):
         assert v.item() == w.item() and torch.equal(g, h)
     assert torch.equal(ranked.pos_neg, plain.pos_neg)
+
+
+def test_two_ranks_use_the_releases_normaliser_and_share_the_statistics(tmp_path):
+    """Two gloo ranks: each divides by max(total positives, 1) / 2 (the release's
+    get_ave_normalizer) and adds the sum of both ranks' gradient magnitudes."""
+    import torch.multiprocessing as mp
+
+    from tests import ddp_efl
+
+    mp.spawn(ddp_efl.worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ref = ReleaseEFL(ddp_efl.C)
+    for k, ((za, ya), (zb, yb)) in enumerate(zip(*ddp_efl.rank_batches(), strict=True)):
+        normalizer = max(int((ya > 0).sum() + (yb > 0).sum()), 1) / 2
+        for rank, (z, y) in enumerate(((za, ya), (zb, yb))):
+            value, grad = ref.step(z, y, normalizer=normalizer, refresh=rank == 1)
+            mine = got[rank][k]
+            assert mine["value"].item() == pytest.approx(value.item(), rel=1e-10)
+            torch.testing.assert_close(mine["grad"][:, 1:], grad, rtol=1e-10, atol=1e-14)
+        for rank in (0, 1):
+            torch.testing.assert_close(got[rank][k]["pos_grad"], ref.pos_grad, rtol=1e-10,
+                                       atol=1e-14)
+            torch.testing.assert_close(got[rank][k]["pos_neg"], ref.pos_neg, rtol=1e-10,
+                                       atol=1e-14)
 
 
 # --------------------------------------------------------------------------- Python API
