@@ -19,9 +19,10 @@ reduce in float32 whatever it is, and so does the BCE baseline. ``--threads`` de
 
 Besides the registered losses it times, for comparison, the formulations they replaced
 (BAGS with ``nonzero`` per group, Federated with advanced indexing), ACSL's other form
-(dense on CPU, gathered on CUDA) and an ACSL written as a per-class Python loop in the
-style of the authors' release (official background draws); it checks that each gives the
-loss's value and gradient, and prints everything as a Markdown table.
+(dense on CPU, gathered on CUDA), an ACSL written as a per-class Python loop in the
+style of the authors' release (official background draws) and EFL as its release computes
+it (autograd through its formulas, statistics from a gradient hook); it checks that each
+gives the loss's value and gradient, and prints everything as a Markdown table.
 
 ACSL records its suppression counts (Figure 3) in training mode, as in stage 2; each ACSL
 mode is also timed in eval mode, which records nothing, and the ratio of the two (each

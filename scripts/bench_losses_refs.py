@@ -1,7 +1,8 @@
 """Reference formulations for ``bench_losses.py``: the ones the losses replaced (ACSL as a
 per-class loop in the style of the authors' release, BAGS with ``nonzero`` per group,
-Federated with advanced indexing) and ACSL run in the form its device does not pick. The
-benchmark times each against the loss and checks they give its value and gradient."""
+Federated with advanced indexing), ACSL run in the form its device does not pick, and EFL
+as its release computes it. The benchmark times each against the loss and checks they give
+its value and gradient."""
 
 from __future__ import annotations
 
