@@ -104,6 +104,8 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
             raise ConfigError(f"unknown {o.key} '{o.value}' ({did_you_mean(o.value, choices)}"
                               f"choose from {', '.join(sorted(choices))})")
     _check_launcher_keys(parsed, base)
+    if base is None:
+        _check_dataset_name(parsed)
     try:
         if base is None:
             cfg = _compose([o.text for o in parsed])
@@ -195,6 +197,26 @@ def _plugin_modules(parsed: list[Override], base: DictConfig | None) -> list[str
             value = []
     PLUGINS_RULE("plugins", value)
     return list(value or [])
+
+
+def _check_dataset_name(parsed: list[Override]) -> None:
+    """The chosen dataset yaml's ``name`` is its file name: a saved run finds its dataset's
+    yaml by that name (``_with_new_defaults``), so another name would pick another file."""
+    chosen = next((o.value for o in reversed(parsed) if o.key == "dataset"), None)
+    try:
+        if chosen is None:
+            defaults = OmegaConf.load(config_dir() / "config.yaml").get("defaults") or []
+            chosen = next((d["dataset"] for d in defaults
+                           if isinstance(d, DictConfig) and "dataset" in d), None)
+        if not isinstance(chosen, str):
+            return
+        path = config_dir() / "dataset" / f"{chosen}.yaml"
+        name = OmegaConf.load(path).get("name")
+    except Exception:  # noqa: BLE001 - composing reports a missing or broken yaml
+        return
+    if name != chosen:
+        raise ConfigError(f"{path}: name: {name} must be the file's name ({chosen}): a "
+                          "saved run finds its dataset's yaml by it")
 
 
 def _check_launcher_keys(parsed: list[Override], base: DictConfig | None) -> None:

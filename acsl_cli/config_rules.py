@@ -32,21 +32,7 @@ def validate(s: Settings) -> None:
     if s.test.protocols != ("standard",) and d.kind in ("openimages", "openimages_synthetic"):
         raise ConfigError(f"test.protocol={s.test.protocol}: fixed and pooled are LVIS "
                           f"protocols; dataset {d.name} is scored with the Open Images metric")
-    if d.kind in ("synthetic", "synthetic_lvis", "openimages_synthetic"):
-        lo, hi, size = d["min_object_size"], d["max_object_size"], d["image_size"]
-        if d.kind == "openimages_synthetic":
-            if not d["min_cluster_objects"] <= d["max_cluster_objects"]:
-                raise ConfigError(
-                    f"dataset.min_cluster_objects={d['min_cluster_objects']}: need <= "
-                    f"max_cluster_objects ({d['max_cluster_objects']})")
-            if not d["cluster_object_size"] < lo <= hi <= size:
-                raise ConfigError(
-                    f"dataset.cluster_object_size={d['cluster_object_size']}, min_object_size="
-                    f"{lo}, max_object_size={hi}: need cluster < min <= max <= image_size "
-                    f"({size})")
-        elif not lo <= hi <= size:
-            raise ConfigError(f"dataset.min_object_size={lo}, max_object_size={hi}: need "
-                              f"min <= max <= image_size ({size})")
+    d.check_together()  # the rules across the dataset kind's own fields
 
 
 def _check_launcher(s: Settings) -> None:

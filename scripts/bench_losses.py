@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "federated":
             cases["federated, before (advanced indexing)"] = (
                 partial(federated_before, build(name)), z)
+        if name == "gol":
+            cases["gol (variant=gumbel_ce)"] = (build(name, variant="gumbel_ce"), z)
         if name == "efl":
             cases["efl, release style (autograd, gradient hook)"] = (
                 partial(efl_release_style, build(name)), z)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from acsl_cli.data.datasets import build_datasets
 from acsl_cli.data.groups import (
@@ -28,6 +27,7 @@ from acsl_cli.data.groups import (
 from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 from acsl_cli.evaluation import evaluate_lvis
 from acsl_cli.evaluation.results import evaluate_results_file
+from acsl_cli.settings.build import dataset_settings
 
 FIXTURE = Path(__file__).resolve().parent / "data/lvis_v0.5_val_100.json"
 GROUP_KEYS = ("APr", "APc", "APf")
@@ -117,8 +117,8 @@ def benchmark(tmp_path_factory) -> dict[str, Path]:
 
 
 def _lvis_node(folder: Path, train: Path, val: Path):
-    return OmegaConf.create({
-        "kind": "lvis", "train_ann": str(train), "val_ann": str(val),
+    return dataset_settings({
+        "name": "coco_format", "kind": "lvis", "train_ann": str(train), "val_ann": str(val),
         "train_images": str(folder), "val_images": str(folder),
     })
 
@@ -151,7 +151,7 @@ def _detections(gt: dict, seed: int = 0) -> list[dict]:
 
 
 def test_plain_coco_copy_gets_the_train_groups(benchmark):
-    lvis = build_datasets(OmegaConf.create({"kind": "synthetic"}), benchmark["root"])
+    lvis = build_datasets(dataset_settings({"kind": "synthetic"}), benchmark["root"])
     plain = build_datasets(
         _lvis_node(benchmark["folder"], benchmark["train"], benchmark["val"]), benchmark["root"]
     )

@@ -60,6 +60,34 @@ def test_bench_compare_refuses_a_bad_base_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def load_bench_compare():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_compare", ROOT / "scripts" /
+                                                  "bench_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_compare_flags_only_a_slowdown_every_round_agrees_on():
+    bc = load_bench_compare()
+    name = "losses: eql (x BCE)"
+    assert bc.verdict([1.2, 1.3, 1.15], True, name) == ("**SLOWER (flagged)**", True)
+    # one round within 10 %: a busy machine, not the code (the median alone would flag it)
+    text, flagged = bc.verdict([1.25, 1.05, 1.3], True, name)
+    assert not flagged and text.startswith("unclear")
+    assert bc.verdict([1.02, 0.97, 1.08], True, name) == ("same (within 10 %)", False)
+    assert bc.verdict([0.5, 0.6, 0.55], True, name) == ("better", False)
+    # lower is worse (a throughput): 0.8 = 25 % slower in every round
+    assert bc.verdict([0.8, 0.85, 0.8], False, "x") == ("**SLOWER (flagged)**", True)
+    assert bc.verdict([1.3, 1.3], True, "eval: peak RSS above baseline (MiB)")[0] == \
+        "**LARGER (flagged)**"
+    # the control is the same code on both sides: never a verdict on the change
+    assert bc.verdict([1.4, 1.5, 1.6], True, bc.CONTROLS[0]) == (
+        "control (same code on both sides)", False)
+    assert bc.verdict([1.3], True, name)[1]  # --quick: one round decides
+
+
 def worktrees_under(folder) -> list[str]:
     out = subprocess.run(["git", "-C", str(ROOT), "worktree", "list", "--porcelain"],
                          capture_output=True, text=True, check=True).stdout

@@ -1,10 +1,10 @@
-"""Config -> datasets: the one place that knows which kinds of dataset exist."""
+"""A dataset's typed section -> datasets: the one place that builds each kind (the kinds
+and their keys: ``settings.datasets.KINDS``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.groups import (
@@ -23,56 +23,64 @@ from acsl_cli.data.synthetic.lvis_like import SyntheticLvisSpec
 from acsl_cli.data.synthetic.lvis_like import ensure_generated as ensure_generated_lvis
 from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings.sections import DATASET_KINDS
+from acsl_cli.settings.datasets import (
+    DATASET_KINDS,
+    DatasetSettings,
+    LvisDataset,
+    OpenImagesScored,
+    SyntheticDataset,
+    SyntheticLvisDataset,
+)
 
 GENERATED_KINDS = ("synthetic", "synthetic_lvis")  # embedded benchmarks, generated and cached
 OPENIMAGES_KINDS = ("openimages", "openimages_synthetic")  # scored by the challenge metric
 
 
-def synthetic_spec(dataset: Any) -> SyntheticSpec:
-    fields = SyntheticSpec.__dataclass_fields__
-    return SyntheticSpec(**{k: dataset[k] for k in fields if k in dataset})
+def synthetic_spec(dataset: SyntheticDataset) -> SyntheticSpec:
+    return SyntheticSpec.of(dataset)
 
 
-def synthetic_lvis_spec(dataset: Any) -> SyntheticLvisSpec:
-    fields = SyntheticLvisSpec.__dataclass_fields__
-    return SyntheticLvisSpec(**{k: dataset[k] for k in fields if k in dataset})
+def synthetic_lvis_spec(dataset: SyntheticLvisDataset) -> SyntheticLvisSpec:
+    return SyntheticLvisSpec.of(dataset)
 
 
-def generated_folder(dataset: Any, data_root: Path,
+def generated_folder(dataset: DatasetSettings, data_root: Path,
                      progress: Callable[[int, int], None] | None = None) -> Path:
     """The cached folder of a generated (``GENERATED_KINDS``) dataset, generating it if
     needed."""
-    if dataset.get("kind") == "synthetic_lvis":
+    if isinstance(dataset, SyntheticLvisDataset):
         return ensure_generated_lvis(synthetic_lvis_spec(dataset), Path(data_root), progress)
-    return ensure_generated(synthetic_spec(dataset), Path(data_root), progress)
+    if isinstance(dataset, SyntheticDataset) and dataset.kind == "synthetic":
+        return ensure_generated(synthetic_spec(dataset), Path(data_root), progress)
+    raise ConfigError(f"dataset.kind={dataset.kind}: not one of the generated kinds "
+                      f"({', '.join(GENERATED_KINDS)})")
 
 
 def build_datasets(
-    dataset: Any, data_root: Path, progress: Callable[[int, int], None] | None = None
+    dataset: DatasetSettings, data_root: Path, progress: Callable[[int, int], None] | None = None
 ) -> DatasetBundle:
-    """Build train/val splits from a ``dataset`` config node.
+    """Build train/val splits from a dataset's typed section.
 
     Frequency groups and counts are computed once, from train, and written onto the
     categories of BOTH splits: evaluation (APr/APc/APf), losses and reports then agree, and
     a plain COCO-format val file cannot give groups from its own counts.
     """
-    kind = dataset.get("kind")
-    if kind in OPENIMAGES_KINDS:
+    if isinstance(dataset, OpenImagesScored):
         from acsl_cli.data.openimages.bundle import openimages_bundle
 
         return openimages_bundle(dataset, data_root, progress)
-    if kind in GENERATED_KINDS:
+    if dataset.kind in GENERATED_KINDS:
         folder = generated_folder(dataset, data_root, progress)
         train_ann, val_ann = folder / "train.json", folder / "val.json"
         train_root = val_root = folder
         cache = True
-    elif kind == "lvis":
-        train_ann, val_ann = Path(dataset["train_ann"]), Path(dataset["val_ann"])
-        train_root, val_root = Path(dataset["train_images"]), Path(dataset["val_images"])
-        cache = bool(dataset.get("cache_images", False))
+    elif isinstance(dataset, LvisDataset):
+        train_ann, val_ann = Path(str(dataset.train_ann)), Path(str(dataset.val_ann))
+        train_root = Path(str(dataset.train_images))
+        val_root = Path(str(dataset.val_images))
+        cache = dataset.cache_images
     else:
-        raise ConfigError(f"dataset.kind: unknown kind '{kind}' (choose from "
+        raise ConfigError(f"dataset.kind: unknown kind '{dataset.kind}' (choose from "
                           f"{', '.join(DATASET_KINDS)})")
     train_data = read_annotations(train_ann)
     val_data = read_annotations(val_ann)

@@ -16,6 +16,7 @@ from acsl_cli.losses import (  # noqa: F401
     eql,
     eqlv2,
     federated,
+    gol,
     plugins,  # noqa: F401  (an unknown loss= loads installed plugins)
     seesaw,
     softmax_ce,

@@ -15,6 +15,7 @@ from acsl_cli.errors import ConfigError
 from acsl_cli.files import atomic_write_json
 from acsl_cli.pipeline.rundir import check_out_file
 from acsl_cli.settings import Settings
+from acsl_cli.settings.datasets import LvisDataset
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ def _train_annotations(s: Settings) -> tuple[dict, str]:
     """``ann=PATH``, else the dataset's train file (the embedded set is generated first)."""
     if s.ann:
         return read_annotations(s.ann), str(s.ann)
-    if s.dataset.kind == "lvis":
-        return read_annotations(s.dataset["train_ann"]), str(s.dataset["train_ann"])
+    if isinstance(s.dataset, LvisDataset):
+        return read_annotations(str(s.dataset.train_ann)), str(s.dataset.train_ann)
     from acsl_cli.pipeline.components import load_data  # torch: only for the embedded set
 
     return load_data(s).train.data, f"dataset={s.dataset.name} (train)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.plan import EvalPlan
+from acsl_cli.settings.datasets import OpenImagesScored
 
 
 def run_eval_results(plan: EvalPlan) -> tuple[dict[str, dict[str, float]], str]:
@@ -23,7 +24,9 @@ def run_eval_results(plan: EvalPlan) -> tuple[dict[str, dict[str, float]], str]:
                               "protocols; Open Images predictions have their own metric")
         from acsl_cli.evaluation.openimages_file import evaluate_predictions_file
 
-        group_of_weight = float(s.dataset.get("group_of_weight", 1.0))
+        # the challenge's weight unless an Open Images dataset sets its own
+        group_of_weight = (float(s.dataset.group_of_weight)
+                           if isinstance(s.dataset, OpenImagesScored) else 1.0)
         oi = evaluate_predictions_file(plan.dets, plan.ann, plan.train_ann,
                                        expand=s.test.expand_hierarchy,
                                        group_of_weight=group_of_weight,

@@ -25,6 +25,7 @@ from acsl_cli.pipeline.rundir import (
 from acsl_cli.reporting.tables import metrics_json
 from acsl_cli.reporting.trackers import check_tracker
 from acsl_cli.settings import Settings
+from acsl_cli.settings.datasets import SyntheticDataset, SyntheticLvisDataset
 
 # Parameters of the detector without its class-dependent layers, per backbone (measured
 # from the built models); each class adds (1 + 4) x representation_size weights.
@@ -38,8 +39,8 @@ def checkpoint_bytes(s: Settings) -> int:
     """Estimated size of one detector checkpoint of these settings."""
     d = s.dataset
     kind = d.kind
-    if kind in GENERATED_KINDS:
-        classes = d["num_classes"]
+    if kind in GENERATED_KINDS and isinstance(d, (SyntheticDataset, SyntheticLvisDataset)):
+        classes = d.num_classes
     elif kind in OPENIMAGES_KINDS:
         classes = 601  # an upper bound: the 600 boxable classes (the embedded set has 66)
     else:

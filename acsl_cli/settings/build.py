@@ -1,8 +1,8 @@
 """A resolved config (plain data) -> ``Settings``: every value checked, lists as tuples.
 
-Unknown keys are errors (``+lsos=bce`` is a typo, not an option), except in a dataset,
-whose kind's keys are checked by ``settings.datasets``, and in a loss, whose parameters
-its class checks when it is built.
+Unknown keys are errors (``+lsos=bce`` is a typo, not an option): a dataset's keys are its
+kind's (``settings.datasets``); a loss's parameters are checked by its class when it is
+built.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings.datasets import KIND_RULES
-from acsl_cli.settings.sections import DatasetSettings, LossSettings, Settings
+from acsl_cli.settings.datasets import KIND, KINDS, DatasetSettings, unknown_key
+from acsl_cli.settings.sections import LossSettings, Settings
 
 #: Keys a saved run's config.yaml adds to the config it ran with (not settings).
 RECORD_KEYS = ("heads", "provenance")
@@ -46,17 +46,19 @@ def _section(cls: type, data: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def _dataset(data: Any) -> DatasetSettings:
+def dataset_settings(data: Any) -> DatasetSettings:
+    """The typed section of a ``dataset`` node: its kind's class (``settings.datasets``),
+    every key checked; a key of another kind is one line."""
     if not isinstance(data, Mapping):
         raise ConfigError("dataset: must be a mapping")
-    common = {k: data[k] for k in ("name", "kind", "min_size", "max_size", "loss_defaults")
-              if k in data}
-    out = _section(DatasetSettings, common, "dataset.")
-    params = {k: v for k, v in data.items() if k not in common}
-    for key, rule in KIND_RULES.get(out.kind, {}).items():
-        if key in params:
-            rule(f"dataset.{key}", params[key])
-    return dataclasses.replace(out, params=params)
+    if "kind" not in data:
+        raise ConfigError(f"dataset.kind: missing (dataset {data.get('name')}: say which "
+                          f"kind of dataset it is, one of {', '.join(KINDS)})")
+    KIND("dataset.kind", data["kind"])
+    unknown = unknown_key(data["kind"], data)
+    if unknown:
+        raise ConfigError(unknown)
+    return _section(KINDS[data["kind"]], data, "dataset.")
 
 
 def loss_settings(node: Any) -> LossSettings:
@@ -70,6 +72,7 @@ def settings_from(config: Mapping[str, Any]) -> Settings:
     data = {k: v for k, v in config.items() if k not in RECORD_KEYS}
     typed = {k: v for k, v in data.items() if k not in ("dataset", "loss")}
     base = _section(Settings, typed, "")
-    return dataclasses.replace(base, dataset=_dataset(data.get("dataset", {})),
+    dataset = dataset_settings(data["dataset"]) if "dataset" in data else base.dataset
+    return dataclasses.replace(base, dataset=dataset,
                                loss=loss_settings(data.get("loss", {"name": "acsl"})),
                                source=data)

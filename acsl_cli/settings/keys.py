@@ -7,14 +7,15 @@ from its default, and ``changed_only`` fields only when they differ from their d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from acsl_cli.files import file_sha256
-from acsl_cli.settings.declare import STAGE1, STAGE2, declared
+from acsl_cli.settings.declare import STAGE1, STAGE2, Declared, declared
 from acsl_cli.settings.sections import LossSettings, SamplerSettings, Settings
 
 STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are not reused
@@ -60,11 +61,18 @@ def not_outcome_keys() -> set[str]:
     return {".".join(d.path) for d in declared(Settings) if not d.outcome}
 
 
+def leaves(settings: Settings) -> Iterator[Declared]:
+    """The declared leaves of ``settings``: the dataset's are those of its kind's class."""
+    yield from (d for d in declared(Settings) if d.path[0] != "dataset")
+    section = next(f for f in dataclasses.fields(Settings) if f.name == "dataset").metadata
+    yield from declared(type(settings.dataset), ("dataset",), section["caches"] or ())
+
+
 def key_node(settings: Settings, cache: str) -> dict[str, Any]:
     """The values of every field tagged for ``cache``, at their config paths."""
     node: dict[str, Any] = {}
     source = settings.source
-    for d in declared(Settings):
+    for d in leaves(settings):
         if cache not in d.caches:
             continue
         root = d.path[0]
@@ -87,9 +95,6 @@ def key_node(settings: Settings, cache: str) -> dict[str, Any]:
     for path, value in FIXED.get(cache, {}).items():
         if _get(source, path)[0]:
             _put(node, path, value)
-    if cache == STAGE1:  # a dataset's own keys are not declared one by one: all enter
-        extra = {k: v for k, v in settings.dataset.params.items()}
-        node.setdefault("dataset", {}).update(extra)
     return node
 
 

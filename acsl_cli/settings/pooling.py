@@ -9,8 +9,8 @@ pooled into one mean and std when their outcome values are equal in everything b
 seed, whatever other runs are compared with them. Not compared: settings declared
 ``outcome=False`` (where and how a run is written), what a run's heads compare (``loss``,
 ``xi``, ``heads``: rows are per head) and the run's record of itself (``provenance``). A
-dataset kind's own keys are not declared one by one: one that only one config holds is
-not compared (an option added since), one both hold is.
+config's dataset keys are its kind's (``settings.datasets``); a dataset key that only one
+config holds and no kind declares (one an older version had) is not compared.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from acsl_cli.settings.declare import declared
+from acsl_cli.settings.datasets import KINDS, DatasetSettings
+from acsl_cli.settings.declare import Declared, declared
 from acsl_cli.settings.keys import not_outcome_keys
 from acsl_cli.settings.sections import Settings
 
@@ -59,12 +60,21 @@ def outcome_values(config: Mapping[str, Any]) -> dict[str, Any]:
     declared ones that it does not hold at their defaults (see the module's docstring)."""
     skip = not_outcome_keys() | SELF_KEYS
     flat = {k: _plain(v) for k, v in flatten(config).items() if not _skipped(k, skip)}
-    for d in declared(Settings):
+    for d in _declared_for(config):
         path = ".".join(d.path)
         if _skipped(path, skip) or path in flat or any(k.startswith(path + ".") for k in flat):
             continue
         flat[path] = _plain(d.default)
     return flat
+
+
+def _declared_for(config: Mapping[str, Any]) -> list[Declared]:
+    """The declared leaves of ``config``: its dataset's are its kind's class's."""
+    dataset = config.get("dataset")
+    kind = dataset.get("kind", "synthetic") if isinstance(dataset, Mapping) else "synthetic"
+    cls = KINDS.get(kind, DatasetSettings) if isinstance(kind, str) else DatasetSettings
+    return [*(d for d in declared(Settings) if d.path[0] != "dataset"),
+            *declared(cls, ("dataset",))]
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], *, seed: bool = True

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings.declare import DATA, STAGE1, STAGE2, section, setting
+from acsl_cli.settings.datasets import DatasetSettings, SyntheticDataset
+from acsl_cli.settings.declare import STAGE1, STAGE2, section, setting
 from acsl_cli.settings.rules import (
     Rule,
-    anything,
     boolean,
     choice,
     integer,
@@ -26,7 +26,6 @@ from acsl_cli.settings.rules import (
 )
 
 SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays valid
-DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 AMP_MODES = ("off", "bf16", "fp16")
 DETECTORS = ("faster_rcnn", "cascade_rcnn")
 
@@ -220,36 +219,6 @@ class DetectorSettings:
 
 
 @dataclass(frozen=True)
-class DatasetSettings:
-    """The common keys of a dataset; its kind's own keys are in ``params`` (checked by
-    ``settings.datasets``) and all of them enter the data and stage-1 keys."""
-
-    name: str = setting("synthetic", text())
-    kind: str = setting("synthetic", choice(*DATASET_KINDS))
-    min_size: int = setting(128, integer(1, 100_000))
-    max_size: int = setting(128, integer(1, 100_000))
-    #: dataset-dependent loss parameters (``bags_bins``, ``eql_lambda``): losses read them
-    #: through interpolation, so they enter the stage-2 key through the heads
-    loss_defaults: Mapping[str, Any] | None = setting(None, anything(), caches=())
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key) if key in _COMMON else self.params[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __contains__(self, key: str) -> bool:
-        return key in _COMMON or key in self.params
-
-
-_COMMON = ("name", "kind", "min_size", "max_size", "loss_defaults")
-
-
-@dataclass(frozen=True)
 class LossSettings:
     """One head's loss: its registry name and parameters (the loss validates them)."""
 
@@ -349,7 +318,9 @@ class Settings:
     schedule: ScheduleSettings = section(ScheduleSettings, caches=(STAGE2,))
     sampler: SamplerSettings = section(SamplerSettings, caches=(STAGE1, STAGE2),
                                        changed_only=(STAGE1,))
-    dataset: DatasetSettings = section(DatasetSettings, caches=(DATA, STAGE1))
+    #: the kind's own section (``settings.datasets.KINDS``); its generated-set fields are
+    #: tagged DATA one by one
+    dataset: DatasetSettings = section(SyntheticDataset, caches=(STAGE1,))
     backbone: BackboneSettings = section(BackboneSettings, caches=(STAGE1,))
     #: added after the stage-1 key's format was fixed: Faster R-CNN keys stay as they were
     detector: DetectorSettings = section(DetectorSettings, caches=(STAGE1,),

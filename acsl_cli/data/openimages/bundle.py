@@ -20,6 +20,11 @@ from acsl_cli.data.annotations import CategoryMap, CategoryStats
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.groups import describe_groups, frequency_group
 from acsl_cli.data.openimages.loader import OpenImagesDetection, OpenImagesFiles, load_openimages
+from acsl_cli.settings.datasets import (
+    OpenImagesDataset,
+    OpenImagesScored,
+    OpenImagesSyntheticDataset,
+)
 
 # The file names of a release (V5/V6 boxable subset), also written by the embedded set.
 RELEASE_NAMES = {
@@ -50,23 +55,24 @@ class OpenImagesEval:
     group_of_weight: float
 
 
-def dataset_paths(dataset: Any, data_root: Path,
+def dataset_paths(dataset: OpenImagesScored, data_root: Path,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
     """The eight input paths: generated for ``openimages_synthetic``, else from config."""
-    if dataset.get("kind") == "openimages_synthetic":
+    if isinstance(dataset, OpenImagesSyntheticDataset):
         from acsl_cli.data.synthetic.openimages_like import (
             OpenImagesSyntheticSpec,
             ensure_generated,
         )
 
-        fields = OpenImagesSyntheticSpec.__dataclass_fields__
-        spec = OpenImagesSyntheticSpec(**{k: dataset[k] for k in fields if k in dataset})
-        folder = ensure_generated(spec, Path(data_root), progress)
+        folder = ensure_generated(OpenImagesSyntheticSpec.of(dataset), Path(data_root),
+                                  progress)
         return {k: folder / name for k, name in RELEASE_NAMES.items()}
-    return {k: Path(str(dataset[k])) for k in RELEASE_NAMES}
+    if not isinstance(dataset, OpenImagesDataset):
+        raise TypeError(f"dataset kind {dataset.kind}: not an Open Images release")
+    return {k: Path(str(getattr(dataset, k))) for k in RELEASE_NAMES}
 
 
-def openimages_bundle(dataset: Any, data_root: Path,
+def openimages_bundle(dataset: OpenImagesDataset | OpenImagesSyntheticDataset, data_root: Path,
                       progress: Callable[[int, int], None] | None = None):
     """The ``DatasetBundle`` of an Open Images-format dataset (``bundle.openimages`` set)."""
     paths = dataset_paths(dataset, data_root, progress)
@@ -77,7 +83,7 @@ def openimages_bundle(dataset: Any, data_root: Path,
         Path(data_root) / "openimages-cache", progress)
     C = len(data.label_names)
     ancestors = tuple(tuple(a) for a in data.hierarchy.ancestor_table(C))
-    expand = bool(dataset.get("expand_labels", True))
+    expand = dataset.expand_labels
     up = ancestors if expand else None
     images = np.asarray(data.train.image_counts(C, up), dtype=np.int64)
     instances = np.asarray(data.train.instance_counts(C, up), dtype=np.int64)
@@ -88,13 +94,13 @@ def openimages_bundle(dataset: Any, data_root: Path,
     note = ("Open Images challenge metric, AP = AP at IoU 0.5; "
             + describe_groups(dict(enumerate(groups, start=1)), never)
             + (" (boxes counted for their ancestors)" if expand else ""))
-    cache = bool(dataset.get("cache_images", dataset.get("kind") == "openimages_synthetic"))
+    cache = dataset.cache_images
     train = OpenImagesDetection(data.train, paths["train_images"], "train", cache)
     val = OpenImagesDetection(data.val, paths["val_images"], "val", cache)
     evaluation = OpenImagesEval(
         data.val, np.asarray(data.val.widths), np.asarray(data.val.heights), ancestors,
         tuple(data.display_names), tuple(data.label_names),
         tuple(str(i) for i in data.val.image_ids), groups,
-        float(dataset.get("group_of_weight", 1.0)))
+        float(dataset.group_of_weight))
     return DatasetBundle(train, val, CategoryMap(tuple(range(1, C + 1))), stats, note, never,
                          openimages=evaluation, ancestors=up)

@@ -30,11 +30,9 @@ the groups written into the files are the designed ones. Exhaustively labelled, 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +49,7 @@ from acsl_cli.data.synthetic.shapes import (
     placed_counts,
     write_split,
 )
+from acsl_cli.settings.datasets import SyntheticLvisDataset
 
 PATTERNS = ("solid", "hstripes", "vstripes", "checked", "target")  # all flip-invariant
 MAX_CLASSES = len(SHAPES) * len(COLOURS) * len(PATTERNS)
@@ -61,36 +60,17 @@ GENERATOR_VERSION = 1  # bump when the drawing changes, so caches are not reused
 
 
 @dataclass(frozen=True)
-class SyntheticLvisSpec:
-    """Everything that determines the generated files (and so the cache key)."""
-
-    seed: int = 0
-    num_classes: int = 300
-    image_size: int = 128
-    max_images_per_class: int = 200
-    classes_per_image: int = 6
-    max_instances_per_image: int = 3
-    val_instances_per_class: int = 5
-    min_object_size: int = 12
-    max_object_size: int = 28
-    colour_jitter: int = 14
-    distractors: int = 2
+class SyntheticLvisSpec(SyntheticLvisDataset):
+    """The generator's view of a ``synthetic_lvis`` section: its fields, defaults and rules
+    are the section's (``settings.datasets``), and its ``DATA`` fields determine the files
+    and the cache key."""
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "kind": "synthetic_lvis",
-                           "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+        return self.data_key(GENERATOR_VERSION)
 
     def folder(self, data_root: Path) -> Path:
         """Where this set is cached under the data cache (``OutputLayout.data_cache``)."""
         return Path(data_root) / f"synthetic_lvis-{self.key()}"
-
-    def check(self) -> None:
-        if not 10 <= self.num_classes <= MAX_CLASSES:
-            raise ValueError(f"num_classes={self.num_classes}: must be in [10, {MAX_CLASSES}]")
-        if self.max_images_per_class <= COMMON_MAX:
-            raise ValueError(f"max_images_per_class={self.max_images_per_class}: must be > "
-                             f"{COMMON_MAX} (the frequent group starts at {COMMON_MAX + 1})")
 
 
 def group_sizes(n: int) -> dict[str, int]:
@@ -253,7 +233,7 @@ def generate(spec: SyntheticLvisSpec, out: Path,
                 "image_count": int(img_count[r]), "instance_count": int(inst_count[r]),
             })
         info = {"description": "acsl synthetic LVIS-shaped long-tail benchmark",
-                "spec": asdict(spec)}
+                "spec": spec.data_fields()}
         return publish(tmp, out, info, categories, train, val)
 
 

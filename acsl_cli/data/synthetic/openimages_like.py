@@ -39,7 +39,7 @@ import math
 import shutil
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +48,9 @@ from PIL import Image, ImageDraw
 from acsl_cli.data.groups import frequency_group
 from acsl_cli.data.synthetic import shapes as syn
 from acsl_cli.data.synthetic.shapes import COLOURS, SHAPES, class_attributes
-from acsl_cli.errors import ConfigError
 from acsl_cli.files import tmp_name, writing
 from acsl_cli.locks import CacheEntry, FileLock
+from acsl_cli.settings.datasets import OpenImagesSyntheticDataset
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 ROOT = "/m/0bl9f"  # Open Images' root "Entity": the top node, never a class
@@ -66,37 +66,14 @@ GENERATOR_VERSION = 1  # bump when the output changes, so caches are not reused
 
 
 @dataclass(frozen=True)
-class OpenImagesSyntheticSpec(syn.SyntheticSpec):
-    """Everything that determines the generated files (and so the cache key): the embedded
-    set's fields (``num_classes`` counts leaf classes, 6..60) plus the Open Images ones."""
-
-    group_of_fraction: float = 0.1
-    min_cluster_objects: int = 5
-    max_cluster_objects: int = 8
-    cluster_object_size: int = 8  # px; members are 2 px smaller at most
-    negatives_per_image: int = 3
-    parent_negative_fraction: float = 0.5
-    unlabelled_fraction: float = 0.15
+class OpenImagesSyntheticSpec(OpenImagesSyntheticDataset):
+    """The generator's view of an ``openimages_synthetic`` section: its fields, defaults
+    and rules (``check``) are the section's (``settings.datasets``: the embedded set's
+    fields, ``num_classes`` counting leaf classes, plus the Open Images ones), and its
+    ``DATA`` fields determine the files and the cache key."""
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "kind": "openimages_synthetic",
-                           "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:10]
-
-    def check(self) -> None:
-        """One-line ``ConfigError`` (a ValueError) for settings the drawing cannot honour."""
-        n_max = len(SHAPES) * len(COLOURS)
-        if not len(SHAPES) <= self.num_classes <= n_max:
-            raise ConfigError(f"num_classes={self.num_classes}: must be in [6, {n_max}]")
-        if not 1 <= self.objects_per_image < len(SHAPES):
-            raise ConfigError(f"objects_per_image={self.objects_per_image}: must be in [1, 5]")
-        if not 5 <= self.min_cluster_objects <= self.max_cluster_objects <= 9:
-            raise ConfigError("cluster objects: need 5 <= min_cluster_objects <= "
-                              "max_cluster_objects <= 9 (a group-of box covers >= 5 objects)")
-        if not (4 <= self.cluster_object_size < self.min_object_size <= self.max_object_size
-                <= self.image_size):
-            raise ConfigError("sizes: need 4 <= cluster_object_size < min_object_size <= "
-                              "max_object_size <= image_size")
+        return self.data_key(GENERATOR_VERSION)
 
 
 @dataclass
@@ -299,8 +276,8 @@ def generate(spec: OpenImagesSyntheticSpec, out: Path,
         _write_csv(out / f"{split}-annotations-human-imagelabels-boxable.csv", LABEL_HEADER,
                    labels)
     summary = _summary(plans, spec.num_classes)
-    info = {"kind": "openimages_synthetic", "version": GENERATOR_VERSION, "spec": asdict(spec),
-            "summary": summary}
+    info = {"kind": "openimages_synthetic", "version": GENERATOR_VERSION,
+            "spec": spec.data_fields(), "summary": summary}
     (out / MARKER).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     return summary
 

@@ -21,11 +21,9 @@ Generation is deterministic per ``seed``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from PIL import Image, ImageDraw
 from acsl_cli.data.groups import frequency_group  # re-exported: the one LVIS group rule
 from acsl_cli.data.synthetic.generation import partial_folder, publish
 from acsl_cli.files import writing
+from acsl_cli.settings.datasets import SyntheticDataset
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 # (name, RGB). Neighbours in this list are deliberately close in colour space.
@@ -53,23 +52,13 @@ GENERATOR_VERSION = 1  # bump when the drawing changes, so caches are not reused
 
 
 @dataclass(frozen=True)
-class SyntheticSpec:
-    """Everything that determines the generated files (and so the cache key)."""
-
-    seed: int = 0
-    num_classes: int = 60
-    image_size: int = 128
-    max_images_per_class: int = 400
-    objects_per_image: int = 4
-    val_instances_per_class: int = 10
-    min_object_size: int = 14
-    max_object_size: int = 40
-    colour_jitter: int = 18
-    distractors: int = 2
+class SyntheticSpec(SyntheticDataset):
+    """The generator's view of a ``synthetic`` section: its fields and defaults are the
+    section's (``settings.datasets``), and its ``DATA`` fields determine the files and
+    the cache key."""
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+        return self.data_key(GENERATOR_VERSION)
 
     def folder(self, data_root: Path) -> Path:
         """Where this set is cached under the data cache (``OutputLayout.data_cache``)."""
@@ -274,7 +263,7 @@ def generate(spec: SyntheticSpec, out: Path, progress: Callable[[int, int], None
             }
             for r in range(spec.num_classes)
         ]
-        info = {"description": "acsl synthetic long-tail benchmark", "spec": asdict(spec)}
+        info = {"description": "acsl synthetic long-tail benchmark", "spec": spec.data_fields()}
         return publish(tmp, out, info, categories, (tr_imgs, tr_anns), (va_imgs, va_anns))
 
 
