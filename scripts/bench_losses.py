@@ -19,9 +19,10 @@ reduce in float32 whatever it is, and so does the BCE baseline. ``--threads`` de
 
 Besides the registered losses it times, for comparison, the formulations they replaced
 (BAGS with ``nonzero`` per group, Federated with advanced indexing), ACSL's other form
-(dense on CPU, gathered on CUDA) and an ACSL written as a per-class Python loop in the
-style of the authors' release (official background draws); it checks that each gives the
-loss's value and gradient, and prints everything as a Markdown table.
+(dense on CPU, gathered on CUDA), an ACSL written as a per-class Python loop in the
+style of the authors' release (official background draws) and EFL as its release computes
+it (autograd through its formulas, statistics from a gradient hook); it checks that each
+gives the loss's value and gradient, and prints everything as a Markdown table.
 
 ACSL records its suppression counts (Figure 3) in training mode, as in stage 2; each ACSL
 mode is also timed in eval mode, which records nothing, and the ratio of the two (each
@@ -61,6 +62,7 @@ for _path in (ROOT, ROOT / "scripts"):  # the package from a checkout; the refs 
 from bench_losses_refs import (  # noqa: E402 - beside this script
     acsl_release_style,
     bags_before,
+    efl_release_style,
     federated_before,
     other_form,
 )
@@ -241,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
                 partial(federated_before, build(name)), z)
         if name == "gol":
             cases["gol (variant=gumbel_ce)"] = (build(name, variant="gumbel_ce"), z)
+        if name == "efl":
+            cases["efl, release style (autograd, gradient hook)"] = (
+                partial(efl_release_style, build(name)), z)
     other = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
     for mode in BG_MODES:
         key = f"acsl (bg_mode={mode})"
@@ -288,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         ("bags", build("bags"), partial(bags_before, build("bags")), cases["bags"][1]),
         ("federated", build("federated"), partial(federated_before, build("federated")),
          logits),
+        ("efl vs its release-style form", build("efl"),
+         partial(efl_release_style, build("efl")), logits),
         *((f"acsl (bg_mode={mode}) vs its {other} form", build("acsl", bg_mode=mode),
            other_form(build("acsl", bg_mode=mode), other, stats["frequencies"]), logits)
           for mode in BG_MODES),

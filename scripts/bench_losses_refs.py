@@ -1,7 +1,8 @@
 """Reference formulations for ``bench_losses.py``: the ones the losses replaced (ACSL as a
 per-class loop in the style of the authors' release, BAGS with ``nonzero`` per group,
-Federated with advanced indexing) and ACSL run in the form its device does not pick. The
-benchmark times each against the loss and checks they give its value and gradient."""
+Federated with advanced indexing), ACSL run in the form its device does not pick, and EFL
+as its release computes it. The benchmark times each against the loss and checks they give
+its value and gradient."""
 
 from __future__ import annotations
 
@@ -118,3 +119,31 @@ def other_form(loss: torch.nn.Module, form: str, frequencies: list[str]
                           form, record[0])
 
     return run
+
+
+def efl_release_style(loss: torch.nn.Module, logits: Tensor, labels: Tensor) -> Tensor:
+    """EFL the way its release computes it (ModelTC's ``EqualizedFocalLoss``): ``pred_t``,
+    ``-log``, ``pow`` by autograd, the gradient statistics gathered by a hook on the
+    logits' gradient into ``loss``'s buffers (its ``GradientCollector``)."""
+    z = logits.float()[:, 1:]
+    n, c = z.shape
+    target = z.new_zeros(n, c + 1)
+    target[torch.arange(n, device=z.device), labels] = 1
+    target = target[:, 1:]
+    pred = torch.sigmoid(z)
+    pred_t = pred * target + (1 - pred) * (1 - target)
+    ff = (loss.gamma_b + loss.scale_factor * (1 - loss.pos_neg)).to(z.dtype)
+    ff = ff.view(1, -1).expand(n, c)
+    terms = -torch.log(pred_t) * torch.pow(1 - pred_t, ff) * (ff / loss.gamma_b)
+    if loss.alpha >= 0:
+        terms = (loss.alpha * target + (1 - loss.alpha) * (1 - target)) * terms
+    if z.requires_grad:
+        def collect(grad: Tensor) -> None:
+            g = grad.abs()
+            pos = (g * target).sum(0)
+            loss.pos_grad += pos.double()
+            loss.neg_grad += (g.sum(0) - pos).double()
+            loss.pos_neg = torch.clamp(loss.pos_grad / (loss.neg_grad + 1e-10), 0, 1)
+
+        z.register_hook(collect)
+    return terms.sum() / (labels > 0).sum().clamp(min=1)

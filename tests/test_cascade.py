@@ -218,7 +218,7 @@ def test_a_faster_rcnn_state_dict_initialises_the_trunk_rpn_and_first_stage():
 
 
 @pytest.mark.parametrize("name", ["softmax_ce", "bce", "acsl", "bags", "eqlv2", "seesaw",
-                                  "federated", "eql"])
+                                  "federated", "eql", "efl"])
 def test_every_loss_trains_a_cascade_head_with_one_loss_per_stage(tiny, name):
     cfg, data, _ = tiny
     context = loss_context(data, 0)

@@ -61,7 +61,7 @@ def frequencies_for(c: int) -> list[str]:
 
 
 def test_all_losses_registered_with_valid_needs_and_yaml():
-    assert available_losses() == ["acsl", "bags", "bce", "eql", "eqlv2", "federated", "gol",
+    assert available_losses() == ["acsl", "bags", "bce", "efl", "eql", "eqlv2", "federated", "gol",
                                  "seesaw", "softmax_ce"]
     for name in available_losses():
         cls = loss_class(name)
