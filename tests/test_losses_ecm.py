@@ -217,3 +217,26 @@ def test_heads_sharing_a_pass_train_exactly_as_alone(tiny):
     assert torch.allclose(alone[0].classifier.weight, together[0].classifier.weight, atol=1e-6)
     assert [h["loss"] for h in alone[0].history] == pytest.approx(
         [h["loss"] for h in together[0].history], rel=1e-5)
+
+
+@pytest.mark.cuda  # deselected by default; scripts/gpu_check.sh runs the cuda-marked tests
+def test_forward_and_backward_make_no_host_sync_on_cuda():
+    import warnings
+
+    loss = ecm(long_tail_counts(1203, seed=0)).cuda()
+    z, labels = batch(1203, 8192, seed=0)
+    first, first_labels = (t.cuda() for t in to_first(z.float(), labels))
+    first.requires_grad_(True)
+    loss(first, first_labels).backward()  # warm-up: lazy CUDA initialisation may sync
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            value = loss(first, first_labels)
+            value.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert not [w for w in caught if "synchroniz" in str(w.message)]
+    ref = release_loss(z, labels, long_tail_counts(1203, seed=0))
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
