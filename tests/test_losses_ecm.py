@@ -182,6 +182,34 @@ def test_a_class_without_train_instances_takes_no_loss():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_large_logits_stay_exact_and_roi_terms_sum_to_the_value(dtype):
+    """|z| up to 60, where the release's exp() of float32 overflows: the loss is the stable
+    form of its equations, -log p = log(1 + e^(beta - alpha - 2z)) by logaddexp; the
+    per-RoI terms (mmdetection's path) sum to the value with the same gradient."""
+    counts = long_tail_counts(50, seed=7)
+    z, labels = batch(50, 200, seed=8)
+    z = z * 7.5  # up to |z| = 60
+    n = torch.tensor(counts + [sum(counts) * RATIO], dtype=torch.float64)
+    p, q = n.pow(0.25), (n.sum() - n).pow(0.25)
+    x = 2 * z + (torch.log((p + q) / q) - torch.log((p + q) / p))
+    target = torch.zeros_like(z)
+    target[torch.arange(200), labels] = 1
+    zero = torch.zeros(())
+    bce = torch.where(target > 0, torch.logaddexp(zero, -x), torch.logaddexp(zero, x))
+    a = (n.sum() - n) / n
+    ref = (bce * a * torch.log1p(1 / a)).sum() / 200  # log((1 + a) / a), rounded once
+    first, first_labels = to_first(z, labels)
+    loss = ecm(counts)
+    value, grad = value_and_grad(loss, first.to(dtype), first_labels)
+    assert value.item() == pytest.approx(ref.item(), rel=1e-12 if dtype == torch.float64 else 1e-5)
+    terms, grad_terms = value_and_grad(lambda v, y: loss.roi_losses(v, y).sum() / 200,
+                                       first.to(dtype), first_labels)
+    assert terms.item() == pytest.approx(value.item(), rel=1e-12 if dtype == torch.float64
+                                         else 1e-5)
+    assert torch.allclose(grad_terms, grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_empty_batch_is_zero_with_zero_gradient(dtype):
     layer = torch.nn.Linear(3, 6).to(dtype)
     value = ecm([1, 2, 3, 4, 5])(layer(torch.zeros(0, 3, dtype=dtype)),
