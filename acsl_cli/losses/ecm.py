@@ -21,8 +21,11 @@ N = sum_j n_j over all C + 1 columns (background included):
 
 (the release's ``compute_weight`` and ``get_detection_weight``; ``label_weights`` and
 ``avg_factor`` are ignored there, the sum is divided by the number of RoIs). We evaluate
-the BCE from the logit 2 z + alpha - beta (``binary_cross_entropy_with_logits``): the same
-value, finite where the release's exp() of float32 logits overflows.
+the BCE from the logit x = 2 z + alpha - beta, as softplus(x) off target and softplus(-x)
+on target: the same value, finite where the release's exp() of float32 logits overflows.
+``forward`` is one autograd Function that forms the gradient in place during the forward
+and builds no one-hot matrix (about as fast as plain BCE); ``roi_losses`` (mmdetection's
+weighted path) uses ``binary_cross_entropy_with_logits`` on the same logit.
 
 Counts: the release loads them from ``lvis_v1_image_count.pkl``. Despite its name that file
 holds instance counts: its 1203 entries sum to 1,270,141, the number of LVIS v1 train
