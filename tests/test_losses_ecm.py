@@ -125,6 +125,9 @@ def test_scores_are_the_release_activation_on_hand_values():
     z = torch.tensor([[math.log(3.0), 0.0, math.log(4.0)]], dtype=torch.float64)
     assert loss.scores(z)[0].tolist() == pytest.approx([0.5 / 4, 0.8 / 4], rel=1e-14)
     assert ecm([5, 7], bg_factor=False).scores(z)[0].tolist() == pytest.approx([0.5, 0.8])
+    from acsl_cli.models.calibration import refusal
+
+    assert "sigmoids" in refusal("ecm", {})  # NorCal (one softmax) refuses it, like bce
     z, labels = batch(5, 64, seed=3)
     assert torch.allclose(ecm(long_tail_counts(5, 0)).scores(to_first(z, labels)[0]),
                           release_activation(z.clone()), rtol=1e-12, atol=0)
