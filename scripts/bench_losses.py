@@ -18,11 +18,12 @@ reduce in float32 whatever it is, and so does the BCE baseline. ``--threads`` de
 2 (the figures in the README and in ``bench_compare.py`` are at 2 threads).
 
 Besides the registered losses it times, for comparison, the formulations they replaced
-(BAGS with ``nonzero`` per group, Federated with advanced indexing), ACSL's other form
-(dense on CPU, gathered on CUDA), an ACSL written as a per-class Python loop in the
-style of the authors' release (official background draws) and EFL as its release computes
-it (autograd through its formulas, statistics from a gradient hook); it checks that each
-gives the loss's value and gradient, and prints everything as a Markdown table.
+(BAGS with ``nonzero`` per group, Federated with advanced indexing, ECM as weighted BCE
+on a one-hot target), ACSL's other form (dense on CPU, gathered on CUDA), an ACSL written
+as a per-class Python loop in the style of the authors' release (official background
+draws) and EFL as its release computes it (autograd through its formulas, statistics from
+a gradient hook); it checks that each gives the loss's value and gradient, and prints
+everything as a Markdown table.
 
 ACSL records its suppression counts (Figure 3) in training mode, as in stage 2; each ACSL
 mode is also timed in eval mode, which records nothing, and the ratio of the two (each
@@ -168,6 +169,12 @@ def max_diff(a: Callable[[Tensor, Tensor], Tensor], b: Callable[[Tensor, Tensor]
     return max(abs(va.item() - vb.item()), (za.grad - zb.grad).abs().max().item())
 
 
+def ecm_bce(loss: torch.nn.Module, logits: Tensor, labels: Tensor) -> Tensor:
+    """ECM through ``binary_cross_entropy_with_logits`` on a one-hot target (its per-RoI
+    terms, mmdetection's path), against the fused Function its ``forward`` uses."""
+    return loss.roi_losses(logits, labels).sum() / max(logits.shape[0], 1)
+
+
 def check_release_style(args: argparse.Namespace, stats: dict[str, object]) -> float:
     """Max |difference| of value and gradient between the loop and the vectorised loss."""
     from acsl_cli.losses import build_loss
@@ -246,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "efl":
             cases["efl, release style (autograd, gradient hook)"] = (
                 partial(efl_release_style, build(name)), z)
+        if name == "ecm":
+            cases["ecm, weighted BCE form (its roi_losses)"] = (partial(ecm_bce, build(name)), z)
     other = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
     for mode in BG_MODES:
         key = f"acsl (bg_mode={mode})"
@@ -295,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
          logits),
         ("efl vs its release-style form", build("efl"),
          partial(efl_release_style, build("efl")), logits),
+        ("ecm vs its weighted BCE form", build("ecm"), partial(ecm_bce, build("ecm")), logits),
         *((f"acsl (bg_mode={mode}) vs its {other} form", build("acsl", bg_mode=mode),
            other_form(build("acsl", bg_mode=mode), other, stats["frequencies"]), logits)
           for mode in BG_MODES),

@@ -61,8 +61,8 @@ def frequencies_for(c: int) -> list[str]:
 
 
 def test_all_losses_registered_with_valid_needs_and_yaml():
-    assert available_losses() == ["acsl", "bags", "bce", "efl", "eql", "eqlv2", "federated", "gol",
-                                 "seesaw", "softmax_ce"]
+    assert available_losses() == ["acsl", "bags", "bce", "ecm", "efl", "eql", "eqlv2", "federated",
+                                 "gol", "seesaw", "softmax_ce"]
     for name in available_losses():
         cls = loss_class(name)
         assert set(cls.needs) <= set(STAT_NAMES), name

@@ -12,6 +12,7 @@ from acsl_cli.losses import (  # noqa: F401
     acsl,
     bags,
     bce,
+    ecm,
     efl,
     eql,
     eqlv2,
