@@ -128,7 +128,7 @@ def _check_pngs(paths: list[Path]) -> None:
 
 def test_report_on_a_sweep_matches_its_runs(made):
     out = made["work"] / "sweep_report"
-    proc = acsl("report", str(made["sweep"]), f"out={out}", cwd=made["work"])
+    proc = acsl("report", str(made["sweep"]), f"out_dir={out}", cwd=made["work"])
     assert proc.returncode == 0, proc.stderr
     _check_tables(out, _expected(_sweep_runs(made["sweep"])), proc.stdout)
     figures = {p.name for p in out.glob("*.png")}
@@ -150,7 +150,7 @@ def test_report_on_two_train_runs_with_a_baseline(made):
 
 def test_a_seed_given_twice_counts_once(made):
     out = made["work"] / "twice"
-    proc = acsl("report", str(made["sweep"]), str(made["a"]), f"out={out}", cwd=made["work"])
+    proc = acsl("report", str(made["sweep"]), str(made["a"]), f"out_dir={out}", cwd=made["work"])
     assert proc.returncode == 0, proc.stderr
     _check_tables(out, _expected([*_sweep_runs(made["sweep"]), made["a"]]), proc.stdout)
 
@@ -238,7 +238,7 @@ def test_sweep_figures_draws_into_the_sweep_folder(made, tmp_path):
 
 def test_report_imports_no_torch(made, tmp_path):
     code = ("import sys; from acsl_cli.cli import main; "
-            f"sys.argv = ['acsl', 'report', {str(made['sweep'])!r}, 'out={tmp_path}']\n"
+            f"sys.argv = ['acsl', 'report', {str(made['sweep'])!r}, 'out_dir={tmp_path}']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "assert 'torch' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -285,7 +285,7 @@ def test_bad_input_is_one_line_exit_2(made, tmp_path, case, expect):
         args = [str(made["a"]), "baseline=nope"]
     elif case == "unknown option":
         args = [str(made["a"]), "outt=x"]
-    proc = acsl("report", *args, f"out={tmp_path / 'out'}", cwd=tmp_path)
+    proc = acsl("report", *args, f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], lines
@@ -298,7 +298,7 @@ def test_rarest_classes_table_is_the_mean_per_class_ap_of_the_runs(made):
     """Table 6 style: the rarest classes by train images, each model's AP (mean over the
     two bce runs) read back against their per_category_ap.csv files."""
     out = made["work"] / "tail_report"
-    proc = acsl("report", str(made["a"]), str(made["b"]), f"out={out}", cwd=made["work"])
+    proc = acsl("report", str(made["a"]), str(made["b"]), f"out_dir={out}", cwd=made["work"])
     assert proc.returncode == 0, proc.stderr
     text = (out / "report.md").read_text()
     lines = [ln for ln in text.split("## Rarest classes")[1].split("##")[0].splitlines()

@@ -42,7 +42,7 @@ def print_stats(stats: dict, title: str) -> None:
 
 
 def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
-    """``FOLDER... [out=DIR] [baseline=NAME] [resamples=N] [bootstrap_seed=S]``: compare
+    """``FOLDER... [out_dir=DIR] [baseline=NAME] [resamples=N] [bootstrap_seed=S]``: compare
     the runs, write the report (on a dry run: read and compare them, write nothing).
     ``resamples`` (default 1000, 0 = off) and ``bootstrap_seed`` (default 0) drive the
     image bootstrap of single-seed differences."""
@@ -51,7 +51,7 @@ def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
     from acsl_cli.reporting.report import write_report
     from acsl_cli.reporting.runs import load_runs
 
-    folders, options = [], {"out": None, "baseline": None, "resamples": "1000",
+    folders, options = [], {"out_dir": None, "baseline": None, "resamples": "1000",
                             "bootstrap_seed": "0"}
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -59,16 +59,19 @@ def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
             if not value:
                 raise ConfigError(f"{key}=: needs a value")
             options[key] = value
+        elif sep and key == "out" and not Path(arg).exists():
+            raise ConfigError(f"{arg}: acsl report writes a folder, given as out_dir=DIR "
+                              "(out= is the JSON file of train, eval, sweep and data stats)")
         elif sep and not Path(arg).exists():
-            raise ConfigError(f"{key}: unknown option (acsl report takes out=, baseline=, "
-                              "resamples= and bootstrap_seed=)")
+            raise ConfigError(f"{key}: unknown option (acsl report takes out_dir=, "
+                              "baseline=, resamples= and bootstrap_seed=)")
         else:
             folders.append(arg)
     resamples, seed = (_count(k, options[k]) for k in ("resamples", "bootstrap_seed"))
     if not folders:
         raise ConfigError("acsl report: give at least one run or sweep folder")
     runs = load_runs(folders)
-    out = Path(options["out"] or Path(folders[0]) / "report")
+    out = Path(options["out_dir"] or Path(folders[0]) / "report")
     c = compare(runs, options["baseline"], resamples, seed)
     if dry_run:
         return ReportResult(terminal_table(c), out / "report.md", -1, out)

@@ -36,7 +36,7 @@ FIGURES = {  # file -> caption, in the order shown
     "label_distribution.png": "Train images per category.",
     "suppression.png": "ACSL's suppressed columns per class (Figure 3).",
 }
-GALLERY_DIR = "show"  # heads/<id>/show/*.png: what `acsl show ... out=` wrote there
+GALLERY_DIR = "show"  # heads/<id>/show/*.png: what `acsl show ... out_dir=` wrote there
 GALLERY_MAX = 12  # images per head
 GALLERY_SIDE = 640  # longest side of a gallery image, pixels
 GALLERY_BYTES = 20_000_000  # larger files are left out unread
