@@ -23,10 +23,9 @@ from acsl_cli.data.synthetic.lvis_like import SyntheticLvisSpec
 from acsl_cli.data.synthetic.lvis_like import ensure_generated as ensure_generated_lvis
 from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings.sections import DATASET_KINDS
+from acsl_cli.settings.sections import DATASET_KINDS, OPENIMAGES_KINDS
 
 GENERATED_KINDS = ("synthetic", "synthetic_lvis")  # embedded benchmarks, generated and cached
-OPENIMAGES_KINDS = ("openimages", "openimages_synthetic")  # scored by the challenge metric
 
 
 def synthetic_spec(dataset: Any) -> SyntheticSpec:

@@ -43,12 +43,15 @@ def print_stats(stats: dict, title: str) -> None:
 
 def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
     """``FOLDER... [out_dir=DIR] [baseline=NAME] [resamples=N] [bootstrap_seed=S]``: compare
-    the runs, write the report (on a dry run: read and compare them, write nothing).
+    the runs, write the report (on a dry run: read and compare them, write nothing); runs
+    on several datasets or metrics are compared per dataset (``run_groups``).
     ``resamples`` (default 1000, 0 = off) and ``bootstrap_seed`` (default 0) drive the
     image bootstrap of single-seed differences."""
-    from acsl_cli.reporting.compare import compare
+    from rich.console import Group
+
     from acsl_cli.reporting.compare_tables import terminal_table
     from acsl_cli.reporting.report import write_report
+    from acsl_cli.reporting.run_groups import compare_groups
     from acsl_cli.reporting.runs import load_runs
 
     folders, options = [], {"out_dir": None, "baseline": None, "resamples": "1000",
@@ -72,13 +75,14 @@ def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
         raise ConfigError("acsl report: give at least one run or sweep folder")
     runs = load_runs(folders)
     out = Path(options["out_dir"] or Path(folders[0]) / "report")
-    c = compare(runs, options["baseline"], resamples, seed)
+    cs = compare_groups(runs, options["baseline"], resamples, seed)
+    table = Group(*(terminal_table(c) for c in cs))
     if dry_run:
-        return ReportResult(terminal_table(c), out / "report.md", -1, out)
+        return ReportResult(table, out / "report.md", -1, out)
     command = " ".join(["acsl report", *(shlex.quote(a) for a in args)])
-    written = write_report(runs, out, options["baseline"], comparison=c, command=command)
+    written = write_report(runs, out, options["baseline"], comparison=cs, command=command)
     pictures = sum(p.suffix == ".png" for p in written)
-    return ReportResult(terminal_table(c), written[0], pictures, out)
+    return ReportResult(table, written[0], pictures, out)
 
 
 def _count(key: str, value: str) -> int:

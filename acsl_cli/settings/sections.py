@@ -27,6 +27,7 @@ from acsl_cli.settings.rules import (
 
 SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays valid
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
+OPENIMAGES_KINDS = ("openimages", "openimages_synthetic")  # scored by the challenge metric
 AMP_MODES = ("off", "bf16", "fp16")
 DETECTORS = ("faster_rcnn", "cascade_rcnn")
 
