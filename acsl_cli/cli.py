@@ -270,6 +270,8 @@ def report(args: list[str] = typer.Argument(
 
     result = run_report(args or [], dry_run)
     console.print(result.table)
+    for note in result.notes:
+        console.print(note, soft_wrap=True, markup=False, highlight=False)
     if dry_run:
         console.print(f"dry run: the report would be written to {result.out}; nothing was "
                       "written")

@@ -20,6 +20,7 @@ class ReportResult:
     markdown: Path
     figures: int  # -1 on a dry run (nothing drawn)
     out: Path
+    notes: tuple[str, ...] = ()  # one line each: a dataset without the baseline row
 
 
 def is_main() -> bool:
@@ -77,12 +78,13 @@ def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
     out = Path(options["out_dir"] or Path(folders[0]) / "report")
     cs = compare_groups(runs, options["baseline"], resamples, seed)
     table = Group(*(terminal_table(c) for c in cs))
+    notes = tuple(f"{c.title}: {c.note}" for c in cs if c.note)
     if dry_run:
-        return ReportResult(table, out / "report.md", -1, out)
+        return ReportResult(table, out / "report.md", -1, out, notes)
     command = " ".join(["acsl report", *(shlex.quote(a) for a in args)])
     written = write_report(runs, out, options["baseline"], comparison=cs, command=command)
     pictures = sum(p.suffix == ".png" for p in written)
-    return ReportResult(table, written[0], pictures, out)
+    return ReportResult(table, written[0], pictures, out, notes)
 
 
 def _count(key: str, value: str) -> int:

@@ -91,6 +91,8 @@ def compare(runs: Sequence[Run], baseline: str | None = None, resamples: int = 1
             raise ConfigError(f"baseline={name}: no such row (rows: {names})")
         note = (f"baseline={name}: no such row among these runs (rows: {names}); no "
                 "differences are shown for them")
+        for r in rows:
+            r.baseline_row, r.delta = None, dict.fromkeys(METRIC_KEYS)
     boot = Bootstrapper(resamples, bootstrap_seed)
     by_name = {r.name: r for r in rows}
     for r in rows:

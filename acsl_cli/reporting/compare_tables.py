@@ -74,7 +74,7 @@ def terminal_table(c: Comparison, title: str = "comparison (%)"):
 
     if c.title:
         title = f"{title}: {c.title}"
-    t = Table(title=escape(title), caption=escape(caption(c) + (f"\n{c.note}" if c.note else "")))
+    t = Table(title=escape(title), caption=escape(caption(c)))
     t.add_column("model")
     t.add_column("seeds", justify="right")
     for k in HEADLINE:
