@@ -208,9 +208,9 @@ def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
 def show(overrides: list[str] = OVERRIDES) -> None:
     """Draw ground truth and detections on val images, and rare classes' false positives.
 
-    Examples: acsl show ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt out=show images=8
-    score=0.3 classes=\\[red_circle] ; acsl show dets=results.json ann=val.json
-    image_dir=val2017 out=show. White: ground truth; red/orange/blue: detections of
+    Examples: acsl show ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt out_dir=show
+    images=8 score=0.3 classes=\\[red_circle] ; acsl show dets=results.json ann=val.json
+    image_dir=val2017 out_dir=show. White: ground truth; red/orange/blue: detections of
     rare/common/frequent classes.
     """
     from acsl_cli.pipeline.show import run_show
@@ -256,20 +256,22 @@ def data_stats(overrides: list[str] = OVERRIDES) -> None:
 @app.command(context_settings=EXTRA)
 @user_errors
 def report(args: list[str] = typer.Argument(
-        None, help="run or sweep folders, then optional out=DIR baseline=NAME resamples=N "
-                   "bootstrap_seed=S"),
+        None, help="run or sweep folders, then optional out_dir=DIR baseline=NAME "
+                   "resamples=N bootstrap_seed=S"),
         dry_run: bool = typer.Option(False, "--dry-run", help="Read and compare the runs, "
                                      "print the table; write nothing.")) -> None:
     """Compare saved runs and sweeps: mean ± std over seeds, deltas with 95 % intervals,
     Markdown/CSV/JSON, figures.
 
-    Example: acsl report outputs/runs/NAME-sweep outputs/runs/OTHER out=cmp baseline=bce
+    Example: acsl report outputs/runs/NAME-sweep outputs/runs/OTHER out_dir=cmp baseline=bce
     """
     from acsl_cli.pipeline.report import run_report
     from acsl_cli.progress import console
 
     result = run_report(args or [], dry_run)
     console.print(result.table)
+    for note in result.notes:
+        console.print(note, soft_wrap=True, markup=False, highlight=False)
     if dry_run:
         console.print(f"dry run: the report would be written to {result.out}; nothing was "
                       "written")

@@ -148,6 +148,9 @@ def _unknown_key(parsed: list[Override], base: DictConfig | None) -> str | None:
         parts = o.key.split(".")
         if any(keys.get(".".join(parts[:i])) is False for i in range(1, len(parts))):
             continue  # below a value (a free-form mapping such as launcher.additional)
+        if o.key == "out_dir":
+            return ("out_dir: this command writes one JSON file, given as out=FILE.json "
+                    "(out_dir= is the folder of acsl show and acsl report)")
         return (f"unknown key '{o.key}' ({did_you_mean(o.key, sorted(keys))}every key and "
                 "its value: acsl train --dry-run)")
     return None

@@ -95,7 +95,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 @contextmanager
-def staged_folder(out: str | os.PathLike[str], key: str = "out") -> Iterator[Path]:
+def staged_folder(out: str | os.PathLike[str], key: str = "out_dir") -> Iterator[Path]:
     """A folder of outputs (a report, pictures) written whole or not at all: the files go
     into a hidden sibling of ``out``, moved in once the block has finished; a failure
     leaves ``out`` as it was. ``out`` is checked on entry, before any work: a file, a path

@@ -10,7 +10,7 @@ from acsl_cli.config import parse_overrides
 from acsl_cli.errors import ConfigError
 from acsl_cli.plan import EvalPlan
 
-SHOW_KEYS = ("ckpt", "dets", "ann", "image_dir", "out", "images", "score", "classes")
+SHOW_KEYS = ("ckpt", "dets", "ann", "image_dir", "out_dir", "images", "score", "classes")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class ShowPlan:
     dets: str | None
     ann: str | None
     image_dir: str | None
-    out: str
+    out: str  # the folder the pictures go to (``out_dir=``)
     images: int
     score: float
     classes: tuple[str | int, ...] | None
@@ -36,9 +36,12 @@ def plan_show(overrides: list[str] | tuple[str, ...]) -> ShowPlan:
     """Check ``acsl show``'s keys with the same one-line rules as every setting."""
     from acsl_cli.settings.rules import integer, list_of, number, text
 
-    values: dict[str, Any] = {"out": "show", "images": 8, "score": 0.3, "classes": None}
+    values: dict[str, Any] = {"out_dir": "show", "images": 8, "score": 0.3, "classes": None}
     rest = []
     for o in parse_overrides(overrides):
+        if o.key == "out":
+            raise ConfigError(f"{o.text}: acsl show writes a folder, given as out_dir=DIR "
+                              "(out= is the JSON file of train, eval, sweep and data stats)")
         if o.key not in SHOW_KEYS:
             rest.append(o.text)
             continue
@@ -48,7 +51,7 @@ def plan_show(overrides: list[str] | tuple[str, ...]) -> ShowPlan:
     for key in ("ckpt", "dets", "ann", "image_dir"):
         values.setdefault(key, None)
         text(null=True)(key, values[key])
-    text()("out", values["out"])
+    text()("out_dir", values["out_dir"])
     integer(1, 100_000)("images", values["images"])
     number(0, 1)("score", values["score"])
     if values["classes"] is not None:
@@ -61,5 +64,5 @@ def plan_show(overrides: list[str] | tuple[str, ...]) -> ShowPlan:
                           "ann=ANN.json image_dir=FOLDER")
     classes = tuple(values["classes"]) if values["classes"] is not None else None
     return ShowPlan(values["ckpt"], values["dets"], values["ann"], values["image_dir"],
-                    str(values["out"]), values["images"], float(values["score"]), classes,
+                    str(values["out_dir"]), values["images"], float(values["score"]), classes,
                     tuple(rest))

@@ -125,6 +125,25 @@ def test_bad_input_is_one_line_exit_2_nothing_written(args, expect, tmp_path):
     _bad(args, tmp_path, expect)
 
 
+FOLDER_KEY = "writes a folder, given as out_dir=DIR (out= is the JSON file of train"
+FILE_KEY = "out_dir: this command writes one JSON file, given as out=FILE.json"
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["show", "ckpt=/no/such.pt", "out=pics"], "out=pics: acsl show " + FOLDER_KEY),
+    (["report", "/no/such/run", "out=cmp"], "out=cmp: acsl report " + FOLDER_KEY),
+    (["train", "out_dir=x"], FILE_KEY),
+    (["sweep", "seed=0,1", "out_dir=x"], FILE_KEY),
+    (["eval", f"dets={FIXTURE}", f"ann={FIXTURE}", "out_dir=x"], FILE_KEY),
+    (["data", "stats", "out_dir=x"], FILE_KEY),
+])
+def test_out_is_a_file_and_out_dir_a_folder_each_refused_where_it_is_not(args, expect,
+                                                                          tmp_path):
+    """show and report write folders (``out_dir=``); train, sweep, eval and data stats one
+    JSON file (``out=``): the other name is one line pointing at the right one."""
+    _bad(args, tmp_path, expect)
+
+
 def test_results_with_unknown_ids_are_rejected(tmp_path):
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],

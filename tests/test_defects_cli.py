@@ -105,7 +105,7 @@ def _show(scene: dict[str, Path], *extra: str) -> list[str]:
 def test_show_draws_the_scene(tmp_path):
     """The scene itself draws (what the defects below depart from)."""
     scene = _scene(tmp_path)
-    res = CliRunner().invoke(app, _show(scene, f"out={tmp_path / 'pics'}"))
+    res = CliRunner().invoke(app, _show(scene, f"out_dir={tmp_path / 'pics'}"))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "pics" / "false_positives_c2.png").is_file()
 
@@ -116,7 +116,7 @@ def test_show_out_that_cannot_be_a_folder_is_one_line(tmp_path, where):
     (tmp_path / "f").write_text("a file")
     out = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "sub",
            "pseudo-filesystem": Path("/proc/acsl-show-test")}[where]
-    _bad(_show(scene, f"out={out}"), f"out={out}")
+    _bad(_show(scene, f"out_dir={out}"), f"out_dir={out}")
 
 
 @pytest.fixture
@@ -140,14 +140,14 @@ def read_only_folder(tmp_path):
 def test_show_out_in_a_read_only_folder_is_one_line(tmp_path, read_only_folder, inside):
     scene = _scene(tmp_path)
     out = read_only_folder / "pics" if inside else read_only_folder
-    _bad(_show(scene, f"out={out}"), f"out={out}")
+    _bad(_show(scene, f"out_dir={out}"), f"out_dir={out}")
     assert list(read_only_folder.iterdir()) == []
 
 
 def test_show_empty_classes_is_refused_not_every_rare_class(tmp_path):
     scene = _scene(tmp_path)
     out = tmp_path / "pics"
-    _bad(_show(scene, f"out={out}", "classes=[]"), "classes")
+    _bad(_show(scene, f"out_dir={out}", "classes=[]"), "classes")
     assert not out.exists()
 
 
@@ -155,7 +155,7 @@ def test_show_missing_image_dir_leaves_no_out_folder(tmp_path):
     scene = _scene(tmp_path)
     scene["images"] = tmp_path / "missing"
     out = tmp_path / "pics"
-    _bad(_show(scene, f"out={out}"), "image_dir")
+    _bad(_show(scene, f"out_dir={out}"), "image_dir")
     assert not out.exists()
 
 

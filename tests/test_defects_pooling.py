@@ -59,7 +59,7 @@ def test_report_pooling_keeps_apart_runs_that_differ_in_an_outcome_setting(three
     seeds", std 0."""
     out = three["work"] / "report"
     proc = acsl("report", str(three["cas"]), str(three["fas"]), str(three["agn"]),
-                f"out={out}", cwd=three["work"])
+                f"out_dir={out}", cwd=three["work"])
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert len(rows) == 6  # stage 1 and bce, for each of the three runs

@@ -53,7 +53,7 @@ def test_a_bad_events_line_is_skipped_with_one_warning_and_the_report_is_whole(t
                                                                                 case):
     run = _run(tmp_path / "runs" / "r", _lines(GOOD[0], BAD[case], GOOD[1]))
     out = tmp_path / "rep"
-    proc = acsl("report", str(run), f"out={out}", cwd=tmp_path)
+    proc = acsl("report", str(run), f"out_dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (out / "report.md").is_file() and (out / "validation.png").is_file()
     warnings = [ln for ln in proc.stderr.splitlines() if "events.jsonl" in ln]
@@ -98,5 +98,5 @@ def test_an_out_folder_that_cannot_be_one_is_one_line_before_any_work(tmp_path, 
     (tmp_path / "f").write_text("a file")
     out = {"file": tmp_path / "f", "under a file": tmp_path / "f" / "sub",
            "pseudo-filesystem": Path("/proc/acsl-report-test")}[where]
-    with pytest.raises(ConfigError, match=f"out={out}"), staged_folder(out):
+    with pytest.raises(ConfigError, match=f"out_dir={out}"), staged_folder(out):
         raise AssertionError("the block must not run")

@@ -41,7 +41,7 @@ def test_show_suggests_the_class_and_its_help_example_names_a_real_one(tmp_path)
     dets.write_text("[]")
     for given, close in (("aerosol_cam", "aerosol_can"), ("can_aerosol", "aerosol_can")):
         res = CliRunner().invoke(app, ["show", f"dets={dets}", f"ann={FIXTURE}",
-                                       f"image_dir={tmp_path}", f"out={tmp_path / 's'}",
+                                       f"image_dir={tmp_path}", f"out_dir={tmp_path / 's'}",
                                        f"classes=[{given}]"])
         assert res.exit_code == 2, res.output
         assert res.output.strip() == (f"error: classes: unknown class '{given}' (did you "

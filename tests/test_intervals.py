@@ -234,7 +234,7 @@ def _rows(path: Path) -> dict[str, dict]:
 
 
 def test_report_json_on_two_seeds_is_the_paired_t_interval(sweep, tmp_path):
-    proc = _acsl("report", str(sweep), f"out={tmp_path}", cwd=tmp_path)
+    proc = _acsl("report", str(sweep), f"out_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     runs = [sweep / line.split("\t")[1] for line in (sweep / "runs.txt").read_text().splitlines()]
     metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
@@ -257,7 +257,7 @@ def test_report_json_on_two_seeds_is_the_paired_t_interval(sweep, tmp_path):
 
 def test_report_json_on_one_run_is_the_image_bootstrap(sweep, tmp_path):
     run = sweep / (sweep / "runs.txt").read_text().splitlines()[0].split("\t")[1]
-    proc = _acsl("report", str(run), f"out={tmp_path}", "resamples=300", "bootstrap_seed=2",
+    proc = _acsl("report", str(run), f"out_dir={tmp_path}", "resamples=300", "bootstrap_seed=2",
                  cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = _rows(tmp_path / "report.json")

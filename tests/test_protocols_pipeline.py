@@ -190,7 +190,7 @@ def test_train_reports_protocols_side_by_side(protocol_run):
 
 def test_report_compares_within_each_protocol(protocol_run, tmp_path):
     _, run, _, _ = protocol_run
-    res = CliRunner().invoke(app, ["report", str(run), f"out={tmp_path / 'r'}"])
+    res = CliRunner().invoke(app, ["report", str(run), f"out_dir={tmp_path / 'r'}"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     by_name = {r["model"]: r for r in report["rows"]}

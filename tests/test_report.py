@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from acsl_cli.data.groups import train_image_counts
-from acsl_cli.errors import DataError
+from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.reporting.compare import compare
 from acsl_cli.reporting.figures import draw_figures, sweep_figures
 from acsl_cli.reporting.runs import STAGE1_ROW, load_runs, train_counts
@@ -128,7 +128,7 @@ def _check_pngs(paths: list[Path]) -> None:
 
 def test_report_on_a_sweep_matches_its_runs(made):
     out = made["work"] / "sweep_report"
-    proc = acsl("report", str(made["sweep"]), f"out={out}", cwd=made["work"])
+    proc = acsl("report", str(made["sweep"]), f"out_dir={out}", cwd=made["work"])
     assert proc.returncode == 0, proc.stderr
     _check_tables(out, _expected(_sweep_runs(made["sweep"])), proc.stdout)
     figures = {p.name for p in out.glob("*.png")}
@@ -150,7 +150,7 @@ def test_report_on_two_train_runs_with_a_baseline(made):
 
 def test_a_seed_given_twice_counts_once(made):
     out = made["work"] / "twice"
-    proc = acsl("report", str(made["sweep"]), str(made["a"]), f"out={out}", cwd=made["work"])
+    proc = acsl("report", str(made["sweep"]), str(made["a"]), f"out_dir={out}", cwd=made["work"])
     assert proc.returncode == 0, proc.stderr
     _check_tables(out, _expected([*_sweep_runs(made["sweep"]), made["a"]]), proc.stdout)
 
@@ -238,7 +238,7 @@ def test_sweep_figures_draws_into_the_sweep_folder(made, tmp_path):
 
 def test_report_imports_no_torch(made, tmp_path):
     code = ("import sys; from acsl_cli.cli import main; "
-            f"sys.argv = ['acsl', 'report', {str(made['sweep'])!r}, 'out={tmp_path}']\n"
+            f"sys.argv = ['acsl', 'report', {str(made['sweep'])!r}, 'out_dir={tmp_path}']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "assert 'torch' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -285,7 +285,7 @@ def test_bad_input_is_one_line_exit_2(made, tmp_path, case, expect):
         args = [str(made["a"]), "baseline=nope"]
     elif case == "unknown option":
         args = [str(made["a"]), "outt=x"]
-    proc = acsl("report", *args, f"out={tmp_path / 'out'}", cwd=tmp_path)
+    proc = acsl("report", *args, f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], lines
@@ -298,7 +298,7 @@ def test_rarest_classes_table_is_the_mean_per_class_ap_of_the_runs(made):
     """Table 6 style: the rarest classes by train images, each model's AP (mean over the
     two bce runs) read back against their per_category_ap.csv files."""
     out = made["work"] / "tail_report"
-    proc = acsl("report", str(made["a"]), str(made["b"]), f"out={out}", cwd=made["work"])
+    proc = acsl("report", str(made["a"]), str(made["b"]), f"out_dir={out}", cwd=made["work"])
     assert proc.returncode == 0, proc.stderr
     text = (out / "report.md").read_text()
     lines = [ln for ln in text.split("## Rarest classes")[1].split("##")[0].splitlines()
@@ -317,3 +317,124 @@ def test_rarest_classes_table_is_the_mean_per_class_ap_of_the_runs(made):
         assert cells[0] == name and int(cells[1]) == count
         column = [c.strip() for c in header.strip("|").split("|")].index("bce")
         assert float(cells[column]) == pytest.approx(100 * sum(aps) / len(aps), abs=0.006)
+
+
+def _copy(run: Path, to: Path, config: dict, ap_shift: float = 0.0) -> Path:
+    """A copy of a real run with config.yaml changed (``config``: top-level sections
+    replaced) and every row's AP shifted, so that pooling it anywhere would show."""
+    shutil.copytree(run, to)
+    cfg = yaml.safe_load((to / "config.yaml").read_text())
+    cfg.update(config)
+    (to / "config.yaml").write_text(yaml.safe_dump(cfg))
+    metrics = _metrics(to)
+    for row in metrics.values():
+        row["AP"] = min(1.0, row["AP"] + ap_shift)
+    (to / "metrics.json").write_text(json.dumps(metrics))
+    return to
+
+
+OPEN_IMAGES = {"name": "openimages_synthetic", "kind": "openimages_synthetic",
+               "num_classes": 8, "seed": 0}
+
+
+def test_runs_on_two_datasets_are_compared_apart(made, tmp_path):
+    """An LVIS-rules run and an Open Images run (a copy of run b saying so): one table,
+    baseline and set of figures each; no difference or category AP across them."""
+    oi = _copy(made["b"], tmp_path / "runs" / "oi", {"dataset": OPEN_IMAGES}, 0.1)
+    out = tmp_path / "mixed"
+    proc = acsl("report", str(made["a"]), str(oi), f"out_dir={out}", "baseline=bce",
+                "resamples=0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    groups = json.loads((out / "report.json").read_text())["groups"]
+    assert [g["dataset"] for g in groups] == [
+        "synthetic (LVIS rules)", "openimages_synthetic (Open Images challenge AP)"]
+    for group, run in zip(groups, (made["a"], oi), strict=True):
+        saved = _metrics(run)
+        rows = {r["model"]: r for r in group["rows"]}
+        assert list(rows) == list(saved) and group["baseline"] == "bce"
+        for label, r in rows.items():  # the run's own numbers, its own bce subtracted
+            assert r["runs"] == [run.name]
+            assert r["mean"]["AP"] == pytest.approx(100 * saved[label]["AP"], abs=0.006)
+            assert r["delta"]["AP"] == pytest.approx(
+                100 * (saved[label]["AP"] - saved["bce"]["AP"]), abs=0.011)
+    md = (out / "report.md").read_text()
+    assert "\n## synthetic (LVIS rules)\n" in md
+    assert "\n## openimages_synthetic (Open Images challenge AP)\n" in md
+    for suffix in ("-synthetic", "-openimages_synthetic"):
+        assert (out / f"group_ap{suffix}.png").is_file() and f"(group_ap{suffix}.png)" in md
+    assert not (out / "group_ap.png").exists()
+    page = (out / "report.html").read_text()
+    assert page.count('class="comparison"') == 2 and page.count('class="cats"') == 2
+    assert "openimages_synthetic (Open Images challenge AP)" in proc.stdout
+    # per-category AP: each dataset's own CSV, never a mean over both by category id
+    from acsl_cli.reporting.run_groups import compare_groups
+
+    lvis, other = compare_groups(load_runs([made["a"], oi]), "bce", 0)
+    for c, run in ((lvis, made["a"]), (other, oi)):
+        with open(run / "per_category_ap.csv", newline="") as fh:
+            want = {int(r["category_id"]): float(r["bce"]) for r in csv.DictReader(fh)}
+        assert c.row("bce").per_category == pytest.approx(want)
+
+
+def test_a_baseline_one_dataset_lacks_is_said_not_taken_across(made, tmp_path):
+    oi = _copy(made["b"], tmp_path / "runs" / "oi", {"dataset": OPEN_IMAGES})
+    metrics = _metrics(oi)
+    del metrics["bce"]
+    (oi / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "rep"
+    proc = acsl("report", str(made["a"]), str(oi), f"out_dir={out}", "baseline=bce",
+                "resamples=0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lvis, other = json.loads((out / "report.json").read_text())["groups"]
+    assert lvis["note"] is None and any(r["delta"]["AP"] for r in lvis["rows"])
+    assert other["note"].startswith("baseline=bce: no such row among these runs")
+    assert all(r["delta"]["AP"] is None and r["baseline_row"] is None for r in other["rows"])
+    assert other["note"] in (out / "report.md").read_text()
+    assert f"{other['dataset']}: {other['note']}" in proc.stdout.splitlines()
+    proc = acsl("report", str(made["a"]), str(oi), "baseline=nope", "--dry-run", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: baseline=nope: no such row in any dataset")
+
+
+def test_rows_that_would_share_a_name_get_the_setting_that_differs(made, tmp_path):
+    """Two runs of ``loss=bce``, one with ``loss.bg_factor=true``: both rows were "bce"."""
+    cfg = yaml.safe_load((made["a"] / "config.yaml").read_text())
+    heads = cfg["heads"]
+    (hid,) = [h for h, v in heads.items() if v["label"] == "bce"]
+    heads[hid]["loss"]["bg_factor"] = True
+    other = _copy(made["a"], tmp_path / "runs" / "bgf", {"heads": heads}, 0.05)
+    c = compare(load_runs([made["a"], other]), resamples=0)
+    names = [r.name for r in c.rows]
+    assert len(set(names)) == len(names)
+    assert set(names) == {STAGE1_ROW, "bce [loss.bg_factor=false]", "bce [loss.bg_factor=true]"}
+    for run, name in ((made["a"], "bce [loss.bg_factor=false]"),
+                      (other, "bce [loss.bg_factor=true]")):
+        assert c.row(name).runs == [run.name]
+        assert c.row(name).mean["AP"] == pytest.approx(_metrics(run)["bce"]["AP"])
+    with pytest.raises(ConfigError, match="baseline=bce: names several rows"):
+        compare(load_runs([made["a"], other]), "bce", resamples=0)
+
+
+def test_datasets_split_on_what_they_measure_not_on_input_size_or_paths():
+    from acsl_cli.reporting.run_groups import group_runs
+    from acsl_cli.reporting.runs import Run
+
+    def run(name: str, **dataset) -> Run:
+        data = {"name": "synthetic", "kind": "synthetic", "num_classes": 8, **dataset}
+        return Run(Path(f"/r/{name}"), 0, "", {"seed": 0, "dataset": data}, {})
+
+    runs = [run("a"), run("b", min_size=256, loss_defaults={"eql_lambda": 0.5}),
+            run("c", num_classes=12), run("d", objects_per_image=3),  # a key only d holds
+            Run(Path("/r/e"), None, "", {}, {}), run("f", kind="synthetic_lvis")]
+    groups = group_runs(runs)
+    assert [[r.name for r in g.runs] for g in groups] == [["a", "b", "d"], ["c"], ["e"], ["f"]]
+    assert [g.title for g in groups] == [
+        "synthetic [dataset.kind=synthetic dataset.num_classes=8] (LVIS rules)",
+        "synthetic [dataset.kind=synthetic dataset.num_classes=12] (LVIS rules)",
+        "dataset unknown (no config.yaml) (metric unknown)",
+        "synthetic [dataset.kind=synthetic_lvis dataset.num_classes=8] (LVIS rules)"]
+    assert len({g.suffix for g in groups}) == 4 and all(
+        g.suffix.startswith("-") and "/" not in g.suffix and " " not in g.suffix
+        for g in groups)
+    assert [g.suffix for g in group_runs(runs[:2])] == [""]  # one dataset: names unchanged

@@ -1,4 +1,4 @@
-"""Issue 27: ``acsl report ... out=DIR`` writes ``DIR/report.html``, one self-contained file,
+"""Issue 27: ``acsl report ... out_dir=DIR`` writes ``DIR/report.html``, one self-contained file,
 checked in a real browser (headless Chromium, installed by .ci/run from Debian).
 
 The page's own JS runs a self-check when opened as ``report.html#selftest=COL,QUERY``: it
@@ -86,7 +86,7 @@ def report(tmp_path_factory) -> tuple[list, Path, Path]:
                                            f',"{EVIL.replace(chr(34), chr(34) * 2)}",'))
     out = root / "rep"
     proc = subprocess.run([sys.executable, "-m", "acsl_cli", "report", str(sweep),
-                           f"baseline={STAGE1_ROW}", f"out={out}", "resamples=0"],
+                           f"baseline={STAGE1_ROW}", f"out_dir={out}", "resamples=0"],
                           capture_output=True, text=True, timeout=600, cwd=root)
     assert proc.returncode == 0, proc.stderr
     return load_runs([sweep]), out, sweep

@@ -25,7 +25,7 @@ def test_show_draws_the_heads_detections_on_the_val_images(tmp_path):
     first = min(im["id"] for im in val["images"])
     best = max((d for d in dets if d["image_id"] == first), key=lambda d: d["score"])
     out = tmp_path / "show"
-    cli = CliRunner().invoke(app, ["show", f"ckpt={head / 'checkpoint.pt'}", f"out={out}",
+    cli = CliRunner().invoke(app, ["show", f"ckpt={head / 'checkpoint.pt'}", f"out_dir={out}",
                                    "images=2", f"score={best['score']}"])
     assert cli.exit_code == 0, cli.output
     pictures = sorted(out.glob("image_*.png"))
@@ -58,7 +58,7 @@ def test_false_positives_match_greedily_and_name_what_they_hit():
 
 
 def test_show_needs_a_head_or_a_results_file(tmp_path):
-    res = CliRunner().invoke(app, ["show", f"out={tmp_path}"])
+    res = CliRunner().invoke(app, ["show", f"out_dir={tmp_path}"])
     assert res.exit_code == 2 and "acsl show needs ckpt=" in res.output
     res = CliRunner().invoke(app, ["show", "ckpt=/x.pt", "images=0"])
     assert res.exit_code == 2 and "images=0" in res.output

@@ -39,6 +39,6 @@ def test_one_validation_per_epoch_and_the_same_results(tmp_path):
     assert json.loads((plain / "metrics.json").read_text()) == final
     (run,) = load_runs([validated])
     assert len(validation_points(run)) == 2
-    report = CliRunner().invoke(app, ["report", str(validated), f"out={tmp_path / 'r'}"])
+    report = CliRunner().invoke(app, ["report", str(validated), f"out_dir={tmp_path / 'r'}"])
     assert report.exit_code == 0, report.output
     assert (tmp_path / "r" / "validation.png").stat().st_size > 1000

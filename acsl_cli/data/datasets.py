@@ -25,6 +25,7 @@ from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings.datasets import (
     DATASET_KINDS,
+    OPENIMAGES_KINDS,  # noqa: F401  (re-exported: the pipeline asks data/ which kinds)
     DatasetSettings,
     LvisDataset,
     OpenImagesScored,
@@ -33,7 +34,6 @@ from acsl_cli.settings.datasets import (
 )
 
 GENERATED_KINDS = ("synthetic", "synthetic_lvis")  # embedded benchmarks, generated and cached
-OPENIMAGES_KINDS = ("openimages", "openimages_synthetic")  # scored by the challenge metric
 
 
 def synthetic_spec(dataset: SyntheticDataset) -> SyntheticSpec:

@@ -20,6 +20,7 @@ class ReportResult:
     markdown: Path
     figures: int  # -1 on a dry run (nothing drawn)
     out: Path
+    notes: tuple[str, ...] = ()  # one line each: a dataset without the baseline row
 
 
 def is_main() -> bool:
@@ -42,16 +43,19 @@ def print_stats(stats: dict, title: str) -> None:
 
 
 def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
-    """``FOLDER... [out=DIR] [baseline=NAME] [resamples=N] [bootstrap_seed=S]``: compare
-    the runs, write the report (on a dry run: read and compare them, write nothing).
+    """``FOLDER... [out_dir=DIR] [baseline=NAME] [resamples=N] [bootstrap_seed=S]``: compare
+    the runs, write the report (on a dry run: read and compare them, write nothing); runs
+    on several datasets or metrics are compared per dataset (``run_groups``).
     ``resamples`` (default 1000, 0 = off) and ``bootstrap_seed`` (default 0) drive the
     image bootstrap of single-seed differences."""
-    from acsl_cli.reporting.compare import compare
+    from rich.console import Group
+
     from acsl_cli.reporting.compare_tables import terminal_table
     from acsl_cli.reporting.report import write_report
+    from acsl_cli.reporting.run_groups import compare_groups
     from acsl_cli.reporting.runs import load_runs
 
-    folders, options = [], {"out": None, "baseline": None, "resamples": "1000",
+    folders, options = [], {"out_dir": None, "baseline": None, "resamples": "1000",
                             "bootstrap_seed": "0"}
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -59,23 +63,28 @@ def run_report(args: Sequence[str], dry_run: bool = False) -> ReportResult:
             if not value:
                 raise ConfigError(f"{key}=: needs a value")
             options[key] = value
+        elif sep and key == "out" and not Path(arg).exists():
+            raise ConfigError(f"{arg}: acsl report writes a folder, given as out_dir=DIR "
+                              "(out= is the JSON file of train, eval, sweep and data stats)")
         elif sep and not Path(arg).exists():
-            raise ConfigError(f"{key}: unknown option (acsl report takes out=, baseline=, "
-                              "resamples= and bootstrap_seed=)")
+            raise ConfigError(f"{key}: unknown option (acsl report takes out_dir=, "
+                              "baseline=, resamples= and bootstrap_seed=)")
         else:
             folders.append(arg)
     resamples, seed = (_count(k, options[k]) for k in ("resamples", "bootstrap_seed"))
     if not folders:
         raise ConfigError("acsl report: give at least one run or sweep folder")
     runs = load_runs(folders)
-    out = Path(options["out"] or Path(folders[0]) / "report")
-    c = compare(runs, options["baseline"], resamples, seed)
+    out = Path(options["out_dir"] or Path(folders[0]) / "report")
+    cs = compare_groups(runs, options["baseline"], resamples, seed)
+    table = Group(*(terminal_table(c) for c in cs))
+    notes = tuple(f"{c.title}: {c.note}" for c in cs if c.note)
     if dry_run:
-        return ReportResult(terminal_table(c), out / "report.md", -1, out)
+        return ReportResult(table, out / "report.md", -1, out, notes)
     command = " ".join(["acsl report", *(shlex.quote(a) for a in args)])
-    written = write_report(runs, out, options["baseline"], comparison=c, command=command)
+    written = write_report(runs, out, options["baseline"], comparison=cs, command=command)
     pictures = sum(p.suffix == ".png" for p in written)
-    return ReportResult(terminal_table(c), written[0], pictures, out)
+    return ReportResult(table, written[0], pictures, out, notes)
 
 
 def _count(key: str, value: str) -> int:

@@ -100,7 +100,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
     t0 = time.time()
     label = f"{len(plan.heads)}heads" if len(plan.heads) > 1 else plan.heads[0].id
     name = run_name or s.run_name or default_run_name(label, s.seed)
-    with run_folder(s, name) as run:
+    with run_folder(s, name, {h.id: h.label for h in plan.heads}) as run:
         origin = provenance(device)
         log.info("provenance: %s", json.dumps(origin), extra={"event": {"type": "start",
                                                                          **origin}})
@@ -191,9 +191,9 @@ def protocol_rows(protocols: tuple[str, ...], heads: list[HeadSpec], ev: Evaluat
 
 
 @contextmanager
-def run_folder(s: Settings, name: str):
+def run_folder(s: Settings, name: str, heads: dict[str, str] | None = None):
     """Rank 0's run folder (``None`` on other ranks) with ``train.log`` attached; it is
-    removed if anything fails before ``commit``."""
+    removed if anything fails before ``commit``. ``heads``: id -> label, for trackers."""
     if not dist.is_main():
         yield None
         return
@@ -203,7 +203,7 @@ def run_folder(s: Settings, name: str):
         logger = logging.getLogger("acsl")
         handlers = [_log_to(run.path / TRAIN_LOG), *event_handlers(run.path),
                     *tracker_handlers(s.tracker, run.path, Path(s.output_root), s.as_dict(),
-                                      s.to_yaml(), name)]
+                                      s.to_yaml(), name, heads)]
         for h in handlers[1:]:
             logger.addHandler(h)
         try:

@@ -10,6 +10,7 @@ has unknown settings and is pooled with no other run.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -56,16 +57,21 @@ class Comparison:
     rows: list[Summary]
     baseline: str  # the name of the baseline row ("" when it matched per variant)
     runs: list[Run]
+    #: the runs' dataset and metric (``run_groups``), when a report holds several
+    title: str = ""
+    suffix: str = ""  # added to the file names of its figures
+    note: str = ""  # one line: why the rows have no differences (no baseline row here)
 
     def row(self, name: str) -> Summary:
         return next(r for r in self.rows if r.name == name)
 
 
 def compare(runs: Sequence[Run], baseline: str | None = None, resamples: int = 1000,
-            bootstrap_seed: int = 0) -> Comparison:
+            bootstrap_seed: int = 0, missing_ok: bool = False) -> Comparison:
     """Pool rows over seeds and subtract the baseline (default: the stage-1 row); each
     difference gets its 95 % interval (``resamples`` image resamples where a row pair has
-    one seed; 0: no bootstrap)."""
+    one seed; 0: no bootstrap). Without a baseline row: an error, or with ``missing_ok``
+    no differences and a note that says so."""
     variants = _variants(runs)
     pooled: dict[tuple, list[tuple[Run, str]]] = {}
     for run in runs:
@@ -78,14 +84,22 @@ def compare(runs: Sequence[Run], baseline: str | None = None, resamples: int = 1
     rows = [_summary(members, variant) for (_, variant, _), members in pooled.items()]
     _unique_names(rows)
     name = baseline or STAGE1_ROW
-    _apply_deltas(rows, name)
+    note = ""
+    if not _apply_deltas(rows, name):
+        names = ", ".join(r.name for r in rows)
+        if not missing_ok:
+            raise ConfigError(f"baseline={name}: no such row (rows: {names})")
+        note = (f"baseline={name}: no such row among these runs (rows: {names}); no "
+                "differences are shown for them")
+        for r in rows:
+            r.baseline_row, r.delta = None, dict.fromkeys(METRIC_KEYS)
     boot = Bootstrapper(resamples, bootstrap_seed)
     by_name = {r.name: r for r in rows}
     for r in rows:
         base = by_name.get(r.baseline_row or "")
         r.interval = dict.fromkeys(METRIC_KEYS) if base is None or base is r else \
             intervals((r.per_seed, r.sources), (base.per_seed, base.sources), boot)
-    return Comparison(rows, name, list(runs))
+    return Comparison(rows, name, list(runs), note=note)
 
 
 def _variants(runs: Sequence[Run]) -> dict[Path, str]:
@@ -143,25 +157,47 @@ def _per_category(members: list[tuple[Run, str]]) -> dict[int, float]:
 
 
 def _unique_names(rows: list[Summary]) -> None:
-    """Same label and variant but another loss config (rare): number them."""
-    seen: dict[str, int] = {}
+    """Rows that would share a name (same label and variant: runs of ``loss=bce`` with
+    another ``loss.*`` value) get the loss settings in which they differ after it
+    (``bce [loss.alpha=0.5]``), else their run folders; a name is never given twice."""
+    by_name: dict[str, list[Summary]] = {}
     for r in rows:
+        by_name.setdefault(r.name, []).append(r)
+    for same in (v for v in by_name.values() if len(v) > 1):
+        keys = sorted({k for r in same for k in r.loss_cfg if k != "seed"})
+        differ = [k for k in keys if len({_text(r.loss_cfg.get(k, "-")) for r in same}) > 1]
+        for r in same:
+            extra = " ".join(f"loss.{k}={_text(r.loss_cfg.get(k, '-'))}" for k in differ) \
+                or "runs " + ",".join(r.runs)
+            r.name = f"{r.label} [{' '.join(x for x in (r.variant, extra) if x)}]"
+    seen: dict[str, int] = {}
+    for r in rows:  # what is still equal (the same runs twice) is numbered
         seen[r.name] = seen.get(r.name, 0) + 1
         if seen[r.name] > 1:
             r.name = f"{r.name} #{seen[r.name]}"
 
 
-def _apply_deltas(rows: list[Summary], baseline: str) -> None:
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _apply_deltas(rows: list[Summary], baseline: str) -> bool:
     """A baseline given by its full name serves every row; a bare label (the default)
-    serves the rows of its own variant."""
-    per_variant = {r.variant: r for r in rows if r.label == baseline}
+    serves the rows of its own variant. False when no row is the baseline."""
+    exact = [r for r in rows if r.name == baseline]
+    labelled = [r for r in rows if r.label == baseline]
+    per_variant = {r.variant: r for r in labelled}
+    if len(per_variant) < len(labelled) and not exact:
+        names = ", ".join(r.name for r in labelled)
+        raise ConfigError(f"baseline={baseline}: names several rows ({names}); give one "
+                          "of them in full")
     # a label in several variants (e.g. protocols: "acsl", "acsl [fixed]") is per variant
-    exact = [r for r in rows if r.name == baseline] if len(per_variant) < 2 else []
+    exact = exact if len(per_variant) < 2 else []
     if not exact and not per_variant:
-        names = ", ".join(r.name for r in rows)
-        raise ConfigError(f"baseline={baseline}: no such row (rows: {names})")
+        return False
     for r in rows:
         base = exact[0] if exact else per_variant.get(r.variant)
         r.baseline_row = None if base is None else base.name
         r.delta = {k: None if base is None or r.mean[k] is None or base.mean[k] is None
                    else r.mean[k] - base.mean[k] for k in METRIC_KEYS}
+    return True

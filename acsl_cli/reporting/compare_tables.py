@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from acsl_cli.evaluation import METRIC_KEYS
@@ -72,7 +72,9 @@ def terminal_table(c: Comparison, title: str = "comparison (%)"):
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=title, caption=escape(caption(c)))
+    if c.title:
+        title = f"{title}: {c.title}"
+    t = Table(title=escape(title), caption=escape(caption(c)))
     t.add_column("model")
     t.add_column("seeds", justify="right")
     for k in HEADLINE:
@@ -93,7 +95,8 @@ def markdown(c: Comparison) -> str:
         cells = [mean_std(r, k) for k in METRIC_KEYS] + [delta_cell(r, k) for k in HEADLINE]
         lines.append(f"| {r.name} | {len(r.seeds)} | " + " | ".join(cells)
                      + f" | {interval_kind(r)} |")
-    return "\n".join(lines) + "\n\n" + caption(c) + "\n"
+    note = f"\n{c.note}\n" if c.note else ""
+    return "\n".join(lines) + "\n\n" + caption(c) + "\n" + note
 
 
 def _num(v: float | None) -> str:
@@ -106,22 +109,25 @@ def _interval_columns(iv: Interval | None) -> list[str]:
     return [_num(iv.low), _num(iv.high), iv.kind, "yes" if iv.holds_zero else "no"]
 
 
-def csv_text(c: Comparison) -> str:
+def csv_text(comparisons: Comparison | Sequence[Comparison]) -> str:
     """One line per row; ``<metric>_mean/_std/_delta`` in percent, empty where undefined,
     and the delta's interval: ``_delta_low/_delta_high``, ``_delta_kind`` (seeds or
-    bootstrap) and ``_delta_holds_0`` (yes / no)."""
+    bootstrap) and ``_delta_holds_0`` (yes / no). ``dataset``: the dataset and metric of
+    the row's comparison (a report of several datasets has one per dataset)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     parts = ("mean", "std", "delta", "delta_low", "delta_high", "delta_kind", "delta_holds_0")
     w.writerow(["model", "label", "variant", "loss", "xi", "runs", "seeds",
-                *(f"{k}_{s}" for k in METRIC_KEYS for s in parts)])
-    for r in c.rows:
-        cells = []
-        for k in METRIC_KEYS:
-            cells += [_num(r.mean[k]), _num(r.std[k]), _num(r.delta[k]),
-                      *_interval_columns(r.interval.get(k))]
-        w.writerow([r.name, r.label, r.variant, r.loss, "" if r.xi is None else r.xi,
-                    " ".join(r.runs), " ".join(str(s) for s in r.seeds), *cells])
+                *(f"{k}_{s}" for k in METRIC_KEYS for s in parts), "dataset"])
+    for c in [comparisons] if isinstance(comparisons, Comparison) else comparisons:
+        for r in c.rows:
+            cells = []
+            for k in METRIC_KEYS:
+                cells += [_num(r.mean[k]), _num(r.std[k]), _num(r.delta[k]),
+                          *_interval_columns(r.interval.get(k))]
+            w.writerow([r.name, r.label, r.variant, r.loss, "" if r.xi is None else r.xi,
+                        " ".join(r.runs), " ".join(str(s) for s in r.seeds), *cells,
+                        c.title])
     return buf.getvalue()
 
 
@@ -133,14 +139,23 @@ def _entry(iv: Interval | None) -> dict[str, Any] | None:
             "holds_zero": iv.holds_zero}
 
 
+def json_groups(comparisons: Sequence[Comparison]) -> dict[str, Any]:
+    """report.json: one comparison as ``json_rows``; several (one per dataset and metric)
+    as ``{"groups": [json_rows, ...]}``. A reader takes ``doc.get("groups", [doc])``."""
+    if len(comparisons) == 1:
+        return json_rows(comparisons[0])
+    return {"groups": [json_rows(c) for c in comparisons]}
+
+
 def json_rows(c: Comparison) -> dict[str, Any]:
     """The same numbers as JSON: percent rounded to 2 decimals, null where undefined;
     ``intervals`` holds per metric ``{delta, low, high, kind, n, holds_zero}`` or null
-    (no interval: the baseline itself, or one seed without saved matches)."""
+    (no interval: the baseline itself, or one seed without saved matches); ``dataset``:
+    its runs' dataset and metric; ``note``: why no row has a difference, or null."""
     def p(d: Mapping[str, float | None]) -> dict[str, float | None]:
         return {k: None if d[k] is None else round(100 * d[k], 2) for k in METRIC_KEYS}
 
-    return {"baseline": c.baseline, "rows": [
+    return {"dataset": c.title, "baseline": c.baseline, "note": c.note or None, "rows": [
         {"model": r.name, "label": r.label, "variant": r.variant, "loss": r.loss, "xi": r.xi,
          "runs": r.runs, "seeds": r.seeds, "mean": p(r.mean), "std": p(r.std),
          "delta": p(r.delta), "baseline_row": r.baseline_row,

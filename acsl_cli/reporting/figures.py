@@ -109,8 +109,15 @@ def xi_sweep(c: Comparison, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def suffixed(name: str, suffix: str) -> str:
+    """A figure's file name in a report of several datasets: ``group_ap-<dataset>.png``."""
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}{suffix}{dot}{ext}" if dot else name + suffix
+
+
 def draw_figures(c: Comparison, out_dir: Path) -> tuple[list[Path], list[str]]:
-    """Every figure the runs allow, and one note per figure that could not be drawn."""
+    """Every figure the runs allow, and one note per figure that could not be drawn; the
+    file names carry the comparison's ``suffix`` (one per dataset of a report)."""
     out_dir = Path(out_dir)
     from acsl_cli.reporting.category_figure import per_category_ap
     from acsl_cli.reporting.delta_figure import delta_bars
@@ -120,7 +127,8 @@ def draw_figures(c: Comparison, out_dir: Path) -> tuple[list[Path], list[str]]:
     notes: list[str] = []
     counts, why = _first_counts(c.runs)
     if counts is not None:
-        paths.append(label_distribution(counts, out_dir / "label_distribution.png"))
+        paths.append(label_distribution(counts, out_dir / suffixed("label_distribution.png",
+                                                                    c.suffix)))
     else:
         notes.append(f"Label distribution not drawn: {why}")
     for draw, name, reason in (
@@ -128,7 +136,7 @@ def draw_figures(c: Comparison, out_dir: Path) -> tuple[list[Path], list[str]]:
             (xi_sweep, "xi_sweep.png", "no ACSL heads with several xi"),
             (group_bars, "group_ap.png", "APr / APc / APf undefined in every row"),
             (delta_bars, "deltas.png", "no row has a difference to a baseline")):
-        p = draw(c, out_dir / name)
+        p = draw(c, out_dir / suffixed(name, c.suffix))
         if p is not None:
             paths.append(p)
         elif name != "xi_sweep.png":

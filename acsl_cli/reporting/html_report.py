@@ -21,6 +21,7 @@ from pathlib import Path
 
 from acsl_cli.reporting.compare import HEADLINE, Comparison, Summary
 from acsl_cli.reporting.compare_tables import caption, delta_cell, interval_kind, mean_std
+from acsl_cli.reporting.figures import suffixed
 from acsl_cli.reporting.runs import Run
 from acsl_cli.reporting.settings_diff import differing_settings
 
@@ -36,7 +37,7 @@ FIGURES = {  # file -> caption, in the order shown
     "label_distribution.png": "Train images per category.",
     "suppression.png": "ACSL's suppressed columns per class (Figure 3).",
 }
-GALLERY_DIR = "show"  # heads/<id>/show/*.png: what `acsl show ... out=` wrote there
+GALLERY_DIR = "show"  # heads/<id>/show/*.png: what `acsl show ... out_dir=` wrote there
 GALLERY_MAX = 12  # images per head
 GALLERY_SIDE = 640  # longest side of a gallery image, pixels
 GALLERY_BYTES = 20_000_000  # larger files are left out unread
@@ -63,7 +64,7 @@ def _holds0(r: Summary, k: str) -> str:
     return " holds0" if iv is not None and iv.holds_zero else ""
 
 
-def comparison_table(c: Comparison) -> str:
+def comparison_table(c: Comparison, key: str = "comparison") -> str:
     head = "".join(f"<th>{k}</th>" for k in TABLE_KEYS) + "".join(
         f"<th>Δ{k} [95 %]</th>" for k in HEADLINE)
     body = []
@@ -72,7 +73,9 @@ def comparison_table(c: Comparison) -> str:
             f'<td class="delta{_holds0(r, k)}">{e(delta_cell(r, k))}</td>' for k in HEADLINE)
         body.append(f'<tr><td class="name">{e(r.name)}</td><td>{len(r.seeds)}</td>{cells}'
                     f"<td>{e(interval_kind(r))}</td></tr>")
-    return (f'<div class="scroll"><table id="comparison"><caption>{e(caption(c))}</caption>'
+    note = f'<p class="note">{e(c.note)}</p>' if c.note else ""
+    return (f'{note}<div class="scroll"><table id="{key}" class="comparison"><caption>'
+            f'{e(caption(c))}</caption>'
             f'<thead><tr><th class="name">model</th><th>seeds</th>{head}<th>interval</th>'
             f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
@@ -87,8 +90,9 @@ def category_rows(c: Comparison) -> list[tuple[int, str, str, int | None]]:
     return [seen[k] for k in sorted(seen)]
 
 
-def category_table(c: Comparison) -> str:
-    """Every category, one AP column per row of the comparison; sortable, searchable."""
+def category_table(c: Comparison, key: str = "cats") -> str:
+    """Every category, one AP column per row of the comparison; sortable, searchable (the
+    page's JS finds the search box and counter by the table's id ``key``)."""
     cats = category_rows(c)
     rows: Sequence[Summary] = [r for r in c.rows if r.per_category]
     if not cats or not rows:
@@ -103,21 +107,23 @@ def category_table(c: Comparison) -> str:
                    f'<td class="grp-{e(group)}">{e(group)}</td>'
                    f'<td data-v="{"" if images is None else images}">'
                    f'{"-" if images is None else images}</td>{aps}</tr>')
-    return (f'<input type="search" id="cats-search" placeholder="search classes by name" '
-            f'aria-label="search classes"> <span id="cats-shown" class="note"></span>'
-            f'<div id="cats-wrap"><table id="cats" data-rows="{len(cats)}"><thead><tr>{head}'
-            f'</tr></thead><tbody>{"".join(out)}</tbody></table></div>'
+    return (f'<input type="search" id="{key}-search" placeholder="search classes by name" '
+            f'aria-label="search classes"> <span id="{key}-shown" class="note"></span>'
+            f'<div class="cats-wrap"><table id="{key}" class="cats" data-rows="{len(cats)}">'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(out)}</tbody></table></div>'
             '<p class="note">AP (%) per category, mean over each row\'s seeds; click a '
             "column to sort (again: reverse), - = no AP (undefined).</p>")
 
 
-def figures_html(out_dir: Path, names: Sequence[str]) -> str:
+def figures_html(out_dir: Path, names: Sequence[str], suffix: str = "") -> str:
+    """The figures of one comparison (their file names end in its ``suffix``)."""
     parts = []
-    for name in FIGURES:
+    for base, text in FIGURES.items():
+        name = suffixed(base, suffix)
         if name in names and (out_dir / name).is_file():
             parts.append(f'<figure id="fig-{e(Path(name).stem)}"><img alt="{e(name)}" '
                          f'src="{data_uri((out_dir / name).read_bytes())}">'
-                         f"<figcaption>{e(FIGURES[name])} ({e(name)})</figcaption></figure>")
+                         f"<figcaption>{e(text)} ({e(name)})</figcaption></figure>")
     return "".join(parts)
 
 
@@ -169,22 +175,43 @@ def gallery(runs: Sequence[Run]) -> str:
     return f'<h2 id="gallery">Detections (acsl show)</h2><div class="gallery">{cells}</div>'
 
 
-def render(c: Comparison, out_dir: Path, figure_names: Sequence[str],
-           command: str = "") -> str:
-    """The page's text; ``command``: the command line that made it."""
-    sections = [("comparison", "Comparison", comparison_table(c)),
-                ("figures", "Figures", figures_html(out_dir, figure_names)),
-                ("categories", "Per-category AP", category_table(c)),
-                ("settings", "Settings that differ between the runs",
-                 settings_table(c.runs))]
-    body = "".join(f'<h2 id="{k}">{title}</h2>{html}' for k, title, html in sections)
-    body += gallery(c.runs)
-    nav = "".join(f'<a href="#{k}">{title}</a>' for k, title, _ in sections)
-    runs = ", ".join(r.name for r in c.runs)
+def _sections(c: Comparison, out_dir: Path, figure_names: Sequence[str], n: str = ""
+              ) -> list[tuple[str, str, str]]:
+    """(anchor, title, html) of one comparison's parts; ``n`` makes its ids unique."""
+    return [(f"comparison{n}", "Comparison", comparison_table(c, f"comparison{n}")),
+            (f"figures{n}", "Figures", figures_html(out_dir, figure_names, c.suffix)),
+            (f"categories{n}", "Per-category AP", category_table(c, f"cats{n}")),
+            (f"settings{n}", "Settings that differ between the runs", settings_table(c.runs))]
+
+
+def render(comparison: Comparison | Sequence[Comparison], out_dir: Path,
+           figure_names: Sequence[str], command: str = "") -> str:
+    """The page's text; ``command``: the command line that made it. Several comparisons
+    (one per dataset and metric) get a heading each, with their parts below it."""
+    cs = [comparison] if isinstance(comparison, Comparison) else list(comparison)
+    runs = [r for c in cs for r in c.runs]
+    if len(cs) == 1:
+        sections = _sections(cs[0], out_dir, figure_names)
+        body = "".join(f'<h2 id="{k}">{title}</h2>{html}' for k, title, html in sections)
+        nav = "".join(f'<a href="#{k}">{title}</a>' for k, title, _ in sections)
+    else:
+        body = nav = ""
+        for i, c in enumerate(cs, 1):
+            n = "" if i == 1 else f"-{i}"
+            body += f'<h2 id="dataset{n}">{e(c.title)}</h2>' + "".join(
+                f'<h3 id="{k}">{title}</h3>{html}'
+                for k, title, html in _sections(c, out_dir, figure_names, n))
+            nav += f'<a href="#dataset{n}">{e(c.title)}</a>'
+    body += gallery(runs)
+    names = ", ".join(r.name for r in runs)
+    baselines = "; ".join(dict.fromkeys(c.baseline for c in cs))
+    datasets = "; ".join(c.title for c in cs if c.title)
     page = files("acsl_cli.reporting").joinpath("report_template.html").read_text("utf-8")
-    fill = {"title": e(f"Comparison of {len(c.runs)} run(s)"),
-            "subtitle": e(f"Made by {command or 'acsl report'}; baseline: {c.baseline}; "
-                          f"runs: {runs}"),
+    fill = {"title": e(f"Comparison of {len(runs)} run(s)"
+                       + (f" on {len(cs)} datasets" if len(cs) > 1 else "")),
+            "subtitle": e(f"Made by {command or 'acsl report'}; "
+                          + (f"dataset: {datasets}; " if datasets else "")
+                          + f"baseline: {baselines}; runs: {names}"),
             "nav": nav + ('<a href="#gallery">Detections</a>' if "gallery" in body else ""),
             "body": body}
     # one pass: a filled-in value is never scanned again for placeholders

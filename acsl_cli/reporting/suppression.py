@@ -160,7 +160,7 @@ def _rare_rows(rec: Suppression, counts: TrainCounts | None) -> list[int]:
 def suppression_report(c: Comparison, out_dir: Path) -> tuple[list[Path], str]:
     """The figure, ``suppression.json`` (the claim's numbers per model, from the records)
     and the report's Markdown section ("" when no row has a record)."""
-    from acsl_cli.reporting.figures import _first_counts
+    from acsl_cli.reporting.figures import _first_counts, suffixed
     from acsl_cli.reporting.lookalikes import category_traits, summary, summary_markdown
     from acsl_cli.reporting.suppression_figure import suppression_figure
 
@@ -170,19 +170,21 @@ def suppression_report(c: Comparison, out_dir: Path) -> tuple[list[Path], str]:
     counts = _first_counts(c.runs)[0]
     names = {cat.category_id: cat.name for run in c.runs for cat in run.categories}
     traits = category_traits(c.runs)
-    figure = suppression_figure(records, counts, names, Path(out_dir) / FIGURE, traits,
-                                rare_rows=_rare_rows, class_order=class_order)
+    summary_file = suffixed(SUMMARY, c.suffix)
+    path = Path(out_dir) / suffixed(FIGURE, c.suffix)
+    figure = suppression_figure(records, counts, names, path, traits, rare_rows=_rare_rows,
+                                class_order=class_order)
     stats = {model: summary(rec, traits) for model, rec in records.items()}
-    atomic_write_json(Path(out_dir) / SUMMARY, stats)
+    atomic_write_json(Path(out_dir) / summary_file, stats)
     table = lookalikes_markdown(records, counts, names)
     text = ("\n## ACSL suppression (Figure 3)\n\n"
             f"![suppression]({figure.name})\n\nShare of each class's foreground RoIs in "
             "stage 2 for which ACSL suppressed a column (W = 1), summed over each row's runs "
             "(only measured records are drawn; sigmoid BCE keeps none: it suppresses every "
-            f"column by definition). From the records ({SUMMARY}):\n\n"
+            f"column by definition). From the records ({summary_file}):\n\n"
             + summary_markdown(stats)
             + ("" if traits else "\nLook-alikes are not marked: the train annotations give no "
                "shape, colour and pattern per class.\n")
             + (f"\nRare classes' most suppressed columns:\n\n{table}" if table else "")
             + "".join(f"\n{n}\n" for n in notes))
-    return [figure, Path(out_dir) / SUMMARY], text
+    return [figure, Path(out_dir) / summary_file], text

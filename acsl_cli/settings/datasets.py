@@ -238,6 +238,8 @@ KINDS: dict[str, type[DatasetSettings]] = {
                               OpenImagesDataset, OpenImagesSyntheticDataset)
 }
 DATASET_KINDS = tuple(KINDS)
+#: the kinds scored by the Open Images challenge metric (the others by LVIS rules)
+OPENIMAGES_KINDS = tuple(k for k, cls in KINDS.items() if issubclass(cls, OpenImagesScored))
 
 
 def kind_keys(kind: str) -> tuple[str, ...]:
