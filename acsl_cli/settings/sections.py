@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings.declare import DATA, STAGE1, STAGE2, section, setting
+from acsl_cli.settings.declare import DATA, STAGE1, STAGE2, kind, kinds, section, setting
 from acsl_cli.settings.rules import (
     Rule,
     anything,
     boolean,
     choice,
+    choice_in,
     integer,
     list_of,
     number,
@@ -28,7 +29,6 @@ from acsl_cli.settings.rules import (
 SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays valid
 DATASET_KINDS = ("synthetic", "synthetic_lvis", "lvis", "openimages", "openimages_synthetic")
 AMP_MODES = ("off", "bf16", "fp16")
-DETECTORS = ("faster_rcnn", "cascade_rcnn")
 
 
 def _module_names() -> Rule:
@@ -82,6 +82,7 @@ class Stage2Settings(StageSettings):
     """Stage 2's recipe: a stage's, and how many RoIs its frozen pass samples (stage 1's
     RoI sampler is the detector's own: ``backbone.roi_batch_size_per_image``)."""
 
+    warmup_iters: int = setting(50, integer(0, 10**9))
     #: RoIs sampled per image (null = backbone.roi_batch_size_per_image)
     rois_per_image: int | None = setting(None, integer(1, 1_000_000, null=True))
 
@@ -183,33 +184,103 @@ class TestSettings:
                        calibration=CalibrationSettings()) == TestSettings()
 
 
-@dataclass(frozen=True)
+#: ``backbone=NAME`` -> its settings class (``kind``): a key of another backbone is refused
+BACKBONE_KINDS: dict[str, type] = {}
+#: the paper's ResNet / ResNeXt FPN backbones (``models.backbones.ARCHS``)
+RESNETS = ("r50", "r101", "r152", "x101_64x4d", "x101_32x8d")
+
+
+def _backbone(name: str) -> Any:
+    return setting(name, choice_in(BACKBONE_KINDS))
+
+
 class BackboneSettings:
-    name: str = setting("small", text())
+    """The trunk and the detector sizes that go with it (``backbone=``); each kind's
+    class declares its own keys and defaults."""
+
+    name: str
+    anchor_sizes: tuple[int, ...]
+    representation_size: int
+    rpn_pre_nms_top_n_train: int
+    rpn_post_nms_top_n_train: int
+    rpn_pre_nms_top_n_test: int
+    rpn_post_nms_top_n_test: int
+    roi_batch_size_per_image: int
+    pre_nms_topk: int
+
+
+_ANCHOR = list_of(integer(1, 100_000), nonempty=True)
+_TOP_N = integer(1, 10**7)
+
+
+@kind(BACKBONE_KINDS)
+@dataclass(frozen=True)
+class SmallBackboneSettings(BackboneSettings):
+    """``small``: ResNet-10 with an FPN of ``fpn_channels``, trained from scratch."""
+
+    name: str = _backbone("small")
+    fpn_channels: int = setting(64, integer(1, 4096))
+    anchor_sizes: tuple[int, ...] = setting((16, 32, 64, 128), _ANCHOR)
+    representation_size: int = setting(256, integer(1, 65_536))
+    rpn_pre_nms_top_n_train: int = setting(600, _TOP_N)
+    rpn_post_nms_top_n_train: int = setting(300, _TOP_N)
+    rpn_pre_nms_top_n_test: int = setting(300, _TOP_N)
+    rpn_post_nms_top_n_test: int = setting(150, _TOP_N)
+    roi_batch_size_per_image: int = setting(64, integer(1, 1_000_000))
+    pre_nms_topk: int = setting(10000, integer(1, 10**8))
+
+
+@kind(BACKBONE_KINDS, *RESNETS)
+@dataclass(frozen=True)
+class ResNetBackboneSettings(BackboneSettings):
+    """The paper's ResNet / ResNeXt FPN (256 channels) with its ImageNet ``weights`` (null,
+    a torchvision name, or a local file) and ``trainable_layers`` of the trunk."""
+
+    name: str = _backbone("r50")
     weights: str | None = setting(None, text(null=True))
     trainable_layers: int = setting(3, integer(0, 5))
-    fpn_channels: int = setting(64, integer(1, 4096))  # the small backbone's FPN width
-    anchor_sizes: tuple[int, ...] = setting((32, 64, 128, 256, 512),
-                                            list_of(integer(1, 100_000), nonempty=True))
+    anchor_sizes: tuple[int, ...] = setting((32, 64, 128, 256, 512), _ANCHOR)
     representation_size: int = setting(1024, integer(1, 65_536))
-    rpn_pre_nms_top_n_train: int = setting(2000, integer(1, 10**7))
-    rpn_post_nms_top_n_train: int = setting(2000, integer(1, 10**7))
-    rpn_pre_nms_top_n_test: int = setting(1000, integer(1, 10**7))
-    rpn_post_nms_top_n_test: int = setting(1000, integer(1, 10**7))
+    rpn_pre_nms_top_n_train: int = setting(2000, _TOP_N)
+    rpn_post_nms_top_n_train: int = setting(2000, _TOP_N)
+    rpn_pre_nms_top_n_test: int = setting(1000, _TOP_N)
+    rpn_post_nms_top_n_test: int = setting(1000, _TOP_N)
     roi_batch_size_per_image: int = setting(512, integer(1, 1_000_000))
     pre_nms_topk: int = setting(10000, integer(1, 10**8))
 
 
-@dataclass(frozen=True)
-class DetectorSettings:
-    """Which detector stage 1 trains (``detector=``). The cascade's per-stage lists (Cai &
-    Vasconcelos 2018: IoU 0.5/0.6/0.7, tighter box-coder weights as the boxes improve) are
-    read only by ``cascade_rcnn``; one entry per stage, the lengths must agree."""
+#: ``detector=NAME`` -> its settings class; ``models.detectors`` registers a builder under
+#: the same name (``tests/test_cascade.py`` checks both list the same names)
+DETECTOR_KINDS: dict[str, type] = {}
 
-    name: str = setting("faster_rcnn", choice(*DETECTORS))
-    #: Faster R-CNN: one box regression shared by all classes (mmdetection's
-    #: ``reg_class_agnostic``) instead of one per class; the cascade's always is
+
+def _detector(name: str) -> Any:
+    return setting(name, choice_in(DETECTOR_KINDS))
+
+
+class DetectorSettings:
+    """Which detector stage 1 trains (``detector=``); each kind's class declares its own
+    keys, and a key of another detector is refused."""
+
+    name: str
+
+
+@kind(DETECTOR_KINDS)
+@dataclass(frozen=True)
+class FasterRCNNSettings(DetectorSettings):
+    name: str = _detector("faster_rcnn")
+    #: one box regression shared by all classes (mmdetection's ``reg_class_agnostic``)
+    #: instead of one per class
     class_agnostic_boxes: bool = setting(False, boolean)
+
+
+@kind(DETECTOR_KINDS)
+@dataclass(frozen=True)
+class CascadeRCNNSettings(DetectorSettings):
+    """Cai & Vasconcelos 2018: IoU 0.5/0.6/0.7, tighter box-coder weights as the boxes
+    improve; one entry per stage, the lengths must agree (``config_rules``)."""
+
+    name: str = _detector("cascade_rcnn")
     iou_thresholds: tuple[float, ...] = setting(
         (0.5, 0.6, 0.7), list_of(number(0, 1, lo_open=True, hi_open=True), nonempty=True))
     stage_weights: tuple[float, ...] = setting((1.0, 0.5, 0.25),
@@ -260,15 +331,8 @@ class LossSettings:
         return {"name": self.name, **self.params}
 
 
-LAUNCHERS = ("inprocess", "local", "slurm")
-#: the ``launcher.*`` keys each launcher reads (its conf/launcher/NAME.yaml): a key of
-#: another launcher is refused, not ignored
-LAUNCHER_KEYS = {
-    "inprocess": ("name", "wait"),
-    "local": ("name", "wait", "max_parallel", "gpus_per_run"),
-    "slurm": ("name", "wait", "partition", "account", "qos", "nodes", "gpus_per_node",
-              "cpus_per_task", "mem_gb", "time_min", "constraint", "additional"),
-}
+#: ``launcher=NAME`` -> its settings class: a key of another launcher is refused
+LAUNCHER_KINDS: dict[str, type] = {}
 
 
 def _sbatch_options() -> Rule:
@@ -296,18 +360,48 @@ def _sbatch_options() -> Rule:
     return Rule(check, lambda v: {"comment": "acsl"} if v != {"comment": "acsl"} else None)
 
 
-@dataclass(frozen=True)
 class LauncherSettings:
-    """Where ``acsl sweep`` runs its jobs (``conf/launcher/``). A launcher cannot change a
-    result, so nothing here enters a cache key or tells runs apart."""
+    """Where ``acsl sweep`` runs its jobs (``conf/launcher/``); each launcher's class
+    declares its own keys. A launcher cannot change a result, so nothing here enters a
+    cache key or tells runs apart (``outcome=False``)."""
 
-    name: str = setting("inprocess", choice(*LAUNCHERS), outcome=False)
+    name: str
+    wait: bool
+
+
+def _launcher(name: str) -> Any:
+    return setting(name, choice_in(LAUNCHER_KINDS), outcome=False)
+
+
+@dataclass(frozen=True)
+class _Waits(LauncherSettings):
     #: wait for the jobs, then write the sweep's tables; false: submit and return
     wait: bool = setting(True, boolean, outcome=False)
-    #: local: jobs at once, and GPUs per job (its own CUDA_VISIBLE_DEVICES; > 1: torchrun)
+
+
+@kind(LAUNCHER_KINDS)
+@dataclass(frozen=True)
+class InprocessLauncherSettings(_Waits):
+    """Every run in this process, one after another (always waits)."""
+
+    name: str = _launcher("inprocess")
+
+
+@kind(LAUNCHER_KINDS)
+@dataclass(frozen=True)
+class LocalLauncherSettings(_Waits):
+    name: str = _launcher("local")
+    #: jobs at once, and GPUs per job (its own CUDA_VISIBLE_DEVICES; > 1: torchrun)
     max_parallel: int = setting(1, integer(1, 4096), outcome=False)
     gpus_per_run: int = setting(0, integer(0, 4096), outcome=False)
-    #: slurm (submitit): sbatch's --partition, --account, --qos, --nodes, ...
+
+
+@kind(LAUNCHER_KINDS)
+@dataclass(frozen=True)
+class SlurmLauncherSettings(_Waits):
+    """sbatch's --partition, --account, --qos, --nodes, ... through submitit."""
+
+    name: str = _launcher("slurm")
     partition: str | None = setting(None, text(null=True), outcome=False)
     account: str | None = setting(None, text(null=True), outcome=False)
     qos: str | None = setting(None, text(null=True), outcome=False)
@@ -350,11 +444,11 @@ class Settings:
     sampler: SamplerSettings = section(SamplerSettings, caches=(STAGE1, STAGE2),
                                        changed_only=(STAGE1,))
     dataset: DatasetSettings = section(DatasetSettings, caches=(DATA, STAGE1))
-    backbone: BackboneSettings = section(BackboneSettings, caches=(STAGE1,))
+    backbone: BackboneSettings = kinds(BACKBONE_KINDS, "small", caches=(STAGE1,))
     #: added after the stage-1 key's format was fixed: Faster R-CNN keys stay as they were
-    detector: DetectorSettings = section(DetectorSettings, caches=(STAGE1,),
-                                         changed_only=(STAGE1,))
-    launcher: LauncherSettings = section(LauncherSettings, caches=())
+    detector: DetectorSettings = kinds(DETECTOR_KINDS, "faster_rcnn", caches=(STAGE1,),
+                                       changed_only=(STAGE1,))
+    launcher: LauncherSettings = kinds(LAUNCHER_KINDS, "inprocess", caches=())
     loss: LossSettings = field(default_factory=lambda: LossSettings("acsl"))
     #: the resolved config these settings were read from (plain data): written as the
     #: run's ``config.yaml`` and the source of the cache keys' values
