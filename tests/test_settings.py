@@ -265,7 +265,14 @@ def test_a_changed_only_default_moves_only_with_its_keys_version():
             now.setdefault((cache, versions[cache]), {})[".".join(d.path)] = d.default
     for version, defaults in now.items():
         assert version in CHANGED_ONLY_DEFAULTS, f"{version}: no line in CHANGED_ONLY_DEFAULTS"
-        assert defaults == CHANGED_ONLY_DEFAULTS[version], version
+        old = CHANGED_ONLY_DEFAULTS[version]
+        moved = sorted(k for k in old.keys() | defaults.keys() if old.get(k) != defaults.get(k))
+        assert not moved, (
+            f"the default of {', '.join(moved)} changed (or it was added or removed) while "
+            f"the {version[0]} key's version stayed {version[1]}: such a field enters its key "
+            "only when it differs from its default, so old cache entries would now mean "
+            "another experiment. Bump the version in acsl_cli/settings/keys.py and add the "
+            "new version's line to CHANGED_ONLY_DEFAULTS")
 
 
 def test_init_enters_the_stage1_key_by_its_files_content(tmp_path):
