@@ -16,6 +16,9 @@ def validate(s: Settings) -> None:
                           "integer >= 1")
     if s.sampler.name == "rfs" and s.sampler.t is None:
         raise ConfigError("sampler.t=None: rfs needs a frequency threshold in (0, 1]")
+    if s.sampler.name != "rfs" and s.sampler.t is not None:  # read by nothing, yet keyed
+        raise ConfigError(f"sampler.t: a setting of sampler=rfs, not of "
+                          f"sampler={s.sampler.name}")
     _check_detector(s)
     _check_launcher(s)
     _check_calibration(s)

@@ -4,7 +4,7 @@ the trunk and RPN of ``models.detector.build_detector``; its RoI head keeps the 
 of ``models.roi_head.RoIHead``.
 
 Adding one: a function here decorated ``@register_detector("<name>")``, its settings
-class in ``settings.sections`` registered as ``@kind(DETECTOR_KINDS)`` (its keys; another
+class in ``settings.detection`` registered as ``@kind(DETECTOR_KINDS)`` (its keys; another
 detector's key is refused; ``tests/test_cascade.py`` checks both registries list the same
 names) and ``conf/detector/<name>.yaml``.
 """

@@ -2,24 +2,28 @@
 
 from acsl_cli.settings.build import loss_settings, settings_from
 from acsl_cli.settings.declare import CACHES, DATA, STAGE1, STAGE2, declared
-from acsl_cli.settings.keys import config_hash, not_outcome_keys, stage1_key, stage2_key
-from acsl_cli.settings.sections import (
+from acsl_cli.settings.detection import (
     BackboneSettings,
-    CalibrationSettings,
     CascadeRCNNSettings,
-    DatasetSettings,
     DetectorSettings,
     FasterRCNNSettings,
+    ResNetBackboneSettings,
+    SmallBackboneSettings,
+)
+from acsl_cli.settings.keys import config_hash, not_outcome_keys, stage1_key, stage2_key
+from acsl_cli.settings.launchers import (
     InprocessLauncherSettings,
     LauncherSettings,
     LocalLauncherSettings,
+    SlurmLauncherSettings,
+)
+from acsl_cli.settings.sections import (
+    CalibrationSettings,
+    DatasetSettings,
     LossSettings,
-    ResNetBackboneSettings,
     SamplerSettings,
     ScheduleSettings,
     Settings,
-    SlurmLauncherSettings,
-    SmallBackboneSettings,
     Stage2Settings,
     StageSettings,
     TestSettings,

@@ -2,7 +2,8 @@
 and the cache keys it enters (see ``declare``).
 
 Adding an option: one ``setting(...)`` line in the section it belongs to, and one line in
-the yaml that documents it (``conf/``). Nothing else reads config keys.
+the yaml that documents it (``conf/``). Nothing else reads config keys. The backbone and
+detector kinds are in ``settings.detection``, the launchers in ``settings.launchers``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings.declare import DATA, STAGE1, STAGE2, kind, kinds, section, setting
+from acsl_cli.settings.declare import DATA, STAGE1, STAGE2, kinds, section, setting
+from acsl_cli.settings.detection import (
+    BACKBONE_KINDS,
+    DETECTOR_KINDS,
+    BackboneSettings,
+    DetectorSettings,
+)
+from acsl_cli.settings.launchers import LAUNCHER_KINDS, LauncherSettings
 from acsl_cli.settings.rules import (
     Rule,
     anything,
     boolean,
     choice,
-    choice_in,
     integer,
     list_of,
     number,
@@ -184,112 +191,6 @@ class TestSettings:
                        calibration=CalibrationSettings()) == TestSettings()
 
 
-#: ``backbone=NAME`` -> its settings class (``kind``): a key of another backbone is refused
-BACKBONE_KINDS: dict[str, type] = {}
-#: the paper's ResNet / ResNeXt FPN backbones (``models.backbones.ARCHS``)
-RESNETS = ("r50", "r101", "r152", "x101_64x4d", "x101_32x8d")
-
-
-def _backbone(name: str) -> Any:
-    return setting(name, choice_in(BACKBONE_KINDS))
-
-
-class BackboneSettings:
-    """The trunk and the detector sizes that go with it (``backbone=``); each kind's
-    class declares its own keys and defaults."""
-
-    name: str
-    anchor_sizes: tuple[int, ...]
-    representation_size: int
-    rpn_pre_nms_top_n_train: int
-    rpn_post_nms_top_n_train: int
-    rpn_pre_nms_top_n_test: int
-    rpn_post_nms_top_n_test: int
-    roi_batch_size_per_image: int
-    pre_nms_topk: int
-
-
-_ANCHOR = list_of(integer(1, 100_000), nonempty=True)
-_TOP_N = integer(1, 10**7)
-
-
-@kind(BACKBONE_KINDS)
-@dataclass(frozen=True)
-class SmallBackboneSettings(BackboneSettings):
-    """``small``: ResNet-10 with an FPN of ``fpn_channels``, trained from scratch."""
-
-    name: str = _backbone("small")
-    fpn_channels: int = setting(64, integer(1, 4096))
-    anchor_sizes: tuple[int, ...] = setting((16, 32, 64, 128), _ANCHOR)
-    representation_size: int = setting(256, integer(1, 65_536))
-    rpn_pre_nms_top_n_train: int = setting(600, _TOP_N)
-    rpn_post_nms_top_n_train: int = setting(300, _TOP_N)
-    rpn_pre_nms_top_n_test: int = setting(300, _TOP_N)
-    rpn_post_nms_top_n_test: int = setting(150, _TOP_N)
-    roi_batch_size_per_image: int = setting(64, integer(1, 1_000_000))
-    pre_nms_topk: int = setting(10000, integer(1, 10**8))
-
-
-@kind(BACKBONE_KINDS, *RESNETS)
-@dataclass(frozen=True)
-class ResNetBackboneSettings(BackboneSettings):
-    """The paper's ResNet / ResNeXt FPN (256 channels) with its ImageNet ``weights`` (null,
-    a torchvision name, or a local file) and ``trainable_layers`` of the trunk."""
-
-    name: str = _backbone("r50")
-    weights: str | None = setting(None, text(null=True))
-    trainable_layers: int = setting(3, integer(0, 5))
-    anchor_sizes: tuple[int, ...] = setting((32, 64, 128, 256, 512), _ANCHOR)
-    representation_size: int = setting(1024, integer(1, 65_536))
-    rpn_pre_nms_top_n_train: int = setting(2000, _TOP_N)
-    rpn_post_nms_top_n_train: int = setting(2000, _TOP_N)
-    rpn_pre_nms_top_n_test: int = setting(1000, _TOP_N)
-    rpn_post_nms_top_n_test: int = setting(1000, _TOP_N)
-    roi_batch_size_per_image: int = setting(512, integer(1, 1_000_000))
-    pre_nms_topk: int = setting(10000, integer(1, 10**8))
-
-
-#: ``detector=NAME`` -> its settings class; ``models.detectors`` registers a builder under
-#: the same name (``tests/test_cascade.py`` checks both list the same names)
-DETECTOR_KINDS: dict[str, type] = {}
-
-
-def _detector(name: str) -> Any:
-    return setting(name, choice_in(DETECTOR_KINDS))
-
-
-class DetectorSettings:
-    """Which detector stage 1 trains (``detector=``); each kind's class declares its own
-    keys, and a key of another detector is refused."""
-
-    name: str
-
-
-@kind(DETECTOR_KINDS)
-@dataclass(frozen=True)
-class FasterRCNNSettings(DetectorSettings):
-    name: str = _detector("faster_rcnn")
-    #: one box regression shared by all classes (mmdetection's ``reg_class_agnostic``)
-    #: instead of one per class
-    class_agnostic_boxes: bool = setting(False, boolean)
-
-
-@kind(DETECTOR_KINDS)
-@dataclass(frozen=True)
-class CascadeRCNNSettings(DetectorSettings):
-    """Cai & Vasconcelos 2018: IoU 0.5/0.6/0.7, tighter box-coder weights as the boxes
-    improve; one entry per stage, the lengths must agree (``config_rules``)."""
-
-    name: str = _detector("cascade_rcnn")
-    iou_thresholds: tuple[float, ...] = setting(
-        (0.5, 0.6, 0.7), list_of(number(0, 1, lo_open=True, hi_open=True), nonempty=True))
-    stage_weights: tuple[float, ...] = setting((1.0, 0.5, 0.25),
-                                               list_of(number(0, 1e6), nonempty=True))
-    box_coder_weights: tuple[tuple[float, ...], ...] = setting(
-        ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
-        list_of(list_of(number(0, 1e6, lo_open=True), nonempty=True), nonempty=True))
-
-
 @dataclass(frozen=True)
 class DatasetSettings:
     """The common keys of a dataset; its kind's own keys are in ``params`` (checked by
@@ -329,91 +230,6 @@ class LossSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.params}
-
-
-#: ``launcher=NAME`` -> its settings class: a key of another launcher is refused
-LAUNCHER_KINDS: dict[str, type] = {}
-
-
-def _sbatch_options() -> Rule:
-    """``launcher.additional``: sbatch option name -> one value on one line
-    (``{mail-type: END}``; ``true`` for a flag such as ``exclusive``)."""
-    import re
-
-    name_ok = re.compile(r"[A-Za-z][A-Za-z0-9_-]*").fullmatch
-
-    def check(key: str, v: Any) -> None:
-        if v is None:
-            return
-        if not isinstance(v, Mapping):
-            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
-            raise ConfigError(f"{key}={shown}: must be a mapping of sbatch options to "
-                              "values, e.g. {mail-type:END}")
-        for name, value in v.items():
-            if not isinstance(name, str) or not name_ok(name):
-                raise ConfigError(f"{key}: {name!r} is not an sbatch option name")
-            if isinstance(value, bool) and not value or not isinstance(
-                    value, (str, int, float)) or any(c in str(value) for c in "\0\n\r"):
-                raise ConfigError(f"{key}.{name}={str(value)[:60]!r}: must be one value on "
-                                  "one line (a string or number; true for a flag)")
-
-    return Rule(check, lambda v: {"comment": "acsl"} if v != {"comment": "acsl"} else None)
-
-
-class LauncherSettings:
-    """Where ``acsl sweep`` runs its jobs (``conf/launcher/``); each launcher's class
-    declares its own keys. A launcher cannot change a result, so nothing here enters a
-    cache key or tells runs apart (``outcome=False``)."""
-
-    name: str
-    wait: bool
-
-
-def _launcher(name: str) -> Any:
-    return setting(name, choice_in(LAUNCHER_KINDS), outcome=False)
-
-
-@dataclass(frozen=True)
-class _Waits(LauncherSettings):
-    #: wait for the jobs, then write the sweep's tables; false: submit and return
-    wait: bool = setting(True, boolean, outcome=False)
-
-
-@kind(LAUNCHER_KINDS)
-@dataclass(frozen=True)
-class InprocessLauncherSettings(_Waits):
-    """Every run in this process, one after another (always waits)."""
-
-    name: str = _launcher("inprocess")
-
-
-@kind(LAUNCHER_KINDS)
-@dataclass(frozen=True)
-class LocalLauncherSettings(_Waits):
-    name: str = _launcher("local")
-    #: jobs at once, and GPUs per job (its own CUDA_VISIBLE_DEVICES; > 1: torchrun)
-    max_parallel: int = setting(1, integer(1, 4096), outcome=False)
-    gpus_per_run: int = setting(0, integer(0, 4096), outcome=False)
-
-
-@kind(LAUNCHER_KINDS)
-@dataclass(frozen=True)
-class SlurmLauncherSettings(_Waits):
-    """sbatch's --partition, --account, --qos, --nodes, ... through submitit."""
-
-    name: str = _launcher("slurm")
-    partition: str | None = setting(None, text(null=True), outcome=False)
-    account: str | None = setting(None, text(null=True), outcome=False)
-    qos: str | None = setting(None, text(null=True), outcome=False)
-    nodes: int = setting(1, integer(1, 100_000), outcome=False)
-    gpus_per_node: int = setting(0, integer(0, 1024), outcome=False)
-    cpus_per_task: int = setting(1, integer(1, 4096), outcome=False)
-    mem_gb: float | None = setting(None, number(0, 1e7, lo_open=True, null=True),
-                                   outcome=False)
-    time_min: int = setting(60, integer(1, 10**7), outcome=False)
-    constraint: str | None = setting(None, text(null=True), outcome=False)
-    #: any other sbatch option, e.g. {mail-type: END}
-    additional: Mapping[str, Any] | None = setting(None, _sbatch_options(), outcome=False)
 
 
 @dataclass(frozen=True)
