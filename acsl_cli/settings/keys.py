@@ -3,6 +3,9 @@
 A key's node holds, at each tagged field's path, the value the config gave (so existing
 entries keep their keys); a field the config did not give enters only when it differs
 from its default, and ``changed_only`` fields only when they differ from their default.
+In a kinds section (``detector``, ``backbone``) only the chosen kind's fields exist: another
+kind's never enters, and a field's default is the chosen kind's own (its ``name``
+compares with the section's default kind).
 """
 
 from __future__ import annotations
