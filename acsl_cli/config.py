@@ -7,6 +7,7 @@ the same one-line error everywhere, before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 from acsl_cli.conf_groups import GROUPS, available, config_dir
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError, did_you_mean
-from acsl_cli.settings import LauncherSettings, Settings, settings_from
-from acsl_cli.settings.sections import LAUNCHER_KEYS, LIST_KEYS, PLUGINS_RULE, SHORTHANDS
+from acsl_cli.settings import Settings, settings_from
+from acsl_cli.settings.declare import SELECTOR
+from acsl_cli.settings.sections import LIST_KEYS, PLUGINS_RULE, SHORTHANDS
 
 __all__ = ["GROUPS", "Override", "available", "config_dir", "load_config", "load_settings",
            "parse_overrides", "to_settings", "to_yaml", "validate"]
@@ -103,7 +105,7 @@ def load_config(overrides: Sequence[str] = (), base: DictConfig | None = None) -
         if o.key in GROUPS and o.value not in choices:
             raise ConfigError(f"unknown {o.key} '{o.value}' ({did_you_mean(o.value, choices)}"
                               f"choose from {', '.join(sorted(choices))})")
-    _check_launcher_keys(parsed, base)
+    _check_kind_keys(parsed, base)
     if base is None:
         _check_dataset_name(parsed)
     try:
@@ -222,24 +224,30 @@ def _check_dataset_name(parsed: list[Override]) -> None:
                           "saved run finds its dataset's yaml by it")
 
 
-def _check_launcher_keys(parsed: list[Override], base: DictConfig | None) -> None:
-    """A ``launcher.KEY`` of another launcher than the chosen one is refused by name (Hydra
-    would suggest ``+launcher.KEY``, which the chosen launcher then ignores)."""
-    chosen = LauncherSettings.name
-    if base is not None and isinstance(base.get("launcher"), DictConfig):
-        chosen = base.launcher.get("name", chosen)
-    for o in parsed:
-        if o.key == "launcher" and isinstance(o.value, str):
-            chosen = o.value
-    mine = LAUNCHER_KEYS.get(chosen, ())
-    for o in parsed:
-        sub = o.key.split(".")
-        if sub[0] == "launcher" and len(sub) > 1 and sub[1] not in mine:
-            owners = [n for n, keys in LAUNCHER_KEYS.items() if sub[1] in keys]
+def _check_kind_keys(parsed: list[Override], base: DictConfig | None) -> None:
+    """A ``detector.KEY`` (``launcher.KEY``, ``backbone.KEY``) of another kind than the
+    chosen one is refused by name (Hydra would suggest ``+detector.KEY``, which the chosen
+    kind's settings then refuse with the same line)."""
+    for f in dataclasses.fields(Settings):
+        if not f.metadata.get("kinds"):
+            continue
+        section, registry = f.name, f.metadata["kinds"]
+        chosen = f.metadata["default_kind"]
+        if base is not None and isinstance(base.get(section), DictConfig):
+            chosen = base[section].get(SELECTOR, chosen)
+        for o in parsed:
+            if o.key == section and isinstance(o.value, str):
+                chosen = o.value
+        mine = registry[chosen].__dataclass_fields__ if chosen in registry else {}
+        for o in parsed:
+            sub = o.key.split(".")
+            if sub[0] != section or len(sub) < 2 or sub[1] in mine:
+                continue
+            owners = [n for n, c in registry.items() if sub[1] in c.__dataclass_fields__]
             if owners:
-                raise ConfigError(f"launcher.{sub[1]}: a setting of launcher="
-                                  f"{' or '.join(owners)}, not of launcher={chosen} (choose "
-                                  f"launcher={owners[0]})")
+                raise ConfigError(f"{section}.{sub[1]}: a setting of {section}="
+                                  f"{' or '.join(owners)}, not of {section}={chosen} (choose "
+                                  f"{section}={owners[0]})")
 
 
 def to_settings(cfg: DictConfig) -> Settings:

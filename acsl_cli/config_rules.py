@@ -5,8 +5,7 @@ field (``acsl_cli.settings``). Each failure is one ``ConfigError`` line naming t
 from __future__ import annotations
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.settings import Settings
-from acsl_cli.settings.sections import LAUNCHER_KEYS
+from acsl_cli.settings import CascadeRCNNSettings, LocalLauncherSettings, Settings
 
 
 def validate(s: Settings) -> None:
@@ -17,6 +16,9 @@ def validate(s: Settings) -> None:
                           "integer >= 1")
     if s.sampler.name == "rfs" and s.sampler.t is None:
         raise ConfigError("sampler.t=None: rfs needs a frequency threshold in (0, 1]")
+    if s.sampler.name != "rfs" and s.sampler.t is not None:  # read by nothing, yet keyed
+        raise ConfigError(f"sampler.t: a setting of sampler=rfs, not of "
+                          f"sampler={s.sampler.name}")
     _check_detector(s)
     _check_launcher(s)
     _check_calibration(s)
@@ -36,15 +38,10 @@ def validate(s: Settings) -> None:
 
 
 def _check_launcher(s: Settings) -> None:
-    """Every ``launcher.*`` key is one the chosen launcher reads (``+launcher.KEY`` too)."""
-    launcher = s.source.get("launcher")
-    keys = LAUNCHER_KEYS.get(s.launcher.name, ())
-    extra = sorted(k for k in launcher if k not in keys) if isinstance(launcher, dict) else []
-    if extra:
-        owners = [n for n, ks in LAUNCHER_KEYS.items() if extra[0] in ks] or ["none"]
-        raise ConfigError(f"launcher.{extra[0]}: a setting of launcher={' or '.join(owners)}, "
-                          f"not of launcher={s.launcher.name}")
-    if s.launcher.gpus_per_run and s.device == "cpu":
+    """A local job's GPUs need a device that uses them (a key of another launcher is
+    refused by the launcher's own section: ``settings.build``)."""
+    if isinstance(s.launcher, LocalLauncherSettings) and s.launcher.gpus_per_run and \
+            s.device == "cpu":
         raise ConfigError(f"launcher.gpus_per_run={s.launcher.gpus_per_run} with device=cpu: "
                           "the jobs would not use their GPUs (use device=auto or cuda)")
 
@@ -52,6 +49,8 @@ def _check_launcher(s: Settings) -> None:
 def _check_detector(s: Settings) -> None:
     """A cascade's per-stage lists have one entry per stage; a box coder has 4 weights."""
     det = s.detector
+    if not isinstance(det, CascadeRCNNSettings):
+        return
     n = len(det.iou_thresholds)
     if len(det.stage_weights) != n or len(det.box_coder_weights) != n:
         raise ConfigError(f"detector.iou_thresholds, stage_weights, box_coder_weights: need one "

@@ -185,7 +185,7 @@ def ours_detector(args: argparse.Namespace, cascade: bool = False) -> nn.Module:
     torch.manual_seed(args.seed)
     loss = build_loss("softmax_ce", LossContext(args.classes, args.seed))
     return build_detector(backbone_cfg(args.backbone), args.classes, loss, args.size, args.size,
-                          CascadeSpec() if cascade else None)
+                          cascade=CascadeSpec() if cascade else None, class_agnostic_boxes=False)
 
 
 def bare_detector(args: argparse.Namespace) -> nn.Module:
@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.amp != "off" and not takes_amp(HeadsStep):
         print("note: HeadsStep takes no amp= argument yet; stage 2 runs with amp off")
         amp2 = "off"
-    amp_kw1 = {"amp": amp1} if amp1 != "off" else {}
-    amp_kw2 = {"amp": amp2} if amp2 != "off" else {}
+    amp_kw1 = {"amp": amp1} if takes_amp(DetectorStep) else {}
+    amp_kw2 = {"amp": amp2} if takes_amp(HeadsStep) else {}
 
     batches = make_batches(min(args.warmup + args.iters, 8), args.batch, args.size,
                            args.classes, args.seed, device)

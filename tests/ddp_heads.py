@@ -35,7 +35,7 @@ def main(out: Path) -> None:
     loader = train_loader(data.train, 2, seed=5)
     sched = StageSchedule.from_settings(cfg.schedule.stage2)
     finetune_heads(FrozenTrunk(model), heads, loader, sched, "cpu", max_iters=4,
-                   show_progress=False)
+                   show_progress=False, amp="off")
     torch.save({h.name: {"weight": h.classifier.weight.detach(), "start": start[h.name]}
                 for h in heads}, out / f"rank{dist.rank()}.pt")
 

@@ -294,7 +294,7 @@ def test_fp16_resume_state_carries_the_scalers(tiny, fp16_on_cpu):
     assert other.scaler.get_scale() == 1024.0
     with pytest.raises(KeyError):  # an amp=off resume file does not fit an fp16 step
         other.load_state_dict({k: v for k, v in state.items() if k != "scaler"})
-    assert "scaler" not in DetectorStep(copy.deepcopy(model), _sched(), "cpu").state_dict()
+    assert "scaler" not in DetectorStep(copy.deepcopy(model), _sched(), "cpu", "off").state_dict()
 
     trunk = FrozenTrunk(copy.deepcopy(model))
     context = long_tail_context(data.cmap.num_classes)

@@ -10,9 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.models import get_model, get_model_weights
 
-from acsl_cli.config import load_config
+from acsl_cli.config import load_config, load_settings
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.models.backbones import build_backbone
+from acsl_cli.settings import ResNetBackboneSettings
 
 ARCHS = {"r152": "resnet152", "x101_64x4d": "resnext101_64x4d",
          "x101_32x8d": "resnext101_32x8d"}
@@ -22,7 +23,7 @@ ARCHS = {"r152": "resnet152", "x101_64x4d": "resnext101_64x4d",
 def test_trunk_is_torchvisions_network_without_fc(name):
     arch = ARCHS[name]
     torch.manual_seed(0)
-    body = build_backbone(load_config([f"backbone={name}"]).backbone).body
+    body = build_backbone(load_settings([f"backbone={name}"]).backbone).body
     reference = get_model(arch, weights=None)
     # learnable numbers: torchvision's parameters but fc; frozen BatchNorm keeps its affine
     # weight and bias as buffers, so they are counted from there
@@ -53,14 +54,14 @@ def test_x101_32x8d_trunk_loads_a_local_state_dict(tmp_path):
     state = get_model("resnext101_32x8d", weights=None).state_dict()
     path = tmp_path / "resnext101_32x8d.pth"
     torch.save(state, path)
-    cfg = load_config(["backbone=x101_32x8d", f"backbone.weights={path}"]).backbone
+    cfg = load_settings(["backbone=x101_32x8d", f"backbone.weights={path}"]).backbone
     body = build_backbone(cfg).body.state_dict()
     assert torch.equal(body["layer4.2.conv2.weight"], state["layer4.2.conv2.weight"])
     assert torch.equal(body["bn1.running_var"], state["bn1.running_var"])
 
 
 def test_weight_names_the_arch_lacks_are_one_line():
-    cfg = OmegaConf.create({"name": "x101_64x4d", "weights": "IMAGENET1K_V2"})
+    cfg = ResNetBackboneSettings(name="x101_64x4d", weights="IMAGENET1K_V2")
     with pytest.raises(ConfigError, match="no such resnext101_64x4d weights") as err:
         build_backbone(cfg)  # torchvision publishes only IMAGENET1K_V1 for this network
     assert "\n" not in str(err.value) and "IMAGENET1K_V1" in str(err.value)
@@ -74,7 +75,7 @@ def test_damaged_download_in_the_cache_is_one_line(monkeypatch, tmp_path):
     (cache / weights.url.rsplit("/", 1)[1]).write_bytes(b"truncated download")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(DataError, match="damaged") as err:
-        build_backbone(OmegaConf.create({"name": "x101_64x4d", "weights": "DEFAULT"}))
+        build_backbone(ResNetBackboneSettings(name="x101_64x4d", weights="DEFAULT"))
     assert "\n" not in str(err.value) and "backbone.weights=/path/resnext101_64x4d.pth" in \
         str(err.value)
 

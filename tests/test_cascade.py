@@ -40,7 +40,7 @@ def _cascade(num_classes: int = 3, loss: str = "softmax_ce", seed: int = 0) -> n
     s = config_mod.load_settings([])
     torch.manual_seed(seed)
     return build_detector(s.backbone, num_classes, build_loss(loss, LossContext(num_classes)),
-                          128, 128, CascadeSpec())
+                          128, 128, cascade=CascadeSpec(), class_agnostic_boxes=False)
 
 
 def _images(n: int = 2) -> tuple[list[torch.Tensor], list[dict]]:
@@ -202,7 +202,8 @@ def test_boxes_are_refined_stage_by_stage_and_the_last_stage_places_them():
 def test_a_faster_rcnn_state_dict_initialises_the_trunk_rpn_and_first_stage():
     s = config_mod.load_settings([])
     torch.manual_seed(3)
-    faster = build_detector(s.backbone, 3, build_loss("softmax_ce", LossContext(3)), 128, 128)
+    faster = build_detector(s.backbone, 3, build_loss("softmax_ce", LossContext(3)), 128, 128,
+                            cascade=None, class_agnostic_boxes=False)
     cascade = _cascade(seed=4)
     report = load_matching(cascade, faster.state_dict(), "faster.pt")
     mine, theirs = cascade.state_dict(), faster.state_dict()
@@ -224,7 +225,7 @@ def test_every_loss_trains_a_cascade_head_with_one_loss_per_stage(tiny, name):
     context = loss_context(data, 0)
     C = data.cmap.num_classes
     model = build_detector(cfg.backbone, C, build_loss("softmax_ce", LossContext(C)), 128,
-                           128, CascadeSpec())
+                           128, cascade=CascadeSpec(), class_agnostic_boxes=False)
     trunk = FrozenTrunk(model)
     extra = ["loss.bins=[4]"] if name == "bags" else []  # the tiny set's counts: one bin
     spec = config_mod.load_settings([*TINY, f"loss={name}", *extra]).loss
@@ -235,7 +236,8 @@ def test_every_loss_trains_a_cascade_head_with_one_loss_per_stage(tiny, name):
         assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
     head = new_head(name, losses, trunk.stage1_classifier, C)
     before = [layer.weight.clone() for layer in head.layers]
-    step = HeadsStep(trunk, [head], StageSchedule.from_settings(cfg.schedule.stage2), "cpu")
+    step = HeadsStep(trunk, [head], StageSchedule.from_settings(cfg.schedule.stage2), "cpu",
+                     "off")
     batch = [data.train[i] for i in range(2)]
     torch.manual_seed(0)
     row = step([b[0] for b in batch], [b[1] for b in batch], 0, 0.02, LossGuard("stage 2"))
@@ -265,7 +267,7 @@ def test_class_agnostic_boxes_for_faster_rcnn_train_and_evaluate(tmp_path):
                       1) == stage1_key(config_mod.load_settings(TINY), 1)
     s = config_mod.load_settings(agnostic)
     model = build_detector(s.backbone, 3, build_loss("bce", LossContext(3)), 128, 128,
-                           class_agnostic_boxes=True)
+                           cascade=None, class_agnostic_boxes=True)
     assert model.roi_heads.box_predictor.bbox_pred.out_features == 4
     images, targets = _images()
     losses = model.train()(images, targets)
@@ -339,7 +341,8 @@ def test_an_image_without_proposals_has_no_detections_and_no_error(cascade):
     s = config_mod.load_settings([])
     torch.manual_seed(0)
     model = build_detector(s.backbone, 3, build_loss("softmax_ce", LossContext(3)), 128, 128,
-                           CascadeSpec() if cascade else None).eval()
+                           cascade=CascadeSpec() if cascade else None,
+                           class_agnostic_boxes=False).eval()
     model.rpn._post_nms_top_n = {"training": 0, "testing": 0}
     images, _ = _images()
     with torch.no_grad():
@@ -378,7 +381,7 @@ def test_every_detector_the_settings_accept_is_registered():
     import yaml
 
     from acsl_cli.models.detectors import detector_names
-    from acsl_cli.settings.sections import DETECTORS
+    from acsl_cli.settings.sections import DETECTOR_KINDS as DETECTORS
 
     assert sorted(detector_names()) == sorted(DETECTORS)
     conf = Path(__file__).resolve().parents[1] / "conf" / "detector"

@@ -70,7 +70,7 @@ def _finetune(cfg, data, model, heads):
     loader = train_loader(data.train, 4, seed=5)
     sched = StageSchedule.from_settings(cfg.schedule.stage2)
     finetune_heads(FrozenTrunk(model), heads, loader, sched, "cpu", max_iters=3,
-                   show_progress=False)
+                   show_progress=False, amp="off")
 
 
 def test_stage2_trains_only_the_heads_and_keeps_bn_statistics(tiny):
@@ -116,7 +116,7 @@ def test_interrupted_stage1_resumes_exactly(tiny, tmp_path):
         loader = train_loader(Transformed(data.train, flip), 4, seed=5)
         gens = [flip.generator, loader.sampler.generator]
         s = StageSchedule(**{**sched.__dict__, "epochs": epochs})
-        return train_detector(model, loader, s, "cpu", None, False, resume, gens)
+        return train_detector(model, loader, s, "cpu", None, False, resume, gens, amp="off")
 
     model = copy.deepcopy(model0)
     straight = fresh(None, 2)
@@ -147,7 +147,8 @@ def test_interrupted_stage2_resumes_exactly(tiny, tmp_path, names):
         torch.manual_seed(11)
         loader = train_loader(data.train, 4, seed=5)
         s = StageSchedule(**{**sched.__dict__, "epochs": epochs})
-        finetune_heads(FrozenTrunk(model), heads, loader, s, "cpu", None, False, resume=resume)
+        finetune_heads(FrozenTrunk(model), heads, loader, s, "cpu", None, False, resume=resume,
+                       amp="off")
         return heads
 
     straight = fresh(None, 2)

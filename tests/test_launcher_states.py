@@ -235,11 +235,11 @@ def test_a_second_identical_sweep_is_refused_while_the_first_runs(tmp_path):
 
 
 def test_each_launchers_keys_are_the_ones_its_yaml_documents():
-    from acsl_cli.settings.sections import LAUNCHER_KEYS
+    from acsl_cli.settings.sections import LAUNCHER_KINDS
 
-    for name, keys in LAUNCHER_KEYS.items():
+    for name, cls in LAUNCHER_KINDS.items():
         documented = yaml.safe_load((ROOT / "conf" / "launcher" / f"{name}.yaml").read_text())
-        assert set(documented) == set(keys), name
+        assert set(documented) == set(cls.__dataclass_fields__), name
 
 
 def test_runs_sharing_a_stage1_key_go_into_one_job_in_sweep_order():

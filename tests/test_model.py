@@ -6,25 +6,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
+from acsl_cli.config import load_settings
 from acsl_cli.data.lvis_dataset import category_map, read_annotations
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.losses import build_loss
 from acsl_cli.models.backbones import build_backbone
 from acsl_cli.models.detector import build_detector
+from acsl_cli.settings import ResNetBackboneSettings
 
 FIXTURE = Path(__file__).resolve().parent / "data/lvis_v0.5_val_100.json"  # see data/README.md
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def backbone_cfg(name: str = "small", **over):
-    cfg = OmegaConf.load(CONF / "backbone" / f"{name}.yaml")
-    return OmegaConf.merge(cfg, over)
+    """``backbone=NAME`` with ``backbone.KEY=VALUE`` for each of ``over``, read as a run
+    reads it."""
+    return load_settings([f"backbone={name}", *(f"backbone.{k}={v}" for k, v in over.items())]
+                         ).backbone
 
 
 def small_detector(num_classes: int, loss, **over):
-    return build_detector(backbone_cfg(**over), num_classes, loss, 128, 128)
+    return build_detector(backbone_cfg(**over), num_classes, loss, 128, 128, cascade=None,
+                          class_agnostic_boxes=False)
 
 
 def test_1231_way_head_on_real_lvis_categories():
@@ -113,8 +116,8 @@ def test_backbone_errors(tmp_path):
     torch.save({"foo": torch.zeros(1)}, bad)
     with pytest.raises(DataError, match="not a resnet50 state dict"):
         build_backbone(backbone_cfg("r50", weights=str(bad)))
-    with pytest.raises(ConfigError, match="unknown backbone"):
-        build_backbone(OmegaConf.create({"name": "vgg"}))
+    with pytest.raises(ConfigError, match="backbone.name='vgg': must be one of small, r50"):
+        load_settings(["backbone.name=vgg"])
 
 
 def test_default_weights_offline_is_one_line(monkeypatch, tmp_path):
@@ -129,7 +132,7 @@ def test_default_weights_offline_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(DataError, match="cannot download resnet50 weights") as err:
-        build_backbone(OmegaConf.create({"name": "r50", "weights": "DEFAULT"}))
+        build_backbone(ResNetBackboneSettings(weights="DEFAULT"))
     assert "\n" not in str(err.value) and "backbone.weights=/path/resnet50.pth" in str(err.value)
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from acsl_cli.cli import app
+from acsl_cli.config import load_settings
 from acsl_cli.engine.checkpoint import load_checkpoint
 from acsl_cli.errors import DataError
 from acsl_cli.losses import build_loss
@@ -28,8 +28,9 @@ def test_init_from_a_torchvision_state_dict_with_other_classes():
     torch.manual_seed(0)
     coco = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     state = coco.state_dict()
-    cfg = OmegaConf.load("conf/backbone/r50.yaml")
-    model = build_detector(cfg, 60, build_loss("softmax_ce", num_classes=60), 800, 1333)
+    cfg = load_settings(["backbone=r50"]).backbone
+    model = build_detector(cfg, 60, build_loss("softmax_ce", num_classes=60), 800, 1333,
+                           cascade=None, class_agnostic_boxes=False)
     report = load_matching(model, detector_state({"model": state}, "coco.pth"), "coco.pth")
     head = "roi_heads.box_predictor."
     assert sorted(report.reinitialised) == sorted(

@@ -89,7 +89,7 @@ class HeadsStep:
     stage = "stage 2"
 
     def __init__(self, trunk: FrozenTrunk, heads: list[ClassifierHead], sched: StageSchedule,
-                 device: str, amp: str = "off") -> None:
+                 device: str, amp: str) -> None:
         self.amp = MixedPrecision(amp, device)
         self.trunk, self.heads, self.grad_clip = trunk, heads, sched.grad_clip
         self.opts = []
@@ -142,7 +142,7 @@ class HeadsStep:
 def finetune_heads(
     trunk: FrozenTrunk, heads: list[ClassifierHead], loader: DataLoader,
     sched: StageSchedule, device: str, max_iters: int | None = None,
-    show_progress: bool = True, resume: Path | None = None, amp: str = "off",
+    show_progress: bool = True, resume: Path | None = None, *, amp: str,
     after_epoch: Callable[[int], None] | None = None, log_every: int = 50,
 ) -> None:
     """Train every head's classifier with its loss on the frozen trunk; fills histories.

@@ -33,7 +33,7 @@ def eval_subset(dataset: Dataset, max_images: int | None) -> Dataset:
 def predict(
     trunk: FrozenTrunk, dataset: Dataset, cmap: CategoryMap, device: str,
     scorers: Mapping[str, Scorer] | None = None, batch_size: int = 8,
-    show_progress: bool = True, amp: str = "off",
+    show_progress: bool = True, *, amp: str,
 ) -> dict[str, list[dict]]:
     """LVIS results per scorer name; with ``scorers=None`` the model's own head ("model").
 
@@ -41,14 +41,14 @@ def predict(
     so every rank returns the full list.
     """
     return predict_top_k(trunk, dataset, cmap, device, scorers, batch_size, show_progress,
-                         amp)[0]
+                         amp=amp)[0]
 
 
 @torch.no_grad()
 def predict_top_k(
     trunk: FrozenTrunk, dataset: Dataset, cmap: CategoryMap, device: str,
     scorers: Mapping[str, Scorer] | None = None, batch_size: int = 8,
-    show_progress: bool = True, amp: str = "off", top_k: int | None = None,
+    show_progress: bool = True, *, amp: str, top_k: int | None = None,
     per_image: int = 10_000,
 ) -> tuple[dict[str, list[dict]], dict[str, TopDetections]]:
     """``predict``'s results and, with ``top_k``, from the same pass each scorer's top

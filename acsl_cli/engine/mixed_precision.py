@@ -16,6 +16,13 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FP16_DEVICES = ("cuda",)
 
 
+def check_device(amp: str, device_type: str) -> None:
+    """fp16 trains on CUDA only (its gradient scaler); checked before a run starts
+    (``pipeline.preflight``) and where the precision is set up."""
+    if amp == "fp16" and device_type not in FP16_DEVICES:
+        raise ConfigError("amp=fp16 needs CUDA (use amp=bf16 or amp=off on this device)")
+
+
 class MixedPrecision:
     """``amp=off|bf16|fp16`` for one device: autocast for forwards, a scaler for fp16.
 
@@ -28,8 +35,7 @@ class MixedPrecision:
             raise ConfigError(f"amp must be off, bf16 or fp16, got {amp!r}")
         self.amp = amp
         self.device_type = torch.device(device).type
-        if amp == "fp16" and self.device_type not in FP16_DEVICES:
-            raise ConfigError("amp=fp16 needs CUDA (use amp=bf16 or amp=off on this device)")
+        check_device(amp, self.device_type)
 
     @property
     def enabled(self) -> bool:

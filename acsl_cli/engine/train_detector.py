@@ -21,8 +21,7 @@ class DetectorStep:
 
     stage = "stage 1"
 
-    def __init__(self, model: nn.Module, sched: StageSchedule, device: str, amp: str = "off"
-                 ) -> None:
+    def __init__(self, model: nn.Module, sched: StageSchedule, device: str, amp: str) -> None:
         self.amp = MixedPrecision(amp, device)
         self.model = model.to(device).train()
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -62,7 +61,7 @@ class DetectorStep:
 def train_detector(
     model: nn.Module, loader: DataLoader, sched: StageSchedule, device: str,
     max_iters: int | None = None, show_progress: bool = True, resume: Path | None = None,
-    generators: Sequence[torch.Generator] = (), amp: str = "off",
+    generators: Sequence[torch.Generator] = (), *, amp: str,
     after_epoch: Callable[[int], None] | None = None, log_every: int = 50,
 ) -> list[dict[str, float]]:
     """Train every parameter of ``model``; returns the per-iteration loss history."""

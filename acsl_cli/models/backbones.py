@@ -26,8 +26,10 @@ from torchvision.ops import misc
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from acsl_cli.errors import ConfigError, DataError
+from acsl_cli.settings import BackboneSettings, ResNetBackboneSettings, SmallBackboneSettings
 from acsl_cli.tensor_file import load_state_dict_file
 
+#: ``backbone.name`` -> builder; the names are the settings' ``BACKBONE_KINDS``
 _BACKBONES: dict[str, Callable[[Any], nn.Module]] = {}
 
 
@@ -39,30 +41,30 @@ def register_backbone(name: str):
     return wrap
 
 
-def build_backbone(cfg: Any) -> nn.Module:
-    """Build the backbone named ``cfg.name``; it exposes ``out_channels`` for FasterRCNN."""
-    name = getattr(cfg, "name", None)
-    if name not in _BACKBONES:
-        choices = ', '.join(sorted(_BACKBONES))
-        raise ConfigError(f"unknown backbone '{name}' (choose from {choices})")
-    return _BACKBONES[name](cfg)
+def backbone_names() -> tuple[str, ...]:
+    return tuple(_BACKBONES)
+
+
+def build_backbone(cfg: BackboneSettings) -> nn.Module:
+    """Build the backbone named ``cfg.name`` (the settings' rule has checked the name); it
+    exposes ``out_channels`` for FasterRCNN."""
+    return _BACKBONES[cfg.name](cfg)
 
 
 @register_backbone("small")
-def small_resnet_fpn(cfg: Any) -> nn.Module:
+def small_resnet_fpn(cfg: SmallBackboneSettings) -> nn.Module:
     body = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], norm_layer=nn.BatchNorm2d)
     return BackboneWithFPN(
         body,
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=[128, 256, 512],
-        out_channels=int(getattr(cfg, "fpn_channels", 64)),
+        out_channels=cfg.fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
 
 
-def _resnet_fpn(arch: str, cfg: Any) -> nn.Module:
-    weights = getattr(cfg, "weights", None)
-    trainable = int(getattr(cfg, "trainable_layers", 3))
+def _resnet_fpn(arch: str, cfg: ResNetBackboneSettings) -> nn.Module:
+    weights, trainable = cfg.weights, cfg.trainable_layers
     if weights in (None, "", "none", "null"):
         return resnet_fpn_backbone(backbone_name=arch, weights=None, trainable_layers=trainable,
                                    norm_layer=misc.FrozenBatchNorm2d)
@@ -110,12 +112,13 @@ ARCHS = {"r50": "resnet50", "r101": "resnet101", "r152": "resnet152",
          "x101_64x4d": "resnext101_64x4d", "x101_32x8d": "resnext101_32x8d"}
 
 
-def check_weights(cfg: Any) -> None:
+def check_weights(cfg: BackboneSettings) -> None:
     """A local ``backbone.weights=`` file read (weights-only) and checked to be a state
     dict: run before any data is generated or folder created."""
-    weights = getattr(cfg, "weights", None)
-    arch = ARCHS.get(str(getattr(cfg, "name", "")))
-    if arch is None or weights in (None, "", "none", "null") or \
+    if not isinstance(cfg, ResNetBackboneSettings):
+        return
+    weights, arch = cfg.weights, ARCHS[cfg.name]
+    if weights in (None, "", "none", "null") or \
             str(weights).upper() in get_model_weights(arch).__members__:
         return
     load_state_dict_file(_local_weights(arch, weights), "backbone weights")
@@ -167,25 +170,25 @@ def _freeze_stages(body: nn.Module, trainable_layers: int) -> None:
 
 
 @register_backbone("r50")
-def r50_fpn(cfg: Any) -> nn.Module:
+def r50_fpn(cfg: ResNetBackboneSettings) -> nn.Module:
     return _resnet_fpn("resnet50", cfg)
 
 
 @register_backbone("r101")
-def r101_fpn(cfg: Any) -> nn.Module:
+def r101_fpn(cfg: ResNetBackboneSettings) -> nn.Module:
     return _resnet_fpn("resnet101", cfg)
 
 
 @register_backbone("r152")
-def r152_fpn(cfg: Any) -> nn.Module:
+def r152_fpn(cfg: ResNetBackboneSettings) -> nn.Module:
     return _resnet_fpn("resnet152", cfg)
 
 
 @register_backbone("x101_64x4d")
-def x101_64x4d_fpn(cfg: Any) -> nn.Module:
+def x101_64x4d_fpn(cfg: ResNetBackboneSettings) -> nn.Module:
     return _resnet_fpn("resnext101_64x4d", cfg)
 
 
 @register_backbone("x101_32x8d")
-def x101_32x8d_fpn(cfg: Any) -> nn.Module:
+def x101_32x8d_fpn(cfg: ResNetBackboneSettings) -> nn.Module:
     return _resnet_fpn("resnext101_32x8d", cfg)

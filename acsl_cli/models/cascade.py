@@ -63,8 +63,8 @@ class CascadeStage(nn.Module):
     def __init__(self, in_channels: int, representation_size: int, num_logits: int) -> None:
         super().__init__()
         self.box_head = TwoMLPHead(in_channels, representation_size)
-        # num_classes=0: (0 + 1) * 4 regression outputs, one box for every class
-        self.box_predictor = BoxPredictor(representation_size, 0, num_logits)
+        self.box_predictor = BoxPredictor(representation_size, 0, num_logits,
+                                          class_agnostic=True)
 
 
 @dataclass

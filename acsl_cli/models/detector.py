@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
@@ -13,11 +11,12 @@ from acsl_cli.losses import ClassificationLoss
 from acsl_cli.models.backbones import build_backbone
 from acsl_cli.models.cascade import CascadeSpec, cascade_heads
 from acsl_cli.models.roi_heads import BoxPredictor, LossAwareRoIHeads
+from acsl_cli.settings import BackboneSettings
 
 
 def build_detector(
-    backbone_cfg: Any, num_classes: int, cls_loss: ClassificationLoss, min_size: int,
-    max_size: int, cascade: CascadeSpec | None = None, class_agnostic_boxes: bool = False,
+    backbone_cfg: BackboneSettings, num_classes: int, cls_loss: ClassificationLoss,
+    min_size: int, max_size: int, *, cascade: CascadeSpec | None, class_agnostic_boxes: bool,
 ) -> FasterRCNN:
     """Faster R-CNN + FPN; ``num_classes`` foreground classes, classifier width from the loss.
     With ``cascade``, the RoI head is Cascade R-CNN's (same trunk, RPN, pooling, sampler,
@@ -39,7 +38,7 @@ def build_detector(
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_predictor=BoxPredictor(cfg.representation_size, num_classes, 1),
+        box_predictor=BoxPredictor(cfg.representation_size, num_classes, 1, False),
         box_score_thresh=0.0,
         box_nms_thresh=0.5,
         box_detections_per_img=300,
@@ -62,7 +61,7 @@ def build_detector(
         nms_thresh=0.5,
         detections_per_img=300,
         cls_loss=cls_loss,
-        pre_nms_topk=int(getattr(cfg, "pre_nms_topk", 10000)),
+        pre_nms_topk=cfg.pre_nms_topk,
     )
     if cascade is not None:
         model.roi_heads = cascade_heads(model.roi_heads, cls_loss,

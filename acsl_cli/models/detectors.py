@@ -3,9 +3,10 @@ that builds the detector from its settings (``DetectorSettings``). Every detecto
 the trunk and RPN of ``models.detector.build_detector``; its RoI head keeps the contract
 of ``models.roi_head.RoIHead``.
 
-Adding one: a function here decorated ``@register_detector("<name>")``, its name in
-``settings.sections.DETECTORS`` (the choice rule; ``tests/test_cascade.py`` checks both
-list the same names), its fields in ``DetectorSettings`` and ``conf/detector/<name>.yaml``.
+Adding one: a function here decorated ``@register_detector("<name>")``, its settings
+class in ``settings.detection`` registered as ``@kind(DETECTOR_KINDS)`` (its keys; another
+detector's key is refused; ``tests/test_cascade.py`` checks both registries list the same
+names) and ``conf/detector/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from acsl_cli.losses import ClassificationLoss
 from acsl_cli.models.cascade import CascadeSpec
 from acsl_cli.models.detector import build_detector
 from acsl_cli.models.roi_head import RoIHead
-from acsl_cli.settings.sections import DetectorSettings
+from acsl_cli.settings import (
+    BackboneSettings,
+    CascadeRCNNSettings,
+    DetectorSettings,
+    FasterRCNNSettings,
+)
 
-#: (detector settings, backbone settings, number of classes, stage-1 loss, min and max
-#: image size) -> the detector
-Builder = Callable[[DetectorSettings, Any, int, ClassificationLoss, int, int], FasterRCNN]
+#: (the detector's own settings, backbone settings, number of classes, stage-1 loss, min
+#: and max image size) -> the detector
+Builder = Callable[[Any, BackboneSettings, int, ClassificationLoss, int, int], FasterRCNN]
 _DETECTORS: dict[str, Builder] = {}
 
 
@@ -39,7 +45,7 @@ def detector_names() -> tuple[str, ...]:
     return tuple(_DETECTORS)
 
 
-def detector_from(d: DetectorSettings, backbone: Any, num_classes: int,
+def detector_from(d: DetectorSettings, backbone: BackboneSettings, num_classes: int,
                   loss: ClassificationLoss, min_size: int, max_size: int) -> FasterRCNN:
     """The detector ``d.name`` names (the settings rule has checked the name)."""
     model = _DETECTORS[d.name](d, backbone, num_classes, loss, min_size, max_size)
@@ -50,19 +56,19 @@ def detector_from(d: DetectorSettings, backbone: Any, num_classes: int,
 
 
 @register_detector("faster_rcnn")
-def faster_rcnn(d: DetectorSettings, backbone: Any, num_classes: int,
+def faster_rcnn(d: FasterRCNNSettings, backbone: BackboneSettings, num_classes: int,
                 loss: ClassificationLoss, min_size: int, max_size: int) -> FasterRCNN:
-    return build_detector(backbone, num_classes, loss, min_size, max_size, None,
-                          d.class_agnostic_boxes)
+    return build_detector(backbone, num_classes, loss, min_size, max_size, cascade=None,
+                          class_agnostic_boxes=d.class_agnostic_boxes)
 
 
 @register_detector("cascade_rcnn")
-def cascade_rcnn(d: DetectorSettings, backbone: Any, num_classes: int,
+def cascade_rcnn(d: CascadeRCNNSettings, backbone: BackboneSettings, num_classes: int,
                  loss: ClassificationLoss, min_size: int, max_size: int) -> FasterRCNN:
     """Cai & Vasconcelos 2018 on the same trunk: the configured per-stage values."""
     spec = CascadeSpec(tuple(d.iou_thresholds), tuple(d.stage_weights),
                        tuple(tuple(w) for w in d.box_coder_weights))
-    # the first stage's Faster R-CNN head is built as before it is replaced (the same
-    # random draws as ever: class_agnostic_boxes shapes it)
-    return build_detector(backbone, num_classes, loss, min_size, max_size, spec,
-                          d.class_agnostic_boxes)
+    # the first stage's Faster R-CNN head is built, class-specific, before it is replaced:
+    # the same random draws as ever
+    return build_detector(backbone, num_classes, loss, min_size, max_size, cascade=spec,
+                          class_agnostic_boxes=False)

@@ -23,7 +23,7 @@ class BoxPredictor(nn.Module):
     boxes per RoI) or class-agnostic (one box per RoI, every class placed by it)."""
 
     def __init__(self, in_channels: int, num_classes: int, num_logits: int,
-                 class_agnostic: bool = False) -> None:
+                 class_agnostic: bool) -> None:
         super().__init__()
         self.cls_score = nn.Linear(in_channels, num_logits)
         self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic else (num_classes + 1) * 4)

@@ -12,6 +12,7 @@ from typing import Any
 
 from acsl_cli.data.datasets import GENERATED_KINDS, OPENIMAGES_KINDS
 from acsl_cli.engine.distributed import resolve_device
+from acsl_cli.engine.mixed_precision import check_device
 from acsl_cli.errors import ConfigError, DataError
 from acsl_cli.layout import OutputLayout
 from acsl_cli.models.backbones import check_weights
@@ -69,8 +70,7 @@ def check_run(s: Settings, num_heads: int, dry_run: bool = False) -> None:
     if s.out:
         check_out_file(Path(s.out))
     check_free_disk(Path(s.output_root), disk_needed(s, num_heads))
-    if s.amp == "fp16" and resolve_device(s.device) != "cuda":
-        raise ConfigError("amp=fp16 needs CUDA (use amp=bf16 or amp=off on this device)")
+    check_device(s.amp, resolve_device(s.device))
 
 
 def write_out(path: str | Path, metrics: Mapping[str, Any], saved_run: Path | None,

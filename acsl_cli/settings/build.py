@@ -13,6 +13,8 @@ from typing import Any
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings.datasets import KIND, KINDS, DatasetSettings, unknown_key
+from acsl_cli.settings.declare import SELECTOR
+from acsl_cli.settings.rules import choice_in
 from acsl_cli.settings.sections import LossSettings, Settings
 
 #: Keys a saved run's config.yaml adds to the config it ran with (not settings).
@@ -36,7 +38,10 @@ def _section(cls: type, data: Any, prefix: str) -> Any:
                           f"{prefix.rstrip('.') or 'the config'})")
     values = {}
     for f in dataclasses.fields(cls):
-        if f.metadata.get("section"):
+        if f.metadata.get("kinds"):
+            values[f.name] = _kind_section(f.metadata, data.get(f.name, {}),
+                                           f"{prefix}{f.name}")
+        elif f.metadata.get("section"):
             values[f.name] = _section(f.default_factory, data.get(f.name, {}),  # type: ignore
                                       f"{prefix}{f.name}.")
         elif "rule" in f.metadata:
@@ -44,6 +49,25 @@ def _section(cls: type, data: Any, prefix: str) -> Any:
             f.metadata["rule"](f"{prefix}{f.name}", value)
             values[f.name] = _frozen(value)
     return cls(**values)
+
+
+def _kind_section(meta: Mapping[str, Any], data: Any, key: str) -> Any:
+    """A section whose class is its chosen kind's (``declare.kinds``): a key that only
+    another kind has is refused by name, not ignored."""
+    registry = meta["kinds"]
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key}: must be a mapping, got {type(data).__name__}")
+    chosen = data.get(SELECTOR, meta["default_kind"])
+    choice_in(registry)(f"{key}.{SELECTOR}", chosen)
+    cls = registry[chosen]
+    for k in data:
+        if k in cls.__dataclass_fields__:
+            continue
+        owners = [n for n, c in registry.items() if k in c.__dataclass_fields__]
+        if owners:
+            raise ConfigError(f"{key}.{k}: a setting of {key}={' or '.join(owners)}, not of "
+                              f"{key}={chosen}")
+    return _section(cls, data, f"{key}.")
 
 
 def dataset_settings(data: Any) -> DatasetSettings:

@@ -4,18 +4,24 @@
 without its own ``caches`` inherits its section's. ``changed_only`` lists the caches the
 value enters only when it differs from its default: options added after a key's format
 was fixed, so that existing cache entries keep their keys.
+
+A section whose keys depend on which one is chosen (``detector=``, ``launcher=``,
+``backbone=``) is declared with ``kinds``: each kind is a class of its own, registered with
+``kind``, and a key of another kind than the chosen one is refused (``settings.build``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from acsl_cli.settings.rules import Rule
 
 DATA, STAGE1, STAGE2 = "data", "stage1", "stage2"
+#: the field of a kinds section that names its kind (``detector.name``)
+SELECTOR = "name"
 CACHES = (DATA, STAGE1, STAGE2)
 
 
@@ -35,6 +41,34 @@ def section(cls: type, caches: tuple[str, ...] | None = None,
                                                 "section": True})
 
 
+def kinds(registry: dict[str, type], default: str, caches: tuple[str, ...] | None = None,
+          changed_only: tuple[str, ...] = ()) -> Any:
+    """A section with one class per kind (``registry``: kind name -> class, filled by
+    ``kind``); ``default`` is the kind a config that names none gets."""
+    return field(default_factory=lambda: registry[default](),
+                 metadata={"caches": caches, "changed_only": changed_only, "section": True,
+                           "kinds": registry, "default_kind": default})
+
+
+def kind(registry: dict[str, type], *names: str) -> Callable[[type], type]:
+    """Register a section class as the kind(s) ``names`` (default: its ``name`` field's
+    default), e.g. ``@kind(DETECTOR_KINDS)`` over ``CascadeRCNNSettings``."""
+
+    def wrap(cls: type) -> type:
+        own = names or (cls.__dataclass_fields__[SELECTOR].default,)  # type: ignore[attr-defined]
+        for n in own:
+            registry[n] = cls
+        return cls
+
+    return wrap
+
+
+def kind_classes(meta: Any) -> list[type]:
+    """A kinds section's classes, the default kind's first, each once."""
+    registry = meta["kinds"]
+    return list(dict.fromkeys([registry[meta["default_kind"]], *registry.values()]))
+
+
 @dataclass(frozen=True)
 class Declared:
     """One declared leaf, found by walking the settings classes."""
@@ -45,6 +79,8 @@ class Declared:
     caches: tuple[str, ...]
     changed_only: tuple[str, ...]
     outcome: bool = True
+    #: in a kinds section, the kinds whose class has this field (None: not in one)
+    kinds: tuple[str, ...] | None = None
 
 
 def declared(cls: type, path: tuple[str, ...] = (), caches: tuple[str, ...] = (),
@@ -55,10 +91,27 @@ def declared(cls: type, path: tuple[str, ...] = (), caches: tuple[str, ...] = ()
         own = meta.get("caches")
         here = caches if own is None else own
         only = meta.get("changed_only") or changed_only
-        if meta.get("section"):
+        if meta.get("kinds"):
+            yield from _declared_kinds(meta, (*path, f.name), here, only)
+        elif meta.get("section"):
             yield from declared(f.default_factory, (*path, f.name), here,  # type: ignore[arg-type]
                                 only)
         elif "rule" in meta:
             yield Declared((*path, f.name), f.default, meta["rule"], here, only,
                            meta.get("outcome", True))
 
+
+
+def _declared_kinds(meta: Any, path: tuple[str, ...], caches: tuple[str, ...],
+                    changed_only: tuple[str, ...]) -> Iterator[Declared]:
+    """Each field of a kinds section once, with the kinds that have it and the default
+    kind's default where it has the field (``name``: the default kind)."""
+    registry, seen = meta["kinds"], set()
+    for cls in kind_classes(meta):
+        for d in declared(cls, path, caches, changed_only):
+            if d.path in seen:
+                continue
+            seen.add(d.path)
+            owners = tuple(n for n, c in registry.items()
+                           if d.path[-1] in c.__dataclass_fields__)
+            yield dataclasses.replace(d, kinds=owners)

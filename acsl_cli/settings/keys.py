@@ -3,6 +3,9 @@
 A key's node holds, at each tagged field's path, the value the config gave (so existing
 entries keep their keys); a field the config did not give enters only when it differs
 from its default, and ``changed_only`` fields only when they differ from their default.
+In a kinds section (``detector``, ``backbone``) only the chosen kind's fields exist: another
+kind's never enters, and a field's default is the chosen kind's own (its ``name``
+compares with the section's default kind).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from acsl_cli.files import file_sha256
-from acsl_cli.settings.declare import STAGE1, STAGE2, Declared, declared
+from acsl_cli.settings.declare import SELECTOR, STAGE1, STAGE2, Declared, declared
 from acsl_cli.settings.sections import LossSettings, SamplerSettings, Settings
 
 STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are not reused
@@ -48,11 +51,17 @@ def _put(tree: dict, path: Sequence[str], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _typed(settings: Settings, path: Sequence[str]) -> Any:
-    value: Any = settings
-    for p in path:
-        value = getattr(value, p)
-    return value
+def _typed(settings: Settings, d: Declared) -> tuple[bool, Any, Any]:
+    """Whether the settings hold ``d`` (a kinds section holds its chosen kind's fields),
+    its value, and its default: in a kinds section, the chosen kind's own."""
+    parent: Any = settings
+    for p in d.path[:-1]:
+        parent = getattr(parent, p)
+    own = type(parent).__dataclass_fields__.get(d.path[-1])
+    if own is None:
+        return False, None, None
+    default = d.default if d.kinds is None or d.path[-1] == SELECTOR else own.default
+    return True, getattr(parent, d.path[-1]), default
 
 
 def not_outcome_keys() -> set[str]:
@@ -82,9 +91,11 @@ def key_node(settings: Settings, cache: str) -> dict[str, Any]:
                 if present:
                     _put(node, d.path, value)
             continue
-        value = _typed(settings, d.path)
+        held, value, default = _typed(settings, d)
+        if not held:  # a field of another kind than the chosen one
+            continue
         present, given = _get(source, d.path)
-        changed = value != d.default
+        changed = value != default
         if cache in d.changed_only:
             if changed:
                 _put(node, d.path, _key_value(d.path, given if present else value))

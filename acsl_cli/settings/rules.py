@@ -7,7 +7,7 @@ declared field without a hand-kept list.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +108,17 @@ def text(null: bool = False) -> Rule:
 def choice(*options: str) -> Rule:
     def check(key: str, v: Any) -> None:
         if v not in options:
+            _fail(key, v, "one of " + ", ".join(options))
+
+    return Rule(check, lambda v: next(o for o in options if o != v))
+
+
+def choice_in(options: Mapping[str, Any]) -> Rule:
+    """One of a registry's names, read when a value is checked (the registry fills as its
+    classes are declared: ``declare.kind``)."""
+
+    def check(key: str, v: Any) -> None:
+        if not isinstance(v, str) or v not in options:
             _fail(key, v, "one of " + ", ".join(options))
 
     return Rule(check, lambda v: next(o for o in options if o != v))

@@ -2,7 +2,8 @@
 and the cache keys it enters (see ``declare``).
 
 Adding an option: one ``setting(...)`` line in the section it belongs to, and one line in
-the yaml that documents it (``conf/``). Nothing else reads config keys.
+the yaml that documents it (``conf/``). Nothing else reads config keys. The backbone and
+detector kinds are in ``settings.detection``, the launchers in ``settings.launchers``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings.datasets import DatasetSettings, SyntheticDataset
-from acsl_cli.settings.declare import STAGE1, STAGE2, section, setting
+from acsl_cli.settings.declare import STAGE1, STAGE2, kinds, section, setting
+from acsl_cli.settings.detection import (
+    BACKBONE_KINDS,
+    DETECTOR_KINDS,
+    BackboneSettings,
+    DetectorSettings,
+)
+from acsl_cli.settings.launchers import LAUNCHER_KINDS, LauncherSettings
 from acsl_cli.settings.rules import (
     Rule,
     boolean,
@@ -27,7 +35,6 @@ from acsl_cli.settings.rules import (
 
 SEED_MAX = 2**31 - 1  # numpy and torch generators both take it; seed + 1 stays valid
 AMP_MODES = ("off", "bf16", "fp16")
-DETECTORS = ("faster_rcnn", "cascade_rcnn")
 
 
 def _module_names() -> Rule:
@@ -81,6 +88,7 @@ class Stage2Settings(StageSettings):
     """Stage 2's recipe: a stage's, and how many RoIs its frozen pass samples (stage 1's
     RoI sampler is the detector's own: ``backbone.roi_batch_size_per_image``)."""
 
+    warmup_iters: int = setting(50, integer(0, 10**9))
     #: RoIs sampled per image (null = backbone.roi_batch_size_per_image)
     rois_per_image: int | None = setting(None, integer(1, 1_000_000, null=True))
 
@@ -183,42 +191,6 @@ class TestSettings:
 
 
 @dataclass(frozen=True)
-class BackboneSettings:
-    name: str = setting("small", text())
-    weights: str | None = setting(None, text(null=True))
-    trainable_layers: int = setting(3, integer(0, 5))
-    fpn_channels: int = setting(64, integer(1, 4096))  # the small backbone's FPN width
-    anchor_sizes: tuple[int, ...] = setting((32, 64, 128, 256, 512),
-                                            list_of(integer(1, 100_000), nonempty=True))
-    representation_size: int = setting(1024, integer(1, 65_536))
-    rpn_pre_nms_top_n_train: int = setting(2000, integer(1, 10**7))
-    rpn_post_nms_top_n_train: int = setting(2000, integer(1, 10**7))
-    rpn_pre_nms_top_n_test: int = setting(1000, integer(1, 10**7))
-    rpn_post_nms_top_n_test: int = setting(1000, integer(1, 10**7))
-    roi_batch_size_per_image: int = setting(512, integer(1, 1_000_000))
-    pre_nms_topk: int = setting(10000, integer(1, 10**8))
-
-
-@dataclass(frozen=True)
-class DetectorSettings:
-    """Which detector stage 1 trains (``detector=``). The cascade's per-stage lists (Cai &
-    Vasconcelos 2018: IoU 0.5/0.6/0.7, tighter box-coder weights as the boxes improve) are
-    read only by ``cascade_rcnn``; one entry per stage, the lengths must agree."""
-
-    name: str = setting("faster_rcnn", choice(*DETECTORS))
-    #: Faster R-CNN: one box regression shared by all classes (mmdetection's
-    #: ``reg_class_agnostic``) instead of one per class; the cascade's always is
-    class_agnostic_boxes: bool = setting(False, boolean)
-    iou_thresholds: tuple[float, ...] = setting(
-        (0.5, 0.6, 0.7), list_of(number(0, 1, lo_open=True, hi_open=True), nonempty=True))
-    stage_weights: tuple[float, ...] = setting((1.0, 0.5, 0.25),
-                                               list_of(number(0, 1e6), nonempty=True))
-    box_coder_weights: tuple[tuple[float, ...], ...] = setting(
-        ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
-        list_of(list_of(number(0, 1e6, lo_open=True), nonempty=True), nonempty=True))
-
-
-@dataclass(frozen=True)
 class LossSettings:
     """One head's loss: its registry name and parameters (the loss validates them)."""
 
@@ -227,68 +199,6 @@ class LossSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.params}
-
-
-LAUNCHERS = ("inprocess", "local", "slurm")
-#: the ``launcher.*`` keys each launcher reads (its conf/launcher/NAME.yaml): a key of
-#: another launcher is refused, not ignored
-LAUNCHER_KEYS = {
-    "inprocess": ("name", "wait"),
-    "local": ("name", "wait", "max_parallel", "gpus_per_run"),
-    "slurm": ("name", "wait", "partition", "account", "qos", "nodes", "gpus_per_node",
-              "cpus_per_task", "mem_gb", "time_min", "constraint", "additional"),
-}
-
-
-def _sbatch_options() -> Rule:
-    """``launcher.additional``: sbatch option name -> one value on one line
-    (``{mail-type: END}``; ``true`` for a flag such as ``exclusive``)."""
-    import re
-
-    name_ok = re.compile(r"[A-Za-z][A-Za-z0-9_-]*").fullmatch
-
-    def check(key: str, v: Any) -> None:
-        if v is None:
-            return
-        if not isinstance(v, Mapping):
-            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
-            raise ConfigError(f"{key}={shown}: must be a mapping of sbatch options to "
-                              "values, e.g. {mail-type:END}")
-        for name, value in v.items():
-            if not isinstance(name, str) or not name_ok(name):
-                raise ConfigError(f"{key}: {name!r} is not an sbatch option name")
-            if isinstance(value, bool) and not value or not isinstance(
-                    value, (str, int, float)) or any(c in str(value) for c in "\0\n\r"):
-                raise ConfigError(f"{key}.{name}={str(value)[:60]!r}: must be one value on "
-                                  "one line (a string or number; true for a flag)")
-
-    return Rule(check, lambda v: {"comment": "acsl"} if v != {"comment": "acsl"} else None)
-
-
-@dataclass(frozen=True)
-class LauncherSettings:
-    """Where ``acsl sweep`` runs its jobs (``conf/launcher/``). A launcher cannot change a
-    result, so nothing here enters a cache key or tells runs apart."""
-
-    name: str = setting("inprocess", choice(*LAUNCHERS), outcome=False)
-    #: wait for the jobs, then write the sweep's tables; false: submit and return
-    wait: bool = setting(True, boolean, outcome=False)
-    #: local: jobs at once, and GPUs per job (its own CUDA_VISIBLE_DEVICES; > 1: torchrun)
-    max_parallel: int = setting(1, integer(1, 4096), outcome=False)
-    gpus_per_run: int = setting(0, integer(0, 4096), outcome=False)
-    #: slurm (submitit): sbatch's --partition, --account, --qos, --nodes, ...
-    partition: str | None = setting(None, text(null=True), outcome=False)
-    account: str | None = setting(None, text(null=True), outcome=False)
-    qos: str | None = setting(None, text(null=True), outcome=False)
-    nodes: int = setting(1, integer(1, 100_000), outcome=False)
-    gpus_per_node: int = setting(0, integer(0, 1024), outcome=False)
-    cpus_per_task: int = setting(1, integer(1, 4096), outcome=False)
-    mem_gb: float | None = setting(None, number(0, 1e7, lo_open=True, null=True),
-                                   outcome=False)
-    time_min: int = setting(60, integer(1, 10**7), outcome=False)
-    constraint: str | None = setting(None, text(null=True), outcome=False)
-    #: any other sbatch option, e.g. {mail-type: END}
-    additional: Mapping[str, Any] | None = setting(None, _sbatch_options(), outcome=False)
 
 
 @dataclass(frozen=True)
@@ -321,11 +231,11 @@ class Settings:
     #: the kind's own section (``settings.datasets.KINDS``); its generated-set fields are
     #: tagged DATA one by one
     dataset: DatasetSettings = section(SyntheticDataset, caches=(STAGE1,))
-    backbone: BackboneSettings = section(BackboneSettings, caches=(STAGE1,))
+    backbone: BackboneSettings = kinds(BACKBONE_KINDS, "small", caches=(STAGE1,))
     #: added after the stage-1 key's format was fixed: Faster R-CNN keys stay as they were
-    detector: DetectorSettings = section(DetectorSettings, caches=(STAGE1,),
-                                         changed_only=(STAGE1,))
-    launcher: LauncherSettings = section(LauncherSettings, caches=())
+    detector: DetectorSettings = kinds(DETECTOR_KINDS, "faster_rcnn", caches=(STAGE1,),
+                                       changed_only=(STAGE1,))
+    launcher: LauncherSettings = kinds(LAUNCHER_KINDS, "inprocess", caches=())
     loss: LossSettings = field(default_factory=lambda: LossSettings("acsl"))
     #: the resolved config these settings were read from (plain data): written as the
     #: run's ``config.yaml`` and the source of the cache keys' values

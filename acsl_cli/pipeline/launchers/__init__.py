@@ -42,7 +42,7 @@ from acsl_cli.pipeline.launchers.jobs import (
 )
 from acsl_cli.plan import SweepPlan
 from acsl_cli.progress import console, progress_bar
-from acsl_cli.settings import LauncherSettings
+from acsl_cli.settings import LauncherSettings, LocalLauncherSettings, SlurmLauncherSettings
 
 log = logging.getLogger("acsl")
 POLL_S = 1.0
@@ -74,13 +74,16 @@ class Launched:
 
 
 def backend_for(s: LauncherSettings, folder: Path, name: str) -> Backend:
-    if s.name == "local":
+    """The backend of the chosen launcher, given its own section."""
+    if isinstance(s, LocalLauncherSettings):
         from acsl_cli.pipeline.launchers.local import LocalBackend
 
         return LocalBackend(s, folder)
-    from acsl_cli.pipeline.launchers.slurm import SlurmBackend
+    if isinstance(s, SlurmLauncherSettings):
+        from acsl_cli.pipeline.launchers.slurm import SlurmBackend
 
-    return SlurmBackend(s, folder, name)
+        return SlurmBackend(s, folder, name)
+    raise ValueError(f"launcher={s.name} runs no jobs of its own")
 
 
 def prepare(plan: SweepPlan, base: str) -> Backend:

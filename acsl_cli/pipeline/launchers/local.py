@@ -22,7 +22,7 @@ from pathlib import Path
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.pipeline.launchers.jobs import JobSpec, run_recorded, stoppable
-from acsl_cli.settings import LauncherSettings
+from acsl_cli.settings import LocalLauncherSettings
 
 MODULE = "acsl_cli.pipeline.launchers.local"
 STOP_WAIT_S = 60.0  # a stopped job's grace before SIGKILL
@@ -49,7 +49,7 @@ class LocalBackend:
 
     kind = "local"
 
-    def __init__(self, s: LauncherSettings, folder: Path) -> None:
+    def __init__(self, s: LocalLauncherSettings, folder: Path) -> None:
         self.s, self.folder = s, folder
         self.children: dict[str, subprocess.Popen] = {}
         self.gpus: list[str] = []

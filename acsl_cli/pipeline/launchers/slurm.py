@@ -24,7 +24,7 @@ from typing import IO, Any
 from acsl_cli.errors import ConfigError
 from acsl_cli.pipeline.launchers.backend import SchedulerSilent
 from acsl_cli.pipeline.launchers.jobs import JobSpec, SlurmJob
-from acsl_cli.settings import LauncherSettings
+from acsl_cli.settings import SlurmLauncherSettings
 
 #: what the launcher calls, and srun, which every submitit job script starts its task with
 COMMANDS = ("sbatch", "squeue", "sinfo", "scontrol", "srun")
@@ -57,7 +57,7 @@ class SlurmBackend:
 
     kind = "slurm"
 
-    def __init__(self, s: LauncherSettings, folder: Path, name: str) -> None:
+    def __init__(self, s: SlurmLauncherSettings, folder: Path, name: str) -> None:
         self.s, self.folder, self.name = s, folder, name
 
     def check(self) -> None:
