@@ -425,16 +425,23 @@ def test_datasets_split_on_what_they_measure_not_on_input_size_or_paths():
         return Run(Path(f"/r/{name}"), 0, "", {"seed": 0, "dataset": data}, {})
 
     runs = [run("a"), run("b", min_size=256, loss_defaults={"eql_lambda": 0.5}),
-            run("c", num_classes=12), run("d", objects_per_image=3),  # a key only d holds
-            Run(Path("/r/e"), None, "", {}, {}), run("f", kind="synthetic_lvis")]
+            run("c", num_classes=12),
+            run("d", objects_per_image=4),  # given, but its kind's default: a and b hold it too
+            Run(Path("/r/e"), None, "", {}, {}),
+            Run(Path("/r/f"), 0, "", {"seed": 0, "dataset": {
+                "name": "synthetic_lvis", "kind": "synthetic_lvis"}}, {}),
+            run("g", objects_per_image=3)]  # a generator setting: another dataset
     groups = group_runs(runs)
-    assert [[r.name for r in g.runs] for g in groups] == [["a", "b", "d"], ["c"], ["e"], ["f"]]
+    assert [[r.name for r in g.runs] for g in groups] == [
+        ["a", "b", "d"], ["c"], ["e"], ["f"], ["g"]]
+    # each title names the keys in which it differs from another dataset of its name
     assert [g.title for g in groups] == [
-        "synthetic [dataset.kind=synthetic dataset.num_classes=8] (LVIS rules)",
-        "synthetic [dataset.kind=synthetic dataset.num_classes=12] (LVIS rules)",
+        "synthetic [dataset.num_classes=8 dataset.objects_per_image=4] (LVIS rules)",
+        "synthetic [dataset.num_classes=12 dataset.objects_per_image=4] (LVIS rules)",
         "dataset unknown (no config.yaml) (metric unknown)",
-        "synthetic [dataset.kind=synthetic_lvis dataset.num_classes=8] (LVIS rules)"]
-    assert len({g.suffix for g in groups}) == 4 and all(
+        "synthetic_lvis (LVIS rules)",
+        "synthetic [dataset.num_classes=8 dataset.objects_per_image=3] (LVIS rules)"]
+    assert len({g.suffix for g in groups}) == 5 and all(
         g.suffix.startswith("-") and "/" not in g.suffix and " " not in g.suffix
         for g in groups)
     assert [g.suffix for g in group_runs(runs[:2])] == [""]  # one dataset: names unchanged
