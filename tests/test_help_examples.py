@@ -4,10 +4,12 @@ The examples are read from the rendered help (the paragraph that starts ``Exampl
 ``Examples:``, commands separated by `` ; ``, a label such as ``on a cluster:`` before a
 command, ``[...]`` around an optional argument, which is given). They run in this order,
 in one folder with one ``output_root``, on the tiny benchmark (``TINY``: the smoke schedule
-on 8 classes), so that the stage-1 cache is shared. Placeholders become what the earlier
-examples made (``PLACEHOLDERS``). An example that needs what a clone of the project does
-not have (LVIS, an Open Images release, a Slurm partition named gpu) is listed in ``NEEDS``
-and must end in one line ``error: ...`` (exit 2) naming it; every other one must succeed.
+on 8 classes) cut to 2 iterations per stage and 8 val images (``SMALLEST``), so that the
+stage-1 cache is shared and the module stays short. Placeholders (``RUN/heads/HEAD``,
+``results.json``, ``val.json``, ``val2017``, ``NAME-sweep``, ``OTHER``) become what the
+earlier examples made. An example that needs what a clone of the project does not have
+(LVIS, an Open Images release, a Slurm partition named gpu) is listed in ``NEEDS`` and
+must end in one line ``error: ...`` (exit 2) naming it; every other one must succeed.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from acsl_cli.cli import app
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALLEST = [*TINY, "schedule.max_iters=2", "schedule.eval_max_images=8"]
 COMMANDS = (["train"], ["sweep"], ["eval"], ["show"], ["data", "stats"], ["report"])
 
 #: example -> what it needs that a clone lacks, and a word its one error line must contain
 NEEDS = {
     "acsl sweep seed=0,1,2 launcher=slurm launcher.partition=gpu": ("a Slurm cluster",
-                                                                    "partition"),
+                                                                    "launcher"),
     "acsl eval dets=predictions.csv ann=RELEASE_DIR [train_ann=train-annotations-bbox.csv] "
     "[test.expand_hierarchy=true]": ("an Open Images release", "RELEASE_DIR"),
     "acsl data stats ann=lvis_v1_train.json sampler.t=0.001 out=stats.json": (
@@ -64,7 +67,7 @@ def test_every_command_has_examples_and_the_needs_list_is_current():
 
 def _args(example: str, places: dict[str, str], root: Path) -> list[str]:
     """The example's arguments: optional ones given, placeholders replaced, and for the
-    commands that train or read a dataset the tiny benchmark in ``root``."""
+    commands that train or read a dataset the smallest benchmark in ``root``."""
     words = shlex.split(example)[1:]
     args = []
     for w in words:
@@ -72,7 +75,7 @@ def _args(example: str, places: dict[str, str], root: Path) -> list[str]:
         key, eq, value = w.partition("=")
         args.append(key + eq + places.get(value, value) if eq else places.get(w, w))
     if words[0] in ("train", "sweep") or words[:2] == ["data", "stats"]:
-        args += [*TINY, f"output_root={root}"]
+        args += [*SMALLEST, f"output_root={root}"]
     elif words[0] in ("eval", "show") and any(a.startswith("ckpt=") for a in args):
         args.append(f"output_root={root}")
     return args
@@ -91,7 +94,7 @@ def ran(tmp_path_factory) -> dict[str, tuple[int, str]]:
         for example in EXAMPLES:
             if example.startswith("acsl report"):
                 # the report's second folder: a bce run on the same (cached) stage 1
-                res = CliRunner().invoke(app, ["train", "loss=bce", "seed=1", *TINY,
+                res = CliRunner().invoke(app, ["train", "loss=bce", "seed=1", *SMALLEST,
                                                f"output_root={root}", "run_name=other"])
                 assert res.exit_code == 0, res.output
                 places["outputs/runs/OTHER"] = str(root / "runs" / "other")
