@@ -74,7 +74,9 @@ def _args(example: str, places: dict[str, str], root: Path) -> list[str]:
         w = w[1:-1] if w.startswith("[") and w.endswith("]") and "=" in w else w
         key, eq, value = w.partition("=")
         args.append(key + eq + places.get(value, value) if eq else places.get(w, w))
-    if words[0] in ("train", "sweep") or words[:2] == ["data", "stats"]:
+    if any(a.startswith("dataset=") for a in args):  # its own dataset: not the tiny one
+        args.append(f"output_root={root}")
+    elif words[0] in ("train", "sweep") or words[:2] == ["data", "stats"]:
         args += [*SMALLEST, f"output_root={root}"]
     elif words[0] in ("eval", "show") and any(a.startswith("ckpt=") for a in args):
         args.append(f"output_root={root}")
