@@ -129,8 +129,9 @@ def train(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
 def sweep(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
     """Comma lists: loss/xi values share one stage-2 pass, other keys (seed=0,1,2) are runs.
 
-    Example: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7 ; on a cluster: acsl sweep seed=0,1,2
-    launcher=slurm launcher.partition=gpu (or launcher=local launcher.max_parallel=2)
+    Examples: acsl sweep seed=0,1,2 xi=0.3,0.5,0.7 ; two runs at a time on this machine:
+    acsl sweep seed=0,1,2 launcher=local launcher.max_parallel=2 ; on a cluster: acsl sweep
+    seed=0,1,2 launcher=slurm launcher.partition=gpu
     """
     from acsl_cli.pipeline.report import is_main
     from acsl_cli.pipeline.sweep import run_sweep
@@ -159,9 +160,9 @@ def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
     """Evaluate ckpt=PATH (with the config saved beside it) or dets=RESULTS.json ann=ANN.json.
 
     Examples: acsl eval ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt dataset.seed=0 ;
-    acsl eval dets=results.json ann=lvis_v0.5_val.json [train_ann=train.json] out=m.json ;
+    acsl eval dets=results.json ann=val.json \\[train_ann=train.json] out=m.json ;
     Open Images: acsl eval dets=predictions.csv ann=RELEASE_DIR
-    [train_ann=train-annotations-bbox.csv] [test.expand_hierarchy=true]
+    \\[train_ann=train-annotations-bbox.csv] \\[test.expand_hierarchy=true]
     """
     from acsl_cli.plan import plan_eval
     from acsl_cli.progress import console
@@ -208,10 +209,13 @@ def eval_(overrides: list[str] = OVERRIDES, dry_run: bool = DRY_RUN) -> None:
 def show(overrides: list[str] = OVERRIDES) -> None:
     """Draw ground truth and detections on val images, and rare classes' false positives.
 
-    Examples: acsl show ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt out_dir=show
-    images=8 score=0.3 classes=\\[red_circle] ; acsl show dets=results.json ann=val.json
-    image_dir=val2017 out_dir=show. White: ground truth; red/orange/blue: detections of
-    rare/common/frequent classes.
+    Green: true positive, red: false positive, white: ground truth found, yellow: ground
+    truth missed (a legend below each picture). By default the 8 first images, detections
+    scoring >= 0.3 and at most 10 per image (images=, score=, top=).
+
+    Examples: acsl show ckpt=outputs/runs/RUN/heads/HEAD/checkpoint.pt out_dir=show images=8
+    score=0.3 classes=\\[red_circle] ; acsl show dets=results.json ann=val.json
+    image_dir=val2017 out_dir=show top=20
     """
     from acsl_cli.pipeline.show import run_show
     from acsl_cli.plan_show import plan_show

@@ -1,8 +1,10 @@
 """Primitives for folders shared by concurrent ``acsl`` processes, any of which may be
-killed at any moment (Linux: ``fcntl.flock``, ``renameat2``). Below ``data`` and
-``pipeline`` alike, so that a dataset cache and a run folder follow the same rules.
+killed at any moment (Linux: ``flock`` through the ``filelock`` package, ``renameat2``).
+Below ``data`` and ``pipeline`` alike, so that a dataset cache and a run folder follow the
+same rules.
 
 - ``FileLock``: the kernel drops the lock when its holder dies, even by SIGKILL.
+- ``os_lock``: the ``filelock`` lock every lock here is (slots and sweeps use it directly).
 - ``CacheEntry``: a cache folder that is complete or absent, and rebuilt when corrupt.
 - ``clean_stale``: temp names carry host and pid, so only dead processes' are removed.
 - ``rename_noreplace``: publish a folder without ever replacing another.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -25,6 +26,8 @@ import shutil
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from filelock import Timeout, UnixFileLock
 
 from acsl_cli.errors import DataError
 from acsl_cli.files import tmp_name
@@ -82,51 +85,82 @@ def locks_enabled() -> bool:
     return os.environ.get("ACSL_NO_LOCKS", "").strip().lower() not in ("1", "true", "yes")
 
 
+def _write_owner(fd: int) -> None:
+    """``<pid> <host>`` into a lock file just taken, for the message of whoever waits."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {_host()}\n".encode(), 0)
+
+
+def os_lock(path: Path) -> UnixFileLock:
+    """``filelock``'s ``flock`` lock on the file ``path``, as every lock here is: the
+    kernel releases it when its holder dies, so it is never stuck; never a soft-lock
+    fallback (its marker would outlive a killed holder), the file kept on release
+    (deleting it would race), and the holder's pid and host written into it."""
+    return UnixFileLock(path, fallback_to_soft=False, preserve_lock_file=True,
+                        on_acquired=_write_owner)
+
+
+def try_lock(lock: UnixFileLock) -> bool:
+    """Take ``lock`` if it is free, without waiting."""
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        return False
+    return True
+
+
+def release(lock: UnixFileLock) -> None:
+    """Empty the lock file first (the next holder writes its own pid), then unlock."""
+    try:
+        os.truncate(lock.lock_file, 0)
+    finally:
+        lock.release()
+
+
+def lock_owner(path: Path) -> tuple[str, str]:
+    """(pid, host) written in a lock file by its holder; ``"?"``/``""`` when unknown (best
+    effort: it may be mid-rewrite)."""
+    try:
+        with open(path, "rb") as f:
+            words = f.read(200).decode(errors="replace").split()
+    except OSError:
+        words = []
+    words += ["", ""]
+    return words[0] or "?", words[1]
+
+
 class FileLock:
-    """Exclusive ``flock`` on ``<path>.lock``: one process builds a shared thing, the
-    others wait. The kernel releases it when the holder dies, even by SIGKILL, so a lock
-    is never stuck; the lock file itself stays (deleting it would race)."""
+    """Exclusive lock on ``<path>.lock`` (``os_lock``): one process builds a shared thing,
+    the others wait, told once by ``on_wait`` whom they wait for."""
 
     def __init__(self, path: Path, on_wait: Callable[[str], None] | None = None) -> None:
         self.target = Path(path)
         self.path = self.target.with_name(self.target.name + ".lock")
         self.on_wait = on_wait
-        self._fd: int | None = None
+        self._lock: UnixFileLock | None = None
 
     def __enter__(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not locks_enabled():
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if self.on_wait is not None:
-                    self.on_wait(f"waiting for {self.target} ({self._owner(fd)})")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {_host()}\n".encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
+        lock = os_lock(self.path)
+        if not try_lock(lock):
+            if self.on_wait is not None:
+                self.on_wait(f"waiting for {self.target} ({self._owner()})")
+            lock.acquire()
+        self._lock = lock
         return self
 
     def __exit__(self, *exc: object) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.ftruncate(fd, 0)  # before unlocking: the next owner writes its own pid
-            finally:
-                os.close(fd)  # releases the flock
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            release(lock)
 
-    @staticmethod
-    def _owner(fd: int) -> str:
-        """``locked by pid N`` from the lock file (best effort: it may be mid-rewrite)."""
-        words = os.pread(fd, 200, 0).decode(errors="replace").split() + ["", ""]
-        on = f" on {words[1]}" if words[1] not in ("", _host()) else ""
-        return f"locked by pid {words[0] or '?'}{on}"
+    def _owner(self) -> str:
+        """``locked by pid N`` (and ``on HOST`` when another host holds it)."""
+        pid, host = lock_owner(self.path)
+        on = f" on {host}" if host not in ("", _host()) else ""
+        return f"locked by pid {pid}{on}"
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -10,7 +10,8 @@ from acsl_cli.config import parse_overrides
 from acsl_cli.errors import ConfigError
 from acsl_cli.plan import EvalPlan
 
-SHOW_KEYS = ("ckpt", "dets", "ann", "image_dir", "out_dir", "images", "score", "classes")
+SHOW_KEYS = ("ckpt", "dets", "ann", "image_dir", "out_dir", "images", "score", "top",
+             "classes")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ShowPlan:
     out: str  # the folder the pictures go to (``out_dir=``)
     images: int
     score: float
+    top: int  # at most this many detections per image, highest scores first
     classes: tuple[str | int, ...] | None
     overrides: tuple[str, ...]  # applied to the head's saved settings, as for eval
 
@@ -36,7 +38,8 @@ def plan_show(overrides: list[str] | tuple[str, ...]) -> ShowPlan:
     """Check ``acsl show``'s keys with the same one-line rules as every setting."""
     from acsl_cli.settings.rules import integer, list_of, number, text
 
-    values: dict[str, Any] = {"out_dir": "show", "images": 8, "score": 0.3, "classes": None}
+    values: dict[str, Any] = {"out_dir": "show", "images": 8, "score": 0.3, "top": 10,
+                              "classes": None}
     rest = []
     for o in parse_overrides(overrides):
         if o.key == "out":
@@ -54,6 +57,7 @@ def plan_show(overrides: list[str] | tuple[str, ...]) -> ShowPlan:
     text()("out_dir", values["out_dir"])
     integer(1, 100_000)("images", values["images"])
     number(0, 1)("score", values["score"])
+    integer(1, 100_000)("top", values["top"])
     if values["classes"] is not None:
         classes = values["classes"]
         list_of(text(), nonempty=True)("classes", [str(c) for c in classes]
@@ -64,5 +68,5 @@ def plan_show(overrides: list[str] | tuple[str, ...]) -> ShowPlan:
                           "ann=ANN.json image_dir=FOLDER")
     classes = tuple(values["classes"]) if values["classes"] is not None else None
     return ShowPlan(values["ckpt"], values["dets"], values["ann"], values["image_dir"],
-                    str(values["out_dir"]), values["images"], float(values["score"]), classes,
-                    tuple(rest))
+                    str(values["out_dir"]), values["images"], float(values["score"]),
+                    values["top"], classes, tuple(rest))

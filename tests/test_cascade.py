@@ -240,7 +240,7 @@ def test_every_loss_trains_a_cascade_head_with_one_loss_per_stage(tiny, name):
                      "off")
     batch = [data.train[i] for i in range(2)]
     torch.manual_seed(0)
-    row = step([b[0] for b in batch], [b[1] for b in batch], 0, 0.02, LossGuard("stage 2"))
+    row = step([b[0] for b in batch], [b[1] for b in batch], 0, LossGuard("stage 2"))
     assert math.isfinite(row[name])
     assert all(not torch.equal(b, layer.weight) for b, layer in zip(before, head.layers,
                                                                      strict=True))

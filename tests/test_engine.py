@@ -10,24 +10,13 @@ import torch
 from acsl_cli import config as config_mod
 from acsl_cli.engine.finetune_heads import finetune_heads, new_head
 from acsl_cli.engine.loaders import train_loader
-from acsl_cli.engine.schedule import StageSchedule, learning_rate
+from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.errors import ConfigError
 from acsl_cli.models.trunk import FrozenTrunk
 from acsl_cli.pipeline.components import loss_context, make_loss
 from acsl_cli.plan import plan_train
 from acsl_cli.settings import stage1_key
 from tests.conftest import TINY  # noqa: E402 - re-exported: other tests import it from here
-
-
-def test_learning_rate_warmup_and_steps():
-    # warm-up: linear from ratio * lr at it 0 to lr at warmup_iters; steps at 50% and 75%
-    lr = lambda it: learning_rate(it, 100, 0.02, 10, 0.1, [0.5, 0.75])  # noqa: E731
-    assert lr(0) == pytest.approx(0.002)
-    assert lr(5) == pytest.approx(0.02 * (0.1 + 0.9 * 0.5))
-    assert lr(10) == pytest.approx(0.02)
-    assert lr(49) == pytest.approx(0.02)
-    assert lr(50) == pytest.approx(0.002)
-    assert lr(75) == pytest.approx(0.0002)
 
 
 def test_stage1_key_ignores_stage2_settings(tmp_path):

@@ -375,6 +375,17 @@ def test_out_file_check(tmp_path):
             check_out_file(bad)
 
 
+def test_out_file_relative_to_the_working_folder(tmp_path, monkeypatch):
+    """``out=m.json`` (acsl eval --help's example) is a file in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    check_out_file(Path("m.json"))
+    check_out_file(Path("sub/m.json"))
+    with pytest.raises(ConfigError, match="^out=new/m.json: folder new does not exist"):
+        check_out_file(Path("new/m.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
 @pytest.mark.parametrize("name", ["a/b", "..", ".", ".hidden", "", "a\\b", "a\0b", "x" * 201])
 def test_run_name_check_rejects(name):
     with pytest.raises(ConfigError, match="^run_name="):

@@ -99,17 +99,16 @@ class HeadsStep:
             self.opts.append(torch.optim.SGD(h.classifier.parameters(), lr=sched.lr,
                                              momentum=sched.momentum,
                                              weight_decay=sched.weight_decay))
+        self.optimizers = self.opts  # fit's lr schedulers set their lr
         self.scalers = [self.amp.new_scaler() for _ in heads]
 
-    def __call__(self, images: list, targets: list, it: int, lr: float, guard: LossGuard
+    def __call__(self, images: list, targets: list, it: int, guard: LossGuard
                  ) -> dict[str, float]:
         with self.amp.autocast():
             stages = self.trunk.sampled_rois(images, targets)
         weights = self.trunk.stage_weights
         row = {}
         for h, opt, scaler in zip(self.heads, self.opts, self.scalers, strict=True):
-            for g in opt.param_groups:
-                g["lr"] = lr
             with self.amp.autocast():
                 terms = [w * loss(layer(feats), labels) for w, loss, layer, (feats, labels)
                          in zip(weights, h.losses, h.layers, stages, strict=True)]

@@ -1,9 +1,10 @@
 """The one training loop: both stages are a ``Step`` run by ``fit``.
 
-``fit`` owns what the stages share: the iteration count and learning rate, the loss
-guard (non-finite or exploding losses stop the run with one line), logging (every
-``log_every`` iterations, ``iter_log``), the progress bar, and resumable state. With
-``resume=PATH`` the state after every epoch (the step's weights and optimizers, iteration,
+``fit`` owns what the stages share: the iteration count and the learning rate (torch's
+``LambdaLR`` on the step's optimizers, ``schedule``), the loss guard (non-finite or
+exploding losses stop the run with one line), logging (every ``log_every`` iterations,
+``iter_log``), the progress bar, and resumable state. With ``resume=PATH`` the state
+after every epoch (the step's weights and optimizers, the lr schedulers, iteration,
 history, and the RNG states of torch and of the given generators: sampler order, flips,
 loss draws) is written there, and a later call with the same file continues exactly where
 it stopped. A step keeps only its own arithmetic.
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from acsl_cli.engine import distributed as dist
@@ -36,8 +39,9 @@ class Step(Protocol):
     """One stage's training step over a batch, plus the state that resuming needs."""
 
     stage: str  # "stage 1" / "stage 2", for messages
+    optimizers: list[torch.optim.Optimizer]  # their lr is set by fit's schedulers
 
-    def __call__(self, images: list, targets: list, it: int, lr: float, guard: LossGuard
+    def __call__(self, images: list, targets: list, it: int, guard: LossGuard
                  ) -> dict[str, float]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -100,12 +104,15 @@ def fit(
     ``after_epoch(n)`` runs after the n-th epoch (1-based) is saved (validation). Every
     ``log_every`` iterations a line is logged (``IterationLog``); it is also printed to
     stderr when no progress bar is live there."""
-    start_epoch, it, history = 0, 0, []
+    start_epoch, it, history, saved = 0, 0, [], None
     if resume is not None and resume.is_file():
         restored = _restore(resume, step, generators)
         if restored is not None:
-            start_epoch, it, history = restored
+            start_epoch, it, history, saved = restored
     total = stage_iters(loader, sched.epochs, max_iters)
+    schedulers = [sched.scheduler(o, total, it) for o in step.optimizers]
+    if resume is not None and saved is not None:
+        _load_schedulers(resume, schedulers, saved, it)
     guard = LossGuard(step.stage)
     label = bar_label or step.stage
     lines = IterationLog(step.stage, total, log_every, device, it,
@@ -118,9 +125,10 @@ def fit(
             for images, targets in loader:
                 if it >= total:
                     break
-                lr = sched.lr_at(it, total)
+                lr = float(schedulers[0].get_last_lr()[0])
                 images, targets = to_device(images, targets, device)
-                losses = step(images, targets, it, lr, guard)
+                losses = step(images, targets, it, guard)
+                _advance(schedulers)
                 history.append({"iter": it, "epoch": epoch, "lr": lr, **losses})
                 shown = {"loss": losses.get("loss", next(iter(losses.values())))} \
                     if "loss" in losses or len(losses) == 1 else {}
@@ -131,6 +139,7 @@ def fit(
             if resume is not None and dist.is_main():
                 save_state_file(resume, {
                     "step": step.state_dict(), "epoch": epoch + 1, "iter": it,
+                    "schedulers": [s.state_dict() for s in schedulers],
                     "history": history, "torch_rng": torch.get_rng_state(),
                     "generators": [g.get_state() for g in generators],
                 })
@@ -141,9 +150,38 @@ def fit(
     return history
 
 
+def _advance(schedulers: Sequence[LRScheduler]) -> None:
+    """Step the schedulers after an iteration. torch warns when the first step comes
+    before any ``optimizer.step()``: here only because fp16's scaler skipped the step of
+    an overflowing iteration, which is as intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
+        for s in schedulers:
+            s.step()
+
+
+def _load_schedulers(path: Path, schedulers: Sequence[LRScheduler], saved: list,
+                     it: int) -> None:
+    """The schedulers' saved states; a resume file written before they were saved has
+    none, and its schedulers are already set by its iteration count."""
+    if not saved:
+        return
+    fits = len(saved) == len(schedulers) and all(
+        isinstance(x, dict) and x.get("last_epoch") == it
+        and len(x.get("base_lrs", ())) == len(s.base_lrs)
+        for s, x in zip(schedulers, saved, strict=False))
+    if not fits:
+        path.unlink(missing_ok=True)
+        raise DataError(f"{path}: resume state does not fit this run (lr schedulers); "
+                        "removed it, run again")
+    for s, state in zip(schedulers, saved, strict=True):
+        s.load_state_dict(state)
+
+
 def _restore(path: Path, step: Step, generators: Sequence[torch.Generator]
-             ) -> tuple[int, int, list] | None:
-    """Apply a resume file; an unreadable or foreign one is reported, removed and ignored."""
+             ) -> tuple[int, int, list, list] | None:
+    """Apply a resume file; an unreadable or foreign one is reported, removed and ignored.
+    Returns (epoch, iteration, history, the schedulers' states: [] in an older file)."""
     try:
         state = load_state_file(path)
         ok = (isinstance(state, dict) and {"step", "epoch", "iter", "history", "torch_rng",
@@ -160,7 +198,8 @@ def _restore(path: Path, step: Step, generators: Sequence[torch.Generator]
         for g, g_state in zip(generators, state["generators"], strict=True):
             g.set_state(g_state)
         torch.set_rng_state(state["torch_rng"])
-        start = (int(state["epoch"]), int(state["iter"]), list(state["history"]))
+        start = (int(state["epoch"]), int(state["iter"]), list(state["history"]),
+                 list(state.get("schedulers", [])))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         path.unlink(missing_ok=True)
         raise DataError(f"{path}: resume state does not fit this run "

@@ -27,6 +27,7 @@ class DetectorStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.SGD(self.params, lr=sched.lr, momentum=sched.momentum,
                                    weight_decay=sched.weight_decay)
+        self.optimizers = [self.opt]  # fit's lr scheduler sets their lr
         self.scaler = self.amp.new_scaler()
         self.grad_clip = sched.grad_clip
         self.net = model
@@ -34,10 +35,8 @@ class DetectorStep:
             ids = [torch.cuda.current_device()] if device == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    def __call__(self, images: list, targets: list, it: int, lr: float, guard: LossGuard
+    def __call__(self, images: list, targets: list, it: int, guard: LossGuard
                  ) -> dict[str, float]:
-        for g in self.opt.param_groups:
-            g["lr"] = lr
         with self.amp.autocast():
             losses = self.net(images, targets)
             loss = sum(losses.values())

@@ -167,7 +167,7 @@ def check_out_file(path: Path, key: str = "out") -> None:
     found = _nearest_existing(path.parent)
     if not found.is_dir():
         raise ConfigError(f"{key}={path}: {found} is not a directory")
-    if found != path.parent:
+    if found != Path(os.path.abspath(path.parent)):  # relative: from the working folder
         raise ConfigError(f"{key}={path}: folder {path.parent} does not exist (a file in an "
                           "existing folder; create the folder first if it is meant)")
     _probe_write(found, key, path)

@@ -54,18 +54,21 @@ def _draw(plan: ShowPlan, out: Path) -> list[Path]:
         if shown >= plan.images:
             break
         iid = image["id"]
-        dets = [d for d in by_image.get(iid, []) if d["score"] >= plan.score
-                and (chosen is None or d["category_id"] in chosen)]
+        passing = [d for d in by_image.get(iid, []) if d["score"] >= plan.score
+                   and (chosen is None or d["category_id"] in chosen)]
+        dets = sorted(passing, key=lambda d: -d["score"])[:plan.top]
         gts = [a for a in gt_by_image.get(iid, []) if chosen is None or a["category_id"]
                in chosen]
         if chosen is not None and not dets and not gts:
             continue
-        boxes = [Box(tuple(a["bbox"]), _name(cats, a["category_id"]),
-                     _group(cats, a["category_id"])) for a in gts]
-        boxes += [Box(tuple(d["bbox"]), _name(cats, d["category_id"]),
-                      _group(cats, d["category_id"]), float(d["score"])) for d in dets]
+        found, hits = match(dets, gts)
+        boxes = [_box(cats, a, "found" if i in found else "missed") for i, a in enumerate(gts)]
+        boxes += [_box(cats, d, "tp" if i in hits else "fp") for i, d in enumerate(dets)]
+        note = f"detections scoring >= {plan.score:g}, at most {plan.top} per image"
+        if len(passing) > len(dets):
+            note += f" ({len(passing) - len(dets)} more not drawn)"
         path = out / f"image_{iid}.png"
-        draw_boxes(_open(scene.files[iid]), boxes).save(path)
+        draw_boxes(_open(scene.files[iid]), boxes, note).save(path)
         written.append(path)
         shown += 1
     written += _confusion_pages(scene, cats, chosen, gt_by_image, by_image, out)
@@ -131,6 +134,13 @@ def _name(cats: dict[int, dict], cid: int) -> str:
     return str(cats[cid].get("name", cid))
 
 
+def _box(cats: dict[int, dict], item: dict, kind: str) -> Box:
+    """A detection (it has a score) or a ground-truth annotation as a ``Box`` of ``kind``."""
+    cid = item["category_id"]
+    score = float(item["score"]) if "score" in item else None
+    return Box(tuple(item["bbox"]), _name(cats, cid), _group(cats, cid), score, kind)
+
+
 def _group(cats: dict[int, dict], cid: int) -> str:
     return str(cats[cid].get("frequency", "f"))
 
@@ -144,18 +154,42 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def false_positives(dets: list[dict], gts: list[dict], cid: int) -> list[tuple[dict, dict | None]]:
-    """One image's detections of ``cid`` that match no ground truth of ``cid`` (greedy by
-    score at IoU 0.5, as LVIS matches), each with the ground-truth box it overlaps most
-    (any class, IoU >= 0.1) or None (background)."""
-    own = [a for a in gts if a["category_id"] == cid]
-    used: set[int] = set()
-    out = []
-    for d in sorted((d for d in dets if d["category_id"] == cid), key=lambda d: -d["score"]):
-        ious = [(_iou(d["bbox"], a["bbox"]), i) for i, a in enumerate(own) if i not in used]
+def _greedy(dets: list[dict], own: list[dict]) -> dict[int, int]:
+    """Detections of one class, by score, each taking the unmatched ground truth of its
+    class it overlaps most if IoU >= 0.5 (as LVIS matches): {detection: ground truth}."""
+    pairs: dict[int, int] = {}
+    for i in sorted(range(len(dets)), key=lambda i: -dets[i]["score"]):
+        ious = [(_iou(dets[i]["bbox"], a["bbox"]), j) for j, a in enumerate(own)
+                if j not in pairs.values()]
         best = max(ious, default=(0.0, -1))
         if best[0] >= 0.5:
-            used.add(best[1])
+            pairs[i] = best[1]
+    return pairs
+
+
+def match(dets: list[dict], gts: list[dict]) -> tuple[set[int], set[int]]:
+    """One image's drawn detections against its ground truth, class by class: (indices of
+    ground truth found, indices of detections that found one)."""
+    found: set[int] = set()
+    hits: set[int] = set()
+    for cid in {d["category_id"] for d in dets}:
+        mine = [i for i, d in enumerate(dets) if d["category_id"] == cid]
+        own = [j for j, a in enumerate(gts) if a["category_id"] == cid]
+        for i, j in _greedy([dets[i] for i in mine], [gts[j] for j in own]).items():
+            hits.add(mine[i])
+            found.add(own[j])
+    return found, hits
+
+
+def false_positives(dets: list[dict], gts: list[dict], cid: int) -> list[tuple[dict, dict | None]]:
+    """One image's detections of ``cid`` that match no ground truth of ``cid`` (``_greedy``),
+    each with the ground-truth box it overlaps most (any class, IoU >= 0.1) or None
+    (background); highest score first."""
+    mine = sorted((d for d in dets if d["category_id"] == cid), key=lambda d: -d["score"])
+    matched = _greedy(mine, [a for a in gts if a["category_id"] == cid])
+    out = []
+    for i, d in enumerate(mine):
+        if i in matched:
             continue
         hit = max(((_iou(d["bbox"], a["bbox"]), a) for a in gts), key=lambda t: t[0],
                   default=(0.0, None))

@@ -1,27 +1,42 @@
-"""Boxes on images: ground truth and detections coloured by frequency group, and pages of
-crops (a rare class's false positives next to what they hit). Pure PIL, no torch."""
+"""Boxes on images (torchvision's ``draw_bounding_boxes``) with a colour legend below:
+detections coloured by whether they match a ground-truth box, ground truth by whether a
+drawn detection found it; and pages of crops (a rare class's false positives next to what
+they hit)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+from torchvision.utils import draw_bounding_boxes
 
-GROUP_COLOURS = {"r": (235, 64, 52), "c": (245, 176, 30), "f": (52, 140, 235)}
-GT_COLOUR = (255, 255, 255)
+Colour = tuple[int, int, int]
+#: what each colour means, in the legend's order
+KINDS: dict[str, tuple[str, Colour]] = {
+    "tp": ("true positive", (46, 204, 64)),
+    "fp": ("false positive", (255, 65, 54)),
+    "found": ("ground truth, found", (255, 255, 255)),
+    "missed": ("ground truth, missed", (255, 220, 0)),
+}
 MIN_SIDE = 384  # small images (the embedded set's 128 px) are enlarged to be readable
+LINE = 2  # box outline width in (enlarged) pixels
+LEGEND_ROW = 16  # legend row height in pixels
+LEGEND_BACKGROUND = (24, 24, 24)
 
 
 @dataclass(frozen=True)
 class Box:
-    """One box to draw: xywh in image pixels, a class name and group, a score or None
-    (ground truth)."""
+    """One box to draw: xywh in image pixels, a class name and group (r/c/f), a score or
+    None (ground truth), and its kind (a key of ``KINDS``)."""
 
     xywh: tuple[float, float, float, float]
     name: str
     group: str
-    score: float | None = None
+    score: float | None
+    kind: str
 
 
 def scale_for(image: Image.Image) -> int:
@@ -29,22 +44,58 @@ def scale_for(image: Image.Image) -> int:
     return max(1, -(-MIN_SIDE // max(1, min(image.size))))
 
 
-def draw_boxes(image: Image.Image, boxes: Sequence[Box]) -> Image.Image:
-    """A copy of ``image`` (enlarged by ``scale_for``) with every box and its label:
-    ground truth in white, detections in their class's group colour with the score."""
+def draw_boxes(image: Image.Image, boxes: Sequence[Box], note: str = "") -> Image.Image:
+    """A copy of ``image`` (enlarged by ``scale_for``) with every box in its kind's colour
+    and a label (class, group, score) on the colour, ground truth first so that detections
+    lie on top; below it the legend and ``note`` (what was left out)."""
     k = scale_for(image)
     out = image.convert("RGB").resize((image.width * k, image.height * k), Image.NEAREST)
-    pen = ImageDraw.Draw(out)
-    for b in boxes:
-        x, y, w, h = (v * k for v in b.xywh)
-        colour = GT_COLOUR if b.score is None else GROUP_COLOURS.get(b.group, GT_COLOUR)
-        pen.rectangle([x, y, x + w, y + h], outline=colour, width=2)
-        text = b.name if b.score is None else f"{b.name} {b.score:.2f}"
-        tx, ty = x + 2, max(0.0, y - 11)
-        left, top, right, bottom = pen.textbbox((tx, ty), text)
-        pen.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=(0, 0, 0))
-        pen.text((tx, ty), text, fill=colour)
-    return out
+    if boxes:
+        xyxy = torch.tensor([[x, y, x + max(w, 0), y + max(h, 0)]
+                             for x, y, w, h in (b.xywh for b in boxes)], dtype=torch.float64) * k
+        labels = [b.name + (f" ({b.group})" if b.group else "")
+                  + ("" if b.score is None else f" {b.score:.2f}") for b in boxes]
+        drawn = draw_bounding_boxes(pil_to_tensor(out), xyxy, labels,
+                                    [KINDS[b.kind][1] for b in boxes], width=LINE,
+                                    label_colors="black", fill_labels=True)
+        out = to_pil_image(drawn)
+    return with_legend(out, note)
+
+
+def legend_rows(width: int, note: str = "") -> list[list[tuple[str, Colour | None]]]:
+    """The legend's entries, (text, swatch colour; None for the note), in rows that fit
+    ``width`` pixels (a 10 px swatch, its text, a gap)."""
+    font = ImageFont.load_default()
+    rows: list[list[tuple[str, Colour | None]]] = [[]]
+    used = 0
+    for text, colour in KINDS.values():
+        need = 14 + int(font.getlength(text)) + 12
+        if rows[-1] and used + need > width:
+            rows.append([])
+            used = 0
+        rows[-1].append((text, colour))
+        used += need
+    if note:
+        rows.append([(note, None)])
+    return rows
+
+
+def with_legend(image: Image.Image, note: str = "") -> Image.Image:
+    """``image`` above a dark strip: one swatch and its meaning per kind, then ``note``."""
+    rows = legend_rows(image.width, note)
+    page = Image.new("RGB", (image.width, image.height + LEGEND_ROW * len(rows) + 4),
+                     LEGEND_BACKGROUND)
+    page.paste(image, (0, 0))
+    pen = ImageDraw.Draw(page)
+    for r, row in enumerate(rows):
+        x, y = 4, image.height + 4 + r * LEGEND_ROW
+        for text, colour in row:
+            if colour is not None:
+                pen.rectangle([x, y + 1, x + 9, y + 10], fill=colour)
+                x += 14
+            pen.text((x, y), text, fill=(230, 230, 230))
+            x += int(pen.textlength(text)) + 12
+    return page
 
 
 def crop_page(crops: Sequence[tuple[Image.Image, str]], columns: int = 4,

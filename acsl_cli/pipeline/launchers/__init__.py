@@ -17,10 +17,8 @@ running (said so in the command's last line).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +29,7 @@ from acsl_cli.errors import AcslError, ConfigError, Terminated
 from acsl_cli.files import atomic_write_text
 from acsl_cli.layout import OutputLayout
 from acsl_cli.layout import finished as run_finished
-from acsl_cli.locks import locks_enabled
+from acsl_cli.locks import lock_owner, locks_enabled, os_lock, release, try_lock
 from acsl_cli.pipeline.launchers.backend import Backend, SchedulerSilent
 from acsl_cli.pipeline.launchers.jobs import (
     JobSpec,
@@ -108,20 +106,15 @@ def sweep_lock(plan: SweepPlan, base: str) -> Iterator[None]:
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / "sweep.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    lock = os_lock(folder / "sweep.lock")
+    if not try_lock(lock):
+        owner = lock_owner(folder / "sweep.lock")[0]
+        raise ConfigError(f"run_name={base}: another acsl sweep of this name is running "
+                          f"(pid {owner}); run this command again when it has ended")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 100, 0).decode(errors="replace").strip() or "?"
-            raise ConfigError(f"run_name={base}: another acsl sweep of this name is running "
-                              f"(pid {owner}); run this command again when it has ended"
-                              ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)
+        release(lock)
 
 
 def finished(runs_root: Path, job: JobSpec) -> bool:

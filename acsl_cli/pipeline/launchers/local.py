@@ -1,7 +1,7 @@
 """``launcher=local``: each job a separate process on this machine.
 
 At most ``launcher.max_parallel`` jobs run at once: every job process first takes one of
-that many slot locks (``flock`` in the sweep's launcher folder; the kernel frees a slot
+that many slot locks (``locks.os_lock`` in the sweep's launcher folder; the kernel frees a slot
 when its holder dies), so the limit holds whether this command waits or returns. Slot k
 owns GPUs ``[k * gpus_per_run, (k + 1) * gpus_per_run)`` of the ones this machine shows,
 given to the job as CUDA_VISIBLE_DEVICES; with more than one, the job runs DDP over them
@@ -11,7 +11,6 @@ under torchrun.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import signal
 import subprocess
@@ -20,7 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from filelock import UnixFileLock
+
 from acsl_cli.errors import ConfigError
+from acsl_cli.locks import os_lock, release, try_lock
 from acsl_cli.pipeline.launchers.jobs import JobSpec, run_recorded, stoppable
 from acsl_cli.settings import LocalLauncherSettings
 
@@ -150,17 +152,14 @@ def _is_job_process(pid: int) -> bool:
     return MODULE.encode() in cmdline and state != "Z"
 
 
-def take_slot(folder: Path, slots: int) -> tuple[int, int]:
-    """Block until one of ``slots`` slot locks is free; returns (slot, fd holding it)."""
+def take_slot(folder: Path, slots: int) -> tuple[int, UnixFileLock]:
+    """Block until one of ``slots`` slot locks is free; returns (slot, the lock held)."""
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         for k in range(slots):
-            fd = os.open(folder / f"slot-{k}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return k, fd
-            except BlockingIOError:
-                os.close(fd)
+            lock = os_lock(folder / f"slot-{k}.lock")
+            if try_lock(lock):
+                return k, lock
         time.sleep(0.5)
 
 
@@ -177,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_in_slot(spec: Path, slots: int, gpus_per_run: int, gpus: str) -> int:
-    slot, fd = take_slot(spec.parent, slots)
+    slot, lock = take_slot(spec.parent, slots)
     try:
         env = dict(os.environ)
         if gpus_per_run:
@@ -199,7 +198,7 @@ def _run_in_slot(spec: Path, slots: int, gpus_per_run: int, gpus: str) -> int:
         os.environ.update(env)
         return run_recorded(JobSpec.from_json(spec.read_text()), spec.parent)
     finally:
-        os.close(fd)
+        release(lock)
 
 
 if __name__ == "__main__":
