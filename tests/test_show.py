@@ -127,7 +127,7 @@ def test_default_view_draws_at_most_ten_detections_per_image_above_0_3(tmp_path)
 
     def drawn(*extra: str) -> list[int]:
         out = tmp_path / f"show{len(extra)}"
-        res = CliRunner().invoke(app, ["show", *args, f"out={out}", *extra])
+        res = CliRunner().invoke(app, ["show", *args, f"out_dir={out}", *extra])
         assert res.exit_code == 0, res.output
         picture = np.asarray(Image.open(out / "image_1.png").convert("RGB")).astype(int)
         fp = KINDS["fp"][1]
