@@ -203,7 +203,7 @@ def test_stage1_with_rfs_resumes_exactly(tiny, tmp_path):  # noqa: F811
         seen.clear()
         draw = sampler.epoch_indices  # record each epoch's order as it is drawn
         sampler.epoch_indices = lambda: seen.append(draw()) or seen[-1]
-        return train_detector(model, loader, s, "cpu", None, False, resume, gens)
+        return train_detector(model, loader, s, "cpu", None, False, resume, gens, amp="off")
 
     assert max(repeat_factors(cats, 0.3)) > 1.5  # the tiny set's rare images do repeat
     model = copy.deepcopy(model0)
