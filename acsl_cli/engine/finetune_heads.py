@@ -31,6 +31,7 @@ from acsl_cli.engine.mixed_precision import MixedPrecision, optimizer_step
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.losses import ClassificationLoss
 from acsl_cli.models.trunk import FrozenTrunk, Scorer
+from acsl_cli.settings.sections import ScheduleSettings
 
 
 @dataclass
@@ -142,7 +143,7 @@ def finetune_heads(
     trunk: FrozenTrunk, heads: list[ClassifierHead], loader: DataLoader,
     sched: StageSchedule, device: str, max_iters: int | None = None,
     show_progress: bool = True, resume: Path | None = None, *, amp: str,
-    after_epoch: Callable[[int], None] | None = None, log_every: int = 50,
+    after_epoch: Callable[[int], None] | None = None, log_every: int = ScheduleSettings.log_every,
 ) -> None:
     """Train every head's classifier with its loss on the frozen trunk; fills histories.
 

@@ -21,6 +21,7 @@ from acsl_cli.engine.mixed_precision import MixedPrecision
 from acsl_cli.engine.topk import CategoryTopK, TopDetections, concat, keep_top
 from acsl_cli.models.trunk import FrozenTrunk, Scorer
 from acsl_cli.progress import progress_bar
+from acsl_cli.settings.sections import ScheduleSettings
 
 
 def eval_subset(dataset: Dataset, max_images: int | None) -> Dataset:
@@ -32,7 +33,8 @@ def eval_subset(dataset: Dataset, max_images: int | None) -> Dataset:
 @torch.no_grad()
 def predict(
     trunk: FrozenTrunk, dataset: Dataset, cmap: CategoryMap, device: str,
-    scorers: Mapping[str, Scorer] | None = None, batch_size: int = 8,
+    scorers: Mapping[str, Scorer] | None = None,
+    batch_size: int = ScheduleSettings.batch_size,
     show_progress: bool = True, *, amp: str,
 ) -> dict[str, list[dict]]:
     """LVIS results per scorer name; with ``scorers=None`` the model's own head ("model").
@@ -47,13 +49,17 @@ def predict(
 @torch.no_grad()
 def predict_top_k(
     trunk: FrozenTrunk, dataset: Dataset, cmap: CategoryMap, device: str,
-    scorers: Mapping[str, Scorer] | None = None, batch_size: int = 8,
+    scorers: Mapping[str, Scorer] | None = None,
+    batch_size: int = ScheduleSettings.batch_size,
     show_progress: bool = True, *, amp: str, top_k: int | None = None,
-    per_image: int = 10_000,
+    per_image: int | None = None,
 ) -> tuple[dict[str, list[dict]], dict[str, TopDetections]]:
     """``predict``'s results and, with ``top_k``, from the same pass each scorer's top
     ``top_k`` detections per category over the whole set, up to ``per_image`` per image
-    (the fixed protocol's inference; ``engine.topk``)."""
+    (the fixed protocol's inference; ``engine.topk``: ``per_image`` is then required, the
+    backbone's ``pre_nms_topk``)."""
+    if top_k is not None and per_image is None:
+        raise ValueError("predict_top_k: top_k needs per_image (backbone.pre_nms_topk)")
     precision = MixedPrecision(amp, device)
     trunk.detector.to(device).eval()
     names = list(scorers) if scorers is not None else ["model"]

@@ -31,6 +31,7 @@ from acsl_cli.engine.loaders import set_epoch, stage_iters, to_device
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.errors import DataError, TrainingDiverged
 from acsl_cli.progress import bar_is_live, progress_bar
+from acsl_cli.settings.sections import ScheduleSettings
 
 log = logging.getLogger("acsl")
 
@@ -98,7 +99,7 @@ def fit(
     step: Step, loader: DataLoader, sched: StageSchedule, device: str,
     max_iters: int | None = None, show_progress: bool = True, resume: Path | None = None,
     generators: Sequence[torch.Generator] = (), bar_label: str | None = None,
-    after_epoch: Callable[[int], None] | None = None, log_every: int = 50,
+    after_epoch: Callable[[int], None] | None = None, log_every: int = ScheduleSettings.log_every,
 ) -> list[dict[str, float]]:
     """Run ``step`` over ``sched.epochs`` epochs of ``loader``; returns the history rows.
     ``after_epoch(n)`` runs after the n-th epoch (1-based) is saved (validation). Every

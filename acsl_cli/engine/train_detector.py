@@ -14,6 +14,7 @@ from acsl_cli.engine import distributed as dist
 from acsl_cli.engine.loop import LossGuard, fit
 from acsl_cli.engine.mixed_precision import MixedPrecision, optimizer_step
 from acsl_cli.engine.schedule import StageSchedule
+from acsl_cli.settings.sections import ScheduleSettings
 
 
 class DetectorStep:
@@ -61,7 +62,7 @@ def train_detector(
     model: nn.Module, loader: DataLoader, sched: StageSchedule, device: str,
     max_iters: int | None = None, show_progress: bool = True, resume: Path | None = None,
     generators: Sequence[torch.Generator] = (), *, amp: str,
-    after_epoch: Callable[[int], None] | None = None, log_every: int = 50,
+    after_epoch: Callable[[int], None] | None = None, log_every: int = ScheduleSettings.log_every,
 ) -> list[dict[str, float]]:
     """Train every parameter of ``model``; returns the per-iteration loss history."""
     return fit(DetectorStep(model, sched, device, amp), loader, sched, device, max_iters,

@@ -13,7 +13,7 @@ from typing import Any
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings.datasets import KIND, KINDS, DatasetSettings, unknown_key
-from acsl_cli.settings.declare import SELECTOR
+from acsl_cli.settings.declare import SELECTOR, leaf_default
 from acsl_cli.settings.rules import choice_in
 from acsl_cli.settings.sections import LossSettings, Settings
 
@@ -45,7 +45,7 @@ def _section(cls: type, data: Any, prefix: str) -> Any:
             values[f.name] = _section(f.default_factory, data.get(f.name, {}),  # type: ignore
                                       f"{prefix}{f.name}.")
         elif "rule" in f.metadata:
-            value = data.get(f.name, f.default)
+            value = data[f.name] if f.name in data else leaf_default(f)
             f.metadata["rule"](f"{prefix}{f.name}", value)
             values[f.name] = _frozen(value)
     return cls(**values)

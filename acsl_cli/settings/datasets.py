@@ -165,6 +165,8 @@ class SyntheticDataset(GeneratedDataset):
 
     name: str | None = setting("synthetic", text())
     kind: str = setting("synthetic", KIND)
+    loss_defaults: Mapping[str, Any] | None = setting(
+        {"eql_lambda": 0.1, "bags_bins": [10, 100]}, anything(), caches=())
     seed: int = generator(0, SEED)
     num_classes: int = generator(60, integer(2, 60))  # 6 shapes x 10 colours
     image_size: int = generator(128, IMAGE_SIZE)
@@ -183,6 +185,8 @@ class SyntheticLvisDataset(GeneratedDataset):
 
     name: str | None = setting("synthetic_lvis", text())
     kind: str = setting("synthetic_lvis", KIND)
+    loss_defaults: Mapping[str, Any] | None = setting(
+        {"eql_lambda": 0.0374, "bags_bins": [10, 100]}, anything(), caches=())
     seed: int = generator(0, SEED)
     num_classes: int = generator(300, integer(10, 300))  # 6 shapes x 10 colours x 5 patterns
     image_size: int = generator(128, IMAGE_SIZE)

@@ -12,6 +12,7 @@ A section whose keys depend on which one is chosen (``detector=``, ``launcher=``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,8 +31,15 @@ def setting(default: Any, rule: Rule, caches: tuple[str, ...] | None = None,
     """A leaf field: its default, its rule, and the cache keys it enters. ``outcome=False``
     marks values that cannot change a result (where a run is written, how it is shown):
     runs that differ only in them are the same experiment."""
-    return field(default=default, metadata={"rule": rule, "caches": caches,
-                                            "changed_only": changed_only, "outcome": outcome})
+    meta = {"rule": rule, "caches": caches, "changed_only": changed_only, "outcome": outcome}
+    if isinstance(default, dict):  # a mapping default: each instance gets its own copy
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def leaf_default(f: dataclasses.Field) -> Any:
+    """A leaf field's default (a mapping's is made by its factory)."""
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def section(cls: type, caches: tuple[str, ...] | None = None,
@@ -97,7 +105,7 @@ def declared(cls: type, path: tuple[str, ...] = (), caches: tuple[str, ...] = ()
             yield from declared(f.default_factory, (*path, f.name), here,  # type: ignore[arg-type]
                                 only)
         elif "rule" in meta:
-            yield Declared((*path, f.name), f.default, meta["rule"], here, only,
+            yield Declared((*path, f.name), leaf_default(f), meta["rule"], here, only,
                            meta.get("outcome", True))
 
 

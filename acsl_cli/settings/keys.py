@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from acsl_cli.files import file_sha256
-from acsl_cli.settings.declare import SELECTOR, STAGE1, STAGE2, Declared, declared
+from acsl_cli.settings.declare import (
+    SELECTOR,
+    STAGE1,
+    STAGE2,
+    Declared,
+    declared,
+    leaf_default,
+)
 from acsl_cli.settings.sections import LossSettings, SamplerSettings, Settings
 
 STAGE1_VERSION = 1  # bump when stage-1 training changes, so stale caches are not reused
@@ -60,7 +67,7 @@ def _typed(settings: Settings, d: Declared) -> tuple[bool, Any, Any]:
     own = type(parent).__dataclass_fields__.get(d.path[-1])
     if own is None:
         return False, None, None
-    default = d.default if d.kinds is None or d.path[-1] == SELECTOR else own.default
+    default = d.default if d.kinds is None or d.path[-1] == SELECTOR else leaf_default(own)
     return True, getattr(parent, d.path[-1]), default
 
 
