@@ -55,7 +55,11 @@ if [ "$QUICK" = 1 ]; then
     BENCH=(--backbone small --size 128 --batch 2 --iters 3)
     BENCH_BF16=(--backbone small --size 128 --batch 4 --iters 3 --amp bf16)
     LOSSES=(--n 1024 --classes 100 --repeats 2)
+    # the tests' tiny benchmark (8 classes): the logic is the same, generation is seconds
+    SMOKE_SET=(dataset.num_classes=8 dataset.max_images_per_class=12
+               dataset.val_instances_per_class=2)
 else
+    SMOKE_SET=()
     BENCH=(--backbone r50 --size 800 --batch 2 --iters 20)
     BENCH_BF16=(--backbone r50 --size 800 --batch 8 --iters 20 --amp bf16)
     LOSSES=(--n 8192 --classes 1230 --repeats 7)
@@ -155,7 +159,7 @@ if [ "$DEVICE" = cuda ]; then
     step nvidia-smi 20 '^GPU ' nvidia-smi -L
 fi
 SMOKE=("$PY" -m acsl_cli train schedule=smoke "device=$DEVICE" progress=false
-       "output_root=$WORK/o")
+       "output_root=$WORK/o" "${SMOKE_SET[@]}")
 PAT_SMOKE='(^│ |^run directory|^error|Error)'  # the metrics rows, the run folder (time)
 step smoke 100 "$PAT_SMOKE" "${SMOKE[@]}"
 step smoke_bf16 80 "$PAT_SMOKE" "${SMOKE[@]}" amp=bf16
@@ -165,8 +169,8 @@ step bench_bf16 90 "$PAT_BENCH" "$PY" scripts/bench_train.py --device "$DEVICE" 
 step bench_losses 60 '(^\| acsl \||^\| BCE|Error|error)' \
     "$PY" scripts/bench_losses.py --device "$DEVICE" "${LOSSES[@]}"
 if [ "$DEVICE" = cuda ]; then  # host-sync counts of every loss (deselected on CPU)
-    step cuda_tests 60 '(passed|failed|error)' "$PY" -m pytest -q -p no:cacheprovider -m cuda \
-        tests/test_amp.py
+    step cuda_tests 90 '(passed|failed|error)' "$PY" -m pytest -q -p no:cacheprovider -m cuda \
+        tests/test_amp.py tests/test_losses_ecm.py tests/test_losses_efl.py tests/test_losses_gol.py
 fi
 
 {
