@@ -53,7 +53,6 @@ from torch import Tensor
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.acsl_forms import (
-    Scratch,
     dense_background,
     form_for,
     fused_acsl,
@@ -64,6 +63,7 @@ from acsl_cli.losses.acsl_forms import (
 from acsl_cli.losses.acsl_record import Record, record_dense
 from acsl_cli.losses.base import ClassificationLoss, check_labels
 from acsl_cli.losses.common import (
+    Scratch,
     check_width,
     frequency_columns,
     sigmoid_scores,

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from acsl_cli.losses.acsl_record import Record, record_dense, record_flat, record_rows
+from acsl_cli.losses.common import Scratch
 
 COMMON_FRACTION = 0.1
 RARE_FRACTION = 0.01
@@ -102,28 +103,10 @@ def dense_background(labels: Tensor, generator: torch.Generator, masks: Tensor
     return is_bg, keep & is_bg[:, None]
 
 
-class Scratch:
-    """A float buffer kept between calls for the official mode's masked sum on CPU: a
-    fresh whole-matrix temporary would be mapped in, page by page, on every call (the
-    allocator hands matrices this large straight back to the system), which costs more
-    than the softplus itself."""
-
-    def __init__(self) -> None:
-        self.buffer: Tensor | None = None
-
-    def like(self, z: Tensor) -> Tensor:
-        """An uninitialised tensor of ``z``'s shape, dtype and device (reused storage)."""
-        buf = self.buffer
-        if buf is None or buf.numel() < z.numel() or buf.dtype != z.dtype \
-                or buf.device != z.device:
-            buf = self.buffer = torch.empty(z.numel(), dtype=z.dtype, device=z.device)
-        return buf[: z.numel()].view(z.shape)
-
-
 def masked_softplus_sum(z: Tensor, drop: Tensor, scratch: Scratch | None) -> Tensor:
     """``softplus(z)`` summed where ``drop`` is False, in three whole-matrix ops (each op
     on a busy CPU may wait for a descheduled thread, so fewer, larger ops are faster)."""
-    out = (scratch or Scratch()).like(z)
+    out = (scratch or Scratch()).get("softplus", z)
     torch.ops.aten.softplus.out(z, 1, 20, out=out)  # F.softplus, into the reused buffer
     return out.masked_fill_(drop, 0.0).sum()
 

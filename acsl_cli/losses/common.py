@@ -6,6 +6,7 @@ same way; a difference there would show up as a metric difference between losses
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -76,3 +77,26 @@ def counts_tensor(loss: str, name: str, counts: Sequence[float]) -> Tensor:
     if values.numel() and bool((values < 0).any()):
         raise ConfigError(f"loss '{loss}': {name} must be non-negative")
     return values
+
+
+class Scratch:
+    """Named temporaries a loss keeps between calls (ACSL's CPU form, GOL): a fresh (N, C)
+    tensor is mapped in page by page on every call (the allocator hands matrices this
+    large back to the system), which costs about as much as the arithmetic on it. Never
+    holds the gradient."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """An uninitialised tensor of ``like``'s shape and device (``dtype`` or its own)."""
+        return self.new(name, like.shape, dtype or like.dtype, like.device)
+
+    def new(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> Tensor:
+        """An uninitialised tensor of that shape, dtype and device, reusing storage."""
+        numel = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)

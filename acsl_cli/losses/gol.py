@@ -61,7 +61,6 @@ its decoupled protocol: the release's own init is the default).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -72,7 +71,7 @@ from torch.autograd.function import once_differentiable
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import check_width, counts_tensor, upcast
+from acsl_cli.losses.common import Scratch, check_width, counts_tensor, upcast
 from acsl_cli.losses.registry import register_loss
 
 VARIANTS = ("gol", "gumbel_ce")
@@ -86,28 +85,6 @@ INIT_WEIGHT, INIT_BIAS = 0.001, -2.0  # the release's fc_cls init_cfg
 def gumbel(z: Tensor) -> Tensor:
     """The release's Gumbel CDF as it computes it: ``1 / exp(exp(-z))``."""
     return torch.exp(torch.exp(-z)).reciprocal()
-
-
-class Scratch:
-    """Named temporaries kept between calls: a fresh (N, C) tensor is mapped in page by
-    page on every call (the allocator hands matrices this large back to the system),
-    which costs about as much as the arithmetic on it. Never holds the gradient."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, Tensor] = {}
-
-    def get(self, name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """An uninitialised tensor of ``like``'s shape and device (``dtype`` or its own)."""
-        return self.new(name, like.shape, dtype or like.dtype, like.device)
-
-    def new(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-            device: torch.device) -> Tensor:
-        """An uninitialised tensor of that shape, dtype and device, reusing storage."""
-        numel = math.prod(shape)
-        buf = self.buffers.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-            buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=device)
-        return buf[:numel].view(shape)
 
 
 class _GumbelBCE(torch.autograd.Function):
