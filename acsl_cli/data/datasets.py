@@ -25,7 +25,6 @@ from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated
 from acsl_cli.errors import ConfigError
 from acsl_cli.settings.datasets import (
     DATASET_KINDS,
-    OPENIMAGES_KINDS,  # noqa: F401  (re-exported: the pipeline asks data/ which kinds)
     DatasetSettings,
     LvisDataset,
     OpenImagesScored,

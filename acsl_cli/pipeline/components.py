@@ -11,7 +11,6 @@ import torch
 from acsl_cli.data.bundle import DatasetBundle
 from acsl_cli.data.datasets import (
     GENERATED_KINDS,
-    OPENIMAGES_KINDS,
     build_datasets,
     generated_folder,
 )
@@ -25,6 +24,7 @@ from acsl_cli.models.detectors import detector_from
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock
 from acsl_cli.progress import progress_callback, status
 from acsl_cli.settings import LossSettings, Settings
+from acsl_cli.settings.datasets import OPENIMAGES_KINDS
 
 
 def setup_torch(s: Settings) -> str:

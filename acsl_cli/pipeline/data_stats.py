@@ -9,13 +9,12 @@ from typing import Any
 
 from acsl_cli.config import load_settings, parse_overrides
 from acsl_cli.data.annotations import read_annotations
-from acsl_cli.data.datasets import OPENIMAGES_KINDS
 from acsl_cli.data.stats import counts_stats, dataset_stats
 from acsl_cli.errors import ConfigError
 from acsl_cli.files import atomic_write_json
 from acsl_cli.pipeline.rundir import check_out_file
 from acsl_cli.settings import Settings
-from acsl_cli.settings.datasets import LvisDataset
+from acsl_cli.settings.datasets import OPENIMAGES_KINDS, LvisDataset
 
 
 @dataclass(frozen=True)

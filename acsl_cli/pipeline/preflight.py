@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from acsl_cli.data.datasets import GENERATED_KINDS, OPENIMAGES_KINDS
+from acsl_cli.data.datasets import GENERATED_KINDS
 from acsl_cli.engine.distributed import resolve_device
 from acsl_cli.engine.mixed_precision import check_device
 from acsl_cli.errors import ConfigError, DataError
@@ -26,7 +26,7 @@ from acsl_cli.pipeline.rundir import (
 from acsl_cli.reporting.tables import metrics_json
 from acsl_cli.reporting.trackers import check_tracker
 from acsl_cli.settings import Settings
-from acsl_cli.settings.datasets import SyntheticDataset, SyntheticLvisDataset
+from acsl_cli.settings.datasets import OPENIMAGES_KINDS, SyntheticDataset, SyntheticLvisDataset
 
 # Parameters of the detector without its class-dependent layers, per backbone (measured
 # from the built models); each class adds (1 + 4) x representation_size weights.
