@@ -2,9 +2,9 @@
 
 Run: ``.venv/bin/python scripts/bench_losses.py [--n 8192 --classes 1230 --repeats 9
 --device cpu|cuda --dtype float32|bfloat16|float16 --threads 2 --clock wall|cpu
---acsl-only --json FILE]``. Logits are N(-4, 2) so ACSL masks are as sparse as on a trained
-head, 25 % of the RoIs are foreground, and the dataset statistics are a synthetic LVIS-like
-long tail.
+--acsl-only --losses NAME[,NAME] --json FILE]``. Logits are N(-4, 2) so ACSL masks are as
+sparse as on a trained head, 25 % of the RoIs are foreground, and the dataset statistics are
+a synthetic LVIS-like long tail.
 
 Every loss is measured the same way: in paired runs against the BCE baseline, each pair
 one call of BCE and one of the loss back to back (BCE first in even rounds, second in odd
@@ -29,7 +29,9 @@ ACSL records its suppression counts (Figure 3) in training mode, as in stage 2; 
 mode is also timed in eval mode, which records nothing, and the ratio of the two (each
 against its BCE pairs: the recording's overhead) is printed below the table.
 ``--acsl-only`` times just those rows and the baseline, for a quick, less noisy
-measurement (raise ``--repeats``). On a CPU shared with other processes, ``--threads 1
+measurement (raise ``--repeats``); ``--losses gol,bce`` times just those registered losses
+(with their comparison rows) and the baseline, ACSL's mode rows only if ``acsl`` is named.
+On a CPU shared with other processes, ``--threads 1
 --clock cpu`` measures the work itself: wall time there mostly measures how often the
 scheduler runs this process (and, with several threads, how long a parallel op waits for
 its second thread). ``--json FILE`` also writes the medians (``x_bce`` and ``ms`` per row)
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
                         "ignores other processes' load)")
     parser.add_argument("--acsl-only", action="store_true",
                         help="time only ACSL with and without its suppression record")
+    parser.add_argument("--losses", default=None, metavar="NAME[,NAME]",
+                        help="time only these registered losses (and their comparison rows)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the medians to this file (bench_compare.py reads it)")
     parser.add_argument("--quick", action="store_true",
@@ -221,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
+    unknown = sorted(set((args.losses or "").split(",")) - {"", *available_losses()})
+    if unknown or args.losses == "":
+        parser.error(f"--losses: not registered: {', '.join(unknown) or '(empty)'}")
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu times CPU work only: use it with --device cpu")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -238,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     cases[BASELINE] = (
         lambda z, y: F.binary_cross_entropy_with_logits(z.float(), onehot, reduction="sum") / n,
         logits)
-    for name in [] if args.acsl_only else available_losses():
+    names = [] if args.acsl_only else available_losses() if args.losses is None \
+        else args.losses.split(",")
+    acsl_rows = args.losses is None or "acsl" in names  # ACSL's mode rows and checks
+    for name in names:
         loss = build(name)
         width = loss.num_outputs(c)
         z = logits if width == c + 1 else make_batch(n, width, c, dev, seed=0, dtype=dtype)[0]
@@ -256,14 +266,14 @@ def main(argv: list[str] | None = None) -> None:
         if name == "ecm":
             cases["ecm, weighted BCE form (its roi_losses)"] = (partial(ecm_bce, build(name)), z)
     other = "dense" if dev == "cpu" else "gathered"  # the form this device does not use
-    for mode in BG_MODES:
+    for mode in BG_MODES if acsl_rows else ():
         key = f"acsl (bg_mode={mode})"
         cases[key] = (build("acsl", bg_mode=mode), logits)
         cases[f"{key}, not recording (eval mode)"] = (build("acsl", bg_mode=mode).eval(), logits)
         if not args.acsl_only:
             cases[f"{key}, {other} form"] = (other_form(build("acsl", bg_mode=mode), other,
                                                          stats["frequencies"]), logits)
-    if not args.acsl_only:
+    if not args.acsl_only and acsl_rows:
         release_gen = torch.Generator().manual_seed(0)
         cases["acsl, per-class loop (release style)"] = (
             lambda z, y: acsl_release_style(z.float(), y, 0.7, stats["frequencies"],
@@ -290,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
                                          "device": device_name, "clock": args.clock}))
 
     print()
-    for mode in BG_MODES:
+    for mode in BG_MODES if acsl_rows else ():
         key = f"acsl (bg_mode={mode})"
         on, off = x_bce[key], x_bce[f"{key}, not recording (eval mode)"]
         print(f"{key}: recording suppression counts costs x{on / off:.3f} "
@@ -299,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     # fresh pairs built alike (same seeds, so the same draws on both sides)
     pairs = [
-        ("bags", build("bags"), partial(bags_before, build("bags")), cases["bags"][1]),
+        ("bags", build("bags"), partial(bags_before, build("bags")),
+         cases["bags"][1] if "bags" in cases else logits),
         ("federated", build("federated"), partial(federated_before, build("federated")),
          logits),
         ("efl vs its release-style form", build("efl"),
@@ -309,9 +320,11 @@ def main(argv: list[str] | None = None) -> None:
            other_form(build("acsl", bg_mode=mode), other, stats["frequencies"]), logits)
           for mode in BG_MODES),
     ]
-    for label, new, old, z in pairs:
+    for label, new, old, z in (pair for pair in pairs if pair[0].split()[0] in names):
         what = label if " vs " in label else f"{label} vs before"
         print(f"{what}: max |diff| of value and gradient {max_diff(new, old, z, labels):.2e}")
+    if not acsl_rows:
+        return
     diff = check_release_style(args, stats)
     print(f"release-style loop vs vectorised acsl (official, same draws): max |diff| {diff:.2e}")
 

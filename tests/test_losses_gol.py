@@ -121,6 +121,50 @@ def test_gol_equals_release_droploss_over_several_calls(c, dtype):
         assert torch.equal(ours.grad[:, 0], torch.zeros(64, dtype=dtype))  # no bg logit
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gol_on_bench_like_batches_equals_the_release_call_after_call(dtype):
+    """The benchmark's shape of batch (logits N(-4, 2), a quarter foreground, C = 1203),
+    one loss over calls with r strictly inside (0, 1), r = 1 (every foreground RoI a tail
+    class), r = 0 (none) and r = NaN (no foreground); the 0/1 float weights the forward
+    uses are the bool ``weights`` for the same draws."""
+    c, n, lam = 1203, 256, 0.0011
+    counts, num_images = long_tail(c, seed=2)
+    loss = build_loss("gol", num_classes=c, image_counts=counts, num_images=num_images,
+                      lambda_=lam, seed=11)
+    freq, tail = freq_and_tail(counts, num_images, lam)
+    head = (freq >= lam).nonzero().squeeze(1)
+    gen = torch.Generator().manual_seed(11)
+    # float64: torch's BCE gradient floors p (1 - p) at 1e-12 rounded to float32 (1 - 4e-9
+    # of it), ours at 1e-12: gradients under the floor (z in [-4, -3.3]) differ by 4e-9
+    tol = {"rtol": 1e-8, "atol": 1e-12} if dtype == torch.float64 else \
+        {"rtol": 1e-5, "atol": 1e-6}
+    for it, kind in enumerate(("mixed", "all tail", "no tail", "no foreground")):
+        g = torch.Generator().manual_seed(100 + it)
+        z = (torch.randn(n, c + 1, generator=g, dtype=torch.float64) * 2.0 - 4.0).to(dtype)
+        fg = torch.rand(n, generator=g) < 0.25
+        pool = {"mixed": torch.arange(c), "all tail": tail, "no tail": head}.get(kind)
+        labels = torch.zeros(n, dtype=torch.long)
+        if pool is not None:
+            labels[fg] = pool[torch.randint(0, pool.numel(), (n,), generator=g)][fg] + 1
+        state = loss.generator.get_state()
+        bool_w = loss.weights(labels)
+        loss.generator.set_state(state)
+        float_w = loss.weights(labels, dtype)
+        assert bool_w.dtype == torch.bool and float_w.dtype == dtype
+        assert torch.equal(float_w, bool_w.to(dtype))
+        loss.generator.set_state(state)
+        ours = z.clone().requires_grad_()
+        value = loss(ours, labels)
+        value.backward()
+        ref_z = z.clone().requires_grad_()
+        zr, mm = to_release(ref_z, labels, c)
+        ref = release_droploss(zr, mm, freq, lam, replay_draws(gen, labels, tail, c))
+        ref.backward()
+        assert value.dtype == dtype and torch.isfinite(value)
+        torch.testing.assert_close(value, ref, **tol)
+        torch.testing.assert_close(ours.grad, ref_z.grad, **tol)
+
+
 def test_gol_drop_draws_only_on_tail_columns_of_background_rows():
     """The fill of the undrawn entries cannot change the release's value."""
     c = 50
