@@ -91,7 +91,7 @@ class _GumbelBCE(torch.autograd.Function):
     """sum(keep * BCE(gumbel(clamp(z)), t)) * scale with one target column per row.
 
     Forward turns the activation's temporaries into the gradient buffer, backward scales
-    it; ``cap`` (GumbelCE) clamps the value at LOSS_MAX and zeroes the gradient past it.
+    it in place (so it can run once per forward); ``cap`` (GumbelCE) clamps the value at LOSS_MAX and zeroes the gradient past it.
     """
 
     @staticmethod
@@ -116,10 +116,11 @@ class _GumbelBCE(torch.autograd.Function):
         denom_t = denom[rows, cols]
         grad.mul_(p).mul_(p).div_(denom)
         grad[rows, cols] = (p_t - 1.0) * u_t * p_t / denom_t
-        grad.mul_(mask).mul_(scale)
-        if cap:
-            grad = grad * (value <= LOSS_MAX)  # a 0-dim tensor: no host sync
+        if cap:  # zero past LOSS_MAX: a 0-dim factor, no host sync (scale * 1 == scale)
+            grad.mul_(mask).mul_((value <= LOSS_MAX).to(z.dtype) * scale)
             value = value.clamp(0.0, LOSS_MAX)
+        else:
+            grad.mul_(mask).mul_(scale)
         ctx.save_for_backward(grad)
         return value
 
@@ -127,7 +128,9 @@ class _GumbelBCE(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        return grad * grad_out, None, None, None, None, None, None
+        # in place: a second backward through this forward (retain_graph) raises autograd's
+        # in-place error rather than computing; one fresh (N, C + 1) tensor per step fewer
+        return grad.mul_(grad_out), None, None, None, None, None, None
 
 
 @register_loss("gol")
