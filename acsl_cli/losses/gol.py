@@ -87,35 +87,47 @@ def gumbel(z: Tensor) -> Tensor:
     return torch.exp(torch.exp(-z)).reciprocal()
 
 
+def target_entries(labels: Tensor, width: int) -> Tensor:
+    """Flat indices ``i * width + labels[i]`` of the target entries of an (N, width) matrix.
+
+    gather/scatter_ on a flat view with these run serially, where ``x[rows, labels]``
+    (advanced indexing) hands even N = 8192 entries to the thread pool: on a busy CPU each
+    such call waits about a scheduler tick for the second thread.
+    """
+    return torch.arange(labels.shape[0], device=labels.device).mul_(width).add_(labels)
+
+
 class _GumbelBCE(torch.autograd.Function):
     """sum(keep * BCE(gumbel(clamp(z)), t)) * scale with one target column per row.
 
     Forward turns the activation's temporaries into the gradient buffer, backward scales
-    it in place (so it can run once per forward); ``cap`` (GumbelCE) clamps the value at LOSS_MAX and zeroes the gradient past it.
+    it in place (so it runs once per forward); ``cap`` (GumbelCE) clamps the value at
+    LOSS_MAX and zeroes the gradient past it.
     """
 
     @staticmethod
-    def forward(ctx: Any, z: Tensor, rows: Tensor, cols: Tensor, keep: Tensor | None,
-                scale: float, cap: bool, scratch: Scratch) -> Tensor:
+    def forward(ctx: Any, z: Tensor, target: Tensor, keep: Tensor | None, scale: float,
+                cap: bool, scratch: Scratch) -> Tensor:
+        z = z.contiguous()  # ``target``: flat indices of the target entries
         grad = z.clamp(CLAMP_MIN, CLAMP_MAX)  # becomes the gradient buffer
         mask = scratch.get("mask", z)  # 0/1 in z's dtype: a float product, not a bool one
         torch.eq(grad, z, out=mask)  # clamp's gradient mask (bounds included)
         u = grad.neg_().exp_()  # u = exp(-zc)
         p = scratch.get("p", z)
         torch.exp(u, out=p).reciprocal_()
-        p_t, u_t = p[rows, cols], u[rows, cols]
+        p_t, u_t = p.view(-1).gather(0, target), u.view(-1).gather(0, target)
         tmp = scratch.get("tmp", z)
         terms = torch.neg(p, out=tmp).log1p_()  # log(1 - p); the target entries below
-        terms[rows, cols] = torch.log(p_t)
+        terms.view(-1).scatter_(0, target, torch.log(p_t))
         if keep is not None:
             terms.mul_(keep)
             mask.mul_(keep)
         value = terms.sum().neg_().mul_(scale)
         # (p - t) u p / max(p (1 - p), eps): BCE's gradient through 1/exp and exp(-z)
         denom = torch.addcmul(p, p, p, value=-1.0, out=tmp).clamp_min_(BCE_EPS)
-        denom_t = denom[rows, cols]
+        denom_t = denom.view(-1).gather(0, target)
         grad.mul_(p).mul_(p).div_(denom)
-        grad[rows, cols] = (p_t - 1.0) * u_t * p_t / denom_t
+        grad.view(-1).scatter_(0, target, (p_t - 1.0) * u_t * p_t / denom_t)
         if cap:  # zero past LOSS_MAX: a 0-dim factor, no host sync (scale * 1 == scale)
             grad.mul_(mask).mul_((value <= LOSS_MAX).to(z.dtype) * scale)
             value = value.clamp(0.0, LOSS_MAX)
@@ -201,7 +213,8 @@ class GumbelOptimisedLoss(ClassificationLoss):
         n, device = labels.shape[0], labels.device
         fg = labels > 0
         # fraction of foreground RoIs of a tail class; 0 / 0 = NaN without foreground
-        ratio = (self.tail.to(device)[labels] & fg).sum().float() / fg.sum().float()
+        ratio = (self.tail.to(device).index_select(0, labels) & fg).sum().float() \
+            / fg.sum().float()
         # keep = not (u > r): u in [0, 1), so u <= r, with r = 2 (keep all) where r is NaN
         bound = ratio.nan_to_num(2.0)
         scratch = scratch or Scratch()
@@ -209,7 +222,8 @@ class GumbelOptimisedLoss(ClassificationLoss):
             block = scratch.new("block", (n, self.tail_columns.numel()), dtype, device)
             bg_rows = (~fg).nonzero().squeeze(1)
             draws = self.uniforms(bg_rows.numel(), device)
-            block.zero_()[bg_rows] = torch.le(draws, bound, out=scratch.get("kept", draws, dtype))
+            block.zero_().index_copy_(0, bg_rows,
+                                      torch.le(draws, bound, out=scratch.get("kept", draws, dtype)))
         else:
             block = torch.le(self.uniforms(n, device), bound).logical_and_(~fg[:, None]).to(dtype)
         shape = (n, self._width())
@@ -218,7 +232,7 @@ class GumbelOptimisedLoss(ClassificationLoss):
         # the tail columns; scatter_ along rows with a broadcast index runs a tight loop per
         # row (index_copy_ or keep[:, tail] = block: 3 to 6 times slower)
         keep.scatter_(1, self.tail_columns.to(device).expand_as(block), block)
-        keep[torch.arange(n, device=device), labels] = 1
+        keep.view(-1).scatter_(0, target_entries(labels, self._width()), 1)
         keep[:, 0] = 0
         return keep
 
@@ -229,9 +243,8 @@ class GumbelOptimisedLoss(ClassificationLoss):
         if n == 0:
             return z.sum() * 0.0
         keep = self.weights(labels, z.dtype, self._scratch) if self.variant == "gol" else None
-        rows = torch.arange(n, device=z.device)
-        return _GumbelBCE.apply(z, rows, labels, keep, 1.0 / n, self.variant == "gumbel_ce",
-                                self._scratch)
+        return _GumbelBCE.apply(z, target_entries(labels, z.shape[1]), keep, 1.0 / n,
+                                self.variant == "gumbel_ce", self._scratch)
 
     def roi_losses(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Per-RoI sums of w * BCE in plain autograd, as the release writes them (same
