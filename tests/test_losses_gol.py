@@ -165,6 +165,27 @@ def test_gol_on_bench_like_batches_equals_the_release_call_after_call(dtype):
         torch.testing.assert_close(ours.grad, ref_z.grad, **tol)
 
 
+def test_two_forwards_then_one_backward_and_a_second_backward_refused():
+    """Each forward keeps its own gradient (the loss reuses its temporaries, never the
+    gradient): two calls summed give each call's own gradient. Backward scales the saved
+    gradient in place, so a second backward through one forward fails loudly."""
+    c = 50
+    counts, num_images = long_tail(c)
+    a, b = (build_loss("gol", num_classes=c, image_counts=counts, num_images=num_images,
+                       lambda_=0.0011, seed=6) for _ in range(2))
+    (z1, y1), (z2, y2) = batch(40, c, torch.float32, seed=1), batch(40, c, torch.float32, 2)
+    s1, s2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    (a(s1, y1) + 3.0 * a(s2, y2)).backward()
+    o1, o2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    b(o1, y1).backward()
+    (3.0 * b(o2, y2)).backward()
+    assert torch.equal(s1.grad, o1.grad) and torch.equal(s2.grad, o2.grad)
+    value = b(z1.clone().requires_grad_(), y1)
+    value.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        value.backward()
+
+
 def test_gol_drop_draws_only_on_tail_columns_of_background_rows():
     """The fill of the undrawn entries cannot change the release's value."""
     c = 50

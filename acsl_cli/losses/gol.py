@@ -32,8 +32,12 @@ Numerics as released: the logits are clamped to [-4, 10] before the activation (
 gradient outside); ``F.binary_cross_entropy``'s floor of -100 on the logs never binds after
 that clamp (``log p >= -e^4``, ``log(1 - p) >= log(1 - exp(-e^-10)) ~ -10``); its gradient
 ``(p - t) / max(p (1 - p), 1e-12)`` keeps the 1e-12 floor, so a positive whose ``p <
-~1e-12`` (z below about -3.3) gets almost no gradient, as in the release. One fused autograd
-function computes ``p`` once and leaves the gradient buffer for backward (a scale).
+~1e-12`` (z below about -3.3) gets almost no gradient, as in the release (torch floors at
+1e-12 rounded to float32, we at 1e-12 in the logits' dtype: in float64 such gradients differ
+by 4e-9 relative). One fused autograd function computes ``p`` once and leaves the gradient
+buffer for backward, which scales it in place (one backward per forward); weights and masks
+are 0/1 floats and the target entries are read and written on a flat view (speed: see
+docs/results.md, "Loss speed").
 
 Draws: the release calls ``torch.rand_like`` on the full (N, C) matrix; only the tail
 columns' draws can matter, so we draw (N, T) for the T tail columns (same distribution),
