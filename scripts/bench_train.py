@@ -153,7 +153,8 @@ def lr_at(it: int) -> float:
 
 def at_lr(step, it: int):
     """Our step with its optimizers at ``lr_at(it)`` (in a run, ``fit``'s scheduler sets it)."""
-    for opt in step.optimizers:
+    # a tree older than ``optimizers`` (bench_compare's BASE) names its one optimizer ``opt``
+    for opt in getattr(step, "optimizers", None) or [step.opt]:
         for g in opt.param_groups:
             g["lr"] = lr_at(it)
     return step
