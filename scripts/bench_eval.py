@@ -386,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
+    for name in ("images", "dets_per_image", "side_images", "dets_per_class", "resamples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.quick:
         args.images = 50
         args.dets_per_image = 20
