@@ -317,7 +317,11 @@ def bench_bootstrap(args: argparse.Namespace) -> None:
     way (the resampled data set built and evaluated with evaluate_lvis)."""
     from acsl_cli.evaluation import evaluate_lvis
     from acsl_cli.evaluation.detections import parse_detections
-    from acsl_cli.evaluation.lvis_bootstrap import image_matches, paired_bootstrap
+    try:
+        from acsl_cli.evaluation.lvis_bootstrap import image_matches, paired_bootstrap
+    except ModuleNotFoundError:  # a tree older than the bootstrap (bench_compare's BASE)
+        print("\npaired bootstrap: not in this tree (acsl_cli.evaluation.lvis_bootstrap)")
+        return
     from acsl_cli.evaluation.lvis_eval import match_detections
 
     gt = build_ground_truth(args.images, args.seed)
@@ -382,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that the script runs (CI runs it)")
     args = parser.parse_args(argv)
+    for name in ("images", "dets_per_image", "side_images", "dets_per_class", "resamples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.quick:
         args.images = 50
         args.dets_per_image = 20

@@ -151,12 +151,16 @@ def lr_at(it: int) -> float:
     return LR * (WARMUP_FACTOR + (1 - WARMUP_FACTOR) * min(it, WARMUP_ITERS) / WARMUP_ITERS)
 
 
-def at_lr(step, it: int):
-    """Our step with its optimizers at ``lr_at(it)`` (in a run, ``fit``'s scheduler sets it)."""
+def step_at(step, batch: tuple, it: int, guard: CountingGuard) -> None:
+    """One step of ours at ``lr_at(it)``: today ``fit``'s schedulers set the lr on the step's
+    optimizers; a tree from before that (bench_compare's BASE) takes ``lr`` as an argument."""
+    if "lr" in inspect.signature(step.__call__).parameters:
+        step(batch[0], batch[1], it, lr_at(it), guard)
+        return
     for opt in step.optimizers:
         for g in opt.param_groups:
             g["lr"] = lr_at(it)
-    return step
+    step(batch[0], batch[1], it, guard)
 
 
 def schedule(grad_clip: float):
@@ -350,9 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     heads = HeadsStep(trunk, [head], schedule(GRAD_CLIP), device, **amp_kw2)
     guard, guard2 = CountingGuard(), CountingGuard()
     steps = {
-        "ours": lambda b, it: at_lr(ours, it)(b[0], b[1], it, guard),
+        "ours": lambda b, it: step_at(ours, b, it, guard),
         "bare": lambda b, it: bare(b[0], b[1], lr_at(it)),
-        "stage2": lambda b, it: at_lr(heads, it)(b[0], b[1], it, guard2),
+        "stage2": lambda b, it: step_at(heads, b, it, guard2),
     }
     if args.detector == "cascade_rcnn":
         cascade = DetectorStep(ours_detector(args, True), schedule(GRAD_CLIP), device, **amp_kw1)
@@ -361,8 +365,8 @@ def main(argv: list[str] | None = None) -> None:
                                  for _ in range(ctrunk.num_stages)],
                          ctrunk.stage1_classifier, args.classes)
         cheads = HeadsStep(ctrunk, [chead], schedule(GRAD_CLIP), device, **amp_kw2)
-        steps["cascade"] = lambda b, it: at_lr(cascade, it)(b[0], b[1], it, guard)
-        steps["cascade2"] = lambda b, it: at_lr(cheads, it)(b[0], b[1], it, guard2)
+        steps["cascade"] = lambda b, it: step_at(cascade, b, it, guard)
+        steps["cascade2"] = lambda b, it: step_at(cheads, b, it, guard2)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

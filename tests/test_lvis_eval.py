@@ -455,3 +455,27 @@ def test_load_detections_rejects_malformed_files(tmp_path, text, expected):
     path = tmp_path / "dets.json"
     path.write_text(text)
     assert _data_error(load_detections, path, _gt([(1, 1, A)])) == f"{path}: {expected}"
+
+
+@pytest.mark.parametrize("chunk", [1, 500, 5_000])
+def test_matching_does_not_depend_on_how_pairs_are_chunked(lvis_sample, chunk):
+    """The matching runs over chunks of (image, category) pairs to bound memory; every chunk
+    size, down to one pair per chunk, gives the outcome of the whole set in one chunk."""
+    from acsl_cli.evaluation.detections import parse_detections
+    from acsl_cli.evaluation.lvis_gt import index_ground_truth, select_detections
+    from acsl_cli.evaluation.lvis_matching import EvalProgress, busy_pairs, match_all
+
+    gt = copy.deepcopy(lvis_sample)
+    dets = parse_detections(gt, _synthetic_detections(lvis_sample, 0, True), "detections")
+    g = index_ground_truth(gt)
+    kept = select_detections(g, dets, 300)
+    pairs = busy_pairs(g, kept)
+    combos = [len(a) * len(b) for a, b in zip(*pairs, strict=True)]
+    assert max(combos) > 1 and sum(combos) > 3 * 5_000  # several chunks even at the largest
+
+    whole = match_all(g, kept, pairs, EvalProgress(len(pairs[0]), None),
+                      chunk=10**9, min_chunk=10**9)
+    chunked = match_all(g, kept, pairs, EvalProgress(len(pairs[0]), None),
+                        chunk=chunk, min_chunk=1)
+    assert (whole == 1).any() and (whole == -1).any()
+    np.testing.assert_array_equal(chunked, whole)

@@ -35,12 +35,16 @@ class EvalProgress:
 
 
 def match_all(g: LvisGroundTruth, k: KeptDetections, pairs: tuple, progress: EvalProgress,
-              chunk: int = 2_000_000) -> np.ndarray:
+              chunk: int = 2_000_000, min_chunk: int = 125_000) -> np.ndarray:
     """Outcome of each kept detection per (area range, threshold): +1 TP, -1 FP, 0 ignored.
 
     Only (image, category) pairs holding both GT and detections need matching; every other
     detection is unmatched, i.e. ignored if outside the area range or not-exhaustive, else FP.
-    Pairs are matched in chunks of about ``chunk`` (detection, GT) IoUs, which bounds memory.
+    Pairs are matched in chunks of (detection, GT) IoUs, which bounds memory (about 100 bytes
+    per IoU while a chunk is matched): at most ``chunk``, and a sixteenth of all the pairs'
+    IoUs if that is smaller (not below ``min_chunk``), so that a small evaluation keeps a
+    small working set; each chunk costs a fixed number of steps, which only the large
+    evaluations (where the inputs dwarf the chunk) would feel.
     """
     n_thr = len(IOU_THRESHOLDS)
     unmatched = np.where(k.ignored_if_unmatched, 0, -1).astype(np.int8)
@@ -48,6 +52,7 @@ def match_all(g: LvisGroundTruth, k: KeptDetections, pairs: tuple, progress: Eva
     gt_lists, dt_lists = pairs
     combos = np.array([len(a) * len(b) for a, b in zip(gt_lists, dt_lists, strict=True)],
                       dtype=np.int64)
+    chunk = min(chunk, max(min_chunk, int(combos.sum()) // 16))
     first = 0
     while first < len(gt_lists):
         last = first + max(1, int(np.searchsorted(np.cumsum(combos[first:]), chunk, "right")))
