@@ -18,7 +18,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from acsl_cli.conf_groups import GROUPS, available, config_dir
+from acsl_cli.conf_groups import GROUPS, LOSS_LAYER_KEYS, available, config_dir
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError, did_you_mean
 from acsl_cli.settings import Settings, settings_from
@@ -72,9 +72,17 @@ def _short(text: str, keep: int = 60) -> str:
     return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
 
 
+#: ``loss.classifier=normed`` under any loss: the layer's keys are in no loss yaml but its
+#: preset's, so they are added to the loss node (``++``) or set where a preset has them
+LOSS_LAYER_OVERRIDES = tuple(f"loss.{k}" for k in LOSS_LAYER_KEYS)
+
+
 def _spelled_out(o: Override, parser: OverridesParser) -> Override:
     """The long form of a declared shorthand (``test.calibration=norcal`` sets ``.method``),
-    and a comma list over a list key as one list value (``gamma=0,0.5,1``, not a sweep)."""
+    a comma list over a list key as one list value (``gamma=0,0.5,1``, not a sweep), and
+    a classifier-layer key of the loss node (``loss.classifier=normed``) added or set."""
+    if o.key in LOSS_LAYER_OVERRIDES and o.text.startswith(o.key + "="):
+        o = Override("++" + o.text, o.key, o.value, o.sweep)
     if o.key in SHORTHANDS and o.text.startswith(o.key + "=") and not isinstance(o.value, dict):
         o = Override(SHORTHANDS[o.key] + o.text[len(o.key):], SHORTHANDS[o.key], o.value,
                      o.sweep)
