@@ -15,7 +15,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from acsl_cli.conf_groups import GROUPS, LOSS_LAYER_KEYS, available, config_dir
@@ -303,10 +303,19 @@ def _update(base: DictConfig, parsed: list[Override]) -> DictConfig:
 
 def _with_new_defaults(saved: DictConfig) -> DictConfig:
     """A saved config with the keys added to ``conf/`` since it was saved, at their defaults
-    (which keep the old behaviour), so that new options can be overridden on old runs."""
+    (which keep the old behaviour), so that new options can be overridden on old runs. A
+    saved loss node's classifier-layer keys are kept although its loss's yaml has none
+    (a ``seesaw_normed`` head's node is ``name: seesaw`` with ``classifier: normed``)."""
     choices = [f"{g}={saved[g].name}" for g in GROUPS
                if isinstance(saved.get(g), DictConfig) and saved[g].get("name") in available(g)]
-    return OmegaConf.merge(_compose(choices), saved)
+    fresh = _compose(choices)
+    loss = saved.get("loss")
+    if isinstance(loss, DictConfig) and isinstance(fresh.get("loss"), DictConfig):
+        with open_dict(fresh.loss):
+            for k in LOSS_LAYER_KEYS:
+                if k in loss:
+                    fresh.loss[k] = loss[k]
+    return OmegaConf.merge(fresh, saved)
 
 
 def to_yaml(cfg: DictConfig) -> str:
