@@ -9,6 +9,9 @@ from pathlib import Path
 from acsl_cli.errors import ConfigError
 
 GROUPS = ("dataset", "backbone", "detector", "loss", "schedule", "sampler", "launcher")
+#: keys of a ``loss`` node that choose the head's classifier layer, not parameters of the
+#: loss (declared in ``settings.sections.LossSettings``; any loss takes them)
+LOSS_LAYER_KEYS = ("classifier", "temperature")
 
 
 def config_dir() -> Path:

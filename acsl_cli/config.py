@@ -15,10 +15,10 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from acsl_cli.conf_groups import GROUPS, available, config_dir
+from acsl_cli.conf_groups import GROUPS, LOSS_LAYER_KEYS, available, config_dir
 from acsl_cli.config_rules import validate
 from acsl_cli.errors import ConfigError, did_you_mean
 from acsl_cli.settings import Settings, settings_from
@@ -72,9 +72,17 @@ def _short(text: str, keep: int = 60) -> str:
     return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
 
 
+#: ``loss.classifier=normed`` under any loss: the layer's keys are in no loss yaml but its
+#: preset's, so they are added to the loss node (``++``) or set where a preset has them
+LOSS_LAYER_OVERRIDES = tuple(f"loss.{k}" for k in LOSS_LAYER_KEYS)
+
+
 def _spelled_out(o: Override, parser: OverridesParser) -> Override:
     """The long form of a declared shorthand (``test.calibration=norcal`` sets ``.method``),
-    and a comma list over a list key as one list value (``gamma=0,0.5,1``, not a sweep)."""
+    a comma list over a list key as one list value (``gamma=0,0.5,1``, not a sweep), and
+    a classifier-layer key of the loss node (``loss.classifier=normed``) added or set."""
+    if o.key in LOSS_LAYER_OVERRIDES and o.text.startswith(o.key + "="):
+        o = Override("++" + o.text, o.key, o.value, o.sweep)
     if o.key in SHORTHANDS and o.text.startswith(o.key + "=") and not isinstance(o.value, dict):
         o = Override(SHORTHANDS[o.key] + o.text[len(o.key):], SHORTHANDS[o.key], o.value,
                      o.sweep)
@@ -295,10 +303,19 @@ def _update(base: DictConfig, parsed: list[Override]) -> DictConfig:
 
 def _with_new_defaults(saved: DictConfig) -> DictConfig:
     """A saved config with the keys added to ``conf/`` since it was saved, at their defaults
-    (which keep the old behaviour), so that new options can be overridden on old runs."""
+    (which keep the old behaviour), so that new options can be overridden on old runs. A
+    saved loss node's classifier-layer keys are kept although its loss's yaml has none
+    (a ``seesaw_normed`` head's node is ``name: seesaw`` with ``classifier: normed``)."""
     choices = [f"{g}={saved[g].name}" for g in GROUPS
                if isinstance(saved.get(g), DictConfig) and saved[g].get("name") in available(g)]
-    return OmegaConf.merge(_compose(choices), saved)
+    fresh = _compose(choices)
+    loss = saved.get("loss")
+    if isinstance(loss, DictConfig) and isinstance(fresh.get("loss"), DictConfig):
+        with open_dict(fresh.loss):
+            for k in LOSS_LAYER_KEYS:
+                if k in loss:
+                    fresh.loss[k] = loss[k]
+    return OmegaConf.merge(fresh, saved)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -86,12 +86,15 @@ class EvalPlan:
 
 
 def head_label(loss: LossSettings) -> str:
-    """Readable row name: the loss plus what distinguishes it (xi for ACSL)."""
+    """Readable row name: the loss plus what distinguishes it (xi for ACSL, a classifier
+    layer other than the plain linear one)."""
     name = loss.name
     if "xi" in loss.params:
         name += f" xi={loss.params['xi']}"
     if "bg_mode" in loss.params:
         name += f" bg={loss.params['bg_mode']}"
+    if "classifier" in loss.as_dict():
+        name += f" {loss.classifier} T={loss.temperature:g}"
     return name
 
 

@@ -21,10 +21,11 @@ from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses import LossContext, build_loss
 from acsl_cli.models.cascade import CASCADE_SCORES, CascadeRoIHeads, CascadeSpec, stage_scores
+from acsl_cli.models.classifier import NormedLinear
 from acsl_cli.models.detector import build_detector
 from acsl_cli.models.init import load_matching
 from acsl_cli.models.trunk import FrozenTrunk
-from acsl_cli.pipeline.components import loss_context, make_loss, stage_losses
+from acsl_cli.pipeline.components import classifier_spec, loss_context, make_loss, stage_losses
 from acsl_cli.pipeline.evaluate import test_trunk as trunk_from_settings  # not a test
 from acsl_cli.pipeline.train import STAGE1_ROW, run_train
 from acsl_cli.settings import Settings, declared, stage1_key
@@ -219,7 +220,7 @@ def test_a_faster_rcnn_state_dict_initialises_the_trunk_rpn_and_first_stage():
 
 
 @pytest.mark.parametrize("name", ["softmax_ce", "bce", "acsl", "bags", "eqlv2", "seesaw",
-                                  "federated", "eql", "efl"])
+                                  "federated", "eql", "efl", "seesaw_normed"])
 def test_every_loss_trains_a_cascade_head_with_one_loss_per_stage(tiny, name):
     cfg, data, _ = tiny
     context = loss_context(data, 0)
@@ -234,7 +235,10 @@ def test_every_loss_trains_a_cascade_head_with_one_loss_per_stage(tiny, name):
     if getattr(losses[0], "generator", None) is not None:  # BAGS, Federated: own streams
         draws = [torch.randint(10**9, (4,), generator=loss.generator) for loss in losses]
         assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
-    head = new_head(name, losses, trunk.stage1_classifier, C)
+    head = new_head(name, losses, trunk.stage1_classifier, C, classifier_spec(spec))
+    # the normalised classifier on every stage, as the release's cascade Seesaw configs
+    assert all(isinstance(layer, NormedLinear) == name.endswith("_normed")
+               for layer in head.layers)
     before = [layer.weight.clone() for layer in head.layers]
     step = HeadsStep(trunk, [head], StageSchedule.from_settings(cfg.schedule.stage2), "cpu",
                      "off")

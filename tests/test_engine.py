@@ -12,8 +12,9 @@ from acsl_cli.engine.finetune_heads import finetune_heads, new_head
 from acsl_cli.engine.loaders import train_loader
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.errors import ConfigError
+from acsl_cli.models.classifier import NormedLinear
 from acsl_cli.models.trunk import FrozenTrunk
-from acsl_cli.pipeline.components import loss_context, make_loss
+from acsl_cli.pipeline.components import classifier_spec, loss_context, make_loss
 from acsl_cli.plan import plan_train
 from acsl_cli.settings import stage1_key
 from tests.conftest import TINY  # noqa: E402 - re-exported: other tests import it from here
@@ -50,7 +51,7 @@ def _heads(cfg, data, model, names):
         c = config_mod.load_settings(TINY + [f"loss={n}"])
         loss = make_loss(c.loss, loss_context(data, 0))
         heads.append(new_head(n, loss, model.roi_heads.box_predictor.cls_score,
-                              data.cmap.num_classes))
+                              data.cmap.num_classes, classifier_spec(c.loss)))
     return heads
 
 
@@ -123,9 +124,10 @@ def test_interrupted_stage1_resumes_exactly(tiny, tmp_path):
         assert torch.allclose(v.float(), w_straight[k].float(), atol=1e-5), k
 
 
-@pytest.mark.parametrize("names", [["bce", "acsl"], ["eqlv2", "seesaw"]])
+@pytest.mark.parametrize("names", [["bce", "acsl"], ["eqlv2", "seesaw"], ["seesaw_normed"]])
 def test_interrupted_stage2_resumes_exactly(tiny, tmp_path, names):
-    """Two stage-2 epochs in one go == one epoch, stop, resume: heads, losses, loss state."""
+    """Two stage-2 epochs in one go == one epoch, stop, resume: heads, losses, loss state
+    (a normalised classifier's weights too: its layer comes back from its settings)."""
     cfg, data, model0 = tiny
     sched = StageSchedule(epochs=2, lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_iters=0,
                           warmup_ratio=1.0, steps=[], grad_clip=35.0)
@@ -147,6 +149,7 @@ def test_interrupted_stage2_resumes_exactly(tiny, tmp_path, names):
     torch.manual_seed(999)
     both = fresh(resume, 2)
     for a, b in zip(straight, both, strict=True):
+        assert isinstance(b.classifier, NormedLinear) == a.name.endswith("_normed")
         assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history],
                                                                rel=1e-6)
         assert torch.allclose(a.classifier.weight, b.classifier.weight, atol=1e-6)

@@ -77,9 +77,44 @@ def _one_line_error(res, expect: str) -> None:
 
 @pytest.fixture(scope="module")
 def head_ckpt(tmp_path_factory):
+    """A bce head's checkpoint; Seesaw with the normalised classifier shares its pass."""
     root = tmp_path_factory.mktemp("o")
-    res = run_train([*TINY, f"output_root={root}", "loss=bce"])
-    return root, next(res.run_dir.glob("heads/*/checkpoint.pt"))
+    res = run_train([*TINY, f"output_root={root}", "loss=bce,seesaw_normed"])
+    return root, res.run_dir / "heads" / "bce" / "checkpoint.pt"
+
+
+def test_a_normed_head_trains_beside_a_plain_one_and_eval_rebuilds_its_layer(head_ckpt,
+                                                                             tmp_path):
+    """``loss=bce,seesaw_normed``: both heads train in one pass and are scored; the normed
+    head's checkpoint names its layer, and ``eval ckpt=`` scores it with that layer (the
+    run's row again, every metric)."""
+    from acsl_cli.engine.checkpoint import load_checkpoint
+    from acsl_cli.models.classifier import ClassifierSpec
+    from acsl_cli.pipeline.components import classifier_spec
+    from acsl_cli.plan import checkpoint_settings, plan_eval
+
+    root, bce = head_ckpt
+    run = bce.parents[2]
+    rows = json.loads((run / "metrics.json").read_text())
+    assert list(rows)[1:] == ["bce", "seesaw normed T=20"]
+    path = run / "heads" / "seesaw_normed_T20" / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    assert (ckpt["loss"]["classifier"], ckpt["loss"]["temperature"]) == ("normed", 20.0)
+    (stage1,) = root.glob("cache/stage1/*/checkpoint.pt")
+    s1 = load_checkpoint(stage1)["model"]["roi_heads.box_predictor.cls_score.weight"]
+    for head in (bce, path):  # trained: no longer the stage-1 rows it started from
+        w = load_checkpoint(head)["classifier"]["weight"]
+        assert not torch.equal(w[-s1.shape[0] + 1:], s1[1:]), head
+    _, loss = checkpoint_settings(plan_eval([f"ckpt={path}"]), ckpt)
+    assert classifier_spec(loss) == ClassifierSpec("normed", 20.0)
+    _, other = checkpoint_settings(plan_eval([f"ckpt={path}", "loss.temperature=10"]), ckpt)
+    assert classifier_spec(other) == ClassifierSpec("normed", 10.0)  # overrides apply
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(app, ["eval", f"ckpt={path}", f"out={out}", "progress=false"])
+    assert res.exit_code == 0, res.output
+    again, saved = json.loads(out.read_text()), rows["seesaw normed T=20"]
+    for k in ("AP", "AP50", "AP75", "APr", "APc", "APf"):
+        assert (again[k] is None and saved[k] is None) or abs(again[k] - saved[k]) < 1e-9, k
 
 
 def test_eval_ckpt_goes_through_the_same_override_grammar(head_ckpt, tmp_path):

@@ -170,6 +170,8 @@ def _bad_conf(tmp_path: Path, line: str) -> Path:
      "test.cascade_scores='mean': must be one of mean_logits, mean_probs", None),
     (["train", "loss=bags", "loss.classifier_init=copy"], "classifier_init must be one of",
      None),
+    (["train", "loss=seesaw", "loss.classifier=linear,cosine"],
+     "loss.classifier='cosine': must be one of linear, normed", None),
     (["train", "sampler=rfs", "sampler.t=1e308"], "sampler.t=1e+308: must be a finite number",
      None),
     (["train", "loss=bce,nope"], "unknown loss 'nope'", None),

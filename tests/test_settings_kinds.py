@@ -132,6 +132,8 @@ KEYS_ON_MAIN = [
     (["schedule=1x", "seed=3"], "5a837aaf44de", "b7766b6c5a56"),
     (["detector=cascade_rcnn", "detector.stage_weights=[1.0,1.0,1.0]"], "6d9aa6ad15ef",
      "3e03173aa82e"),
+    # a linear head is the head it was before loss.classifier existed, at any temperature
+    (["loss.classifier=linear", "loss.temperature=5"], "9bd8661d1c5d", "3e03173aa82e"),
 ]
 
 

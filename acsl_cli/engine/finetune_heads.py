@@ -30,6 +30,7 @@ from acsl_cli.engine.loop import LossGuard, fit
 from acsl_cli.engine.mixed_precision import MixedPrecision, optimizer_step
 from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.losses import ClassificationLoss
+from acsl_cli.models.classifier import LINEAR, ClassifierSpec
 from acsl_cli.models.trunk import FrozenTrunk, Scorer
 from acsl_cli.settings.sections import ScheduleSettings
 
@@ -69,16 +70,24 @@ class ClassifierHead:
 
 
 def new_head(name: str, loss: ClassificationLoss | Sequence[ClassificationLoss],
-             stage1: nn.Module, num_classes: int) -> ClassifierHead:
+             stage1: nn.Module, num_classes: int,
+             classifier: ClassifierSpec = LINEAR) -> ClassifierHead:
     """A head whose layer is initialised (by its loss) from the stage-1 ``cls_score``; with
-    a cascade's stage-1 layers (a ModuleList) and one loss per stage, a layer per stage."""
+    a cascade's stage-1 layers (a ModuleList) and one loss per stage, a layer per stage.
+
+    ``classifier``: the layer's kind (``loss.classifier``). A normalised layer is made with
+    the release's init, then its loss's ``init_classifier`` runs on its ``weight`` and
+    ``bias`` as on a plain layer's: rows the loss copies from stage 1 (every loss's
+    default, Seesaw's class rows, BAGS's ``stage1_rows``) give the head the stage-1 rows'
+    directions, all a normalised layer reads of a row, and their biases; rows a loss draws
+    afresh (BAGS's ``fresh``) are the release's N(0, 0.01^2) with zero bias."""
     old = list(stage1) if isinstance(stage1, nn.ModuleList) else [stage1]
     losses = [loss] if isinstance(loss, ClassificationLoss) else list(loss)
     if len(losses) != len(old):
         raise ValueError(f"head {name}: {len(losses)} losses for {len(old)} detector stages")
     layers = []
     for stage_loss, s1 in zip(losses, old, strict=True):
-        layer = nn.Linear(s1.in_features, stage_loss.num_outputs(num_classes))
+        layer = classifier.layer(s1.in_features, stage_loss.num_outputs(num_classes))
         stage_loss.init_classifier(layer, s1)
         layers.append(layer.to(s1.weight.device))
     return ClassifierHead(name, losses, layers[0] if len(layers) == 1 else nn.ModuleList(layers))

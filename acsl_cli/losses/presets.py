@@ -3,14 +3,16 @@ takes the same names as ``loss=NAME`` (``acsl losses`` lists them).
 
 A preset is a registry name plus parameters. Values that the run's config supplies by
 interpolation (``xi: ${xi}``, ``seed: ${seed}``, a dataset's ``bags_bins``) are left out:
-the caller passes them as keywords, or the loss's own default applies.
+the caller passes them as keywords, or the loss's own default applies. So are the keys that
+choose the head's classifier layer (``classifier: normed`` in ``seesaw_normed``): the layer
+is the caller's box head's (``acsl_cli.models.classifier.NormedLinear``), not the loss's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from acsl_cli.conf_groups import available, config_dir
+from acsl_cli.conf_groups import LOSS_LAYER_KEYS, available, config_dir
 from acsl_cli.errors import ConfigError
 
 
@@ -23,7 +25,7 @@ def preset(name: str) -> tuple[str, dict[str, Any]]:
     loss = node.pop("name", None)
     if not isinstance(loss, str):
         raise ConfigError(f"conf/loss/{name}.yaml: no loss name")
-    return loss, node
+    return loss, {k: v for k, v in node.items() if k not in LOSS_LAYER_KEYS}
 
 
 def _merged(name: str, seen: tuple[str, ...]) -> dict[str, Any]:

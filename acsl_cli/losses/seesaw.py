@@ -35,9 +35,11 @@ Both: counts (buffer ``cum_samples``, float64, C + 1 entries) count background R
 entry 0 like the release counts them in its entry C, and never use them. They are per
 process like the release's (not all-reduced), updated only in training mode
 (``loss.train()``, the default), move with ``.to(device)`` and are saved in
-``state_dict()``. The release's cosine ("normed linear") classifier is not used: the
-head's layer stays the project's plain linear ``cls_score``. No host synchronisation in
-``forward`` (background rows are masked, not removed).
+``state_dict()``. The release's cosine classifier (mmdetection's ``NormedLinear``,
+``tempearture=20``) is the head's layer, not the loss's: ``loss.classifier=normed`` (any
+loss) or the ``seesaw_normed`` preset (``models.classifier``); the default is the plain
+linear ``cls_score``. No host synchronisation in ``forward`` (background rows are masked,
+not removed).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
 from acsl_cli.losses.common import upcast
+from acsl_cli.models.classifier import LINEAR, ClassifierSpec
 from acsl_cli.models.roi_heads import BoxPredictor, box_regression_loss, select_detections
 
 STAGES = "roi_heads.stages."
@@ -57,14 +58,16 @@ class CascadeSpec:
 
 class CascadeStage(nn.Module):
     """A stage: its own TwoMLPHead, classifier (``box_predictor.cls_score``, width from the
-    loss) and class-agnostic regressor (``box_predictor.bbox_pred``, 4 outputs). Names
-    follow torchvision's head, so a Faster R-CNN's weights load into stage 0 by prefix."""
+    loss, layer from ``classifier``) and class-agnostic regressor (``box_predictor.bbox_pred``,
+    4 outputs). Names follow torchvision's head, so a Faster R-CNN's weights load into stage
+    0 by prefix."""
 
-    def __init__(self, in_channels: int, representation_size: int, num_logits: int) -> None:
+    def __init__(self, in_channels: int, representation_size: int, num_logits: int,
+                 classifier: ClassifierSpec = LINEAR) -> None:
         super().__init__()
         self.box_head = TwoMLPHead(in_channels, representation_size)
         self.box_predictor = BoxPredictor(representation_size, 0, num_logits,
-                                          class_agnostic=True)
+                                          class_agnostic=True, classifier=classifier)
 
 
 @dataclass
@@ -224,11 +227,13 @@ def stage_scores(logits: Sequence[Tensor], losses: Sequence[ClassificationLoss],
 
 
 def cascade_heads(old, cls_loss: ClassificationLoss, num_logits: int, representation_size: int,
-                  spec: CascadeSpec) -> CascadeRoIHeads:
+                  spec: CascadeSpec, classifier: ClassifierSpec = LINEAR) -> CascadeRoIHeads:
     """Cascade heads replacing a torchvision ``RoIHeads`` ``old``: its RoI pooling,
-    sampler and test settings kept, one new box head per stage."""
+    sampler and test settings kept, one new box head per stage, every stage's classifier
+    the layer ``classifier`` asks for (the release's cascade Seesaw configs give all three
+    stages the normalised one)."""
     in_channels = old.box_head.fc6.in_features
-    stages = [CascadeStage(in_channels, representation_size, num_logits)
+    stages = [CascadeStage(in_channels, representation_size, num_logits, classifier)
               for _ in spec.iou_thresholds]
     s = old.fg_bg_sampler
     return CascadeRoIHeads(old.box_roi_pool, stages, spec, s.batch_size_per_image,

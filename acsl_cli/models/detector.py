@@ -10,6 +10,7 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from acsl_cli.losses import ClassificationLoss
 from acsl_cli.models.backbones import build_backbone
 from acsl_cli.models.cascade import CascadeSpec, cascade_heads
+from acsl_cli.models.classifier import LINEAR, ClassifierSpec
 from acsl_cli.models.roi_heads import BoxPredictor, LossAwareRoIHeads
 from acsl_cli.settings import BackboneSettings
 
@@ -17,8 +18,10 @@ from acsl_cli.settings import BackboneSettings
 def build_detector(
     backbone_cfg: BackboneSettings, num_classes: int, cls_loss: ClassificationLoss,
     min_size: int, max_size: int, *, cascade: CascadeSpec | None, class_agnostic_boxes: bool,
+    classifier: ClassifierSpec = LINEAR,
 ) -> FasterRCNN:
-    """Faster R-CNN + FPN; ``num_classes`` foreground classes, classifier width from the loss.
+    """Faster R-CNN + FPN; ``num_classes`` foreground classes, classifier width from the loss,
+    its layer from ``classifier`` (every stage's, on a cascade).
     With ``cascade``, the RoI head is Cascade R-CNN's (same trunk, RPN, pooling, sampler,
     always class-agnostic); ``class_agnostic_boxes`` gives Faster R-CNN one box per RoI.
 
@@ -51,7 +54,7 @@ def build_detector(
         old.box_roi_pool,
         old.box_head,
         BoxPredictor(cfg.representation_size, num_classes, cls_loss.num_outputs(num_classes),
-                     class_agnostic_boxes),
+                     class_agnostic_boxes, classifier),
         fg_iou_thresh=0.5,
         bg_iou_thresh=0.5,
         batch_size_per_image=cfg.roi_batch_size_per_image,
@@ -66,5 +69,5 @@ def build_detector(
     if cascade is not None:
         model.roi_heads = cascade_heads(model.roi_heads, cls_loss,
                                         cls_loss.num_outputs(num_classes),
-                                        cfg.representation_size, cascade)
+                                        cfg.representation_size, cascade, classifier)
     return model

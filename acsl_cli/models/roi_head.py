@@ -22,7 +22,8 @@ class RoIHead(Protocol):
 
     @property
     def classifiers(self) -> list[nn.Linear]:
-        """Each stage's ``cls_score`` layer, first stage first."""
+        """Each stage's ``cls_score`` layer, first stage first: an ``nn.Linear`` (plain or
+        ``models.classifier.NormedLinear``, which keeps its parameters and their names)."""
         ...
 
     def sample_stages(self, features: Any, proposals: list[Tensor], image_shapes: Any,

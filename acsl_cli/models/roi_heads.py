@@ -16,16 +16,18 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
+from acsl_cli.models.classifier import LINEAR, ClassifierSpec
 
 
 class BoxPredictor(nn.Module):
-    """``cls_score`` (width chosen by the loss) and ``bbox_pred``: class-specific (C+1
-    boxes per RoI) or class-agnostic (one box per RoI, every class placed by it)."""
+    """``cls_score`` (width chosen by the loss; plain linear, or the normalised layer that
+    ``classifier`` asks for) and ``bbox_pred``: class-specific (C+1 boxes per RoI) or
+    class-agnostic (one box per RoI, every class placed by it)."""
 
     def __init__(self, in_channels: int, num_classes: int, num_logits: int,
-                 class_agnostic: bool) -> None:
+                 class_agnostic: bool, classifier: ClassifierSpec = LINEAR) -> None:
         super().__init__()
-        self.cls_score = nn.Linear(in_channels, num_logits)
+        self.cls_score = classifier.layer(in_channels, num_logits)
         self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic else (num_classes + 1) * 4)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,7 +86,8 @@ class LossAwareRoIHeads(RoIHeads):
 
     @property
     def classifiers(self) -> list[nn.Linear]:
-        """The ``cls_score`` layer of each stage."""
+        """The ``cls_score`` layer of each stage (an ``nn.Linear``: plain, or the
+        ``models.classifier.NormedLinear`` subclass)."""
         return [self.box_predictor.cls_score]
 
     def sample_stages(self, features, proposals: list[Tensor], image_shapes,

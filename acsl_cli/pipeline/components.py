@@ -20,6 +20,7 @@ from acsl_cli.engine.loaders import train_loader
 from acsl_cli.errors import DataError
 from acsl_cli.layout import OutputLayout
 from acsl_cli.losses import ClassificationLoss, LossContext, build_loss
+from acsl_cli.models.classifier import LINEAR, ClassifierSpec
 from acsl_cli.models.detectors import detector_from
 from acsl_cli.pipeline.rundir import CacheEntry, FileLock
 from acsl_cli.progress import progress_callback, status
@@ -89,9 +90,18 @@ def _plain(params) -> dict:
 STAGE_SEED = 1_000_003
 
 
-def build_model(s: Settings, data: DatasetBundle, loss: ClassificationLoss):
+def classifier_spec(loss: LossSettings) -> ClassifierSpec:
+    """The classifier layer a loss's settings ask for (``loss.classifier``,
+    ``loss.temperature``): a stage-2 head's, or a detector's whose box head trains with it."""
+    return ClassifierSpec(loss.classifier, loss.temperature)
+
+
+def build_model(s: Settings, data: DatasetBundle, loss: ClassificationLoss,
+                classifier: ClassifierSpec = LINEAR):
+    """The configured detector with ``loss`` as its box head's loss and ``classifier`` as
+    its ``cls_score`` layers (``classifier_spec(loss settings)``; plain linear by default)."""
     return detector_from(s.detector, s.backbone, data.cmap.num_classes, loss,
-                         s.dataset.min_size, s.dataset.max_size)
+                         s.dataset.min_size, s.dataset.max_size, classifier)
 
 
 def stage_losses(first: ClassificationLoss, loss: LossSettings, context: LossContext,

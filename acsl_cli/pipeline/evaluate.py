@@ -23,6 +23,7 @@ from acsl_cli.models.trunk import FrozenTrunk, Scorer
 from acsl_cli.pipeline.calibrate import Row, finish_calibration, plan_calibration
 from acsl_cli.pipeline.components import (
     build_model,
+    classifier_spec,
     load_data,
     loss_context,
     make_loss,
@@ -222,7 +223,8 @@ def eval_checkpoint(plan: EvalPlan) -> CheckpointEval:
     data = load_data(s)
     check_classes(plan.ckpt, ckpt, list(data.cmap.category_ids))
     loss = make_loss(loss_settings, loss_context(data, s.seed))
-    model = build_model(s, data, loss)
+    # the head's classifier layer, as it was trained (its loss node says which)
+    model = build_model(s, data, loss, classifier_spec(loss_settings))
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:

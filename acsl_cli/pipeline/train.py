@@ -40,6 +40,7 @@ from acsl_cli.layout import (
 )
 from acsl_cli.pipeline.calibrate import Row, finish_calibration, plan_calibration
 from acsl_cli.pipeline.components import (
+    classifier_spec,
     load_data,
     loss_context,
     make_loss,
@@ -118,7 +119,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
             # same whether stage 1 was trained in this process or loaded from the cache
             torch.manual_seed(s.seed + 1)
             heads = [new_head(h.id, stage_losses(loss, h.loss, context, trunk.num_stages),
-                              trunk.stage1_classifier, C)
+                              trunk.stage1_classifier, C, classifier_spec(h.loss))
                      for h, loss in zip(plan.heads, losses, strict=True)]
         # Stage 2 must not depend on whether stage 1 was trained in this process or loaded
         # from the cache (training consumes the global RNG that RoI sampling uses).

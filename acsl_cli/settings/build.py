@@ -86,9 +86,20 @@ def dataset_settings(data: Any) -> DatasetSettings:
 
 
 def loss_settings(node: Any) -> LossSettings:
+    """A loss node (the config's, or a checkpoint's saved one): its name, the classifier
+    layer's keys (``LossSettings``' declared fields, checked here), the loss's parameters
+    (checked by the loss when it is built)."""
     if not isinstance(node, Mapping) or not isinstance(node.get("name"), str):
         raise ConfigError("loss: must be a mapping with a name")
-    return LossSettings(node["name"], {k: v for k, v in node.items() if k != "name"})
+    layer = {}
+    for f in dataclasses.fields(LossSettings):
+        if "rule" in f.metadata and f.name in node:
+            f.metadata["rule"](f"loss.{f.name}", node[f.name])
+            layer[f.name] = node[f.name]
+    if "temperature" in layer:  # 20 and 20.0 are one head (its id, its stage-2 key)
+        layer["temperature"] = float(layer["temperature"])
+    return LossSettings(node["name"], {k: v for k, v in node.items()
+                                       if k != "name" and k not in layer}, **layer)
 
 
 def settings_from(config: Mapping[str, Any]) -> Settings:

@@ -190,15 +190,34 @@ class TestSettings:
                        calibration=CalibrationSettings()) == TestSettings()
 
 
+#: a head's classifier layer (``loss.classifier``): torchvision's plain linear ``cls_score``,
+#: or the Seesaw release's normalised (cosine) one (``models.classifier``)
+CLASSIFIERS = ("linear", "normed")
+
+
 @dataclass(frozen=True)
 class LossSettings:
-    """One head's loss: its registry name and parameters (the loss validates them)."""
+    """One head's loss: its registry name and parameters (the loss validates them), and
+    the classifier layer the head trains with it. The layer's keys sit in the loss node
+    (``loss.classifier=normed``) because the node is what a head is: a ``loss.*`` comma list
+    makes heads of one stage-2 pass, a preset (``loss=seesaw_normed``) sets them with the
+    loss they belong to, and a head's checkpoint saves the node, so ``eval ckpt=`` rebuilds
+    the same layer. They enter the node (``as_dict``: the head's label, id, stage-2 key and
+    checkpoint) only when the layer is not the default one, so every linear head stays
+    what it was; ``conf_groups.LOSS_LAYER_KEYS`` names them for the loss presets."""
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    #: linear (``nn.Linear``) or normed: T * cos(x, w_j) + b_j (Seesaw's release)
+    classifier: str = setting(CLASSIFIERS[0], choice(*CLASSIFIERS))
+    #: normed only: T, the scale of the cosines (the release's ``tempearture=20``)
+    temperature: float = setting(20.0, number(0, 1e6, lo_open=True))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **self.params}
+        out = {"name": self.name, **self.params}
+        if self.classifier != CLASSIFIERS[0]:
+            out.update(classifier=self.classifier, temperature=self.temperature)
+        return out
 
 
 @dataclass(frozen=True)
