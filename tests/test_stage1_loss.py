@@ -56,8 +56,12 @@ def test_the_default_key_stays_and_another_loss_has_its_own():
      "loss=eqlv2 with schedule.stage1.loss=seesaw: the head starts from stage 1's "
      "classifier rows, and stage 1's C + 2 do not fit it (it copies those of a C + 1-wide "
      "one)"),
+    (["loss=bags", "loss.classifier_init=stage1_rows", "schedule.stage1.loss=seesaw"],
+     "loss=bags with schedule.stage1.loss=seesaw: the head starts from stage 1's classifier "
+     "rows, and stage 1's C + 2 do not fit it (it copies those of a C + 1-wide one)"),
+    # a BAGS stage 1's rows are laid out by its own bins: not copied into another head
     (["loss=bags", "loss.classifier_init=stage1_rows", "schedule.stage1.loss=bags"],
-     "stage 1's C + 4 do not fit it"),
+     "stage 1's C + 5 do not fit it (it copies those of a C + 1-wide one)"),
     (["loss=acsl", "xi=0.5,0.7", "schedule.stage1.loss=acsl"],
      "schedule.stage1.loss=acsl: its xi follows a head key and differs between the heads"),
 ])
@@ -102,8 +106,8 @@ def test_the_stage1_detector_scores_with_its_loss_by_hand():
         proposals, _ = model.rpn(images_t, features)
         rh = model.roi_heads
         feats, deltas, boxes = rh.test_stages(features, proposals, images_t.image_sizes)
-        z = rh.box_predictor.cls_score(feats[0]).double()
-        by_hand = (torch.sigmoid(z[:, 1:]) * (1 - torch.sigmoid(z[:, :1]))).float()
+        z = rh.box_predictor.cls_score(feats[0])
+        by_hand = torch.sigmoid(z[:, 1:]) * torch.sigmoid(-z[:, :1])  # 1 - sigmoid(z_bg)
         dets = t.postprocess(rh.detect(by_hand, deltas, boxes, images_t.image_sizes),
                              images_t.image_sizes, [(128, 128)] * 2)
         row = FrozenTrunk(model).detect(images)["model"]
@@ -113,7 +117,7 @@ def test_the_stage1_detector_scores_with_its_loss_by_hand():
             torch.testing.assert_close(a[k], b[k])
             torch.testing.assert_close(c[k], b[k])
     # softmax scoring of the same logits would give other scores
-    softmax = torch.softmax(z, 1)[:, 1:].float()
+    softmax = torch.softmax(z, 1)[:, 1:]
     assert not torch.allclose(softmax, by_hand)
 
 
@@ -152,7 +156,7 @@ def test_an_eqlv2_stage_1_trains_caches_and_scores_with_eqlv2(tmp_path):
             "run_name=r"]
     res = CliRunner().invoke(app, ["train", *args])
     assert res.exit_code == 0, res.output
-    s = config_mod.load_settings(args)
+    s = config_mod.load_settings([a.replace("eqlv2,bce", "eqlv2") for a in args])
     folder = root / "cache" / "stage1" / stage1_key(s, 1)
     default = stage1_key(config_mod.load_settings([*TINY, f"output_root={root}"]), 1)
     assert folder.is_dir() and folder.name != default
