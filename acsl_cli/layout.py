@@ -29,6 +29,18 @@ from pathlib import Path
 
 #: the stage-1 row of every run's metrics (the softmax detector before stage 2)
 STAGE1_ROW = "stage1 (softmax CE)"
+STAGE1_PREFIX = "stage1 ("
+
+
+def stage1_row(loss: str) -> str:
+    """The stage-1 row's label when stage 1 trained with ``loss`` (``schedule.stage1.loss``):
+    ``STAGE1_ROW`` for softmax CE, the paper's stage 1; else ``stage1 (<loss>)``."""
+    return STAGE1_ROW if loss == "softmax_ce" else f"{STAGE1_PREFIX}{loss})"
+
+
+def is_stage1_row(label: str) -> bool:
+    """Whether a metrics row is a run's stage-1 detector (whatever loss trained it)."""
+    return label.startswith(STAGE1_PREFIX) and label.endswith(")")
 
 RUNS = "runs"  # under output_root: the run and sweep folders
 # In a run, a head and a stage-1 cache entry

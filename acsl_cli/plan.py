@@ -24,6 +24,7 @@ from acsl_cli.errors import ConfigError
 from acsl_cli.layout import CONFIG
 from acsl_cli.settings import LossSettings, Settings, loss_settings
 from acsl_cli.settings.pooling import variant_names
+from acsl_cli.settings.sections import STAGE1_LOSS
 from acsl_cli.untrusted import (
     interpolation_free,
     load_yaml_mapping,
@@ -122,6 +123,60 @@ def probe_context(params: Mapping[str, Any]):
     return LossContext(len(ordered), 0, groups, ordered, ordered, max(ordered))
 
 
+def check_stage1(heads: tuple[HeadSpec, ...]) -> None:
+    """``schedule.stage1.loss``, before any data: one stage-1 loss for the run (its preset
+    may follow a head key such as ``xi``), its parameters checked as a head's are, and
+    every head able to start from the classifier it trains (a head that copies stage 1's
+    rows needs them of its own width)."""
+    first = heads[0].settings.stage1_loss
+    key = "schedule.stage1.loss"
+    for h in heads[1:]:
+        other = h.settings.stage1_loss
+        if other != first:
+            k = next(k for k in sorted(first.params.keys() | other.params.keys())
+                     if first.params.get(k) != other.params.get(k))
+            raise ConfigError(f"{key}={first.name}: its {k} follows a head key and differs "
+                              f"between the heads ({first.params.get(k)}, "
+                              f"{other.params.get(k)}); a run has one stage 1: give that key "
+                              "one value (acsl sweep runs several)")
+    if first == LossSettings(STAGE1_LOSS):
+        return
+    check_loss(first)
+    from acsl_cli.losses import build_loss  # torch: only for commands that plan a run
+
+    def build(loss: LossSettings, context):
+        return build_loss(loss.name, context, **{k: list(v) if isinstance(v, tuple) else v
+                                                 for k, v in loss.params.items()})
+
+    for h in heads:
+        context = probe_context({**first.params, **h.loss.params})
+        c = context.num_classes
+        stage1, head = build(first, context), build(h.loss, context)
+        have = stage1.num_outputs(c)
+        if not _starts(head, c, have):
+            fits = [w for w in (c + 1, head.num_outputs(c)) if _starts(head, c, w)]
+            needs = f" (it copies those of a C + {fits[0] - c}-wide one)" if fits else ""
+            raise ConfigError(
+                f"loss={h.loss.name} with {key}={first.name}: the head starts from stage 1's "
+                f"classifier rows, and stage 1's C + {have - c} do not fit it{needs}; train "
+                "stage 1 with a loss of that width, or give the head a loss that starts "
+                "fresh")
+
+
+def _starts(head, num_classes: int, width: int) -> bool:
+    """Whether ``head``'s loss can start its classifier from a stage 1 of ``width`` outputs
+    (the loss's own ``init_classifier`` on stand-in layers; the global stream untouched)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            head.init_classifier(torch.nn.Linear(2, head.num_outputs(num_classes)),
+                                 torch.nn.Linear(2, width))
+        except ValueError:
+            return False
+    return True
+
+
 def head_id(label: str) -> str:
     """Folder-safe id of a label: 'acsl xi=0.7 bg=official' -> 'acsl_xi0.7_bgofficial'."""
     return re.sub(r"[^A-Za-z0-9._-]", "", label.replace(" ", "_"))[:100] or "head"
@@ -163,6 +218,7 @@ def plan_train(overrides: list[str] | tuple[str, ...]) -> RunPlan:
             hid, n = f"{head_id(label)}-{n}", n + 1
         ids.add(hid)
         heads.append(HeadSpec(hid, label, s))
+    check_stage1(tuple(heads))
     return RunPlan(tuple(heads))
 
 

@@ -112,13 +112,15 @@ def _old_stage1_key(cfg) -> str:
     """The stage-1 key as the code before typed settings computed it (a frozen copy, the
     oracle for 'existing cache entries keep their keys')."""
     s = cfg.schedule
+    stage1 = OmegaConf.to_container(s.stage1, resolve=True)
+    stage1.pop("loss")  # added since, entering only when not softmax CE: old configs lack it
     node = {
         "version": 1,
         "dataset": {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
                     if k != "loss_defaults"},
         "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
         "schedule": {"batch_size": s.batch_size, "flip": s.flip, "max_iters": s.max_iters,
-                     "stage1": OmegaConf.to_container(s.stage1, resolve=True)},
+                     "stage1": stage1},
         "seed": cfg.seed, "world_size": 1,
     }
     if cfg.sampler.name != "random":
@@ -134,6 +136,7 @@ def _old_stage2_key(cfg, heads) -> str:
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     schedule.pop("eval_every_epochs")  # added since, tagged for no key: old configs lack it
     schedule.pop("log_every")  # likewise
+    schedule["stage1"].pop("loss")  # added since, in the stage-1 key only (stage 1's folder)
     return config_hash({"stage1": "x", "heads": heads, "world_size": 1, "seed": cfg.seed,
                         "schedule": schedule,
                         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
@@ -243,6 +246,7 @@ def test_a_stage2_only_leaf_under_stage1_is_one_line():
 CHANGED_ONLY_DEFAULTS = {
     (STAGE1, 1): {
         "amp": "off", "init": None, "sampler.name": "random", "sampler.t": None,
+        "schedule.stage1.loss": "softmax_ce",
         "detector.name": "faster_rcnn", "detector.class_agnostic_boxes": False,
         "detector.iou_thresholds": (0.5, 0.6, 0.7), "detector.stage_weights": (1.0, 0.5, 0.25),
         "detector.box_coder_weights": ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0),

@@ -1,4 +1,5 @@
-"""Stage 1: train the whole detector with softmax cross-entropy (plain SGD)."""
+"""Stage 1: train the whole detector with its loss (softmax CE, or ``schedule.stage1.loss``;
+its statistics are part of the model's state, so resumed with it), plain SGD."""
 
 from __future__ import annotations
 

@@ -146,10 +146,17 @@ class ClassificationLoss(nn.Module):
 
     @torch.no_grad()
     def init_classifier(self, layer: nn.Linear, stage1: nn.Linear | None) -> None:
-        """Initialise a fresh classifier layer; default: copy the stage-1 layer."""
-        if stage1 is not None and stage1.weight.shape == layer.weight.shape:
-            layer.weight.copy_(stage1.weight)
-            layer.bias.copy_(stage1.bias)
+        """Initialise a fresh classifier layer; default: copy the stage-1 layer, which must
+        have its shape (a stage 1 of another width, ``schedule.stage1.loss``, is a
+        ValueError: its rows are not this loss's)."""
+        if stage1 is None:
+            return
+        if stage1.weight.shape != layer.weight.shape:
+            raise ValueError(f"loss '{self.name}' starts from the stage-1 classifier's rows: "
+                             f"stage 1 has {stage1.out_features} outputs, this loss "
+                             f"{layer.out_features}")
+        layer.weight.copy_(stage1.weight)
+        layer.bias.copy_(stage1.bias)
 
 
 def require_stat(name: str, loss: str, value: object) -> None:

@@ -28,9 +28,17 @@ def preset(name: str) -> tuple[str, dict[str, Any]]:
     return loss, {k: v for k, v in node.items() if k not in LOSS_LAYER_KEYS}
 
 
-def _merged(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
+def preset_node(name: str) -> dict[str, Any]:
+    """The preset ``name`` as ``loss=NAME`` composes it (its ``name`` included), its
+    interpolations (``${xi}``, ``${seed}``, a dataset's ``loss_defaults``) kept as text for
+    the caller to resolve against a run's config (``schedule.stage1.loss``)."""
+    return _merged(name, (), interpolations=True)
+
+
+def _merged(name: str, seen: tuple[str, ...], interpolations: bool = False
+            ) -> dict[str, Any]:
     """The preset's keys after its defaults list (other presets of the group, and
-    ``_self_``, last when absent, as Hydra does)."""
+    ``_self_``, last when absent, as Hydra does); interpolated values only if asked."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if name in seen or name not in available("loss"):
@@ -43,14 +51,15 @@ def _merged(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
     entries = list(defaults) if isinstance(defaults, ListConfig) else []
     if "_self_" not in entries:
         entries.append("_self_")
-    own = {k: cfg[k] for k in cfg if not OmegaConf.is_interpolation(cfg, k)}
-    own = OmegaConf.to_container(OmegaConf.create(own))
+    own = OmegaConf.to_container(cfg, resolve=False)
+    if not interpolations:
+        own = {k: v for k, v in own.items() if not OmegaConf.is_interpolation(cfg, k)}
     out: dict[str, Any] = {}
     for entry in entries:
         if entry == "_self_":
             out.update(own)
         elif isinstance(entry, str):
-            out.update(_merged(entry, (*seen, name)))
+            out.update(_merged(entry, (*seen, name), interpolations))
         else:
             raise ConfigError(f"conf/loss/{name}.yaml: defaults entry {entry!r} is not "
                               "another loss preset")

@@ -196,8 +196,10 @@ class SeesawLoss(ClassificationLoss):
         """single_softmax: copy the stage-1 layer. release: class rows copied from the
         stage-1 (C + 1)-way classifier's class rows, the objectness background row from its
         background row, the objectness foreground row (no stage-1 counterpart) drawn from
-        N(0, 0.01^2) with zero bias, as BAGS does for its new logits."""
-        if not self.release:
+        N(0, 0.01^2) with zero bias, as BAGS does for its new logits. A stage 1 trained with
+        the release layout (``schedule.stage1.loss=seesaw``) is copied whole."""
+        if not self.release or (stage1 is not None and stage1.weight.shape ==
+                                layer.weight.shape):
             super().init_classifier(layer, stage1)
             return
         assert self.num_classes is not None

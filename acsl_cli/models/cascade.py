@@ -88,7 +88,8 @@ class CascadeRoIHeads(nn.Module):
 
     def __init__(self, box_roi_pool: nn.Module, stages: list[CascadeStage], spec: CascadeSpec,
                  batch_size_per_image: int, positive_fraction: float, score_thresh: float,
-                 nms_thresh: float, detections_per_img: int, cls_loss: ClassificationLoss,
+                 nms_thresh: float, detections_per_img: int,
+                 cls_loss: ClassificationLoss | Sequence[ClassificationLoss],
                  pre_nms_topk: int) -> None:
         super().__init__()
         n = len(stages)
@@ -105,8 +106,18 @@ class CascadeRoIHeads(nn.Module):
                                                                        positive_fraction)
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_img, self.pre_nms_topk = detections_per_img, pre_nms_topk
-        self.cls_loss = cls_loss
+        losses = [cls_loss] * n if isinstance(cls_loss, ClassificationLoss) else list(cls_loss)
+        if len(losses) != n:
+            raise ValueError(f"cascade: {n} stages need one loss each, got {len(losses)}")
+        #: each stage's loss: a stateful one (EQLv2's gradient sums, Seesaw's counts) keeps
+        #: its own statistics per stage, as each stage's head of the releases does
+        self.stage_losses = nn.ModuleList(losses)
         self.cascade_scores = CASCADE_SCORES[0]  # the model's own forward; see stage_scores
+
+    @property
+    def cls_loss(self) -> ClassificationLoss:
+        """The first stage's loss."""
+        return self.stage_losses[0]
 
     @property
     def classifiers(self) -> list[nn.Linear]:
@@ -169,7 +180,7 @@ class CascadeRoIHeads(nn.Module):
             w, labels = self.stage_weights[i], torch.cat(st.labels)
             logits = self.stages[i].box_predictor.cls_score(st.feats)
             reg = self.coders[i].encode_single(torch.cat(st.matched), torch.cat(st.rois))
-            out[f"loss_classifier_{i + 1}"] = w * self.cls_loss(logits, labels)
+            out[f"loss_classifier_{i + 1}"] = w * self.stage_losses[i](logits, labels)
             out[f"loss_box_reg_{i + 1}"] = w * box_regression_loss(st.deltas, labels, reg)
         return out
 
@@ -204,7 +215,7 @@ class CascadeRoIHeads(nn.Module):
             return [], self.losses(features, proposals, image_shapes, targets)
         stage_feats, deltas, boxes = self.test_stages(features, proposals, image_shapes)
         logits = [layer(f) for layer, f in zip(self.classifiers, stage_feats, strict=True)]
-        scores = stage_scores(logits, [self.cls_loss] * len(logits), self.cascade_scores)
+        scores = stage_scores(logits, list(self.stage_losses), self.cascade_scores)
         return self.detect(scores, deltas, boxes, image_shapes), {}
 
 
@@ -226,12 +237,13 @@ def stage_scores(logits: Sequence[Tensor], losses: Sequence[ClassificationLoss],
                      f"{', '.join(CASCADE_SCORES)}")
 
 
-def cascade_heads(old, cls_loss: ClassificationLoss, num_logits: int, representation_size: int,
-                  spec: CascadeSpec, classifier: ClassifierSpec = LINEAR) -> CascadeRoIHeads:
+def cascade_heads(old, cls_loss: ClassificationLoss | Sequence[ClassificationLoss],
+                  num_logits: int, representation_size: int, spec: CascadeSpec,
+                  classifier: ClassifierSpec = LINEAR) -> CascadeRoIHeads:
     """Cascade heads replacing a torchvision ``RoIHeads`` ``old``: its RoI pooling,
-    sampler and test settings kept, one new box head per stage, every stage's classifier
-    the layer ``classifier`` asks for (the release's cascade Seesaw configs give all three
-    stages the normalised one)."""
+    sampler and test settings kept, one new box head per stage; ``cls_loss`` one loss for
+    every stage, or one per stage; every stage's classifier the layer ``classifier`` asks
+    for (the release's cascade Seesaw configs give all three stages the normalised one)."""
     in_channels = old.box_head.fc6.in_features
     stages = [CascadeStage(in_channels, representation_size, num_logits, classifier)
               for _ in spec.iou_thresholds]

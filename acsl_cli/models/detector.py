@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
@@ -16,17 +18,24 @@ from acsl_cli.settings import BackboneSettings
 
 
 def build_detector(
-    backbone_cfg: BackboneSettings, num_classes: int, cls_loss: ClassificationLoss,
+    backbone_cfg: BackboneSettings, num_classes: int,
+    cls_loss: ClassificationLoss | Sequence[ClassificationLoss],
     min_size: int, max_size: int, *, cascade: CascadeSpec | None, class_agnostic_boxes: bool,
     classifier: ClassifierSpec = LINEAR,
 ) -> FasterRCNN:
-    """Faster R-CNN + FPN; ``num_classes`` foreground classes, classifier width from the loss,
-    its layer from ``classifier`` (every stage's, on a cascade).
+    """Faster R-CNN + FPN; ``num_classes`` foreground classes, classifier width from the loss
+    (``cls_loss``: one, or one per detector stage, each a cascade stage's own), its layer
+    from ``classifier`` (every stage's, on a cascade).
     With ``cascade``, the RoI head is Cascade R-CNN's (same trunk, RPN, pooling, sampler,
     always class-agnostic); ``class_agnostic_boxes`` gives Faster R-CNN one box per RoI.
 
     Test-time settings follow the paper: NMS 0.5, score threshold 0, 300 detections.
     """
+    losses = [cls_loss] if isinstance(cls_loss, ClassificationLoss) else list(cls_loss)
+    stages = 1 if cascade is None else len(cascade.iou_thresholds)
+    if len(losses) not in (1, stages):
+        raise ValueError(f"detector: {len(losses)} losses for {stages} stage(s)")
+    first = losses[0]
     cfg = backbone_cfg
     backbone = build_backbone(cfg)
     sizes = tuple((int(s),) for s in cfg.anchor_sizes)
@@ -53,7 +62,7 @@ def build_detector(
     model.roi_heads = LossAwareRoIHeads(
         old.box_roi_pool,
         old.box_head,
-        BoxPredictor(cfg.representation_size, num_classes, cls_loss.num_outputs(num_classes),
+        BoxPredictor(cfg.representation_size, num_classes, first.num_outputs(num_classes),
                      class_agnostic_boxes, classifier),
         fg_iou_thresh=0.5,
         bg_iou_thresh=0.5,
@@ -63,11 +72,11 @@ def build_detector(
         score_thresh=0.0,
         nms_thresh=0.5,
         detections_per_img=300,
-        cls_loss=cls_loss,
+        cls_loss=first,
         pre_nms_topk=cfg.pre_nms_topk,
     )
     if cascade is not None:
-        model.roi_heads = cascade_heads(model.roi_heads, cls_loss,
-                                        cls_loss.num_outputs(num_classes),
+        model.roi_heads = cascade_heads(model.roi_heads, first if len(losses) == 1 else losses,
+                                        first.num_outputs(num_classes),
                                         cfg.representation_size, cascade, classifier)
     return model

@@ -20,6 +20,7 @@ from torch import nn
 
 from acsl_cli.errors import DataError
 from acsl_cli.models.cascade import stage_prefix
+from acsl_cli.models.roi_head import is_loss_state
 
 #: Faster R-CNN names -> the same modules in a cascade's first stage
 _FIRST_STAGE = ("roi_heads.box_head.", "roi_heads.box_predictor.")
@@ -49,7 +50,9 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], source: s
                   ) -> InitReport:
     """Copy every tensor of ``state`` whose name and shape match ``model``'s."""
     own = model.state_dict()
-    state = _first_stage_names(state, own)
+    # another run's loss statistics are no weights: the detector's loss starts its own
+    state = _first_stage_names({k: v for k, v in state.items() if not is_loss_state(k)}, own)
+    own = {k: v for k, v in own.items() if not is_loss_state(k)}
     loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
     if not any(k.startswith("backbone.") for k in loaded):
         raise DataError(f"{source}: no backbone weight matches this detector (another "

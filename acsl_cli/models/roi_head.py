@@ -11,10 +11,19 @@ from torch import Tensor, nn
 
 from acsl_cli.losses import ClassificationLoss
 
+#: where a detector's state holds its stage-1 losses' statistics (EQLv2's gradient sums,
+#: Seesaw's counts): training state of stage 1, never weights another detector starts from
+LOSS_STATE = ("roi_heads.cls_loss.", "roi_heads.stage_losses.")
+
+
+def is_loss_state(key: str) -> bool:
+    return key.startswith(LOSS_STATE)
+
 
 @runtime_checkable
 class RoIHead(Protocol):
-    cls_loss: ClassificationLoss  # the stage-1 loss: training and scoring of its rows
+    cls_loss: ClassificationLoss  # the stage-1 loss (the first stage's): training, scoring
+    stage_losses: Any  # each stage's stage-1 loss, first stage first (a cascade: one each)
     stage_weights: tuple[float, ...]  # each stage's loss weight (stage 2 keeps them)
     fg_bg_sampler: Any  # torchvision's BalancedPositiveNegativeSampler: stage 2 resizes it
     detections_per_img: int

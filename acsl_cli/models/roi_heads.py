@@ -90,6 +90,11 @@ class LossAwareRoIHeads(RoIHeads):
         ``models.classifier.NormedLinear`` subclass)."""
         return [self.box_predictor.cls_score]
 
+    @property
+    def stage_losses(self) -> list[ClassificationLoss]:
+        """The loss of each stage (trains and scores its classifier)."""
+        return [self.cls_loss]
+
     def sample_stages(self, features, proposals: list[Tensor], image_shapes,
                       targets: list[dict[str, Tensor]], sampler) -> list[tuple[Tensor, Tensor]]:
         """Per stage, the features and labels of the RoIs ``sampler`` picks."""

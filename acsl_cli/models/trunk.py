@@ -27,6 +27,7 @@ from torchvision.ops import boxes as box_ops
 
 from acsl_cli.losses import ClassificationLoss
 from acsl_cli.models.cascade import CASCADE_SCORES, STAGES, stage_prefix, stage_scores
+from acsl_cli.models.roi_head import is_loss_state
 
 #: per detector stage: (the cls_score layers, the losses that score them)
 Scorer = tuple[Sequence[nn.Module], Sequence[ClassificationLoss]]
@@ -61,7 +62,7 @@ class FrozenTrunk:
     @property
     def stage1_scorer(self) -> Scorer:
         rh = self.detector.roi_heads
-        return rh.classifiers, [rh.cls_loss] * len(rh.classifiers)
+        return rh.classifiers, list(rh.stage_losses)
 
     @property
     def num_stages(self) -> int:
@@ -182,8 +183,10 @@ def _first(dets: dict[str, list[dict[str, Tensor]]], n: int
 def with_classifier(detector_state: Mapping[str, Any], classifier_state: Mapping[str, Any]
                     ) -> dict[str, Any]:
     """A detector state dict whose ``cls_score`` is replaced by ``classifier_state`` (a
-    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``). A classifier of the
-    other detector kind is a ValueError."""
+    cascade's: ``<stage>.weight`` ... for each stage's ``cls_score``), without the stage-1
+    loss's statistics (the head's loss has its own). A classifier of the other detector
+    kind is a ValueError."""
+    detector_state = {k: v for k, v in detector_state.items() if not is_loss_state(k)}
     if any(k.startswith(CLS_SCORE) for k in detector_state):
         if any("." in k for k in classifier_state):
             raise ValueError("a cascade's classifier on a Faster R-CNN")

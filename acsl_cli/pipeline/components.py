@@ -96,12 +96,26 @@ def classifier_spec(loss: LossSettings) -> ClassifierSpec:
     return ClassifierSpec(loss.classifier, loss.temperature)
 
 
-def build_model(s: Settings, data: DatasetBundle, loss: ClassificationLoss,
+def build_model(s: Settings, data: DatasetBundle,
+                loss: ClassificationLoss | list[ClassificationLoss],
                 classifier: ClassifierSpec = LINEAR):
-    """The configured detector with ``loss`` as its box head's loss and ``classifier`` as
-    its ``cls_score`` layers (``classifier_spec(loss settings)``; plain linear by default)."""
+    """The detector of ``s`` around ``loss`` (one for every stage, or one per stage), with
+    ``classifier`` as its ``cls_score`` layers (``classifier_spec(loss settings)``; plain
+    linear by default)."""
     return detector_from(s.detector, s.backbone, data.cmap.num_classes, loss,
                          s.dataset.min_size, s.dataset.max_size, classifier)
+
+
+def stage1_model(s: Settings, data: DatasetBundle, context: LossContext):
+    """The detector stage 1 trains: one ``schedule.stage1.loss`` per detector stage, each
+    classifier initialised by its loss the way the loss's release starts it (a loss without
+    its own init keeps the layer's; softmax CE's draws nothing more)."""
+    losses = stage_losses(make_loss(s.stage1_loss, context), s.stage1_loss, context,
+                          s.detector.num_stages)
+    model = build_model(s, data, losses, classifier_spec(s.stage1_loss))
+    for loss, layer in zip(losses, model.roi_heads.classifiers, strict=True):
+        loss.init_classifier(layer, None)
+    return model
 
 
 def stage_losses(first: ClassificationLoss, loss: LossSettings, context: LossContext,

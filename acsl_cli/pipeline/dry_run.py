@@ -14,6 +14,7 @@ from acsl_cli.pipeline.rundir import check_out_file
 from acsl_cli.pipeline.stage1_cache import FILES
 from acsl_cli.plan import EvalPlan, RunPlan, SweepPlan
 from acsl_cli.settings import stage1_key, yaml_text
+from acsl_cli.settings.sections import STAGE1_LOSS
 
 
 def _size(n: int) -> str:
@@ -24,7 +25,10 @@ def _stage1(plan: RunPlan) -> str:
     s = plan.settings
     folder = OutputLayout.at(s.output_root).stage1(stage1_key(s, dist.world_size()))
     cached = all((folder / f).is_file() for f in FILES)
-    return f"{folder} ({'cached: reused' if cached else 'not cached: will be trained'})"
+    loss = s.stage1_loss
+    trained = "" if s.schedule.stage1.loss == STAGE1_LOSS else "loss " + " ".join(
+        [loss.name, *(f"{k}={v}" for k, v in loss.params.items())]) + ", "
+    return f"{trained}{folder} ({'cached: reused' if cached else 'not cached: will be trained'})"
 
 
 def describe_run(plan: RunPlan, title: str = "run") -> str:

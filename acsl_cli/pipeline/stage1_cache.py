@@ -1,4 +1,5 @@
-"""Stage 1 as a cache: the softmax-CE detector is trained once per config and reused.
+"""Stage 1 as a cache: the detector (softmax CE, or ``schedule.stage1.loss``) is trained
+once per config and reused.
 
 The entry ``outputs/cache/stage1/<key>/`` is keyed by a hash of everything that shapes
 stage 1. Building it is serialised by a lock file, so concurrent runs of the same key
@@ -36,11 +37,11 @@ from acsl_cli.engine.schedule import StageSchedule
 from acsl_cli.engine.train_detector import train_detector
 from acsl_cli.errors import DataError
 from acsl_cli.evaluation.match_file import save_matches
-from acsl_cli.layout import CHECKPOINT, CONFIG, HISTORY, MATCHES, METRICS, STAGE1_ROW, OutputLayout
+from acsl_cli.layout import CHECKPOINT, CONFIG, HISTORY, MATCHES, METRICS, OutputLayout, stage1_row
 from acsl_cli.models.cascade import CASCADE_SCORES
 from acsl_cli.models.init import detector_state, load_matching
 from acsl_cli.models.trunk import FrozenTrunk
-from acsl_cli.pipeline.components import build_model, loss_context, make_loss, train_data_loader
+from acsl_cli.pipeline.components import loss_context, stage1_model, train_data_loader
 from acsl_cli.pipeline.evaluate import evaluate, validation
 from acsl_cli.pipeline.rundir import (
     CacheEntry,
@@ -53,7 +54,6 @@ from acsl_cli.progress import status
 from acsl_cli.settings import LossSettings, Settings, stage1_key
 
 log = logging.getLogger("acsl")
-CE = LossSettings("softmax_ce")
 FILES = (CHECKPOINT, CONFIG, HISTORY, METRICS)
 
 
@@ -84,8 +84,7 @@ def stage1_folder(s: Settings) -> Path:
 def train_or_load_stage1(s: Settings, data: DatasetBundle, device: str) -> Stage1Result:
     """The stage-1 detector of ``s``: from the cache, or trained and cached."""
     folder = stage1_folder(s)
-    ce = make_loss(CE, loss_context(data, s.seed))
-    model = build_model(s, data, ce)
+    model = stage1_model(s, data, loss_context(data, s.seed))
     entry = CacheEntry(folder, FILES)
     lock = FileLock(folder, on_wait=_waiting) if dist.is_main() else nullcontext()
     with lock:
@@ -118,9 +117,14 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
     loader = train_data_loader(s, data, s.seed)
     resume = OutputLayout.at(s.output_root).stage1_resume(folder.name)
     t0 = time.time()
-    check = validation(s, data, device, "stage 1", lambda: _validation_trunk(model))
+    label = stage1_row(s.schedule.stage1.loss)
+    check = validation(s, data, device, "stage 1", lambda: _validation_trunk(model, label))
+    # a seeded stage-1 loss's draws (ACSL's background, BAGS's others) resume exactly too
+    generators = loader_generators(loader) + [
+        g for loss in model.roi_heads.stage_losses
+        if (g := getattr(loss, "generator", None)) is not None]
     history = train_detector(model, loader, sched, device, s.schedule.max_iters, s.progress,
-                             resume=resume, generators=loader_generators(loader), amp=s.amp,
+                             resume=resume, generators=generators, amp=s.amp,
                              after_epoch=check, log_every=s.schedule.log_every)
     log.info("stage 1: trained in %.1f s", time.time() - t0)
     # the cached row is scored the canonical way (one scale, no flip, 300 detections);
@@ -132,7 +136,7 @@ def _train(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fold
         tmp = tmp_name(folder)
         try:
             save_checkpoint(tmp / CHECKPOINT,
-                            checkpoint_payload(s, data, model.state_dict(), CE))
+                            checkpoint_payload(s, data, model.state_dict(), s.stage1_loss))
             atomic_write_text(tmp / CONFIG, s.to_yaml())
             atomic_write_json(tmp / HISTORY, history)
             atomic_write_json(tmp / METRICS, saved)
@@ -165,10 +169,10 @@ def _rescore(s: Settings, data: DatasetBundle, model: nn.Module, device: str, fo
     return saved
 
 
-def _validation_trunk(model: nn.Module):
+def _validation_trunk(model: nn.Module, label: str):
     """A frozen copy of the detector in training, with its own head as the stage-1 row."""
     trunk = FrozenTrunk(copy.deepcopy(model))
-    return trunk, {STAGE1_ROW: trunk.stage1_scorer}
+    return trunk, {label: trunk.stage1_scorer}
 
 
 def _apply_init(path: str, model: nn.Module) -> None:

@@ -37,6 +37,7 @@ from acsl_cli.layout import (
     head_dir,
     matches_file,
     pointer,
+    stage1_row,
 )
 from acsl_cli.pipeline.calibrate import Row, finish_calibration, plan_calibration
 from acsl_cli.pipeline.components import (
@@ -61,7 +62,6 @@ from acsl_cli.pipeline.rundir import (
     default_run_name,
 )
 from acsl_cli.pipeline.stage1_cache import (
-    CE,
     checkpoint_payload,
     replay_history,
     train_or_load_stage1,
@@ -139,15 +139,16 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
         # the cached stage-1 row was scored the canonical way; an entry cached before
         # matches were saved is scored again for its matches (the image bootstrap)
         cached_matches = s1.folder / MATCHES
+        row1 = stage1_row(s.schedule.stage1.loss)
         if not s.test.canonical or (data.openimages is None and not cached_matches.is_file()):
-            scorers[STAGE1_ROW] = trunk.stage1_scorer
-        cal = plan_calibration(s, data, [Row(STAGE1_ROW, trunk.stage1_scorer, CE), *(
+            scorers[row1] = trunk.stage1_scorer
+        cal = plan_calibration(s, data, [Row(row1, trunk.stage1_scorer, s.stage1_loss), *(
             Row(spec.label, h.scorer, spec.loss) for spec, h in zip(plan.heads, heads,
                                                                      strict=True))])
         scorers.update(cal.scorers if cal is not None else {})
         ev = evaluate(s, data, trunk, scorers, device)
         rows, per_cat = protocol_rows(s.test.protocols, plan.heads, ev, s1.metrics,
-                                      s1.per_category)
+                                      s1.per_category, row1)
         calibration = None
         if cal is not None:  # one row per head and gamma (and the pick), after the plain rows
             calibration = finish_calibration(cal, s, data, trunk, device, ev.metrics,
@@ -156,7 +157,7 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
             per_cat.update(calibration.per_category)
         if run is not None:
             _write_run(run.path, plan, data, heads, ev, rows, per_cat, s1.folder, origin)
-            _write_stage1_matches(run.path, ev, cached_matches)
+            _write_stage1_matches(run.path, ev, cached_matches, row1)
             if calibration is not None:
                 write_calibration(run.path, calibration.record)
             log.info("run finished in %.1f s; metrics (%%):\n%s", time.time() - t0,
@@ -173,14 +174,16 @@ def train(plan: RunPlan, run_name: str | None = None) -> RunResult:
 
 
 def protocol_rows(protocols: tuple[str, ...], heads: list[HeadSpec], ev: Evaluation,
-                  stage1_metrics: dict, stage1_per_category: list[dict]
+                  stage1_metrics: dict, stage1_per_category: list[dict],
+                  stage1_label: str = STAGE1_ROW
                   ) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     """The run's rows, protocol after protocol (``label``, ``label [fixed]``, ...): the
-    stage-1 row (from the cache when this run did not re-score it), then each head."""
+    stage-1 row ``stage1_label`` (from the cache when this run did not re-score it), then
+    each head."""
     rows: dict[str, dict] = {}
     per_cat: dict[str, list[dict]] = {}
     for p in protocols:
-        stage1 = protocol_label(STAGE1_ROW, p)
+        stage1 = protocol_label(stage1_label, p)
         rows[stage1] = ev.metrics.get(stage1, stage1_metrics)
         if p != "pooled":
             per_cat[stage1] = ev.per_category.get(stage1, stage1_per_category)
@@ -256,11 +259,11 @@ def _write_run(folder: Path, plan: RunPlan, data: DatasetBundle,
     write_per_category(folder / PER_CATEGORY, per_cat, counts)
 
 
-def _write_stage1_matches(folder: Path, ev: Evaluation, cached: Path) -> None:
+def _write_stage1_matches(folder: Path, ev: Evaluation, cached: Path, label: str) -> None:
     """The stage-1 row's matches: scored in this run, or copied from the cache entry."""
     target = matches_file(folder, None)
-    if STAGE1_ROW in ev.matches:
-        save_matches(target, ev.matches[STAGE1_ROW])
+    if label in ev.matches:
+        save_matches(target, ev.matches[label])
     elif cached.is_file():
         atomic_write_bytes(target, cached.read_bytes())
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.evaluation import METRIC_KEYS
+from acsl_cli.layout import is_stage1_row
 from acsl_cli.reporting.deltas import Bootstrapper, intervals, row_matches
 from acsl_cli.reporting.intervals import Interval
 from acsl_cli.reporting.runs import STAGE1_ROW, Run
@@ -85,7 +86,7 @@ def compare(runs: Sequence[Run], baseline: str | None = None, resamples: int = 1
     _unique_names(rows)
     name = baseline or STAGE1_ROW
     note = ""
-    if not _apply_deltas(rows, name):
+    if not _apply_deltas(rows, name, stage1=baseline is None):
         names = ", ".join(r.name for r in rows)
         if not missing_ok:
             raise ConfigError(f"baseline={name}: no such row (rows: {names})")
@@ -181,11 +182,14 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
-def _apply_deltas(rows: list[Summary], baseline: str) -> bool:
+def _apply_deltas(rows: list[Summary], baseline: str, stage1: bool = False) -> bool:
     """A baseline given by its full name serves every row; a bare label (the default)
-    serves the rows of its own variant. False when no row is the baseline."""
+    serves the rows of its own variant; ``stage1`` (the default baseline): each variant's
+    stage-1 row, whatever loss trained it (``schedule.stage1.loss``). False when no row is
+    the baseline."""
     exact = [r for r in rows if r.name == baseline]
-    labelled = [r for r in rows if r.label == baseline]
+    labelled = [r for r in rows if (is_stage1_row(r.label) if stage1 else
+                                    r.label == baseline)]
     per_variant = {r.variant: r for r in labelled}
     if len(per_variant) < len(labelled) and not exact:
         names = ", ".join(r.name for r in labelled)

@@ -11,9 +11,9 @@ from pathlib import Path
 from acsl_cli.evaluation import METRIC_KEYS
 from acsl_cli.evaluation.lvis_bootstrap import ImageMatches, paired_bootstrap
 from acsl_cli.evaluation.match_file import load_matches
-from acsl_cli.layout import matches_file
+from acsl_cli.layout import is_stage1_row, matches_file
 from acsl_cli.reporting.intervals import Interval, seed_interval
-from acsl_cli.reporting.runs import STAGE1_ROW, Run
+from acsl_cli.reporting.runs import Run
 
 #: per seed key: the row's metrics (mean over runs of that seed)
 PerSeed = Mapping[Hashable, Mapping[str, float | None]]
@@ -23,7 +23,7 @@ Sources = Mapping[Hashable, Sequence[Path | None]]
 
 def row_matches(run: Run, label: str) -> Path | None:
     """The matches file of a row of a run, if the run saved one."""
-    if label == STAGE1_ROW:
+    if is_stage1_row(label):
         path = matches_file(run.path, None)
     else:
         heads = run.config.get("heads") or {}

@@ -25,9 +25,10 @@ from acsl_cli.layout import (
     METRICS,
     PER_CATEGORY,
     RUNS_LIST,
-    STAGE1_ROW,
+    STAGE1_ROW,  # noqa: F401 - re-exported (reporting reads it from here)
     OutputLayout,
     finished,
+    is_stage1_row,
 )
 from acsl_cli.untrusted import load_yaml_mapping, read_text
 
@@ -156,7 +157,7 @@ def load_run(folder: Path, setting: str = "") -> Run:
 def _model_row(label: str, loss_cfg: Mapping[str, Any] | None,
                metrics: Mapping[str, float | None]) -> ModelRow:
     """Loss name and xi from the run's ``heads:`` section, else from the label itself."""
-    if label == STAGE1_ROW:
+    if is_stage1_row(label):
         return ModelRow(label, "stage1", None, {"name": "stage1"}, metrics)
     loss = dict(loss_cfg or {})
     if not loss:  # a run without config.yaml: labels read "acsl xi=0.7 bg=official"

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from acsl_cli.errors import ConfigError
-from acsl_cli.layout import STAGE1_ROW
+from acsl_cli.layout import STAGE1_ROW, is_stage1_row
 
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb"}
 PROBE_SECONDS = 3.0
@@ -56,6 +56,9 @@ def model_tag(model: str, heads: Mapping[str, str]) -> str:
         return model
     names = {label: hid for hid, label in heads.items()}
     names.update(dict.fromkeys(_STAGE1_NAMES, STAGE1_TAG))
+    end = model.find(")")  # another stage-1 loss's row: "stage1 (eqlv2)"
+    if end > 0 and is_stage1_row(model[:end + 1]):
+        names[model[:end + 1]] = STAGE1_TAG
     for label in sorted(names, key=len, reverse=True):
         if model == label or model.startswith(label + " "):
             return names[label] + model[len(label):]

@@ -102,6 +102,32 @@ def loss_settings(node: Any) -> LossSettings:
                                        if k != "name" and k not in layer}, **layer)
 
 
+def stage1_loss_settings(name: str, config: Mapping[str, Any]) -> LossSettings:
+    """Stage 1's loss ``name`` (its rule has checked it) as ``loss=NAME`` would give it: the
+    preset's keys with their interpolations resolved against ``config`` (a loss with no
+    preset, a plugin's: its constructor's defaults, none written)."""
+    from acsl_cli.conf_groups import available
+    from acsl_cli.losses.presets import preset_node
+
+    if name not in available("loss"):
+        return LossSettings(name)
+    node = preset_node(name)
+    if any(isinstance(v, str) and "${" in v for v in node.values()):
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        key = "schedule.stage1.loss"
+        root = OmegaConf.create({k: v for k, v in config.items() if k != "loss"})
+        root["loss"] = node
+        try:
+            OmegaConf.resolve(root)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{key}={name}: its preset does not resolve against this "
+                              f"config ({' '.join(str(e).split())[:200]})") from None
+        node = OmegaConf.to_container(root["loss"])
+    return loss_settings({**node, "name": node.get("name", name)})
+
+
 def settings_from(config: Mapping[str, Any]) -> Settings:
     """Typed, checked settings of a resolved config (``OmegaConf.to_container``)."""
     data = {k: v for k, v in config.items() if k not in RECORD_KEYS}
@@ -110,4 +136,6 @@ def settings_from(config: Mapping[str, Any]) -> Settings:
     dataset = dataset_settings(data["dataset"]) if "dataset" in data else base.dataset
     return dataclasses.replace(base, dataset=dataset,
                                loss=loss_settings(data.get("loss", {"name": "acsl"})),
+                               stage1_loss=stage1_loss_settings(base.schedule.stage1.loss,
+                                                                data),
                                source=data)

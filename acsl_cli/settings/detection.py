@@ -89,6 +89,10 @@ class DetectorSettings:
 
     name: str
 
+    @property
+    def num_stages(self) -> int:  # pragma: no cover - each kind says
+        raise NotImplementedError
+
 
 @kind(DETECTOR_KINDS)
 @dataclass(frozen=True)
@@ -97,6 +101,11 @@ class FasterRCNNSettings(DetectorSettings):
     #: one box regression shared by all classes (mmdetection's ``reg_class_agnostic``)
     #: instead of one per class
     class_agnostic_boxes: bool = setting(False, boolean)
+
+    @property
+    def num_stages(self) -> int:
+        """Box heads in sequence, each with its own classifier and loss."""
+        return 1
 
 
 @kind(DETECTOR_KINDS)
@@ -113,3 +122,7 @@ class CascadeRCNNSettings(DetectorSettings):
     box_coder_weights: tuple[tuple[float, ...], ...] = setting(
         ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
         list_of(list_of(number(0, 1e6, lo_open=True), nonempty=True), nonempty=True))
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.iou_thresholds)

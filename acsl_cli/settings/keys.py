@@ -105,7 +105,7 @@ def key_node(settings: Settings, cache: str) -> dict[str, Any]:
         changed = value != default
         if cache in d.changed_only:
             if changed:
-                _put(node, d.path, _key_value(d.path, given if present else value))
+                _put(node, d.path, _key_value(settings, d.path, given if present else value))
         elif present:
             _put(node, d.path, given)
         elif changed:
@@ -116,10 +116,18 @@ def key_node(settings: Settings, cache: str) -> dict[str, Any]:
     return node
 
 
-def _key_value(path: Sequence[str], value: Any) -> Any:
-    """``init=PATH`` enters as the file's content digest, not its name."""
+#: stage 1's loss: enters as its resolved settings, not its name alone
+STAGE1_LOSS_PATH = ("schedule", "stage1", "loss")
+
+
+def _key_value(settings: Settings, path: Sequence[str], value: Any) -> Any:
+    """``init=PATH`` enters as the file's content digest, not its name; a stage-1 loss
+    other than the default as its name and parameters (``Settings.stage1_loss``: its
+    preset resolved against the config, ``xi`` and a dataset's ``loss_defaults`` included)."""
     if tuple(path) == ("init",) and value and Path(str(value)).is_file():
         return file_sha256(Path(str(value)))
+    if tuple(path) == STAGE1_LOSS_PATH:
+        return settings.stage1_loss.as_dict()
     return value
 
 

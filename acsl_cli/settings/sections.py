@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from acsl_cli.errors import ConfigError
+from acsl_cli.errors import ConfigError, did_you_mean
 from acsl_cli.settings.datasets import DatasetSettings, SyntheticDataset
 from acsl_cli.settings.declare import STAGE1, STAGE2, kinds, section, setting
 from acsl_cli.settings.detection import (
@@ -83,6 +83,47 @@ class StageSettings:
     grad_clip: float = setting(35.0, number(0, 1e12))
 
 
+def _loss_name() -> Rule:
+    """``schedule.stage1.loss``: a ``loss=NAME`` choice (a ``conf/loss`` preset, or a loss a
+    plugin registers), named with the accepted ones when it is none."""
+
+    def check(key: str, v: Any) -> None:
+        from acsl_cli.conf_groups import available
+
+        presets = available("loss")
+        if isinstance(v, str) and v in presets:
+            return
+        names = presets
+        if isinstance(v, str) and v:
+            from acsl_cli.losses.registry import available_losses, loss_class
+
+            try:
+                loss_class(v)  # a plugin's loss (plugins=, entry points)
+                return
+            except ConfigError:
+                names = sorted(set(presets) | set(available_losses()))
+        shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+        raise ConfigError(f"{key}={shown}: not a loss ({did_you_mean(v, names)}choose from "
+                          f"{', '.join(names)})")
+
+    return Rule(check, lambda v: "bce" if v != "bce" else STAGE1_LOSS)
+
+
+#: stage 1's loss unless ``schedule.stage1.loss`` says otherwise (the paper's decoupled
+#: scheme: softmax cross-entropy end to end, then the heads' losses in stage 2)
+STAGE1_LOSS = "softmax_ce"
+
+
+@dataclass(frozen=True)
+class Stage1Settings(StageSettings):
+    """Stage 1's recipe: a stage's, and the loss the whole detector trains with."""
+
+    #: a ``loss=NAME`` choice with its preset's defaults (resolved in ``Settings.
+    #: stage1_loss``); added after the stage-1 key's format was fixed, so the default
+    #: enters no key and existing entries keep theirs
+    loss: str = setting(STAGE1_LOSS, _loss_name(), caches=(STAGE1,), changed_only=(STAGE1,))
+
+
 @dataclass(frozen=True)
 class Stage2Settings(StageSettings):
     """Stage 2's recipe: a stage's, and how many RoIs its frozen pass samples (stage 1's
@@ -108,7 +149,7 @@ class ScheduleSettings:
     #: validate every N epochs of either stage (on eval_max_images), into the event log
     eval_every_epochs: int | None = setting(None, integer(1, null=True), caches=(),
                                             outcome=False)
-    stage1: StageSettings = section(StageSettings, caches=(STAGE1, STAGE2))
+    stage1: Stage1Settings = section(Stage1Settings, caches=(STAGE1, STAGE2))
     stage2: Stage2Settings = section(Stage2Settings)
 
 
@@ -256,6 +297,9 @@ class Settings:
                                        changed_only=(STAGE1,))
     launcher: LauncherSettings = kinds(LAUNCHER_KINDS, "inprocess", caches=())
     loss: LossSettings = field(default_factory=lambda: LossSettings("acsl"))
+    #: stage 1's loss (``schedule.stage1.loss``): its preset resolved against this config
+    #: (``${xi}``, ``${seed}``, the dataset's ``loss_defaults``); the stage-1 key holds it
+    stage1_loss: LossSettings = field(default_factory=lambda: LossSettings(STAGE1_LOSS))
     #: the resolved config these settings were read from (plain data): written as the
     #: run's ``config.yaml`` and the source of the cache keys' values
     source: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
