@@ -176,3 +176,20 @@ def test_an_eqlv2_stage_1_trains_caches_and_scores_with_eqlv2(tmp_path):
                                    f"out={out}", "progress=false"])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text()) == metrics["bce"]
+
+
+def test_a_seesaw_normed_stage_1_trains_the_normalised_classifier_under_its_own_key(tiny):
+    """Seesaw's own recipe: stage 1 end to end with the normalised classifier (every
+    cascade stage's too), keyed apart from a plain Seesaw stage 1."""
+    from acsl_cli.models.classifier import NormedLinear
+
+    _, data, _ = tiny
+    assert _key("schedule.stage1.loss=seesaw_normed") != _key("schedule.stage1.loss=seesaw")
+    for extra in ([], ["detector=cascade_rcnn"]):
+        s = config_mod.load_settings([*TINY, "schedule.stage1.loss=seesaw_normed", *extra])
+        layers = stage1_model(s, data, loss_context(data, 0)).roi_heads.classifiers
+        assert layers and all(isinstance(x, NormedLinear) and x.temperature == 20
+                               for x in layers)
+        s = config_mod.load_settings([*TINY, "schedule.stage1.loss=seesaw", *extra])
+        assert not any(isinstance(x, NormedLinear)
+                       for x in stage1_model(s, data, loss_context(data, 0)).roi_heads.classifiers)
