@@ -29,6 +29,7 @@ from acsl_cli.pipeline.components import classifier_spec, loss_context, make_los
 from acsl_cli.pipeline.evaluate import test_trunk as trunk_from_settings  # not a test
 from acsl_cli.pipeline.train import STAGE1_ROW, run_train
 from acsl_cli.settings import Settings, declared, stage1_key
+from tests.cli_refusals import assert_train_refuses
 from tests.test_engine import TINY
 
 CASCADE = [*TINY, "detector=cascade_rcnn"]
@@ -330,12 +331,7 @@ def test_cascade_heads_end_to_end_alone_or_together_and_from_their_checkpoint(tm
      "detector.iou_thresholds[2]=1.0: must be a finite number > 0 and < 1"),
 ])
 def test_bad_detector_settings_are_one_line_errors(args, expect, tmp_path):
-    root = tmp_path / "outputs"
-    res = CliRunner().invoke(app, ["train", *args, f"output_root={root}", "progress=false"])
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
-    assert not root.exists()
+    assert_train_refuses(args, expect, tmp_path)
 
 
 @pytest.mark.parametrize("cascade", [True, False], ids=["cascade", "faster"])

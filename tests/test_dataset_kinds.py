@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from typer.testing import CliRunner
 
-from acsl_cli.cli import app
 from acsl_cli.config import load_settings
 from acsl_cli.data.datasets import synthetic_lvis_spec, synthetic_spec
 from acsl_cli.data.groups import COMMON_MAX
@@ -25,6 +23,7 @@ from acsl_cli.settings import DATA, STAGE1, declared
 from acsl_cli.settings.datasets import KINDS, SyntheticDataset, generator
 from acsl_cli.settings.declare import leaf_default
 from acsl_cli.settings.rules import number
+from tests.cli_refusals import assert_train_refuses
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf" / "dataset"
@@ -199,9 +198,4 @@ def test_a_key_of_another_kind_or_a_misnamed_yaml_is_one_line(args, yaml, expect
                                                               monkeypatch):
     if yaml is not None:
         monkeypatch.setenv("ACSL_CONF", str(_conf_with(tmp_path, "mine", yaml)))
-    root = tmp_path / "outputs"
-    res = CliRunner().invoke(app, ["train", *args, f"output_root={root}", "progress=false"])
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
-    assert not root.exists()
+    assert_train_refuses(args, expect, tmp_path)

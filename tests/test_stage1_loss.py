@@ -21,6 +21,7 @@ from acsl_cli.models.detector import build_detector
 from acsl_cli.models.trunk import FrozenTrunk
 from acsl_cli.pipeline.components import loss_context, stage1_model
 from acsl_cli.settings import stage1_key, stage2_key
+from tests.cli_refusals import assert_train_refuses
 from tests.test_engine import TINY
 
 #: the default (softmax CE) stage-1 key as main computed it before the option existed
@@ -66,12 +67,7 @@ def test_the_default_key_stays_and_another_loss_has_its_own():
      "schedule.stage1.loss=acsl: its xi follows a head key and differs between the heads"),
 ])
 def test_what_stage_2_cannot_start_from_is_one_line_before_any_work(args, expect, tmp_path):
-    root = tmp_path / "outputs"
-    res = CliRunner().invoke(app, ["train", *args, f"output_root={root}", "progress=false"])
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], res.output
-    assert not root.exists()
+    assert_train_refuses(args, expect, tmp_path)
 
 
 def test_heads_that_start_fresh_or_copy_a_same_width_stage_1_are_accepted(tmp_path):
