@@ -87,11 +87,16 @@ def test_slurm_sweep_writes_the_same_tables(tmp_path, partition, inprocess):
 def test_cancelled_job_is_resubmitted_by_the_same_command(tmp_path, partition, inprocess):
     cmd = [*SWEEP, f"output_root={tmp_path}", "run_name=c", "launcher=slurm",
            f"launcher.partition={partition}"]
-    r = acsl(*cmd, "launcher.wait=false")
+    # both jobs held back (sbatch --begin) so the first cannot finish before it is
+    # cancelled, however quick the smoke run and however slow the machine; the second is
+    # then released
+    r = acsl(*cmd, "launcher.wait=false", "launcher.additional={begin:'now+600'}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "run the same command again" in r.stdout
     first, second = job_ids(r.stdout)
     subprocess.run(["scancel", first], check=True, timeout=60)
+    subprocess.run(["scontrol", "update", f"JobId={second}", "StartTime=now"], check=True,
+                   timeout=60)
     deadline = time.time() + 120
     while first in squeued([first]) and time.time() < deadline:
         time.sleep(0.5)
