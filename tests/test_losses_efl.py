@@ -430,3 +430,17 @@ def test_outputs_and_statistics_are_pinned(dtype, hierarchy):
     for name in ("pos_grad", "neg_grad", "pos_neg"):
         if name in pinned:
             assert getattr(loss, name).tolist() == pytest.approx(pinned[name], rel=rel), name
+
+
+def test_two_forwards_then_one_backward_equal_two_steps():
+    """The forward's reused temporaries never hold a gradient: two forwards through one
+    loss, then one backward, give each batch the gradient of its own step."""
+    a, b = build_loss("efl", num_classes=50), build_loss("efl", num_classes=50)
+    (z1, y1), (z2, y2) = _batches(50, 2, seed=7)
+    s1, s2 = z1.float().requires_grad_(), z2.float().requires_grad_()
+    (a(s1, y1) + 3.0 * a(s2, y2)).backward()
+    _, g1 = loss_and_grad(b, z1.float(), y1)
+    o2 = z2.float().requires_grad_()
+    (3.0 * b(o2, y2)).backward()
+    assert torch.equal(s1.grad, g1) and torch.equal(s2.grad, o2.grad)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
