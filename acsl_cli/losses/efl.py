@@ -63,7 +63,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from acsl_cli.errors import ConfigError
 from acsl_cli.losses.base import ClassificationLoss, check_labels
-from acsl_cli.losses.common import check_width, sigmoid_scores, upcast
+from acsl_cli.losses.common import Scratch, check_width, sigmoid_scores, upcast
 from acsl_cli.losses.registry import register_loss
 
 RATIO_EPS = 1e-10  # the release's guard in pos / (neg + eps)
@@ -81,17 +81,22 @@ def _number(name: str, value: object, minimum: float | None = 0.0, strict: bool 
     return float(value)
 
 
-def negative_side(u: Tensor, gamma: Tensor, mag_out: Tensor | None = None
-                  ) -> tuple[Tensor, Tensor]:
+def negative_side(u: Tensor, gamma: Tensor, mag_out: Tensor | None = None,
+                  scratch: Scratch | None = None) -> tuple[Tensor, Tensor]:
     """EFL terms of entries seen as negatives with logit ``u`` (a positive with logit z is a
     negative with u = -z): ``term = sigmoid(u)^gamma softplus(u)`` = (1 - p_t)^gamma (-log
     p_t), and the magnitude of its derivative, ``mag = sigmoid(u)^gamma (sigmoid(u) + gamma
     (1 - sigmoid(u)) softplus(u))``, written to ``mag_out`` when given.
 
-    Two fresh buffers besides ``mag``, the rest in place: at LVIS size a fresh tensor costs
-    several in-place passes (the allocator returns it to the system and faults it back)."""
-    ce = F.softplus(u, threshold=50.0)  # -log p_t; log1p(exp(u)) is finite below 50
-    log_q = torch.sub(u, ce)            # log(1 - p_t)
+    Two buffers besides ``mag`` (``scratch``'s when given: at LVIS size a fresh tensor costs
+    several in-place passes, the allocator returns it to the system and faults it back), the
+    rest in place; ``term`` is one of them."""
+    if scratch is None:
+        ce = F.softplus(u, threshold=50.0)  # -log p_t; log1p(exp(u)) is finite below 50
+        log_q = torch.sub(u, ce)            # log(1 - p_t)
+    else:  # the same kernels (F.softplus is aten's softplus), written to reused storage
+        ce = torch.ops.aten.softplus.out(u, 1.0, 50.0, out=scratch.get("ce", u))
+        log_q = torch.sub(u, ce, out=scratch.get("log_q", u))
     q = torch.exp(log_q, out=mag_out) if mag_out is not None else torch.exp(log_q)
     mod = log_q.mul_(gamma).exp_()      # (1 - p_t)^gamma
     term = ce.mul_(mod)
@@ -105,21 +110,22 @@ class _FocalTerms(torch.autograd.Function):
     gradient magnitude on positives and on negatives (zeros unless ``collect``).
 
     ``labels`` (one-hot targets): every entry is computed as a negative, in place, and the
-    N positive entries (label - 1 of each foreground row) are replaced by gather/scatter,
+    N positive entries (label - 1 of each foreground row) are replaced by gather/scatter_,
     no host synchronisation. ``target`` (multi-hot, a class hierarchy): dense selects."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, logits: Tensor, labels: Tensor, target: Tensor | None,
-                gamma: Tensor, pos_w: Tensor, neg_w: Tensor, collect: bool
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                gamma: Tensor, pos_w: Tensor, neg_w: Tensor, collect: bool,
+                scratch: Scratch) -> tuple[Tensor, Tensor, Tensor]:
         n, width = logits.shape
         z = logits[:, 1:]
         grad = logits.new_empty(n, width)
         grad[:, 0] = 0.0
         if target is None:
-            value, pos, neg = _one_hot(z, labels, gamma, pos_w, neg_w, grad, collect)
+            value, pos, neg = _one_hot(z, labels, gamma, pos_w, neg_w, grad, collect, scratch)
         else:
-            value, pos, neg = _multi_hot(z, target, gamma, pos_w, neg_w, grad, collect)
+            value, pos, neg = _multi_hot(z, target, gamma, pos_w, neg_w, grad, collect,
+                                         scratch)
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(pos, neg)
         return value, pos, neg
@@ -129,41 +135,48 @@ class _FocalTerms(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_value: Tensor, *unused: Any
                  ) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        return grad * grad_value, None, None, None, None, None, None
+        return grad * grad_value, None, None, None, None, None, None, None
 
 
 def _one_hot(z: Tensor, labels: Tensor, gamma: Tensor, pos_w: Tensor, neg_w: Tensor,
-             grad: Tensor, collect: bool) -> tuple[Tensor, Tensor, Tensor]:
+             grad: Tensor, collect: bool, scratch: Scratch) -> tuple[Tensor, Tensor, Tensor]:
+    """The N positive entries are read and written by gather/scatter_ (``index_select`` for
+    the per-class factors): advanced indexing, ``take`` and ``index_put_`` hand even N =
+    8192 entries to the thread pool, a scheduler tick each on a busy CPU. Masks are 0/1
+    floats (a product with a bool operand costs a conversion; x * 1.0 and x * 0.0 are what
+    the bool product computes)."""
     n, c = z.shape
-    rows = torch.arange(n, device=z.device)
     fg = labels > 0
+    fg_f = fg.to(z.dtype)
+    keep = (~fg).to(z.dtype)                     # 1 where an entry stays as it is
     col = (labels - 1).clamp_(min=0)             # a background row points at column 0
-    keep = ~fg                                   # 1 where an entry stays as it is
-    term, mag = negative_side(z, gamma, mag_out=grad[:, 1:])
+    term, mag = negative_side(z, gamma, mag_out=grad[:, 1:], scratch=scratch)
     # the positive entries: their own terms, from u = -z
-    g_c, pw_c = gamma[col], pos_w[col]
-    term_p, mag_p = negative_side(-z[rows, col], g_c)
+    g_c, pw_c = gamma.index_select(0, col), pos_w.index_select(0, col)
+    term_p, mag_p = negative_side(z.gather(1, col.unsqueeze(1)).squeeze_(1).neg_(), g_c)
+    rows = torch.arange(n, device=z.device)
     at = rows * c + col
     flat = term.view(-1)                         # drop the positives' negative-side terms
-    flat.index_put_((at,), flat.take(at) * keep)  # (take: x100 faster than flat[at] on CPU)
-    value = term.sum(0).mul_(neg_w).sum() + (term_p * pw_c * fg).sum()
-    at = rows * (c + 1) + 1 + col
+    flat.scatter_(0, at, flat.gather(0, at).mul_(keep))
+    value = term.sum(0).mul_(neg_w).sum() + (term_p * pw_c * fg_f).sum()
+    at = rows.mul_(c + 1).add_(col).add_(1)      # the same entries in grad, (N, C + 1)
     whole = grad.view(-1)
-    whole.index_put_((at,), whole.take(at) * keep)
+    whole.scatter_(0, at, whole.gather(0, at).mul_(keep))
     if collect:
         neg = mag.sum(0).mul_(neg_w)
-        pos = torch.zeros_like(neg).index_add_(0, col, mag_p * pw_c * fg)
+        pos = torch.zeros_like(neg).index_add_(0, col, mag_p * pw_c * fg_f)  # serial on CPU
     else:
         pos = neg = z.new_zeros(c)
     mag.mul_(neg_w)
-    whole.index_put_((at,), torch.where(fg, -(mag_p * pw_c), whole.take(at)))
+    whole.scatter_(0, at, torch.where(fg, -(mag_p * pw_c), whole.gather(0, at)))
     return value, pos, neg
 
 
 def _multi_hot(z: Tensor, target: Tensor, gamma: Tensor, pos_w: Tensor, neg_w: Tensor,
-               grad: Tensor, collect: bool) -> tuple[Tensor, Tensor, Tensor]:
+               grad: Tensor, collect: bool, scratch: Scratch
+               ) -> tuple[Tensor, Tensor, Tensor]:
     positive = target > 0
-    term, mag = negative_side(torch.where(positive, -z, z), gamma)
+    term, mag = negative_side(torch.where(positive, -z, z), gamma, scratch=scratch)
     aw = torch.where(positive, pos_w, neg_w)
     value = (term * aw).sum()
     mag.mul_(aw)
@@ -209,6 +222,7 @@ class EqualizedFocalLoss(ClassificationLoss):
         self.register_buffer("pos_grad", torch.zeros(c, dtype=torch.float64))
         self.register_buffer("neg_grad", torch.zeros(c, dtype=torch.float64))
         self.register_buffer("pos_neg", torch.ones(c, dtype=torch.float64))
+        self._scratch = Scratch()  # forward's (N, C) temporaries; never saved
 
     def focusing(self) -> tuple[Tensor, Tensor]:
         """(C,) float64 focusing factors gamma_j and weighting factors w_j = gamma_j / gamma_b
@@ -230,7 +244,8 @@ class EqualizedFocalLoss(ClassificationLoss):
             pos_w = neg_w = weight
         rows = [x.to(device, dtype) for x in (gamma, pos_w, neg_w)]
         collect = self.training
-        value, pos, neg = _FocalTerms.apply(logits, labels, target, *rows, collect)
+        value, pos, neg = _FocalTerms.apply(logits, labels, target, *rows, collect,
+                                            self._scratch)
         count = (labels > 0).sum().to(torch.float64)
         world = 1
         if collect and dist.is_available() and dist.is_initialized():
