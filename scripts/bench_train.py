@@ -151,16 +151,20 @@ def lr_at(it: int) -> float:
     return LR * (WARMUP_FACTOR + (1 - WARMUP_FACTOR) * min(it, WARMUP_ITERS) / WARMUP_ITERS)
 
 
-def step_at(step, batch: tuple, it: int, guard: CountingGuard) -> None:
-    """One step of ours at ``lr_at(it)``: today ``fit``'s schedulers set the lr on the step's
-    optimizers; a tree from before that (bench_compare's BASE) takes ``lr`` as an argument."""
+def stepper(step, guard: CountingGuard) -> Callable[[tuple, int], None]:
+    """One step of ours at ``lr_at(it)``, as ``(batch, it)``: today ``fit``'s schedulers set
+    the lr on the step's optimizers; a tree from before that (bench_compare's BASE) takes
+    ``lr`` as an argument. Decided once, outside the timed steps."""
     if "lr" in inspect.signature(step.__call__).parameters:
-        step(batch[0], batch[1], it, lr_at(it), guard)
-        return
-    for opt in step.optimizers:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(it)
-    step(batch[0], batch[1], it, guard)
+        return lambda b, it: step(b[0], b[1], it, lr_at(it), guard)
+
+    def run(b: tuple, it: int) -> None:
+        for opt in step.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(it)
+        step(b[0], b[1], it, guard)
+
+    return run
 
 
 def schedule(grad_clip: float):
@@ -354,9 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     heads = HeadsStep(trunk, [head], schedule(GRAD_CLIP), device, **amp_kw2)
     guard, guard2 = CountingGuard(), CountingGuard()
     steps = {
-        "ours": lambda b, it: step_at(ours, b, it, guard),
+        "ours": stepper(ours, guard),
         "bare": lambda b, it: bare(b[0], b[1], lr_at(it)),
-        "stage2": lambda b, it: step_at(heads, b, it, guard2),
+        "stage2": stepper(heads, guard2),
     }
     if args.detector == "cascade_rcnn":
         cascade = DetectorStep(ours_detector(args, True), schedule(GRAD_CLIP), device, **amp_kw1)
@@ -365,8 +369,8 @@ def main(argv: list[str] | None = None) -> None:
                                  for _ in range(ctrunk.num_stages)],
                          ctrunk.stage1_classifier, args.classes)
         cheads = HeadsStep(ctrunk, [chead], schedule(GRAD_CLIP), device, **amp_kw2)
-        steps["cascade"] = lambda b, it: step_at(cascade, b, it, guard)
-        steps["cascade2"] = lambda b, it: step_at(cheads, b, it, guard2)
+        steps["cascade"] = stepper(cascade, guard)
+        steps["cascade2"] = stepper(cheads, guard2)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
