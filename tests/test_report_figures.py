@@ -159,3 +159,26 @@ def test_figure3_of_the_table3_runs_has_no_layout_defect(tmp_path):
     assert [p.name for p in paths if p.suffix == ".png"] == ["suppression.png"]
     (fig,) = kept
     assert defects(fig, [r.name for r in c.rows]) == []
+
+
+def test_per_category_curves_pick_each_losss_best_row_under_the_baselines_protocol():
+    """Past 7 rows the figure keeps the baseline and each loss's best row by AP; a loss's
+    Fixed AP row (the same heads, a higher AP) is no candidate beside its standard rows."""
+    from acsl_cli.reporting.category_figure import curve_rows
+    from acsl_cli.reporting.compare import Comparison, Summary
+
+    def row(name: str, loss: str, ap: float, protocol: str = "standard") -> Summary:
+        label = name.split(" [")[0]
+        return Summary(name=name, label=label, variant="", loss=loss, xi=None, loss_cfg={},
+                       runs=["r"], seeds=[0], mean={"AP": ap}, std={"AP": None},
+                       per_category={1: ap}, protocol=protocol)
+
+    rows = [row("softmax_ce", "softmax_ce", 0.50), row("bce", "bce", 0.52),
+            row("acsl xi=0.5", "acsl", 0.58), row("acsl xi=0.7", "acsl", 0.57),
+            row("softmax_ce [fixed]", "softmax_ce", 0.51, "fixed"),
+            row("bce [fixed]", "bce", 0.53, "fixed"),
+            row("acsl xi=0.5 [fixed]", "acsl", 0.59, "fixed"),
+            row("acsl xi=0.7 [fixed]", "acsl", 0.60, "fixed")]
+    picked, note = curve_rows(Comparison(rows=rows, baseline="softmax_ce", runs=[]))
+    assert [r.name for r in picked] == ["softmax_ce", "bce", "acsl xi=0.5"]
+    assert "best row by AP" in note

@@ -32,14 +32,16 @@ def order_row(c: Comparison) -> Summary | None:
 
 def curve_rows(c: Comparison, most: int = 7) -> tuple[list[Summary], str]:
     """All rows, or when they would not be told apart, the baseline and each loss's best
-    row by AP (e.g. the best xi of ACSL, the better detector)."""
+    row by AP (e.g. the best xi of ACSL, the better detector) under the baseline's protocol
+    (a loss's Fixed AP row is the same heads, not another candidate)."""
     rows = [r for r in c.rows if r.per_category]
     if len(rows) <= most:
         return rows, ""
     base = order_row(c)
+    protocol = base.protocol if base is not None else "standard"
     best: dict[str, Summary] = {}
     for r in rows:
-        if r is not base and r.label != c.baseline and \
+        if r is not base and r.label != c.baseline and r.protocol == protocol and \
                 (r.loss not in best or (r.mean["AP"] or 0.0) > (best[r.loss].mean["AP"] or 0.0)):
             best[r.loss] = r
     keep = {id(r) for r in best.values()} | {id(base)}
