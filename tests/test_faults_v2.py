@@ -26,6 +26,7 @@ from acsl_cli.data.synthetic.lvis_like import generate as generate_lvis
 from acsl_cli.data.synthetic.shapes import SyntheticSpec, ensure_generated, generate
 from acsl_cli.engine.loop import LossGuard
 from acsl_cli.errors import TrainingDiverged
+from tests.terminal import default_sigint
 from tests.test_engine import TINY
 from tests.test_lvis_eval import LVIS_SAMPLE, METRIC_KEYS, TOL, _lvis_api_reference
 
@@ -40,7 +41,7 @@ def _child_setup(fsize: int | None = None):
     ``OSError(EFBIG)`` instead of killing the process."""
 
     def setup() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        default_sigint()
         if fsize is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))

@@ -22,6 +22,7 @@ import yaml
 from acsl_cli.config import load_settings
 from acsl_cli.errors import ConfigError
 from tests.conftest import TINY
+from tests.terminal import default_sigint
 from tests.test_launchers import ROOT, acsl, job_ids
 
 SWEEP = ["sweep", *TINY, "seed=0", "loss=bce"]
@@ -157,7 +158,8 @@ def _start_waiting_sweep(tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
     p = subprocess.Popen([sys.executable, "-m", "acsl_cli", *SWEEP, f"output_root={tmp_path}",
                           "run_name=h", "launcher=local"], cwd=ROOT, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)  # its own process group, as at a terminal
+                         start_new_session=True,  # its own process group, as at a terminal
+                         preexec_fn=default_sigint)  # was: hung 120 s under `&`
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
         logs = list(folder.glob("job-*.log"))

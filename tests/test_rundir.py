@@ -35,6 +35,7 @@ from acsl_cli.pipeline.rundir import (
     strict_json,
     tmp_name,
 )
+from tests.terminal import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,11 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 def child(code: str, **kw) -> subprocess.Popen:
     """A Python subprocess running ``code`` with ``acsl_cli`` importable."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    # A shell's background job (nohup, CI runners) starts with SIGINT ignored, and Python
-    # then installs no KeyboardInterrupt handler: give the child the default disposition.
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, text=True,
                             stdout=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            preexec_fn=default_sigint,
                             **kw)
 
 

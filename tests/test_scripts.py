@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.terminal import default_sigint
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p.name for p in (ROOT / "scripts").iterdir()
                  if p.suffix in (".py", ".sh") and not p.name.endswith("_refs.py"))
@@ -101,6 +103,7 @@ def test_bench_compare_removes_its_worktree_on_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "bench_compare.py"), "HEAD", "--quick",
          "--only", "train"], cwd=tmp_path, start_new_session=True, text=True,
+        preexec_fn=default_sigint,
         env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
