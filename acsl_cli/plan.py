@@ -24,7 +24,7 @@ from acsl_cli.errors import ConfigError
 from acsl_cli.layout import CONFIG
 from acsl_cli.settings import LossSettings, Settings, loss_settings
 from acsl_cli.settings.pooling import variant_names
-from acsl_cli.settings.sections import STAGE1_LOSS
+from acsl_cli.settings.sections import CLASSIFIERS, STAGE1_LOSS
 from acsl_cli.untrusted import (
     interpolation_free,
     load_yaml_mapping,
@@ -309,6 +309,11 @@ def checkpoint_settings(plan: EvalPlan, ckpt: dict) -> tuple[Settings, LossSetti
             OmegaConf.update(node, o.key[len("loss."):], o.value, merge=False)
     loss = loss_settings(OmegaConf.to_container(node, resolve=True))
     check_loss(loss)
+    trained = saved_loss.get("classifier", CLASSIFIERS[0])
+    if loss.classifier != trained:  # a scoring key may change; the layer's kind is the head
+        raise ConfigError(f"loss.classifier={loss.classifier}: {plan.ckpt} is a head trained "
+                          f"with the {trained} classifier layer; its weights mean nothing in "
+                          "another (drop the override; loss.temperature may change)")
     return settings, loss
 
 

@@ -109,6 +109,11 @@ def test_a_normed_head_trains_beside_a_plain_one_and_eval_rebuilds_its_layer(hea
     assert classifier_spec(loss) == ClassifierSpec("normed", 20.0)
     _, other = checkpoint_settings(plan_eval([f"ckpt={path}", "loss.temperature=10"]), ckpt)
     assert classifier_spec(other) == ClassifierSpec("normed", 10.0)  # overrides apply
+    for head, kind in ((path, "linear"), (bce, "normed")):  # but not to the layer's kind
+        res = CliRunner().invoke(app, ["eval", f"ckpt={head}", f"loss.classifier={kind}",
+                                       f"out={tmp_path / 'no.json'}", "progress=false"])
+        _one_line_error(res, f"loss.classifier={kind}: {head} is a head trained with the")
+    assert not (tmp_path / "no.json").exists()
     out = tmp_path / "m.json"
     res = CliRunner().invoke(app, ["eval", f"ckpt={path}", f"out={out}", "progress=false"])
     assert res.exit_code == 0, res.output
