@@ -49,6 +49,15 @@ def test_train_dry_run_prints_both_heads_and_writes_nothing(tmp_path, monkeypatc
     assert "not cached: will be trained" in out and "# disk: about" in out
 
 
+def test_the_stage1_line_names_its_loss_with_the_classifier_layer(tmp_path, monkeypatch):
+    """Was: ``loss seesaw p=0.8 ...`` for Seesaw's own recipe, its normed layer unsaid."""
+    out = _run(["train", "--dry-run", "loss=seesaw_normed", "schedule.stage1.loss=seesaw_normed",
+                f"output_root={tmp_path / 'o'}"], tmp_path, monkeypatch)
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("# stage 1: ")]
+    assert line.startswith("# stage 1: loss seesaw p=0.8 q=2 eps=0.01 layout=release "
+                           "classifier=normed temperature=20.0, "), line
+
+
 def test_sweep_dry_run_lists_every_run(tmp_path, monkeypatch):
     out = _run(["sweep", "--dry-run", "seed=0,1", "loss=bce",
                 f"output_root={tmp_path / 'o'}"], tmp_path, monkeypatch)

@@ -27,7 +27,7 @@ def _stage1(plan: RunPlan) -> str:
     cached = all((folder / f).is_file() for f in FILES)
     loss = s.stage1_loss
     trained = "" if s.schedule.stage1.loss == STAGE1_LOSS else "loss " + " ".join(
-        [loss.name, *(f"{k}={v}" for k, v in loss.params.items())]) + ", "
+        [loss.name, *(f"{k}={v}" for k, v in loss.as_dict().items() if k != "name")]) + ", "
     return f"{trained}{folder} ({'cached: reused' if cached else 'not cached: will be trained'})"
 
 
