@@ -52,12 +52,14 @@ SUMMARY_FILE=$OUT/summary.txt
 : > "$SUMMARY_FILE"
 
 if [ "$QUICK" = 1 ]; then
-    BENCH=(--backbone small --size 128 --batch 2 --iters 3)
-    BENCH_BF16=(--backbone small --size 128 --batch 4 --iters 3 --amp bf16)
+    BENCH=(--backbone small --size 128 --batch 2 --iters 2)
+    BENCH_BF16=(--backbone small --size 128 --batch 2 --iters 2 --amp bf16)
     LOSSES=(--n 1024 --classes 100 --repeats 2)
-    # the tests' tiny benchmark (8 classes): the logic is the same, generation is seconds
+    # the tests' tiny benchmark (8 classes), 2 iterations a stage, 8 val images: the logic
+    # is the same, each smoke run takes seconds
     SMOKE_SET=(dataset.num_classes=8 dataset.max_images_per_class=12
-               dataset.val_instances_per_class=2)
+               dataset.val_instances_per_class=2 schedule.max_iters=2
+               schedule.eval_max_images=8)
 else
     SMOKE_SET=()
     BENCH=(--backbone r50 --size 800 --batch 2 --iters 20)
