@@ -445,3 +445,33 @@ def test_datasets_split_on_what_they_measure_not_on_input_size_or_paths():
         g.suffix.startswith("-") and "/" not in g.suffix and " " not in g.suffix
         for g in groups)
     assert [g.suffix for g in group_runs(runs[:2])] == [""]  # one dataset: names unchanged
+
+
+def test_the_caption_names_the_rows_the_deltas_are_taken_against():
+    """Default baseline: each variant's stage-1 row, whatever loss trained it (was: the
+    caption said 'stage1 (softmax CE)' under an EQLv2 end-to-end sweep); one full name:
+    that row."""
+    from acsl_cli.evaluation import METRIC_KEYS
+    from acsl_cli.reporting.compare import compare
+    from acsl_cli.reporting.compare_tables import caption
+    from acsl_cli.reporting.runs import ModelRow, Run
+
+    def run(seed: int, stage1: str, first: str, ap: float) -> Run:
+        rows = {label: ModelRow(label, loss, None, {"name": loss},
+                                dict.fromkeys(METRIC_KEYS, ap + 0.01 * k + 0.001 * seed))
+                for k, (label, loss) in enumerate([(first, stage1), ("eqlv2", "eqlv2")])}
+        config = {"seed": seed, "schedule": {"stage1": {"loss": stage1}}}
+        return Run(Path(f"/r/{stage1}-{seed}"), seed, "", config, rows)
+
+    e2e = [run(s, "eqlv2", "stage1 (eqlv2)", 0.4) for s in (0, 1)]
+    assert "Δ = mean - mean of 'stage1 (eqlv2)', percentage points" in caption(
+        compare(e2e, resamples=0))
+    both = e2e + [run(s, "softmax_ce", "stage1 (softmax CE)", 0.3) for s in (0, 1)]
+    c = compare(both, resamples=0)
+    assert {r.baseline_row for r in c.rows} == {
+        "stage1 (eqlv2) [schedule.stage1.loss=eqlv2]",
+        "stage1 (softmax CE) [schedule.stage1.loss=softmax_ce]"}
+    assert ("Δ = mean - mean of 'stage1 (eqlv2)' / 'stage1 (softmax CE)' of each row's "
+            "variant, percentage points") in caption(c)
+    one = "eqlv2 [schedule.stage1.loss=softmax_ce]"
+    assert f"Δ = mean - mean of '{one}', percentage" in caption(compare(both, one, resamples=0))

@@ -61,10 +61,21 @@ def caption(c: Comparison) -> str:
     spread = "one seed per row (n=1): no std" if all(single) else \
         "mean ± sample std over seeds" + ("; n=1: one seed, no std" if any(single) else "")
     return (f"{spread} ({len(c.runs)} runs, seeds {', '.join(map(str, seeds)) or '?'}); "
-            f"Δ = mean - mean of '{c.baseline}', percentage points, with its 95 % interval "
+            f"Δ = mean - mean of {_baselines(c)}, percentage points, with its 95 % interval "
             "[low, high]: t interval over seeds paired with the baseline's, or with one seed "
             f"a paired bootstrap over val images; {HOLDS_ZERO} = the interval holds 0; "
             "- = undefined")
+
+
+def _baselines(c: Comparison) -> str:
+    """The rows the deltas are taken against: one row, or per variant (the default: each
+    variant's stage-1 row, whatever loss trained it; was: always 'stage1 (softmax CE)')."""
+    rows = {r.name: r for r in c.rows}
+    bases = list(dict.fromkeys(r.baseline_row for r in c.rows if r.baseline_row in rows))
+    if len(bases) < 2:
+        return f"'{bases[0] if bases else c.baseline}'"
+    labels = dict.fromkeys(rows[b].label for b in bases)
+    return " / ".join(f"'{label}'" for label in labels) + " of each row's variant"
 
 
 def terminal_table(c: Comparison, title: str = "comparison (%)"):
