@@ -475,3 +475,45 @@ def test_the_caption_names_the_rows_the_deltas_are_taken_against():
             "variant, percentage points") in caption(c)
     one = "eqlv2 [schedule.stage1.loss=softmax_ce]"
     assert f"Δ = mean - mean of '{one}', percentage" in caption(compare(both, one, resamples=0))
+
+
+def test_a_bare_baseline_serves_the_rows_of_a_variant_without_it_under_their_protocol():
+    """``loss=eqlv2 schedule.stage1.loss=eqlv2`` runs against ``baseline=softmax_ce`` of
+    decoupled runs (was: no differences for the end-to-end rows): each protocol's row
+    against the baseline scored under the same protocol, paired by seed."""
+    from acsl_cli.evaluation import METRIC_KEYS
+    from acsl_cli.reporting.compare import compare
+    from acsl_cli.reporting.compare_tables import caption
+    from acsl_cli.reporting.runs import ModelRow, Run
+
+    def run(seed: int, stage1: str, heads: dict[str, float]) -> Run:
+        rows = {}
+        for protocol, shift in (("standard", 0.0), ("fixed", 0.05)):
+            for label, ap in heads.items():
+                key = label if protocol == "standard" else f"{label} [{protocol}]"
+                rows[key] = ModelRow(label, label, None, {"name": label},
+                                     dict.fromkeys(METRIC_KEYS, ap + shift + 0.01 * seed),
+                                     protocol)
+        config = {"seed": seed, "schedule": {"stage1": {"loss": stage1}}}
+        return Run(Path(f"/r/{stage1}-{seed}"), seed, "", config, rows)
+
+    runs = [run(s, "softmax_ce", {"stage1 (softmax CE)": 0.3, "softmax_ce": 0.4})
+            for s in (0, 1, 2)]
+    runs += [run(s, "eqlv2", {"stage1 (eqlv2)": 0.35 + 0.02 * s, "eqlv2": 0.5})
+             for s in (0, 1, 2)]
+    c = compare(runs, "softmax_ce", resamples=0)
+    e2e = c.row("stage1 (eqlv2) [schedule.stage1.loss=eqlv2 fixed]")
+    assert e2e.baseline_row == "softmax_ce [schedule.stage1.loss=softmax_ce fixed]"
+    # per seed (fixed AP, both + 0.05): 0.35 + 0.02 s - 0.4, paired: -0.05, -0.03, -0.01
+    assert e2e.delta["AP"] == pytest.approx(-0.03)
+    iv = e2e.interval["AP"]
+    assert iv.kind == "seeds" and iv.n == 3
+    half = 4.303 * 0.02 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    assert (iv.low, iv.high) == pytest.approx((-0.03 - half, -0.03 + half), abs=1e-4)
+    head = c.row("eqlv2 [schedule.stage1.loss=eqlv2]")
+    assert head.baseline_row == "softmax_ce [schedule.stage1.loss=softmax_ce]"
+    assert head.delta["AP"] == pytest.approx(0.1)
+    own = c.row("stage1 (softmax CE) [schedule.stage1.loss=softmax_ce]")
+    assert own.baseline_row == "softmax_ce [schedule.stage1.loss=softmax_ce]"  # its variant's
+    assert "'softmax_ce' of each row's variant (where it has none, of its protocol)" in \
+        caption(c)

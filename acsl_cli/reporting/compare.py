@@ -184,9 +184,11 @@ def _text(value: Any) -> str:
 
 def _apply_deltas(rows: list[Summary], baseline: str, stage1: bool = False) -> bool:
     """A baseline given by its full name serves every row; a bare label (the default)
-    serves the rows of its own variant; ``stage1`` (the default baseline): each variant's
-    stage-1 row, whatever loss trained it (``schedule.stage1.loss``). False when no row is
-    the baseline."""
+    serves the rows of its own variant, and a row whose variant lacks it the one baseline
+    row scored under its protocol (``loss=eqlv2 schedule.stage1.loss=eqlv2`` runs against
+    ``baseline=softmax_ce`` of decoupled runs: each protocol against its own); ``stage1``
+    (the default baseline): each variant's stage-1 row, whatever loss trained it
+    (``schedule.stage1.loss``). False when no row is the baseline."""
     exact = [r for r in rows if r.name == baseline]
     labelled = [r for r in rows if (is_stage1_row(r.label) if stage1 else
                                     r.label == baseline)]
@@ -199,8 +201,13 @@ def _apply_deltas(rows: list[Summary], baseline: str, stage1: bool = False) -> b
     exact = exact if len(per_variant) < 2 else []
     if not exact and not per_variant:
         return False
+    by_protocol: dict[str, list[Summary]] = {}
+    for r in labelled:
+        by_protocol.setdefault(r.protocol, []).append(r)
     for r in rows:
-        base = exact[0] if exact else per_variant.get(r.variant)
+        same = by_protocol.get(r.protocol, [])
+        base = exact[0] if exact else per_variant.get(r.variant) or (
+            same[0] if len(same) == 1 else None)
         r.baseline_row = None if base is None else base.name
         r.delta = {k: None if base is None or r.mean[k] is None or base.mean[k] is None
                    else r.mean[k] - base.mean[k] for k in METRIC_KEYS}

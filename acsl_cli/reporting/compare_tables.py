@@ -75,7 +75,10 @@ def _baselines(c: Comparison) -> str:
     if len(bases) < 2:
         return f"'{bases[0] if bases else c.baseline}'"
     labels = dict.fromkeys(rows[b].label for b in bases)
-    return " / ".join(f"'{label}'" for label in labels) + " of each row's variant"
+    crossed = any(rows[r.baseline_row].variant != r.variant for r in c.rows
+                  if r.baseline_row in rows)
+    return " / ".join(f"'{label}'" for label in labels) + " of each row's variant" + (
+        " (where it has none, of its protocol)" if crossed else "")
 
 
 def terminal_table(c: Comparison, title: str = "comparison (%)"):
