@@ -200,13 +200,29 @@ def test_node_down_then_resumed_the_job_is_requeued_reported_and_finishes(tmp_pa
                          told.stdout, re.M), told.stdout
         assert "submitted" not in told.stdout
     finally:
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
-                       capture_output=True, timeout=60)  # refused if it came back already
-        # on a loaded machine the requeued launch can race the old step's teardown: Slurm
-        # then drains the node ("duplicate jobid") and holds the job (launch failed,
-        # requeued held); the operator's resume releases it too (refused if not held)
-        subprocess.run(["scontrol", "release", job], capture_output=True, timeout=60)
-    again = acsl(*cmd)
+        _operator_brings_back(node, job)
+    # on a loaded machine the requeued launch can race the old step's teardown: Slurm then
+    # drains the node ("duplicate jobid") and holds the job (launch failed, requeued held),
+    # possibly after the resume above (was: the command below waited for ever); the
+    # operator watches while it waits, as one would
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-m", "acsl_cli", *cmd], cwd=ROOT, env=env,
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
+        deadline = time.time() + 600
+        while p.poll() is None and time.time() < deadline:
+            _operator_brings_back(node, job)
+            time.sleep(2)
+        if p.poll() is None:
+            p.kill()
+        out, err = p.communicate()
+    again = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "submitted" not in again.stdout
     assert (tmp_path / "runs" / "n-sweep" / "metrics.json").is_file()
+
+
+def _operator_brings_back(node: str, job: str) -> None:
+    """``state=resume`` (refused if the node is up) and ``release`` (refused unless held)."""
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"],
+                   capture_output=True, timeout=60)
+    subprocess.run(["scontrol", "release", job], capture_output=True, timeout=60)
