@@ -206,16 +206,19 @@ def test_node_down_then_resumed_the_job_is_requeued_reported_and_finishes(tmp_pa
     # possibly after the resume above (was: the command below waited for ever); the
     # operator watches while it waits, as one would
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-m", "acsl_cli", *cmd], cwd=ROOT, env=env,
-                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
+    # files, not pipes: a pipe nobody reads while the command waits can fill and stall it
+    out, err = tmp_path / "again.out", tmp_path / "again.err"
+    with out.open("w") as o, err.open("w") as e, subprocess.Popen(
+            [sys.executable, "-m", "acsl_cli", *cmd], cwd=ROOT, env=env, stdout=o,
+            stderr=e) as p:
         deadline = time.time() + 600
         while p.poll() is None and time.time() < deadline:
             _operator_brings_back(node, job)
             time.sleep(2)
         if p.poll() is None:
             p.kill()
-        out, err = p.communicate()
-    again = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        p.wait()
+    again = subprocess.CompletedProcess(p.args, p.returncode, out.read_text(), err.read_text())
     assert again.returncode == 0, again.stderr[-3000:]
     assert "submitted" not in again.stdout
     assert (tmp_path / "runs" / "n-sweep" / "metrics.json").is_file()

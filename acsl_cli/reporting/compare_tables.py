@@ -69,7 +69,7 @@ def caption(c: Comparison) -> str:
 
 def _baselines(c: Comparison) -> str:
     """The rows the deltas are taken against: one row, or per variant (the default: each
-    variant's stage-1 row, whatever loss trained it; was: always 'stage1 (softmax CE)')."""
+    variant's stage-1 row, whatever loss trained it)."""
     rows = {r.name: r for r in c.rows}
     bases = list(dict.fromkeys(r.baseline_row for r in c.rows if r.baseline_row in rows))
     if len(bases) < 2:
